@@ -1,0 +1,249 @@
+//! One multiplexed connection to the daemon: a write task that sends every
+//! queued request in as few syscalls as it can, and a read task that hands
+//! each reply to whoever waits for its id.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use nexusd_protocol::codec::{self, ClientCodec};
+use nexusd_protocol::{Hello, HelloReply, PROTOCOL_VERSION, Request, ResponseBody};
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Error, Result};
+
+type Waiter = oneshot::Sender<Result<ResponseBody>>;
+
+/// Requests queued for the write task per connection.
+const OUTGOING_QUEUE: usize = 1024;
+const WRITE_BUFFER_SOFT_LIMIT: usize = 256 * 1024;
+
+pub(crate) struct Connection {
+    /// Encoded frames for the write task.
+    outgoing: mpsc::Sender<BytesMut>,
+    max_frame: u32,
+    /// `None` once the connection is dead: nobody may wait on it any more.
+    waiting: Arc<Mutex<Option<HashMap<u64, Waiter>>>>,
+    dead: CancellationToken,
+}
+
+impl Connection {
+    pub(crate) async fn open(path: &Path, client_name: &str, handshake: Duration) -> Result<Self> {
+        let connect_err = |reason: String| Error::Connect {
+            path: path.display().to_string(),
+            reason,
+        };
+        let stream = UnixStream::connect(path).await.map_err(|e| {
+            connect_err(format!(
+                "{e}; is the daemon running? Start it with `nexusd serve --socket {}`",
+                path.display()
+            ))
+        })?;
+        let (rd, mut wr) = stream.into_split();
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_name: client_name.to_owned(),
+            features: 0,
+        };
+        let mut buf = BytesMut::new();
+        codec::encode_frame(&hello, nexusd_protocol::DEFAULT_MAX_FRAME_BYTES, &mut buf)
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        wr.write_all(&buf)
+            .await
+            .map_err(|e| connect_err(format!("sending the handshake failed: {e}")))?;
+
+        let mut hello_frames = FramedRead::new(
+            rd,
+            codec::MessageCodec::<HelloReply, ()>::new(nexusd_protocol::DEFAULT_MAX_FRAME_BYTES),
+        );
+        let reply = tokio::time::timeout(handshake, hello_frames.next())
+            .await
+            .map_err(|_| {
+                connect_err(format!(
+                    "no handshake reply within {} ms",
+                    handshake.as_millis()
+                ))
+            })?;
+        let welcome = match reply {
+            None => {
+                return Err(connect_err(
+                    "the daemon closed the connection during the handshake".into(),
+                ));
+            }
+            Some(Err(e)) => return Err(Error::Protocol(format!("bad handshake reply: {e}"))),
+            Some(Ok(HelloReply::Refused(body))) => return Err(Error::from_body(body)),
+            Some(Ok(HelloReply::Welcome(w))) => w,
+        };
+        let parts = hello_frames.into_parts();
+        let mut frames = FramedRead::new(parts.io, ClientCodec::new(welcome.max_frame_bytes));
+        *frames.read_buffer_mut() = parts.read_buf;
+
+        let waiting: Arc<Mutex<Option<HashMap<u64, Waiter>>>> =
+            Arc::new(Mutex::new(Some(HashMap::new())));
+        let dead = CancellationToken::new();
+        let (outgoing, rx) = mpsc::channel(OUTGOING_QUEUE);
+        tokio::spawn(write_loop(wr, rx, dead.clone()));
+        let read_waiting = waiting.clone();
+        let read_dead = dead.clone();
+        tokio::spawn(async move {
+            let reason = loop {
+                let frame = tokio::select! {
+                    _ = read_dead.cancelled() => break "the connection failed while sending".to_owned(),
+                    f = frames.next() => f,
+                };
+                match frame {
+                    None => {
+                        break "the daemon closed the connection (restarted or shut down?)"
+                            .to_owned();
+                    }
+                    Some(Err(e)) => break format!("reading from the daemon failed: {e}"),
+                    Some(Ok(resp)) => {
+                        if resp.id == 0 {
+                            if let ResponseBody::Error(body) = resp.body {
+                                break format!(
+                                    "the daemon closed the connection: {}",
+                                    body.message
+                                );
+                            }
+                            continue;
+                        }
+                        let waiter = read_waiting
+                            .lock()
+                            .ok()
+                            .and_then(|mut w| w.as_mut().and_then(|m| m.remove(&resp.id)));
+                        if let Some(w) = waiter {
+                            let _ = w.send(Ok(resp.body));
+                        }
+                    }
+                }
+            };
+            read_dead.cancel();
+            let orphans = read_waiting.lock().ok().and_then(|mut w| w.take());
+            for (_, w) in orphans.into_iter().flatten() {
+                let _ = w.send(Err(Error::Disconnected {
+                    message: format!(
+                        "{reason}; the request was sent but its outcome is unknown: check before \
+                         retrying a write"
+                    ),
+                    outcome_unknown: true,
+                }));
+            }
+        });
+        Ok(Connection {
+            outgoing,
+            max_frame: welcome.max_frame_bytes,
+            waiting,
+            dead,
+        })
+    }
+
+    pub(crate) fn is_alive(&self) -> bool {
+        !self.dead.is_cancelled()
+    }
+
+    /// Sends a request and waits for its reply, at most `wait`.
+    pub(crate) async fn call(&self, req: Request, wait: Duration) -> Result<ResponseBody> {
+        let id = req.id;
+        // Encoded here, in the caller's task, so a request too large to send
+        // fails alone and the write task only copies bytes.
+        let mut frame = BytesMut::new();
+        codec::encode_frame(&req, self.max_frame, &mut frame).map_err(|e| match e {
+            codec::CodecError::FrameTooLarge { .. } => {
+                Error::TooLarge(format!("the request was not sent: {e}"))
+            }
+            e => Error::Protocol(format!("the request was not sent: {e}")),
+        })?;
+        drop(req);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut guard = self
+                .waiting
+                .lock()
+                .map_err(|_| Error::Protocol("client state poisoned by a panic".into()))?;
+            let Some(map) = guard.as_mut() else {
+                return Err(not_sent());
+            };
+            map.insert(id, tx);
+        }
+        if self.outgoing.send(frame).await.is_err() {
+            self.forget(id);
+            return Err(not_sent());
+        }
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::Disconnected {
+                message: "the connection was dropped while the request was out; its outcome is \
+                          unknown"
+                    .into(),
+                outcome_unknown: true,
+            }),
+            Err(_) => {
+                self.forget(id);
+                Err(Error::Disconnected {
+                    message: format!(
+                        "no reply within {} ms, though the daemon answers every request by its \
+                         deadline; it may be stopped or wedged. The outcome is unknown",
+                        wait.as_millis()
+                    ),
+                    outcome_unknown: true,
+                })
+            }
+        }
+    }
+
+    fn forget(&self, id: u64) {
+        if let Ok(mut guard) = self.waiting.lock()
+            && let Some(map) = guard.as_mut()
+        {
+            map.remove(&id);
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.dead.cancel();
+    }
+}
+
+fn not_sent() -> Error {
+    Error::Disconnected {
+        message: "the connection had already failed; the request was not sent".into(),
+        outcome_unknown: false,
+    }
+}
+
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<BytesMut>,
+    dead: CancellationToken,
+) {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    loop {
+        let frame = tokio::select! {
+            _ = dead.cancelled() => break,
+            r = rx.recv() => match r { Some(r) => r, None => break },
+        };
+        buf.extend_from_slice(&frame);
+        while buf.len() < WRITE_BUFFER_SOFT_LIMIT {
+            match rx.try_recv() {
+                Ok(frame) => buf.extend_from_slice(&frame),
+                Err(_) => break,
+            }
+        }
+        if wr.write_all(&buf).await.is_err() {
+            break;
+        }
+        buf.clear();
+    }
+    dead.cancel();
+    let _ = wr.shutdown().await;
+}

@@ -1,0 +1,358 @@
+//! The client for nexusd: what other processes link to read and write the
+//! database a nexusd daemon owns.
+//!
+//! - [`Client`]: async, cheap to clone; clones share one multiplexed
+//!   connection, and many tasks may call it at once.
+//! - [`blocking::Client`]: the same methods for programs with no runtime.
+//! - [`Error`]: SQL errors, timeouts and overload, disconnection, protocol
+//!   errors, each its own variant.
+//!
+//! This crate never opens the database file and does not depend on SQLite.
+//!
+//! ```no_run
+//! use nexusd_client::{Client, Statement, params};
+//!
+//! # async fn demo() -> nexusd_client::Result<()> {
+//! let db = Client::connect("/tmp/nexusd.sock").await?;
+//! db.execute("CREATE TABLE IF NOT EXISTS users(id INTEGER PRIMARY KEY, name TEXT UNIQUE)", params![]).await?;
+//! let done = db.execute("INSERT INTO users(name) VALUES (?1)", params!["ada"]).await?;
+//! println!("inserted row {}", done.last_insert_rowid);
+//!
+//! let rows = db.query("SELECT id, name FROM users WHERE name = ?1", params!["ada"]).await?;
+//! for row in rows.iter() {
+//!     let id: i64 = row.get(0)?;
+//!     let name: String = row.get(1)?;
+//!     println!("{id} {name}");
+//! }
+//!
+//! // All or nothing: an error names the statement that failed.
+//! db.batch(vec![
+//!     Statement::new("UPDATE users SET name = ?1 WHERE id = ?2", params!["grace", 1]),
+//!     Statement::new("INSERT INTO users(name) VALUES (?1)", params!["ada"]),
+//! ]).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod blocking;
+mod connection;
+mod error;
+mod rows;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub use error::{Error, Result, SqlError};
+pub use nexusd_protocol::paths::default_socket_path;
+pub use nexusd_protocol::{Executed, Params, Statement, Status, Value};
+pub use rows::{FromValue, Row, Rows};
+
+use nexusd_protocol::{AdminRequest, DEFAULT_DB, Request, RequestBody, ResponseBody};
+use tokio::sync::Mutex;
+
+use crate::connection::Connection;
+
+/// Positional parameters: `params![1, "two", 3.0, None::<i64>]`.
+/// Accepts anything that converts into a [`Value`]: i64, i32, f64, bool,
+/// &str, String, Vec<u8>, &[u8], `Option<_>` of those, and `Value`.
+#[macro_export]
+macro_rules! params {
+    () => {
+        $crate::Params::Positional(::std::vec::Vec::new())
+    };
+    ($($value:expr),+ $(,)?) => {
+        $crate::Params::Positional(::std::vec![$($crate::Value::from($value)),+])
+    };
+}
+
+/// Named parameters: `named_params! { ":id" => 7, ":name" => "ada" }`.
+/// Names carry their prefix (`:`, `@` or `$`), as in the SQL.
+#[macro_export]
+macro_rules! named_params {
+    () => {
+        $crate::Params::Named(::std::vec::Vec::new())
+    };
+    ($($name:expr => $value:expr),+ $(,)?) => {
+        $crate::Params::Named(::std::vec![$((::std::string::String::from($name), $crate::Value::from($value))),+])
+    };
+}
+
+use nexusd_protocol::StatementResult as WireStatementResult;
+
+/// The outcome of one statement of a [`Client::batch`]: rows for a
+/// statement that returns columns (SELECT, RETURNING), else the changes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StatementResult {
+    Executed(Executed),
+    Rows(Rows),
+}
+
+impl StatementResult {
+    /// The rows, if the statement returned any columns.
+    pub fn rows(&self) -> Option<&Rows> {
+        match self {
+            StatementResult::Rows(r) => Some(r),
+            StatementResult::Executed(_) => None,
+        }
+    }
+
+    /// The change counts, if the statement returned no columns.
+    pub fn executed(&self) -> Option<&Executed> {
+        match self {
+            StatementResult::Executed(e) => Some(e),
+            StatementResult::Rows(_) => None,
+        }
+    }
+}
+
+/// How a client connects and waits.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Shown by the daemon in its logs and `nexusd ctl`.
+    pub client_name: String,
+    /// Time limit sent with each request; `None` leaves the daemon's
+    /// default (30 s unless configured).
+    pub request_timeout: Option<Duration>,
+    /// How long a call keeps trying to (re)connect before it fails.
+    pub reconnect_for: Duration,
+    /// How long to wait for the daemon's handshake reply.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            client_name: default_client_name(),
+            request_timeout: None,
+            reconnect_for: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+fn default_client_name() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "nexusd-client".to_owned())
+}
+
+/// Longest the daemon lets a request run, plus slack; a reply later than
+/// this means the daemon is wedged, so the call stops waiting.
+const REPLY_WAIT_CAP: Duration = Duration::from_secs(310);
+const BACKOFF_START: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// A handle to a nexusd daemon. Clone it freely: clones share one
+/// connection, and requests from many tasks travel on it at once.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    options: ClientOptions,
+    conn: Mutex<Option<Arc<Connection>>>,
+    next_id: AtomicU64,
+}
+
+impl Client {
+    /// Connects to the daemon serving the socket at `path`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> nexusd_client::Result<()> {
+    /// let db = nexusd_client::Client::connect(nexusd_client::default_socket_path()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(path: impl AsRef<Path>) -> Result<Client> {
+        Client::connect_with(path, ClientOptions::default()).await
+    }
+
+    /// Connects with explicit options.
+    pub async fn connect_with(path: impl AsRef<Path>, options: ClientOptions) -> Result<Client> {
+        let client = Client {
+            inner: Arc::new(Inner {
+                path: path.as_ref().to_owned(),
+                options,
+                conn: Mutex::new(None),
+                next_id: AtomicU64::new(1),
+            }),
+        };
+        client.connection().await?;
+        Ok(client)
+    }
+
+    /// The socket this client talks to.
+    pub fn socket_path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs one statement through the writer and waits until it is
+    /// committed (durable).
+    ///
+    /// ```no_run
+    /// # async fn demo(db: nexusd_client::Client) -> nexusd_client::Result<()> {
+    /// use nexusd_client::params;
+    /// let done = db.execute("UPDATE jobs SET state = ?1 WHERE id = ?2", params!["done", 42]).await?;
+    /// assert!(done.rows_affected <= 1);
+    /// # Ok(()) }
+    /// ```
+    pub async fn execute(&self, sql: &str, params: Params) -> Result<Executed> {
+        match self
+            .call(RequestBody::Execute(Statement::new(sql, params)))
+            .await?
+        {
+            ResponseBody::Executed(e) => Ok(e),
+            ResponseBody::Rows(_) => Ok(Executed {
+                rows_affected: 0,
+                last_insert_rowid: 0,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Runs one statement and returns its rows. Read-only statements are
+    /// served by the reader pool; others (`INSERT .. RETURNING`) by the
+    /// writer. A read sees every write acknowledged before it was sent.
+    ///
+    /// ```no_run
+    /// # async fn demo(db: nexusd_client::Client) -> nexusd_client::Result<()> {
+    /// use nexusd_client::params;
+    /// let rows = db.query("SELECT count(*) FROM jobs WHERE state = ?1", params!["done"]).await?;
+    /// let n: i64 = rows.get(0).expect("count(*) returns a row").get(0)?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn query(&self, sql: &str, params: Params) -> Result<Rows> {
+        match self
+            .call(RequestBody::Query(Statement::new(sql, params)))
+            .await?
+        {
+            ResponseBody::Rows(r) => Ok(Rows::from_wire(r)),
+            ResponseBody::Executed(_) => Ok(Rows::default()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Runs the statements atomically, in order: all apply, or none do and
+    /// the error's `statement_index` names the one that failed.
+    ///
+    /// ```no_run
+    /// # async fn demo(db: nexusd_client::Client) -> nexusd_client::Result<()> {
+    /// use nexusd_client::{Statement, params};
+    /// db.batch(vec![
+    ///     Statement::new("UPDATE accounts SET balance = balance - ?1 WHERE id = ?2", params![10, 1]),
+    ///     Statement::new("UPDATE accounts SET balance = balance + ?1 WHERE id = ?2", params![10, 2]),
+    /// ]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn batch(&self, statements: Vec<Statement>) -> Result<Vec<StatementResult>> {
+        match self.call(RequestBody::Batch(statements)).await? {
+            ResponseBody::Batch(results) => Ok(results
+                .into_iter()
+                .map(|r| match r {
+                    WireStatementResult::Executed(e) => StatementResult::Executed(e),
+                    WireStatementResult::Rows(r) => StatementResult::Rows(Rows::from_wire(r)),
+                })
+                .collect()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The daemon's status: versions, paths, settings, counters.
+    pub async fn status(&self) -> Result<Status> {
+        match self.call(RequestBody::Admin(AdminRequest::Status)).await? {
+            ResponseBody::Status(s) => Ok(s),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Asks the daemon to drain and exit, as SIGTERM does.
+    pub async fn shutdown(&self) -> Result<()> {
+        match self
+            .call(RequestBody::Admin(AdminRequest::Shutdown))
+            .await?
+        {
+            ResponseBody::Ok => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A round trip that touches no data.
+    pub async fn ping(&self) -> Result<()> {
+        match self.call(RequestBody::Admin(AdminRequest::Ping)).await? {
+            ResponseBody::Ok => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn call(&self, body: RequestBody) -> Result<ResponseBody> {
+        let conn = self.connection().await?;
+        let timeout_ms = self.inner.options.request_timeout.map_or(0, |t| {
+            u32::try_from(t.as_millis()).unwrap_or(u32::MAX).max(1)
+        });
+        let wait = self
+            .inner
+            .options
+            .request_timeout
+            .map_or(REPLY_WAIT_CAP, |t| t + Duration::from_secs(5));
+        let req = Request {
+            id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            db: DEFAULT_DB.to_owned(),
+            timeout_ms,
+            body,
+        };
+        match conn.call(req, wait).await? {
+            ResponseBody::Error(body) => Err(Error::from_body(body)),
+            body => Ok(body),
+        }
+    }
+
+    /// The live connection, reconnecting with bounded backoff if the last
+    /// one died (a daemon restart, say).
+    async fn connection(&self) -> Result<Arc<Connection>> {
+        let mut slot = self.inner.conn.lock().await;
+        if let Some(conn) = slot.as_ref().filter(|c| c.is_alive()) {
+            return Ok(conn.clone());
+        }
+        *slot = None;
+        let opts = &self.inner.options;
+        let give_up = Instant::now() + opts.reconnect_for;
+        let mut delay = BACKOFF_START;
+        loop {
+            match Connection::open(&self.inner.path, &opts.client_name, opts.handshake_timeout)
+                .await
+            {
+                Ok(conn) => {
+                    let conn = Arc::new(conn);
+                    *slot = Some(conn.clone());
+                    return Ok(conn);
+                }
+                // Only a daemon that is not there (yet) is worth waiting for.
+                Err(e @ Error::Connect { .. }) | Err(e @ Error::ShuttingDown(_)) => {
+                    if Instant::now() + delay > give_up {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(BACKOFF_MAX);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn unexpected(body: &ResponseBody) -> Error {
+    let what = match body {
+        ResponseBody::Executed(_) => "Executed",
+        ResponseBody::Rows(_) => "Rows",
+        ResponseBody::Batch(_) => "Batch",
+        ResponseBody::Status(_) => "Status",
+        ResponseBody::Ok => "Ok",
+        ResponseBody::Error(_) => "Error",
+    };
+    Error::Protocol(format!(
+        "the daemon answered with an unexpected {what} reply"
+    ))
+}

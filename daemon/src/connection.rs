@@ -1,0 +1,277 @@
+//! One client connection: the handshake, then frames in and frames out.
+//!
+//! Reading and writing are separate tasks. Each request runs as a task of
+//! its own, holding one of the connection's in-flight permits; when all are
+//! taken the connection stops reading, which is its backpressure. Replies go
+//! through a bounded channel to the write task, which writes every reply
+//! that is ready in one syscall. A client that stops reading its replies
+//! stalls only its own write task, which closes the connection after
+//! `--write-stall-timeout-ms`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use nexusd_protocol::codec::{self, CodecError, FrameDecoder};
+use nexusd_protocol::{
+    ErrorBody, ErrorKind, Hello, HelloReply, PROTOCOL_VERSION, Request, Response, ResponseBody,
+    Welcome,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use crate::server::Shared;
+
+/// Replies encoded into one buffer before it is written.
+const WRITE_BUFFER_SOFT_LIMIT: usize = 256 * 1024;
+/// How often a draining connection checks whether its requests are done.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
+
+pub async fn serve(stream: UnixStream, shared: Arc<Shared>) {
+    let peer = match stream.peer_cred() {
+        Ok(c) => format!(
+            "pid {} uid {}",
+            c.pid().map_or_else(|| "?".into(), |p| p.to_string()),
+            c.uid()
+        ),
+        Err(_) => "unknown peer".to_owned(),
+    };
+    let max_frame = shared.config.max_frame_bytes;
+    let (rd, mut wr) = stream.into_split();
+    let mut frames = FramedRead::new(
+        rd,
+        FrameDecoder {
+            max_frame_bytes: max_frame,
+        },
+    );
+
+    let hello = match handshake(&mut frames, &shared, &peer).await {
+        Ok(hello) => hello,
+        Err(refusal) => {
+            let mut buf = BytesMut::new();
+            if codec::encode_frame(&HelloReply::Refused(refusal), max_frame, &mut buf).is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&buf)).await;
+            }
+            return;
+        }
+    };
+    let client = format!("{:?} ({peer})", hello.client_name);
+    let welcome = HelloReply::Welcome(Welcome {
+        protocol_version: PROTOCOL_VERSION,
+        server_version: env!("CARGO_PKG_VERSION").to_owned(),
+        features: 0,
+        max_frame_bytes: max_frame,
+        max_in_flight: shared.config.max_in_flight,
+    });
+    let mut buf = BytesMut::new();
+    if let Err(e) = codec::encode_frame(&welcome, max_frame, &mut buf) {
+        tracing::error!(error = %e, "could not encode the welcome");
+        return;
+    }
+    if wr.write_all(&buf).await.is_err() {
+        return;
+    }
+    tracing::debug!(client, "connected");
+
+    let max_in_flight = shared.config.max_in_flight as usize;
+    let (out_tx, out_rx) = mpsc::channel::<Response>(max_in_flight);
+    let dead = CancellationToken::new();
+    let stall = Duration::from_millis(shared.config.write_stall_timeout_ms);
+    let write_task = tokio::spawn(write_loop(
+        wr,
+        out_rx,
+        max_frame,
+        stall,
+        dead.clone(),
+        client.clone(),
+    ));
+
+    let in_flight = Arc::new(Semaphore::new(max_in_flight));
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut draining = *shutdown.borrow_and_update();
+    loop {
+        if draining && in_flight.available_permits() == max_in_flight {
+            break;
+        }
+        let next = async {
+            let permit = in_flight.clone().acquire_owned().await;
+            (permit, frames.next().await)
+        };
+        let (permit, frame) = tokio::select! {
+            biased;
+            _ = dead.cancelled() => break,
+            _ = shutdown.changed(), if !draining => { draining = true; continue }
+            _ = tokio::time::sleep(DRAIN_POLL), if draining => continue,
+            r = next => r,
+        };
+        let Ok(permit) = permit else { break };
+        let payload = match frame {
+            None => {
+                tracing::debug!(client, "disconnected");
+                break;
+            }
+            Some(Ok(payload)) => payload,
+            Some(Err(CodecError::Io(e))) => {
+                tracing::warn!(client, error = %e, "connection failed mid-frame; closing it");
+                break;
+            }
+            Some(Err(e)) => {
+                tracing::warn!(client, error = %e, "protocol error; closing the connection");
+                let _ = out_tx.send(connection_error(e.to_string())).await;
+                break;
+            }
+        };
+        let req: Request = match codec::decode_payload(&payload) {
+            Ok(req) => req,
+            Err(e) => {
+                tracing::warn!(client, error = %e, "undecodable request; closing the connection");
+                let _ = out_tx.send(connection_error(e.to_string())).await;
+                break;
+            }
+        };
+        let id = req.id;
+        if draining {
+            let body = ResponseBody::Error(ErrorBody::new(
+                ErrorKind::ShuttingDown,
+                "nexusd is shutting down and did not start this request; not applied",
+            ));
+            let _ = out_tx.send(Response { id, body }).await;
+            continue;
+        }
+        let shared = shared.clone();
+        let out_tx = out_tx.clone();
+        tokio::spawn(async move {
+            let body = shared.handle(req).await;
+            // A closed connection just drops the reply.
+            let _ = out_tx.send(Response { id, body }).await;
+            drop(permit);
+        });
+    }
+    // The write task ends once every request task has sent its reply.
+    drop(out_tx);
+    drop(frames);
+    let _ = write_task.await;
+}
+
+fn connection_error(message: String) -> Response {
+    Response {
+        id: 0,
+        body: ResponseBody::Error(ErrorBody::new(
+            ErrorKind::Protocol,
+            format!("{message}; the connection is closed"),
+        )),
+    }
+}
+
+async fn handshake(
+    frames: &mut FramedRead<tokio::net::unix::OwnedReadHalf, FrameDecoder>,
+    shared: &Shared,
+    peer: &str,
+) -> Result<Hello, ErrorBody> {
+    let timeout = Duration::from_millis(shared.config.handshake_timeout_ms);
+    let refuse = |message: String| {
+        tracing::warn!(peer, "{message}");
+        ErrorBody::new(ErrorKind::Protocol, message)
+    };
+    let payload = match tokio::time::timeout(timeout, frames.next()).await {
+        Err(_) => {
+            return Err(refuse(format!(
+                "no handshake within {} ms; closing the connection",
+                timeout.as_millis()
+            )));
+        }
+        Ok(None) => {
+            return Err(ErrorBody::new(
+                ErrorKind::Protocol,
+                "closed before handshake",
+            ));
+        }
+        Ok(Some(Err(e))) => {
+            return Err(refuse(format!(
+                "expected a nexusd handshake frame, got something else: {e}"
+            )));
+        }
+        Ok(Some(Ok(payload))) => payload,
+    };
+    let mismatch = |theirs: u32| {
+        refuse(format!(
+            "protocol version mismatch: the client speaks version {theirs}, this nexusd speaks \
+             version {PROTOCOL_VERSION}; use a client built for protocol {PROTOCOL_VERSION}"
+        ))
+    };
+    match codec::decode_payload::<Hello>(&payload) {
+        Ok(hello) if hello.protocol_version == PROTOCOL_VERSION => Ok(hello),
+        Ok(hello) => Err(mismatch(hello.protocol_version)),
+        Err(e) => match codec::peek_version(&payload) {
+            Some(v) if v != PROTOCOL_VERSION => Err(mismatch(v)),
+            _ => Err(refuse(format!("could not decode the handshake: {e}"))),
+        },
+    }
+}
+
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Response>,
+    max_frame: u32,
+    stall: Duration,
+    dead: CancellationToken,
+    client: String,
+) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    while let Some(resp) = rx.recv().await {
+        encode_response(resp, max_frame, &mut buf);
+        while buf.len() < WRITE_BUFFER_SOFT_LIMIT {
+            match rx.try_recv() {
+                Ok(resp) => encode_response(resp, max_frame, &mut buf),
+                Err(_) => break,
+            }
+        }
+        match tokio::time::timeout(stall, wr.write_all(&buf)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(client, error = %e, "client gone while replying");
+                dead.cancel();
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    client,
+                    stall_ms = stall.as_millis() as u64,
+                    "client has not read its replies; closing the connection"
+                );
+                dead.cancel();
+                return;
+            }
+        }
+        buf.clear();
+    }
+    let _ = wr.shutdown().await;
+}
+
+/// Encodes a reply; one that cannot be encoded becomes an error reply for
+/// the same request, so the client is never left waiting.
+fn encode_response(resp: Response, max_frame: u32, buf: &mut BytesMut) {
+    let id = resp.id;
+    if let Err(e) = codec::encode_frame(&resp, max_frame, buf) {
+        tracing::warn!(id, error = %e, "reply could not be encoded");
+        let kind = match e {
+            CodecError::FrameTooLarge { .. } => ErrorKind::TooLarge,
+            _ => ErrorKind::Internal,
+        };
+        let fallback = Response {
+            id,
+            body: ResponseBody::Error(ErrorBody::new(
+                kind,
+                format!("the reply could not be sent: {e}"),
+            )),
+        };
+        if let Err(e) = codec::encode_frame(&fallback, max_frame, buf) {
+            tracing::error!(id, error = %e, "even the error reply could not be encoded");
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! The writer actor: one OS thread that owns the only read-write connection.
+//!
+//! It drains a bounded queue. Whatever queued up while the previous commit
+//! ran becomes the next batch: `BEGIN IMMEDIATE`, then each request inside a
+//! `SAVEPOINT` of its own (`RELEASE` on success, `ROLLBACK TO` on error), then
+//! one `COMMIT`. A request is answered only after that COMMIT returned, so an
+//! acknowledged write is durable. A lone request waits for nothing.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use nexusd_protocol::{ErrorBody, ErrorKind, ResponseBody, Statement, StatementResult};
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::db::{self, Guard, Output, StatementLimits, Synchronous, Want};
+
+/// What a write request asks for.
+pub enum WriteOp {
+    Execute(Statement),
+    Query(Statement),
+    Batch(Vec<Statement>),
+}
+
+pub struct WriteJob {
+    pub op: WriteOp,
+    pub arrived: Instant,
+    pub deadline: Instant,
+    pub reply: oneshot::Sender<ResponseBody>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    pub path: PathBuf,
+    pub synchronous: Synchronous,
+    pub queue_capacity: usize,
+    /// Most requests committed in one transaction.
+    pub max_batch: usize,
+    /// Longest a transaction stays open before it is committed with the
+    /// requests it has so far.
+    pub max_txn_time: Duration,
+    pub max_result_bytes: usize,
+}
+
+/// Counters the writer keeps; read by `ctl status`.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub writes_committed: AtomicU64,
+    pub batches_committed: AtomicU64,
+    /// Set while the writer thread runs; cleared when it stops.
+    pub alive: AtomicBool,
+}
+
+/// The handle every connection holds. The writer stops once all handles are
+/// dropped and the queue is drained.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<WriteJob>,
+    pub stats: Arc<WriterStats>,
+}
+
+impl WriterHandle {
+    /// Queues a write and waits for its answer. A request that cannot even
+    /// be queued by its deadline is answered "timed out, not applied".
+    pub async fn submit(&self, op: WriteOp, arrived: Instant, deadline: Instant) -> ResponseBody {
+        let (reply, rx) = oneshot::channel();
+        let job = WriteJob {
+            op,
+            arrived,
+            deadline,
+            reply,
+        };
+        let sent = tokio::time::timeout_at(deadline.into(), self.tx.send(job)).await;
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return writer_gone(),
+            Err(_) => {
+                return ResponseBody::Error(ErrorBody::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "timed out after {} ms waiting for room in the writer queue; not \
+                         applied. The daemon is saturated: retry later or raise --writer-queue",
+                        arrived.elapsed().as_millis()
+                    ),
+                ));
+            }
+        }
+        rx.await.unwrap_or_else(|_| writer_gone())
+    }
+
+    /// Requests queued and not yet taken by the writer.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+fn writer_gone() -> ResponseBody {
+    ResponseBody::Error(ErrorBody::new(
+        ErrorKind::ShuttingDown,
+        "the writer has stopped (the daemon is shutting down or failed); not applied",
+    ))
+}
+
+/// Opens the database on a new thread and starts the writer there. Returns
+/// once the database is open, or with the reason it could not be.
+pub fn spawn(config: WriterConfig) -> anyhow::Result<(WriterHandle, JoinHandle<()>)> {
+    let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+    let stats = Arc::new(WriterStats::default());
+    let (opened_tx, opened_rx) = std::sync::mpsc::sync_channel(1);
+    let thread_stats = stats.clone();
+    let thread = std::thread::Builder::new()
+        .name("nexusd-writer".into())
+        .spawn(move || {
+            let (conn, guard) = match db::open_writer(&config.path, config.synchronous) {
+                Ok(c) => {
+                    let _ = opened_tx.send(Ok(()));
+                    c
+                }
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e));
+                    return;
+                }
+            };
+            thread_stats.alive.store(true, Ordering::SeqCst);
+            let mut writer = Writer {
+                conn,
+                guard,
+                config,
+                stats: thread_stats.clone(),
+                rx,
+                pending: VecDeque::new(),
+            };
+            writer.run();
+            writer.close();
+            thread_stats.alive.store(false, Ordering::SeqCst);
+        })
+        .context("could not start the writer thread")?;
+    opened_rx
+        .recv()
+        .context("the writer thread died while opening the database")??;
+    Ok((WriterHandle { tx, stats }, thread))
+}
+
+struct Writer {
+    conn: Connection,
+    guard: Guard,
+    config: WriterConfig,
+    stats: Arc<WriterStats>,
+    rx: mpsc::Receiver<WriteJob>,
+    /// Jobs taken from the queue but not yet run (a batch cut short by the
+    /// transaction time limit, or retried after SQLite aborted a batch).
+    pending: VecDeque<WriteJob>,
+}
+
+/// A job that ran inside the open transaction, waiting for COMMIT.
+struct Done {
+    job: WriteJob,
+    body: ResponseBody,
+}
+
+impl Writer {
+    fn run(&mut self) {
+        loop {
+            if self.pending.is_empty() {
+                match self.rx.blocking_recv() {
+                    Some(job) => self.pending.push_back(job),
+                    None => return,
+                }
+            }
+            while self.pending.len() < self.config.max_batch {
+                match self.rx.try_recv() {
+                    Ok(job) => self.pending.push_back(job),
+                    Err(_) => break,
+                }
+            }
+            self.run_batch();
+        }
+    }
+
+    /// Runs jobs from `pending` in one transaction, up to the batch size and
+    /// the transaction time limit.
+    fn run_batch(&mut self) {
+        let started = Instant::now();
+        if let Err(e) = self.exec_own("BEGIN IMMEDIATE") {
+            let body = db::internal_error("BEGIN IMMEDIATE", &e);
+            tracing::error!(error = %e, "could not begin a write transaction");
+            for job in self.pending.drain(..) {
+                let _ = job.reply.send(ResponseBody::Error(body.clone()));
+            }
+            return;
+        }
+        let mut done: Vec<Done> = Vec::new();
+        let mut ran = 0usize;
+        while ran < self.config.max_batch && started.elapsed() < self.config.max_txn_time {
+            let Some(job) = self.pending.pop_front() else {
+                break;
+            };
+            ran += 1;
+            if Instant::now() >= job.deadline {
+                let body = not_started(&job);
+                let _ = job.reply.send(body);
+                continue;
+            }
+            match self.run_job(&job) {
+                Ok(body) => done.push(Done { job, body }),
+                Err(err) => {
+                    if self.conn.is_autocommit() {
+                        // SQLite rolled the whole transaction back (a trigger's
+                        // RAISE(ROLLBACK), an I/O error): the jobs run so far
+                        // were not applied, so they run again in the next one.
+                        tracing::warn!(message = %err.message, "a request aborted its batch; re-running the others");
+                        let _ = job.reply.send(ResponseBody::Error(err));
+                        for d in done.into_iter().rev() {
+                            self.pending.push_front(d.job);
+                        }
+                        return;
+                    }
+                    let _ = job.reply.send(ResponseBody::Error(err));
+                }
+            }
+        }
+        match self.exec_own("COMMIT") {
+            Ok(()) => {
+                self.stats
+                    .writes_committed
+                    .fetch_add(done.len() as u64, Ordering::Relaxed);
+                self.stats.batches_committed.fetch_add(1, Ordering::Relaxed);
+                for d in done {
+                    let _ = d.job.reply.send(d.body);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, requests = done.len(), "COMMIT failed; the batch is rolled back");
+                if !self.conn.is_autocommit() {
+                    let _ = self.exec_own("ROLLBACK");
+                }
+                let body = db::internal_error("COMMIT", &e);
+                for d in done {
+                    let _ = d.job.reply.send(ResponseBody::Error(body.clone()));
+                }
+            }
+        }
+    }
+
+    /// Runs one job inside a savepoint of its own.
+    fn run_job(&mut self, job: &WriteJob) -> Result<ResponseBody, ErrorBody> {
+        self.exec_own("SAVEPOINT req")
+            .map_err(|e| db::internal_error("SAVEPOINT", &e))?;
+        let limits = StatementLimits {
+            deadline: job.deadline,
+            started: job.arrived,
+            timeout: job.deadline.saturating_duration_since(job.arrived),
+            max_result_bytes: self.config.max_result_bytes,
+        };
+        let result = match &job.op {
+            WriteOp::Execute(st) => self.run_one(st, Want::Changes, &limits).map(|o| match o {
+                Output::Executed(e) => ResponseBody::Executed(e),
+                Output::Rows(r) => ResponseBody::Rows(r),
+            }),
+            WriteOp::Query(st) => self.run_one(st, Want::Rows, &limits).map(|o| match o {
+                Output::Executed(e) => ResponseBody::Executed(e),
+                Output::Rows(r) => ResponseBody::Rows(r),
+            }),
+            WriteOp::Batch(stmts) => {
+                let mut results = Vec::with_capacity(stmts.len());
+                let mut failed = None;
+                for (i, st) in stmts.iter().enumerate() {
+                    match self.run_one(st, Want::Either, &limits) {
+                        Ok(Output::Executed(e)) => results.push(StatementResult::Executed(e)),
+                        Ok(Output::Rows(r)) => results.push(StatementResult::Rows(r)),
+                        Err(mut e) => {
+                            e.statement_index = Some(u32::try_from(i).unwrap_or(u32::MAX));
+                            e.message = format!(
+                                "statement {i} of the batch failed, so none of its {} statements \
+                                 was applied: {}",
+                                stmts.len(),
+                                e.message
+                            );
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                match failed {
+                    Some(e) => Err(e),
+                    None => Ok(ResponseBody::Batch(results)),
+                }
+            }
+        };
+        if self.conn.is_autocommit() {
+            // The transaction is gone; there is no savepoint to release.
+            return result;
+        }
+        match &result {
+            Ok(_) => self
+                .exec_own("RELEASE req")
+                .map_err(|e| db::internal_error("RELEASE", &e))?,
+            Err(_) => {
+                self.exec_own("ROLLBACK TO req")
+                    .and_then(|()| self.exec_own("RELEASE req"))
+                    .map_err(|e| db::internal_error("ROLLBACK TO", &e))?;
+            }
+        }
+        result
+    }
+
+    fn run_one(
+        &self,
+        st: &Statement,
+        want: Want,
+        limits: &StatementLimits,
+    ) -> Result<Output, ErrorBody> {
+        match db::run_statement(&self.conn, &self.guard, st, want, limits, false)? {
+            Some(out) => Ok(out),
+            None => Err(ErrorBody::new(
+                ErrorKind::Internal,
+                "the writer skipped a statement it was asked to run",
+            )),
+        }
+    }
+
+    /// Runs one of the daemon's own statements, outside the guard.
+    fn exec_own(&self, sql: &str) -> rusqlite::Result<()> {
+        self.conn.prepare_cached(sql)?.execute([]).map(|_| ())
+    }
+
+    /// Checkpoints and truncates the WAL so the file stands alone.
+    fn close(self) {
+        match self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            }) {
+            Ok((busy, log, done)) => {
+                tracing::info!(
+                    busy,
+                    wal_frames = log,
+                    checkpointed = done,
+                    "final checkpoint"
+                )
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "final checkpoint failed; the WAL is kept and replayed on next open")
+            }
+        }
+        if let Err((_, e)) = self.conn.close() {
+            tracing::warn!(error = %e, "closing the database failed");
+        }
+    }
+}
+
+fn not_started(job: &WriteJob) -> ResponseBody {
+    ResponseBody::Error(ErrorBody::new(
+        ErrorKind::Timeout,
+        format!(
+            "timed out after {} ms in the writer queue before it started; not applied. The \
+             daemon is saturated: retry later, or send a larger timeout",
+            job.arrived.elapsed().as_millis()
+        ),
+    ))
+}
