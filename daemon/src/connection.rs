@@ -9,7 +9,7 @@
 //! `--write-stall-timeout-ms`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures_util::StreamExt;
@@ -31,6 +31,12 @@ use crate::server::Shared;
 const WRITE_BUFFER_SOFT_LIMIT: usize = 256 * 1024;
 /// How often a draining connection checks whether its requests are done.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
+/// A draining connection closes once its requests are answered and the
+/// client has sent nothing for this long, so requests already on their way
+/// get a clean "shutting down, not applied" instead of a reset.
+const DRAIN_QUIET: Duration = Duration::from_millis(100);
+/// ...and at the latest this long after the drain began.
+const DRAIN_MAX: Duration = Duration::from_secs(2);
 
 pub async fn serve(stream: UnixStream, shared: Arc<Shared>) {
     let peer = match stream.peer_cred() {
@@ -94,8 +100,13 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>) {
     let in_flight = Arc::new(Semaphore::new(max_in_flight));
     let mut shutdown = shared.shutdown.subscribe();
     let mut draining = *shutdown.borrow_and_update();
+    let mut drain_started = Instant::now();
+    let mut last_frame = Instant::now();
     loop {
-        if draining && in_flight.available_permits() == max_in_flight {
+        if draining
+            && in_flight.available_permits() == max_in_flight
+            && (last_frame.elapsed() >= DRAIN_QUIET || drain_started.elapsed() >= DRAIN_MAX)
+        {
             break;
         }
         let next = async {
@@ -105,11 +116,16 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>) {
         let (permit, frame) = tokio::select! {
             biased;
             _ = dead.cancelled() => break,
-            _ = shutdown.changed(), if !draining => { draining = true; continue }
+            _ = shutdown.changed(), if !draining => {
+                draining = true;
+                drain_started = Instant::now();
+                continue;
+            }
             _ = tokio::time::sleep(DRAIN_POLL), if draining => continue,
             r = next => r,
         };
         let Ok(permit) = permit else { break };
+        last_frame = Instant::now();
         let payload = match frame {
             None => {
                 tracing::debug!(client, "disconnected");

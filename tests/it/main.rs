@@ -1,1 +1,69 @@
+//! Integration tests: the real `nexusd` binary, driven through the client
+//! crate, from several OS processes where that is the point.
 
+mod bad_input;
+mod concurrency;
+mod lifecycle;
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nexusd_client::Client;
+use nexusd_tests::Daemon;
+
+pub const WORKER: &str = env!("CARGO_BIN_EXE_nexusd-test-worker");
+
+/// One runtime per test: the tests are sync so they can also drive
+/// processes and signals plainly.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+pub async fn client(d: &Daemon) -> Client {
+    Client::connect(d.socket()).await.expect("connect")
+}
+
+/// Starts a worker process.
+pub fn spawn_worker(args: &[String]) -> Child {
+    Command::new(WORKER)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("could not start the worker")
+}
+
+/// Waits for a worker and parses its last `key=value` line.
+pub fn finish_worker(child: Child) -> HashMap<String, u64> {
+    let out = child.wait_with_output().expect("worker output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "worker failed: {}\nstdout: {stdout}\nstderr: {stderr}",
+        out.status
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    last.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| {
+            (
+                k.to_owned(),
+                v.parse()
+                    .unwrap_or_else(|_| panic!("bad value in {last:?}")),
+            )
+        })
+        .collect()
+}
+
+pub fn s(v: impl ToString) -> String {
+    v.to_string()
+}
+
+pub const LONG: Duration = Duration::from_secs(60);
