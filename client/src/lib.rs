@@ -356,3 +356,8 @@ fn unexpected(body: &ResponseBody) -> Error {
         "the daemon answered with an unexpected {what} reply"
     ))
 }
+
+/// The README's Rust example, compiled as a doc-test so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -349,7 +349,7 @@ fn run_guarded(
     };
     let mut out = Rows {
         columns: if keep_rows {
-            stmt.column_names().into_iter().map(String::from).collect()
+            stmt.column_names().map(String::from).collect()
         } else {
             Vec::new()
         },
