@@ -13,7 +13,9 @@
 //! - `connection`: one client's handshake and frames.
 //! - `shutdown`: signals, and the order in which the daemon stops.
 //! - `ctl`: the `nexusd ctl` operator commands.
+//! - `bench`: `nexusd bench`, load from several processes.
 
+mod bench;
 mod config;
 mod connection;
 mod ctl;
@@ -45,6 +47,11 @@ enum Command {
     Serve(config::ServeConfig),
     /// Operator commands against a running daemon.
     Ctl(ctl::CtlArgs),
+    /// Load a daemon from several processes and report throughput and latency.
+    Bench(bench::BenchArgs),
+    /// One process of `nexusd bench` (started by it).
+    #[command(hide = true)]
+    BenchWorker(bench::WorkerArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,5 +65,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Ctl(args) => ctl::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::BenchWorker(args) => bench::worker(args),
     }
 }

@@ -102,3 +102,19 @@ impl<T: Into<Value>> From<Option<T>> for Value {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversions_pick_the_storage_class() {
+        assert_eq!(Value::from(3i32), Value::Integer(3));
+        assert_eq!(Value::from(true), Value::Integer(1));
+        assert_eq!(Value::from(None::<&str>), Value::Null);
+        assert_eq!(Value::from(Some("a")), Value::Text("a".into()));
+        assert_eq!(Value::from(&b"\x00\x01"[..]), Value::Blob(vec![0, 1]));
+        assert_eq!(Value::Text("abc".into()).heap_size(), 3);
+        assert_eq!(Value::Real(1.0).type_name(), "REAL");
+    }
+}

@@ -329,3 +329,74 @@ fn ctl_prints_status_and_tables_and_fails_non_zero() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is the daemon running?"));
 }
+
+/// Limits answer clearly: the connection limit refuses with "overloaded",
+/// a runaway read is interrupted, and a write that cannot start by its
+/// deadline is answered "timed out, not applied" and is indeed not applied.
+#[test]
+fn limits_fail_clearly_and_apply_nothing() {
+    let d = Daemon::start(&["--max-connections", "3", "--writer-queue", "4"]);
+    rt().block_on(async {
+        let fast = nexusd_client::ClientOptions {
+            request_timeout: Some(Duration::from_millis(300)),
+            ..Default::default()
+        };
+        let c = nexusd_client::Client::connect_with(d.socket(), fast.clone()).await.expect("connect");
+        c.execute("CREATE TABLE t(x INTEGER)", params![]).await.expect("create");
+
+        // A runaway read is interrupted at its deadline.
+        let e = c
+            .query("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c", params![])
+            .await
+            .expect_err("an endless query must be interrupted");
+        assert!(matches!(e, Error::Timeout(_)), "{e}");
+        assert!(e.to_string().contains("time limit of 300 ms"), "{e}");
+
+        // A long write holds the writer; short writes queued behind it time out.
+        let slow = nexusd_client::Client::connect(d.socket()).await.expect("connect");
+        let long = tokio::spawn(async move {
+            slow.execute(
+                "INSERT INTO t WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 3000000) SELECT -x FROM c",
+                params![],
+            )
+            .await
+        });
+        let mut short = Vec::new();
+        for i in 0..20i64 {
+            let c = c.clone();
+            short.push(tokio::spawn(async move { c.execute("INSERT INTO t VALUES (?1)", params![i]).await }));
+        }
+        let mut timed_out = 0;
+        for s in short {
+            match s.await.expect("task") {
+                Ok(_) => {}
+                Err(Error::Timeout(msg)) => {
+                    assert!(msg.contains("not applied"), "{msg}");
+                    timed_out += 1;
+                }
+                Err(e) => panic!("unexpected error {e}"),
+            }
+        }
+        long.await.expect("task").expect("the long write commits");
+        let rows = c.query("SELECT count(*) FROM t WHERE x >= 0", params![]).await.expect("count");
+        let landed: i64 = rows.get(0).expect("row").get(0).expect("n");
+        assert!(timed_out > 0, "the short writes should have timed out behind the long one");
+        assert_eq!(landed, 20 - timed_out, "timed-out writes must not be applied");
+
+        // The connection limit: open connections until one is refused; at
+        // most 3 can be open at once, `c` among them.
+        let mut held = Vec::new();
+        let refused = loop {
+            match nexusd_client::Client::connect_with(d.socket(), nexusd_client::ClientOptions { reconnect_for: Duration::ZERO, ..Default::default() }).await {
+                Ok(extra) => {
+                    held.push(extra);
+                    assert!(held.len() <= 3, "the limit of 3 connections was not enforced");
+                }
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(refused, Error::Overloaded(_)), "{refused}");
+        assert!(refused.to_string().contains("limit of 3 connections"), "{refused}");
+        c.ping().await.expect("existing connections keep working");
+    });
+}
