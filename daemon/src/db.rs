@@ -312,6 +312,27 @@ pub enum Want {
 /// the value costs on the wire and in memory.
 const VALUE_OVERHEAD: usize = 9;
 
+/// What `rows` counts against the result-size limit.
+pub fn rows_size(rows: &Rows) -> usize {
+    rows.rows
+        .iter()
+        .flatten()
+        .map(|v| VALUE_OVERHEAD + v.heap_size())
+        .sum()
+}
+
+/// The error for a result over the limit; nothing was applied.
+pub fn too_large(rows: usize, limit: usize) -> ErrorBody {
+    ErrorBody::new(
+        ErrorKind::TooLarge,
+        format!(
+            "the result exceeds the limit of {limit} bytes after {rows} rows; nothing was \
+             applied; add a LIMIT and page through it (WHERE key > ? ORDER BY key LIMIT n), \
+             or raise --max-result-bytes"
+        ),
+    )
+}
+
 /// Prepares (cached), binds and runs one client statement under `guard`.
 /// `only_readonly` makes it refuse, before running, a statement SQLite does
 /// not report as read-only; the caller then routes it to the writer.
@@ -473,14 +494,7 @@ fn error_body(e: StatementError, guard: &Guard, limits: &StatementLimits) -> Err
             message: msg,
             statement_index: None,
         },
-        StatementError::TooLarge { rows, limit } => ErrorBody::new(
-            ErrorKind::TooLarge,
-            format!(
-                "the result exceeds the limit of {limit} bytes after {rows} rows; nothing was \
-                 applied; add a LIMIT and page through it (WHERE key > ? ORDER BY key LIMIT n), \
-                 or raise --max-result-bytes"
-            ),
-        ),
+        StatementError::TooLarge { rows, limit } => too_large(rows, limit),
         StatementError::Sqlite(e) => sqlite_error_body(e, guard, limits),
     }
 }

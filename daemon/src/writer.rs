@@ -269,10 +269,20 @@ impl Writer {
             WriteOp::Batch(stmts) => {
                 let mut results = Vec::with_capacity(stmts.len());
                 let mut failed = None;
+                // The limit holds for the whole answer, not per statement.
+                let (mut size, mut row_count) = (0usize, 0usize);
                 for (i, st) in stmts.iter().enumerate() {
                     match self.run_one(st, Want::Either, &limits) {
                         Ok(Output::Executed(e)) => results.push(StatementResult::Executed(e)),
-                        Ok(Output::Rows(r)) => results.push(StatementResult::Rows(r)),
+                        Ok(Output::Rows(r)) => {
+                            size += db::rows_size(&r);
+                            row_count += r.rows.len();
+                            if size > limits.max_result_bytes {
+                                failed = Some(db::too_large(row_count, limits.max_result_bytes));
+                                break;
+                            }
+                            results.push(StatementResult::Rows(r));
+                        }
                         Err(mut e) => {
                             e.statement_index = Some(u32::try_from(i).unwrap_or(u32::MAX));
                             e.message = format!(

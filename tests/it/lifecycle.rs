@@ -335,7 +335,16 @@ fn ctl_prints_status_and_tables_and_fails_non_zero() {
 /// deadline is answered "timed out, not applied" and is indeed not applied.
 #[test]
 fn limits_fail_clearly_and_apply_nothing() {
-    let d = Daemon::start(&["--max-connections", "3", "--writer-queue", "4"]);
+    let d = Daemon::start(&[
+        "--max-connections",
+        "3",
+        "--writer-queue",
+        "4",
+        "--max-result-bytes",
+        "100000",
+        "--max-frame-bytes",
+        "200000",
+    ]);
     rt().block_on(async {
         let fast = nexusd_client::ClientOptions {
             request_timeout: Some(Duration::from_millis(300)),
@@ -343,6 +352,22 @@ fn limits_fail_clearly_and_apply_nothing() {
         };
         let c = nexusd_client::Client::connect_with(d.socket(), fast.clone()).await.expect("connect");
         c.execute("CREATE TABLE t(x INTEGER)", params![]).await.expect("create");
+        c.execute("CREATE TABLE s(x INTEGER)", params![]).await.expect("create");
+
+        // A batch whose answer would be too large fails whole: its write is
+        // not applied, even though each statement alone fits.
+        let e = c
+            .batch(vec![
+                nexusd_client::Statement::new("INSERT INTO t VALUES (-1)", params![]),
+                nexusd_client::Statement::new("SELECT zeroblob(60000)", params![]),
+                nexusd_client::Statement::new("SELECT zeroblob(60000)", params![]),
+            ])
+            .await
+            .expect_err("too large");
+        assert!(matches!(e, Error::TooLarge(_)), "{e}");
+        assert!(e.to_string().contains("limit of 100000 bytes"), "{e}");
+        let rows = c.query("SELECT count(*) FROM t", params![]).await.expect("count");
+        assert_eq!(rows.get(0).expect("row").get::<i64>(0).expect("n"), 0);
 
         // A runaway read is interrupted at its deadline.
         let e = c
@@ -361,27 +386,33 @@ fn limits_fail_clearly_and_apply_nothing() {
             )
             .await
         });
-        let mut short = Vec::new();
-        for i in 0..20i64 {
-            let c = c.clone();
-            short.push(tokio::spawn(async move { c.execute("INSERT INTO t VALUES (?1)", params![i]).await }));
-        }
-        let mut timed_out = 0;
-        for s in short {
-            match s.await.expect("task") {
-                Ok(_) => {}
-                Err(Error::Timeout(msg)) => {
-                    assert!(msg.contains("not applied"), "{msg}");
-                    timed_out += 1;
+        // Waves of short writes until the long write holds the writer (no
+        // sleeps: a wave that times out is the sign).
+        let (mut sent, mut timed_out) = (0i64, 0i64);
+        while timed_out == 0 && !long.is_finished() {
+            let mut wave = Vec::new();
+            for _ in 0..20 {
+                let c = c.clone();
+                let i = sent;
+                sent += 1;
+                wave.push(tokio::spawn(async move { c.execute("INSERT INTO s VALUES (?1)", params![i]).await }));
+            }
+            for w in wave {
+                match w.await.expect("task") {
+                    Ok(_) => {}
+                    Err(Error::Timeout(msg)) => {
+                        assert!(msg.contains("not applied"), "{msg}");
+                        timed_out += 1;
+                    }
+                    Err(e) => panic!("unexpected error {e}"),
                 }
-                Err(e) => panic!("unexpected error {e}"),
             }
         }
         long.await.expect("task").expect("the long write commits");
-        let rows = c.query("SELECT count(*) FROM t WHERE x >= 0", params![]).await.expect("count");
+        let rows = c.query("SELECT count(*) FROM s", params![]).await.expect("count");
         let landed: i64 = rows.get(0).expect("row").get(0).expect("n");
         assert!(timed_out > 0, "the short writes should have timed out behind the long one");
-        assert_eq!(landed, 20 - timed_out, "timed-out writes must not be applied");
+        assert_eq!(landed, sent - timed_out, "timed-out writes must not be applied");
 
         // The connection limit: open connections until one is refused; at
         // most 3 can be open at once, `c` among them.
