@@ -56,9 +56,10 @@ impl Connection {
         let mut buf = BytesMut::new();
         codec::encode_frame(&hello, nexusd_protocol::DEFAULT_MAX_FRAME_BYTES, &mut buf)
             .map_err(|e| Error::Protocol(e.to_string()))?;
-        wr.write_all(&buf)
-            .await
-            .map_err(|e| connect_err(format!("sending the handshake failed: {e}")))?;
+        // A daemon at its connection limit writes its refusal and closes at
+        // once, so sending may fail with the refusal already waiting to be
+        // read: read it before reporting the send error.
+        let sent = wr.write_all(&buf).await;
 
         let mut hello_frames = FramedRead::new(
             rd,
@@ -73,13 +74,17 @@ impl Connection {
                 ))
             })?;
         let welcome = match reply {
+            Some(Ok(HelloReply::Refused(body))) => return Err(Error::from_body(body)),
+            _ if sent.is_err() => {
+                let e = sent.err().map(|e| e.to_string()).unwrap_or_default();
+                return Err(connect_err(format!("sending the handshake failed: {e}")));
+            }
             None => {
                 return Err(connect_err(
                     "the daemon closed the connection during the handshake".into(),
                 ));
             }
             Some(Err(e)) => return Err(Error::Protocol(format!("bad handshake reply: {e}"))),
-            Some(Ok(HelloReply::Refused(body))) => return Err(Error::from_body(body)),
             Some(Ok(HelloReply::Welcome(w))) => w,
         };
         let parts = hello_frames.into_parts();

@@ -346,11 +346,15 @@ fn limits_fail_clearly_and_apply_nothing() {
         "200000",
     ]);
     rt().block_on(async {
-        let fast = nexusd_client::ClientOptions {
-            request_timeout: Some(Duration::from_millis(300)),
-            ..Default::default()
-        };
-        let c = nexusd_client::Client::connect_with(d.socket(), fast.clone()).await.expect("connect");
+        // `fast` sends a 300 ms time limit with each request; `c` leaves the
+        // daemon's default, so checks do not race the machine's load.
+        let c = client(&d).await;
+        let fast = nexusd_client::Client::connect_with(
+            d.socket(),
+            nexusd_client::ClientOptions { request_timeout: Some(Duration::from_millis(300)), ..Default::default() },
+        )
+        .await
+        .expect("connect");
         c.execute("CREATE TABLE t(x INTEGER)", params![]).await.expect("create");
         c.execute("CREATE TABLE s(x INTEGER)", params![]).await.expect("create");
 
@@ -370,7 +374,7 @@ fn limits_fail_clearly_and_apply_nothing() {
         assert_eq!(rows.get(0).expect("row").get::<i64>(0).expect("n"), 0);
 
         // A runaway read is interrupted at its deadline.
-        let e = c
+        let e = fast
             .query("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c", params![])
             .await
             .expect_err("an endless query must be interrupted");
@@ -392,10 +396,10 @@ fn limits_fail_clearly_and_apply_nothing() {
         while timed_out == 0 && !long.is_finished() {
             let mut wave = Vec::new();
             for _ in 0..20 {
-                let c = c.clone();
+                let fast = fast.clone();
                 let i = sent;
                 sent += 1;
-                wave.push(tokio::spawn(async move { c.execute("INSERT INTO s VALUES (?1)", params![i]).await }));
+                wave.push(tokio::spawn(async move { fast.execute("INSERT INTO s VALUES (?1)", params![i]).await }));
             }
             for w in wave {
                 match w.await.expect("task") {
@@ -415,7 +419,7 @@ fn limits_fail_clearly_and_apply_nothing() {
         assert_eq!(landed, sent - timed_out, "timed-out writes must not be applied");
 
         // The connection limit: open connections until one is refused; at
-        // most 3 can be open at once, `c` among them.
+        // most 3 can be open at once, `c` and `fast` among them.
         let mut held = Vec::new();
         let refused = loop {
             match nexusd_client::Client::connect_with(d.socket(), nexusd_client::ClientOptions { reconnect_for: Duration::ZERO, ..Default::default() }).await {
