@@ -4,18 +4,24 @@
 //!
 //! The parent re-executes this binary as `nexusd bench-worker` once per
 //! process; each worker runs its share of the clients and prints a latency
-//! histogram that the parent merges.
+//! histogram that the parent merges. With `--baseline` the same workload
+//! also runs, in the same invocation, against SQLite directly: the same
+//! processes and threads each with its own connection (WAL, busy_timeout
+//! 5000 ms), and one in-process connection committing 1,000 rows per
+//! transaction, the ceiling a group-committing daemon can approach.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use nexusd_client::{Client, params};
+
+use crate::db::Synchronous;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Workload {
@@ -33,7 +39,7 @@ pub enum Workload {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// A running daemon's socket; without it, bench starts its own daemon
-    /// on a temp dir (synchronous=full) and stops it afterwards.
+    /// on a temp dir and stops it afterwards.
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "insert")]
@@ -44,9 +50,24 @@ pub struct BenchArgs {
     /// OS processes the clients are spread over.
     #[arg(long, default_value_t = 8)]
     processes: usize,
-    /// Length of the run, in seconds.
+    /// Length of each run, in seconds.
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
+    /// Durability of the daemon bench starts, and of the baselines.
+    #[arg(long, value_enum, default_value = "full")]
+    synchronous: Synchronous,
+    /// Also run the workload directly against SQLite, and print ratios.
+    #[arg(long)]
+    baseline: bool,
+    /// Directory for bench's own database files (its daemon's and the
+    /// baselines'). Default: a temp dir, removed afterwards.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Give every client a connection of its own. By default the clients
+    /// of one process share one multiplexed connection, as the tasks of an
+    /// application share one `Client`.
+    #[arg(long)]
+    connection_per_client: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -54,17 +75,25 @@ pub struct BenchArgs {
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
-    #[arg(long)]
-    socket: PathBuf,
+    /// The daemon to load.
+    #[arg(long, required_unless_present = "direct")]
+    socket: Option<PathBuf>,
+    /// Load this database file directly instead, one connection per client.
+    #[arg(long, value_name = "DB")]
+    direct: Option<PathBuf>,
     #[arg(long, value_enum)]
     workload: Workload,
     #[arg(long)]
     clients: usize,
     #[arg(long)]
     duration: f64,
+    #[arg(long, value_enum, default_value = "full")]
+    synchronous: Synchronous,
     /// Runs the bulk stream of `bulk-interactive` instead of clients.
     #[arg(long)]
     bulk: bool,
+    #[arg(long)]
+    connection_per_client: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
@@ -73,6 +102,15 @@ pub struct WorkerArgs {
 const READ_ROWS: i64 = 10_000;
 const BULK_IN_FLIGHT: usize = 256;
 const PAYLOAD: [u8; 100] = [0xab; 100];
+/// Rows per transaction of the in-process ceiling.
+const CEILING_BATCH: usize = 1000;
+/// The busy timeout the apps in the seed reports ended up with.
+const DIRECT_BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS bench(id INTEGER PRIMARY KEY, payload BLOB)";
+const PRELOAD: &str = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1) \
+                       INSERT OR IGNORE INTO bench(id, payload) SELECT i, randomblob(100) FROM n";
+const INSERT: &str = "INSERT INTO bench(payload) VALUES (?1)";
+const READ: &str = "SELECT payload FROM bench WHERE id = ?1";
 
 /// Log-linear latency histogram: buckets 2% wide from 1 µs to ~100 s.
 #[derive(Clone)]
@@ -89,11 +127,15 @@ impl Histogram {
             counts: vec![0; BUCKETS],
         }
     }
-    fn bucket(us: f64) -> usize {
-        ((us.max(1.0).ln() / GROWTH.ln()) as usize).min(BUCKETS - 1)
-    }
     fn record(&mut self, d: Duration) {
-        self.counts[Self::bucket(d.as_secs_f64() * 1e6)] += 1;
+        let us = (d.as_secs_f64() * 1e6).max(1.0);
+        let i = ((us.ln() / GROWTH.ln()) as usize).min(BUCKETS - 1);
+        self.counts[i] += 1;
+    }
+    fn add(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
     }
     fn total(&self) -> u64 {
         self.counts.iter().sum()
@@ -147,7 +189,6 @@ pub fn run(args: BenchArgs) -> ExitCode {
 
 struct OwnDaemon {
     child: std::process::Child,
-    _dir: tempfile::TempDir,
 }
 
 impl Drop for OwnDaemon {
@@ -155,6 +196,72 @@ impl Drop for OwnDaemon {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
+    }
+}
+
+/// One measured run.
+struct Report {
+    setup: &'static str,
+    seconds: f64,
+    ops: u64,
+    errors: u64,
+    hist: Histogram,
+    bulk_ops: u64,
+    daemon_cpu_s: Option<f64>,
+    daemon_peak_rss_mib: Option<f64>,
+}
+
+impl Report {
+    fn ops_per_sec(&self) -> f64 {
+        self.ops as f64 / self.seconds.max(1e-9)
+    }
+
+    fn json(&self) -> String {
+        let opt = |v: Option<f64>| v.map_or("null".to_owned(), |v| format!("{v:.3}"));
+        format!(
+            "{{\"setup\":\"{}\",\"seconds\":{:.3},\"ops\":{},\"ops_per_sec\":{:.1},\"errors\":{},\
+             \"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"bulk_ops\":{},\
+             \"daemon_cpu_s\":{},\"daemon_peak_rss_mib\":{}}}",
+            self.setup,
+            self.seconds,
+            self.ops,
+            self.ops_per_sec(),
+            self.errors,
+            self.hist.quantile_ms(0.50),
+            self.hist.quantile_ms(0.90),
+            self.hist.quantile_ms(0.99),
+            self.hist.quantile_ms(1.0),
+            self.bulk_ops,
+            opt(self.daemon_cpu_s),
+            opt(self.daemon_peak_rss_mib),
+        )
+    }
+
+    fn print(&self) {
+        println!("{}", self.setup);
+        println!(
+            "  throughput    {:.0} ops/s ({} ops in {:.1} s)",
+            self.ops_per_sec(),
+            self.ops,
+            self.seconds
+        );
+        if self.bulk_ops > 0 {
+            println!(
+                "  of which bulk {} ops; the latencies are the interactive clients'",
+                self.bulk_ops
+            );
+        }
+        println!(
+            "  latency ms    p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}",
+            self.hist.quantile_ms(0.50),
+            self.hist.quantile_ms(0.90),
+            self.hist.quantile_ms(0.99),
+            self.hist.quantile_ms(1.0)
+        );
+        println!("  errors        {}", self.errors);
+        if let (Some(cpu), Some(rss)) = (self.daemon_cpu_s, self.daemon_peak_rss_mib) {
+            println!("  daemon        {cpu:.2} s CPU, peak RSS {rss:.1} MiB");
+        }
     }
 }
 
@@ -166,20 +273,106 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             args.processes
         );
     }
+    if args.workload == Workload::BulkInteractive && (args.processes < 2 || args.clients < 2) {
+        bail!(
+            "bulk-interactive needs at least 2 processes and 2 clients: one bulk, the rest interactive"
+        );
+    }
+    if !args.duration.is_finite() || args.duration <= 0.0 {
+        bail!(
+            "--duration {} must be a positive number of seconds",
+            args.duration
+        );
+    }
     let exe = std::env::current_exe().context("cannot find this executable")?;
+    let tmp;
+    let dir = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)
+                .with_context(|| format!("could not create {}", d.display()))?;
+            d.clone()
+        }
+        None => {
+            tmp = tempfile::tempdir().context("could not make a temp dir")?;
+            tmp.path().to_owned()
+        }
+    };
+    let mut reports = Vec::new();
+    reports.push(run_nexusd(&exe, &args, &dir)?);
+    if args.baseline {
+        let db = dir.join("direct.db");
+        prepare_direct(&db, args.workload)?;
+        reports.push(run_processes(&exe, &args, Target::Direct(&db), None)?);
+        let db = dir.join("ceiling.db");
+        prepare_direct(&db, args.workload)?;
+        reports.push(run_ceiling(&db, &args)?);
+    }
+
+    let ratio = |i: usize| reports[0].ops_per_sec() / reports[i].ops_per_sec().max(1e-9);
+    if args.json {
+        let runs: Vec<String> = reports.iter().map(Report::json).collect();
+        let ratios = if reports.len() == 3 {
+            format!(
+                ",\"ratio_to_direct\":{:.3},\"ratio_to_in_process\":{:.3}",
+                ratio(1),
+                ratio(2)
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "{{\"workload\":\"{}\",\"clients\":{},\"processes\":{},\"synchronous\":\"{:?}\",\"cores\":{},\"runs\":[{}]{}}}",
+            workload_name(args.workload),
+            args.clients,
+            args.processes,
+            args.synchronous,
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            runs.join(","),
+            ratios
+        );
+    } else {
+        println!(
+            "workload {}: {} clients over {} processes, synchronous={:?}, {} cores",
+            workload_name(args.workload),
+            args.clients,
+            args.processes,
+            args.synchronous,
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+        for r in &reports {
+            r.print();
+        }
+        if reports.len() == 3 {
+            println!("nexusd / direct       {:.2}x", ratio(1));
+            println!("nexusd / in-process   {:.2}x", ratio(2));
+        }
+    }
+    Ok(())
+}
+
+enum Target<'a> {
+    Daemon(&'a Path),
+    Direct(&'a Path),
+}
+
+fn run_nexusd(exe: &Path, args: &BenchArgs, dir: &Path) -> anyhow::Result<Report> {
     let (socket, own) = match &args.socket {
         Some(s) => (s.clone(), None),
         None => {
-            let dir = tempfile::tempdir().context("could not make a temp dir")?;
-            let socket = dir.path().join("bench.sock");
-            let child = Command::new(&exe)
-                .args(["serve", "--log-level", "warn", "--db"])
-                .arg(dir.path().join("bench.db"))
+            let socket = dir.join("bench.sock");
+            let db = dir.join("nexusd.db");
+            let _ = std::fs::remove_file(&db);
+            let child = Command::new(exe)
+                .args(["serve", "--log-level", "warn", "--synchronous"])
+                .arg(format!("{:?}", args.synchronous).to_lowercase())
+                .arg("--db")
+                .arg(&db)
                 .arg("--socket")
                 .arg(&socket)
                 .stdin(Stdio::null())
                 .spawn()
                 .context("could not start a daemon")?;
+            let own = OwnDaemon { child };
             let deadline = Instant::now() + Duration::from_secs(20);
             while std::os::unix::net::UnixStream::connect(&socket).is_err() {
                 if Instant::now() > deadline {
@@ -187,96 +380,95 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            (socket, Some(OwnDaemon { child, _dir: dir }))
+            (socket, Some(own))
         }
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let daemon_pid = rt.block_on(async {
+    let pid = rt.block_on(async {
         let c = Client::connect(&socket).await?;
-        c.execute(
-            "CREATE TABLE IF NOT EXISTS bench(id INTEGER PRIMARY KEY, payload BLOB)",
-            params![],
-        )
-        .await?;
+        c.execute(SCHEMA, params![]).await?;
         if matches!(args.workload, Workload::PointRead | Workload::Mixed) {
-            let have: i64 = c
-                .query("SELECT count(*) FROM bench", params![])
-                .await?
-                .get(0)
-                .map(|r| r.get(0))
-                .transpose()?
-                .unwrap_or(0);
-            if have < READ_ROWS {
-                c.execute(
-                    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1) \
-                     INSERT OR IGNORE INTO bench(id, payload) SELECT i, randomblob(100) FROM n",
-                    params![READ_ROWS],
-                )
-                .await?;
-            }
+            c.execute(PRELOAD, params![READ_ROWS]).await?;
         }
         anyhow::Ok(c.status().await?.pid)
     })?;
-    let cpu_before = cpu_seconds(daemon_pid);
+    let report = run_processes(exe, args, Target::Daemon(&socket), Some(pid))?;
+    drop(own);
+    Ok(report)
+}
 
-    let mut children = Vec::new();
-    let (bulk_procs, client_procs) = if args.workload == Workload::BulkInteractive {
-        (1, args.processes.saturating_sub(1).max(1))
-    } else {
-        (0, args.processes)
+fn prepare_direct(db: &Path, workload: Workload) -> anyhow::Result<()> {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(p));
+    }
+    let conn = rusqlite::Connection::open(db)?;
+    conn.pragma_update(None, "journal_mode", "wal")?;
+    conn.execute(SCHEMA, [])?;
+    if matches!(workload, Workload::PointRead | Workload::Mixed) {
+        conn.execute(PRELOAD, [READ_ROWS])?;
+    }
+    Ok(())
+}
+
+/// Runs the workload from `--processes` worker processes; merges their
+/// histograms.
+fn run_processes(
+    exe: &Path,
+    args: &BenchArgs,
+    target: Target<'_>,
+    daemon_pid: Option<u32>,
+) -> anyhow::Result<Report> {
+    let setup = match target {
+        Target::Daemon(_) => "nexusd",
+        Target::Direct(_) => "direct: one SQLite connection per client, WAL, busy_timeout 5000 ms",
     };
-    let interactive_clients = if bulk_procs == 1 {
-        args.clients.saturating_sub(1).max(1)
-    } else {
-        args.clients
-    };
+    let cpu_before = daemon_pid.map(cpu_seconds);
+    let bulk_procs = usize::from(args.workload == Workload::BulkInteractive);
+    let client_procs = args.processes - bulk_procs;
+    let interactive = args.clients - bulk_procs;
     let started = Instant::now();
-    for p in 0..bulk_procs + client_procs {
+    let mut children = Vec::new();
+    for p in 0..args.processes {
         let bulk = p < bulk_procs;
-        let idx = p - bulk_procs;
+        let idx = p - bulk_procs.min(p);
         let share = if bulk {
             1
         } else {
-            interactive_clients / client_procs
-                + usize::from(idx < interactive_clients % client_procs)
+            interactive / client_procs + usize::from(idx < interactive % client_procs)
         };
-        let mut cmd = Command::new(&exe);
-        cmd.arg("bench-worker")
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--workload")
+        let mut cmd = Command::new(exe);
+        cmd.arg("bench-worker");
+        match target {
+            Target::Daemon(socket) => cmd.arg("--socket").arg(socket),
+            Target::Direct(db) => cmd.arg("--direct").arg(db),
+        };
+        cmd.arg("--workload")
             .arg(workload_name(args.workload))
             .arg("--clients")
             .arg(share.to_string())
             .arg("--duration")
             .arg(args.duration.to_string())
+            .arg("--synchronous")
+            .arg(format!("{:?}", args.synchronous).to_lowercase())
             .arg("--seed")
             .arg(p.to_string())
             .stdout(Stdio::piped());
         if bulk {
             cmd.arg("--bulk");
         }
+        if args.connection_per_client {
+            cmd.arg("--connection-per-client");
+        }
         children.push((bulk, cmd.spawn().context("could not start a bench worker")?));
     }
+    let progress = Progress::start(!args.json, setup, args.duration);
     let mut hist = Histogram::new();
     let mut bulk_hist = Histogram::new();
     let mut errors = 0u64;
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let progress = (!args.json).then(|| {
-        let (done, total, name) = (done.clone(), args.duration, workload_name(args.workload));
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                eprint!(
-                    "\rrunning {name}: {:.1} of {total:.1} s",
-                    started.elapsed().as_secs_f64()
-                );
-                std::thread::sleep(Duration::from_millis(250));
-            }
-            eprint!("\r{:60}\r", "");
-        })
-    });
     for (bulk, mut child) in children {
         let stdout = child.stdout.take().context("worker stdout")?;
         for line in BufReader::new(stdout).lines() {
@@ -296,101 +488,109 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             bail!("a bench worker failed ({status})");
         }
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    // VmHWM is the daemon's peak RSS over its whole life.
-    let peak_rss_kib = peak_rss(daemon_pid);
-    let cpu = cpu_seconds(daemon_pid) - cpu_before;
-    done.store(true, Ordering::Relaxed);
-    if let Some(p) = progress {
-        let _ = p.join();
-    }
-    drop(own);
-
-    let ops = hist.total() + bulk_hist.total();
-    let report = Report {
-        workload: workload_name(args.workload),
-        clients: args.clients,
-        processes: args.processes,
-        seconds: elapsed,
-        ops,
-        ops_per_sec: ops as f64 / elapsed,
+    let seconds = started.elapsed().as_secs_f64();
+    progress.stop();
+    Ok(Report {
+        setup,
+        seconds,
+        ops: hist.total() + bulk_hist.total(),
         errors,
-        p50_ms: hist.quantile_ms(0.50),
-        p90_ms: hist.quantile_ms(0.90),
-        p99_ms: hist.quantile_ms(0.99),
-        max_ms: hist.quantile_ms(1.0),
         bulk_ops: bulk_hist.total(),
-        daemon_cpu_s: cpu,
-        daemon_peak_rss_mib: peak_rss_kib as f64 / 1024.0,
-    };
-    report.print(args.json);
-    Ok(())
+        hist,
+        // VmHWM is the daemon's peak RSS over its whole life.
+        daemon_cpu_s: daemon_pid.zip(cpu_before).map(|(p, b)| cpu_seconds(p) - b),
+        daemon_peak_rss_mib: daemon_pid.map(|p| peak_rss_kib(p) as f64 / 1024.0),
+    })
 }
 
-struct Report {
-    workload: &'static str,
-    clients: usize,
-    processes: usize,
-    seconds: f64,
-    ops: u64,
-    ops_per_sec: f64,
-    errors: u64,
-    p50_ms: f64,
-    p90_ms: f64,
-    p99_ms: f64,
-    max_ms: f64,
-    bulk_ops: u64,
-    daemon_cpu_s: f64,
-    daemon_peak_rss_mib: f64,
+/// One in-process connection doing the workload in transactions of 1,000.
+fn run_ceiling(db: &Path, args: &BenchArgs) -> anyhow::Result<Report> {
+    let conn = open_direct(db, args.synchronous)?;
+    let progress = Progress::start(!args.json, "in-process", args.duration);
+    let mut hist = Histogram::new();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(args.duration);
+    while Instant::now() < deadline {
+        let t0 = Instant::now();
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        for _ in 0..CEILING_BATCH {
+            if is_read(args.workload, &mut rng) {
+                let id = (rng.next() % READ_ROWS as u64) as i64 + 1;
+                let mut st = conn.prepare_cached(READ)?;
+                let _: Option<Vec<u8>> = st.query_row([id], |r| r.get(0)).ok();
+            } else {
+                conn.prepare_cached(INSERT)?.execute([&PAYLOAD[..]])?;
+            }
+        }
+        conn.execute_batch("COMMIT")?;
+        // Each of the batch's requests waited for the whole transaction.
+        let took = t0.elapsed();
+        for _ in 0..CEILING_BATCH {
+            hist.record(took);
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    progress.stop();
+    Ok(Report {
+        setup: "in-process: one connection, 1,000 per transaction",
+        seconds,
+        ops: hist.total(),
+        errors: 0,
+        bulk_ops: 0,
+        hist,
+        daemon_cpu_s: None,
+        daemon_peak_rss_mib: None,
+    })
 }
 
-impl Report {
-    fn print(&self, json: bool) {
-        if json {
-            println!(
-                "{{\"workload\":\"{}\",\"clients\":{},\"processes\":{},\"seconds\":{:.3},\"ops\":{},\
-                 \"ops_per_sec\":{:.1},\"errors\":{},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\
-                 \"max_ms\":{:.3},\"bulk_ops\":{},\"daemon_cpu_s\":{:.3},\"daemon_peak_rss_mib\":{:.1}}}",
-                self.workload,
-                self.clients,
-                self.processes,
-                self.seconds,
-                self.ops,
-                self.ops_per_sec,
-                self.errors,
-                self.p50_ms,
-                self.p90_ms,
-                self.p99_ms,
-                self.max_ms,
-                self.bulk_ops,
-                self.daemon_cpu_s,
-                self.daemon_peak_rss_mib
-            );
-            return;
+fn open_direct(db: &Path, sync: Synchronous) -> anyhow::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(db)?;
+    conn.busy_timeout(DIRECT_BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "journal_mode", "wal")?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match sync {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        },
+    )?;
+    Ok(conn)
+}
+
+/// A progress line on stderr while a run goes.
+struct Progress {
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn start(show: bool, what: &'static str, total: f64) -> Progress {
+        let done = Arc::new(AtomicBool::new(false));
+        let thread = show.then(|| {
+            let done = done.clone();
+            let started = Instant::now();
+            let label: String = what.chars().take(40).collect();
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    eprint!(
+                        "\r{label}: {:.1} of {total:.1} s",
+                        started.elapsed().as_secs_f64()
+                    );
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                eprint!("\r{:70}\r", "");
+            })
+        });
+        Progress { done, thread }
+    }
+
+    fn stop(mut self) {
+        self.done.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
-        println!(
-            "workload {} : {} clients over {} processes, {:.1} s",
-            self.workload, self.clients, self.processes, self.seconds
-        );
-        println!(
-            "throughput      {:.0} ops/s ({} ops)",
-            self.ops_per_sec, self.ops
-        );
-        if self.bulk_ops > 0 {
-            println!(
-                "  of which bulk {} ops; latencies below are the interactive clients'",
-                self.bulk_ops
-            );
-        }
-        println!(
-            "latency ms      p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}",
-            self.p50_ms, self.p90_ms, self.p99_ms, self.max_ms
-        );
-        println!("errors          {}", self.errors);
-        println!(
-            "daemon          {:.2} s CPU, peak RSS {:.1} MiB",
-            self.daemon_cpu_s, self.daemon_peak_rss_mib
-        );
     }
 }
 
@@ -403,12 +603,32 @@ fn workload_name(w: Workload) -> &'static str {
     }
 }
 
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn is_read(w: Workload, rng: &mut Rng) -> bool {
+    match w {
+        Workload::PointRead => true,
+        Workload::Mixed => !rng.next().is_multiple_of(10),
+        Workload::Insert | Workload::BulkInteractive => false,
+    }
+}
+
 fn cpu_seconds(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields of the whole line.
+    // utime and stime are fields 14 and 15 of the line, counted from the
+    // pid; the command name in parentheses may hold spaces, so count from
+    // its closing parenthesis.
     let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<&str> = after.split_whitespace().collect();
     let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
@@ -418,7 +638,7 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / hz
 }
 
-fn peak_rss(pid: u32) -> u64 {
+fn peak_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -431,19 +651,20 @@ fn peak_rss(pid: u32) -> u64 {
 }
 
 pub fn worker(args: WorkerArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("bench-worker: {e}");
-            return ExitCode::FAILURE;
-        }
+    let result = match &args.direct {
+        Some(db) => work_direct(db, &args),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(work_daemon(&args))),
     };
-    match rt.block_on(work(args)) {
-        Ok(()) => ExitCode::SUCCESS,
+    match result {
+        Ok((errors, hist)) => {
+            println!("result {errors} {}", hist.encode());
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("bench-worker: {e:#}");
             ExitCode::FAILURE
@@ -451,7 +672,8 @@ pub fn worker(args: WorkerArgs) -> ExitCode {
     }
 }
 
-async fn work(args: WorkerArgs) -> anyhow::Result<()> {
+async fn work_daemon(args: &WorkerArgs) -> anyhow::Result<(u64, Histogram)> {
+    let socket = args.socket.clone().context("--socket is required")?;
     let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
     let errors = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -460,37 +682,29 @@ async fn work(args: WorkerArgs) -> anyhow::Result<()> {
     } else {
         (args.clients, 1)
     };
+    let shared = Client::connect(&socket).await?;
     for c in 0..clients {
-        let client = Client::connect(&args.socket).await?;
+        let client = if args.connection_per_client {
+            Client::connect(&socket).await?
+        } else {
+            shared.clone()
+        };
         for t in 0..per_client {
             let client = client.clone();
             let errors = errors.clone();
             let workload = args.workload;
-            let mut rng = (args.seed * 1_000_003 + (c * 1000 + t) as u64) | 1;
+            let mut rng = Rng((args.seed * 1_000_003 + (c * 1000 + t) as u64) | 1);
             tasks.push(tokio::spawn(async move {
                 let mut hist = Histogram::new();
                 while Instant::now() < deadline {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    let read = match workload {
-                        Workload::PointRead => true,
-                        Workload::Mixed => !rng.is_multiple_of(10),
-                        Workload::Insert | Workload::BulkInteractive => false,
-                    };
+                    let read = is_read(workload, &mut rng);
                     let t0 = Instant::now();
                     let r = if read {
-                        let id = (rng % READ_ROWS as u64) as i64 + 1;
-                        client
-                            .query("SELECT payload FROM bench WHERE id = ?1", params![id])
-                            .await
-                            .map(|_| ())
+                        let id = (rng.next() % READ_ROWS as u64) as i64 + 1;
+                        client.query(READ, params![id]).await.map(|_| ())
                     } else {
                         client
-                            .execute(
-                                "INSERT INTO bench(payload) VALUES (?1)",
-                                params![&PAYLOAD[..]],
-                            )
+                            .execute(INSERT, params![&PAYLOAD[..]])
                             .await
                             .map(|_| ())
                     };
@@ -507,15 +721,52 @@ async fn work(args: WorkerArgs) -> anyhow::Result<()> {
     }
     let mut hist = Histogram::new();
     for t in tasks {
-        let h = t.await?;
-        for (a, b) in hist.counts.iter_mut().zip(h.counts) {
-            *a += b;
-        }
+        hist.add(&t.await?);
     }
-    println!(
-        "result {} {}",
-        errors.load(Ordering::Relaxed),
-        hist.encode()
-    );
-    Ok(())
+    Ok((errors.load(Ordering::Relaxed), hist))
+}
+
+/// The apps of the seed reports: each thread its own connection, WAL,
+/// busy_timeout 5000 ms, one row per transaction.
+fn work_direct(db: &Path, args: &WorkerArgs) -> anyhow::Result<(u64, Histogram)> {
+    let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut threads = Vec::new();
+    for c in 0..args.clients {
+        let conn = open_direct(db, args.synchronous)?;
+        let errors = errors.clone();
+        let workload = args.workload;
+        let mut rng = Rng((args.seed * 1_000_003 + c as u64) | 1);
+        threads.push(std::thread::spawn(move || {
+            let mut hist = Histogram::new();
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                let r = if is_read(workload, &mut rng) {
+                    let id = (rng.next() % READ_ROWS as u64) as i64 + 1;
+                    conn.prepare_cached(READ)
+                        .and_then(|mut st| st.query_row([id], |r| r.get::<_, Vec<u8>>(0)))
+                        .map(|_| ())
+                } else {
+                    conn.prepare_cached(INSERT)
+                        .and_then(|mut st| st.execute([&PAYLOAD[..]]))
+                        .map(|_| ())
+                };
+                match r {
+                    Ok(()) => hist.record(t0.elapsed()),
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            hist
+        }));
+    }
+    let mut hist = Histogram::new();
+    for t in threads {
+        let h = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("a direct worker thread panicked"))?;
+        hist.add(&h);
+    }
+    Ok((errors.load(Ordering::Relaxed), hist))
 }
