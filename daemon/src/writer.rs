@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -52,8 +52,6 @@ pub struct WriterConfig {
 pub struct WriterStats {
     pub writes_committed: AtomicU64,
     pub batches_committed: AtomicU64,
-    /// Set while the writer thread runs; cleared when it stops.
-    pub alive: AtomicBool,
 }
 
 /// The handle every connection holds. The writer stops once all handles are
@@ -126,7 +124,6 @@ pub fn spawn(config: WriterConfig) -> anyhow::Result<(WriterHandle, JoinHandle<(
                     return;
                 }
             };
-            thread_stats.alive.store(true, Ordering::SeqCst);
             let mut writer = Writer {
                 conn,
                 guard,
@@ -137,7 +134,6 @@ pub fn spawn(config: WriterConfig) -> anyhow::Result<(WriterHandle, JoinHandle<(
             };
             writer.run();
             writer.close();
-            thread_stats.alive.store(false, Ordering::SeqCst);
         })
         .context("could not start the writer thread")?;
     opened_rx
