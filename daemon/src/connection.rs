@@ -29,6 +29,8 @@ use crate::server::Shared;
 
 /// Replies encoded into one buffer before it is written.
 const WRITE_BUFFER_SOFT_LIMIT: usize = 256 * 1024;
+/// How long a refusal may take to write before the connection is dropped.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a draining connection checks whether its requests are done.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
 /// A draining connection closes once its requests are answered and the
@@ -59,10 +61,7 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>) {
     let hello = match handshake(&mut frames, &shared, &peer).await {
         Ok(hello) => hello,
         Err(refusal) => {
-            let mut buf = BytesMut::new();
-            if codec::encode_frame(&HelloReply::Refused(refusal), max_frame, &mut buf).is_ok() {
-                let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&buf)).await;
-            }
+            send_refusal(&mut wr, refusal, max_frame).await;
             return;
         }
     };
@@ -172,6 +171,19 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>) {
     drop(out_tx);
     drop(frames);
     let _ = write_task.await;
+}
+
+/// Answers a handshake with a refusal, best effort: the connection is
+/// closed right after, whether the client reads it or not.
+pub async fn send_refusal(
+    wr: &mut (impl tokio::io::AsyncWrite + Unpin),
+    refusal: ErrorBody,
+    max_frame: u32,
+) {
+    let mut buf = BytesMut::new();
+    if codec::encode_frame(&HelloReply::Refused(refusal), max_frame, &mut buf).is_ok() {
+        let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, wr.write_all(&buf)).await;
+    }
 }
 
 fn connection_error(message: String) -> Response {

@@ -7,10 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nexusd_protocol::{
-    AdminRequest, DEFAULT_DB, ErrorBody, ErrorKind, HelloReply, Request, RequestBody, ResponseBody,
-    Status,
+    AdminRequest, DEFAULT_DB, ErrorBody, ErrorKind, Request, RequestBody, ResponseBody, Status,
 };
-use tokio::io::AsyncWriteExt;
 use tokio::net::UnixListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::task::TaskTracker;
@@ -156,15 +154,12 @@ pub async fn run(listener: UnixListener, shared: Arc<Shared>) {
 }
 
 async fn refuse(mut stream: tokio::net::UnixStream, max: usize, max_frame: u32) {
-    let reply = HelloReply::Refused(ErrorBody::new(
+    let refusal = ErrorBody::new(
         ErrorKind::Overloaded,
         format!(
             "nexusd is at its limit of {max} connections; retry later, share one client per \
              process (clones share a connection), or raise --max-connections"
         ),
-    ));
-    let mut buf = bytes::BytesMut::new();
-    if nexusd_protocol::codec::encode_frame(&reply, max_frame, &mut buf).is_ok() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&buf)).await;
-    }
+    );
+    connection::send_refusal(&mut stream, refusal, max_frame).await;
 }
