@@ -154,7 +154,11 @@ pub struct Client {
 struct Inner {
     path: PathBuf,
     options: ClientOptions,
-    conn: Mutex<Option<Arc<Connection>>>,
+    /// The live connection; read on every call, so a plain mutex held for
+    /// a clone only.
+    current: std::sync::Mutex<Option<Arc<Connection>>>,
+    /// Held while (re)connecting, so one task connects and the others wait.
+    reconnecting: Mutex<()>,
     next_id: AtomicU64,
 }
 
@@ -176,7 +180,8 @@ impl Client {
             inner: Arc::new(Inner {
                 path: path.as_ref().to_owned(),
                 options,
-                conn: Mutex::new(None),
+                current: std::sync::Mutex::new(None),
+                reconnecting: Mutex::new(()),
                 next_id: AtomicU64::new(1),
             }),
         };
@@ -312,11 +317,14 @@ impl Client {
     /// The live connection, reconnecting with bounded backoff if the last
     /// one died (a daemon restart, say).
     async fn connection(&self) -> Result<Arc<Connection>> {
-        let mut slot = self.inner.conn.lock().await;
-        if let Some(conn) = slot.as_ref().filter(|c| c.is_alive()) {
-            return Ok(conn.clone());
+        if let Some(conn) = self.live_connection() {
+            return Ok(conn);
         }
-        *slot = None;
+        let _reconnecting = self.inner.reconnecting.lock().await;
+        // Another task may have reconnected while this one waited.
+        if let Some(conn) = self.live_connection() {
+            return Ok(conn);
+        }
         let opts = &self.inner.options;
         let give_up = Instant::now() + opts.reconnect_for;
         let mut delay = BACKOFF_START;
@@ -326,7 +334,9 @@ impl Client {
             {
                 Ok(conn) => {
                     let conn = Arc::new(conn);
-                    *slot = Some(conn.clone());
+                    if let Ok(mut current) = self.inner.current.lock() {
+                        *current = Some(conn.clone());
+                    }
                     return Ok(conn);
                 }
                 // Only a daemon that is not there (yet) is worth waiting for.
@@ -340,6 +350,13 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+impl Client {
+    fn live_connection(&self) -> Option<Arc<Connection>> {
+        let current = self.inner.current.lock().ok()?;
+        current.as_ref().filter(|c| c.is_alive()).cloned()
     }
 }
 
