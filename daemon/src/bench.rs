@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use nexusd_client::{Client, params};
+use nexusd_client::{Client, Statement, params};
 
 use crate::db::Synchronous;
 
@@ -31,6 +31,9 @@ pub enum Workload {
     PointRead,
     /// 90% point reads, 10% inserts.
     Mixed,
+    /// `--batch-size` inserts in one atomic batch per request; an op is
+    /// one batch.
+    Batch,
     /// One client streams inserts flat out (256 in flight); the others do
     /// one insert at a time, and the report is their latency.
     BulkInteractive,
@@ -53,6 +56,12 @@ pub struct BenchArgs {
     /// Length of each run, in seconds.
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
+    /// Bound each run by a number of ops in all instead of by time.
+    #[arg(long, value_name = "N", conflicts_with = "duration")]
+    requests: Option<u64>,
+    /// Statements per atomic batch, for `--workload batch`.
+    #[arg(long, value_name = "K", default_value_t = 10)]
+    batch_size: usize,
     /// Durability of the daemon bench starts, and of the baselines.
     #[arg(long, value_enum, default_value = "full")]
     synchronous: Synchronous,
@@ -87,6 +96,11 @@ pub struct WorkerArgs {
     clients: usize,
     #[arg(long)]
     duration: f64,
+    /// Ops for this worker in all, instead of a duration.
+    #[arg(long)]
+    requests: Option<u64>,
+    #[arg(long, default_value_t = 10)]
+    batch_size: usize,
     #[arg(long, value_enum, default_value = "full")]
     synchronous: Synchronous,
     /// Runs the bulk stream of `bulk-interactive` instead of clients.
@@ -278,6 +292,25 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             "bulk-interactive needs at least 2 processes and 2 clients: one bulk, the rest interactive"
         );
     }
+    if args.workload == Workload::BulkInteractive && args.requests.is_some() {
+        bail!(
+            "bulk-interactive runs for a time, not a count: use --duration instead of --requests"
+        );
+    }
+    if args.requests == Some(0) || args.requests.is_some_and(|r| r < args.clients as u64) {
+        bail!(
+            "--requests {} is fewer than one per client (--clients {}): give at least {}",
+            args.requests.unwrap_or(0),
+            args.clients,
+            args.clients
+        );
+    }
+    if args.batch_size == 0 || args.batch_size > 10_000 {
+        bail!(
+            "--batch-size {} is out of range: give 1 to 10000 statements per batch",
+            args.batch_size
+        );
+    }
     if !args.duration.is_finite() || args.duration <= 0.0 {
         bail!(
             "--duration {} must be a positive number of seconds",
@@ -321,8 +354,9 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             String::new()
         };
         println!(
-            "{{\"workload\":\"{}\",\"clients\":{},\"processes\":{},\"synchronous\":\"{:?}\",\"cores\":{},\"runs\":[{}]{}}}",
+            "{{\"workload\":\"{}\",\"batch_size\":{},\"clients\":{},\"processes\":{},\"synchronous\":\"{:?}\",\"cores\":{},\"runs\":[{}]{}}}",
             workload_name(args.workload),
+            args.batch_size,
             args.clients,
             args.processes,
             args.synchronous,
@@ -331,6 +365,9 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             ratios
         );
     } else {
+        if args.workload == Workload::Batch {
+            println!("an op is one atomic batch of {} inserts", args.batch_size);
+        }
         println!(
             "workload {}: {} clients over {} processes, synchronous={:?}, {} cores",
             workload_name(args.workload),
@@ -432,6 +469,7 @@ fn run_processes(
     let interactive = args.clients - bulk_procs;
     let started = Instant::now();
     let mut children = Vec::new();
+    let mut first_client = 0;
     for p in 0..args.processes {
         let bulk = p < bulk_procs;
         let idx = p - bulk_procs.min(p);
@@ -452,6 +490,8 @@ fn run_processes(
             .arg(share.to_string())
             .arg("--duration")
             .arg(args.duration.to_string())
+            .arg("--batch-size")
+            .arg(args.batch_size.to_string())
             .arg("--synchronous")
             .arg(format!("{:?}", args.synchronous).to_lowercase())
             .arg("--seed")
@@ -460,12 +500,19 @@ fn run_processes(
         if bulk {
             cmd.arg("--bulk");
         }
+        if let Some(total) = args.requests {
+            let quota: u64 = (first_client..first_client + share)
+                .map(|i| split(total, args.clients, i))
+                .sum();
+            cmd.arg("--requests").arg(quota.to_string());
+        }
+        first_client += share;
         if args.connection_per_client {
             cmd.arg("--connection-per-client");
         }
         children.push((bulk, cmd.spawn().context("could not start a bench worker")?));
     }
-    let progress = Progress::start(!args.json, setup, args.duration);
+    let progress = Progress::start(!args.json, setup, run_length(args));
     let mut hist = Histogram::new();
     let mut bulk_hist = Histogram::new();
     let mut errors = 0u64;
@@ -506,15 +553,31 @@ fn run_processes(
 /// One in-process connection doing the workload in transactions of 1,000.
 fn run_ceiling(db: &Path, args: &BenchArgs) -> anyhow::Result<Report> {
     let conn = open_direct(db, args.synchronous)?;
-    let progress = Progress::start(!args.json, "in-process", args.duration);
+    let progress = Progress::start(!args.json, "in-process", run_length(args));
     let mut hist = Histogram::new();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.duration);
-    while Instant::now() < deadline {
+    // A `batch` op is `--batch-size` statements; the transaction holds as
+    // many whole ops as fit in 1,000 statements.
+    let per_op = if args.workload == Workload::Batch {
+        args.batch_size
+    } else {
+        1
+    };
+    let ops_per_txn = (CEILING_BATCH / per_op).max(1);
+    let done = |hist: &Histogram| match args.requests {
+        Some(n) => hist.total() >= n,
+        None => Instant::now() >= deadline,
+    };
+    while !done(&hist) {
         let t0 = Instant::now();
+        // Under --requests the last transaction holds only what is left.
+        let ops = args.requests.map_or(ops_per_txn, |n| {
+            ops_per_txn.min((n - hist.total()) as usize)
+        });
         conn.execute_batch("BEGIN IMMEDIATE")?;
-        for _ in 0..CEILING_BATCH {
+        for _ in 0..ops * per_op {
             if is_read(args.workload, &mut rng) {
                 let id = (rng.next() % READ_ROWS as u64) as i64 + 1;
                 let mut st = conn.prepare_cached(READ)?;
@@ -524,9 +587,9 @@ fn run_ceiling(db: &Path, args: &BenchArgs) -> anyhow::Result<Report> {
             }
         }
         conn.execute_batch("COMMIT")?;
-        // Each of the batch's requests waited for the whole transaction.
+        // Each of the transaction's ops waited for all of it.
         let took = t0.elapsed();
-        for _ in 0..CEILING_BATCH {
+        for _ in 0..ops {
             hist.record(took);
         }
     }
@@ -566,7 +629,7 @@ struct Progress {
 }
 
 impl Progress {
-    fn start(show: bool, what: &'static str, total: f64) -> Progress {
+    fn start(show: bool, what: &'static str, total: Option<f64>) -> Progress {
         let done = Arc::new(AtomicBool::new(false));
         let thread = show.then(|| {
             let done = done.clone();
@@ -574,10 +637,11 @@ impl Progress {
             let label: String = what.chars().take(40).collect();
             std::thread::spawn(move || {
                 while !done.load(Ordering::Relaxed) {
-                    eprint!(
-                        "\r{label}: {:.1} of {total:.1} s",
-                        started.elapsed().as_secs_f64()
-                    );
+                    let elapsed = started.elapsed().as_secs_f64();
+                    match total {
+                        Some(total) => eprint!("\r{label}: {elapsed:.1} of {total:.1} s"),
+                        None => eprint!("\r{label}: {elapsed:.1} s"),
+                    }
                     std::thread::sleep(Duration::from_millis(250));
                 }
                 eprint!("\r{:70}\r", "");
@@ -594,11 +658,23 @@ impl Progress {
     }
 }
 
+/// The run's length in seconds, if it is bounded by time.
+fn run_length(args: &BenchArgs) -> Option<f64> {
+    args.requests.is_none().then_some(args.duration)
+}
+
+/// Part `i` of `total` split over `parts` as evenly as can be.
+fn split(total: u64, parts: usize, i: usize) -> u64 {
+    let parts = parts.max(1) as u64;
+    total / parts + u64::from((i as u64) < total % parts)
+}
+
 fn workload_name(w: Workload) -> &'static str {
     match w {
         Workload::Insert => "insert",
         Workload::PointRead => "point-read",
         Workload::Mixed => "mixed",
+        Workload::Batch => "batch",
         Workload::BulkInteractive => "bulk-interactive",
     }
 }
@@ -618,7 +694,7 @@ fn is_read(w: Workload, rng: &mut Rng) -> bool {
     match w {
         Workload::PointRead => true,
         Workload::Mixed => !rng.next().is_multiple_of(10),
-        Workload::Insert | Workload::BulkInteractive => false,
+        Workload::Insert | Workload::Batch | Workload::BulkInteractive => false,
     }
 }
 
@@ -674,7 +750,7 @@ pub fn worker(args: WorkerArgs) -> ExitCode {
 
 async fn work_daemon(args: &WorkerArgs) -> anyhow::Result<(u64, Histogram)> {
     let socket = args.socket.clone().context("--socket is required")?;
-    let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
+    let deadline = worker_deadline(args);
     let errors = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     let (clients, per_client) = if args.bulk {
@@ -682,6 +758,9 @@ async fn work_daemon(args: &WorkerArgs) -> anyhow::Result<(u64, Histogram)> {
     } else {
         (args.clients, 1)
     };
+    let batch: Vec<Statement> = (0..args.batch_size)
+        .map(|_| Statement::new(INSERT, params![&PAYLOAD[..]]))
+        .collect();
     let shared = Client::connect(&socket).await?;
     for c in 0..clients {
         let client = if args.connection_per_client {
@@ -694,14 +773,22 @@ async fn work_daemon(args: &WorkerArgs) -> anyhow::Result<(u64, Histogram)> {
             let errors = errors.clone();
             let workload = args.workload;
             let mut rng = Rng((args.seed * 1_000_003 + (c * 1000 + t) as u64) | 1);
+            let quota = args.requests.map_or(u64::MAX, |n| {
+                split(n, clients * per_client, c * per_client + t)
+            });
+            let batch = batch.clone();
             tasks.push(tokio::spawn(async move {
                 let mut hist = Histogram::new();
-                while Instant::now() < deadline {
+                let mut attempts = 0u64;
+                while attempts < quota && Instant::now() < deadline {
+                    attempts += 1;
                     let read = is_read(workload, &mut rng);
                     let t0 = Instant::now();
                     let r = if read {
                         let id = (rng.next() % READ_ROWS as u64) as i64 + 1;
                         client.query(READ, params![id]).await.map(|_| ())
+                    } else if workload == Workload::Batch {
+                        client.batch(batch.clone()).await.map(|_| ())
                     } else {
                         client
                             .execute(INSERT, params![&PAYLOAD[..]])
@@ -726,26 +813,53 @@ async fn work_daemon(args: &WorkerArgs) -> anyhow::Result<(u64, Histogram)> {
     Ok((errors.load(Ordering::Relaxed), hist))
 }
 
+/// When a worker stops: after `--duration`, or, under `--requests`, only
+/// when its quota is done.
+fn worker_deadline(args: &WorkerArgs) -> Instant {
+    let length = match args.requests {
+        Some(_) => Duration::from_secs(24 * 3600),
+        None => Duration::from_secs_f64(args.duration),
+    };
+    Instant::now() + length
+}
+
+/// `k` inserts in one transaction, as an app without a daemon does them.
+fn direct_batch(conn: &mut rusqlite::Connection, k: usize) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    for _ in 0..k {
+        tx.prepare_cached(INSERT)?.execute([&PAYLOAD[..]])?;
+    }
+    tx.commit()
+}
+
 /// The apps of the seed reports: each thread its own connection, WAL,
 /// busy_timeout 5000 ms, one row per transaction.
 fn work_direct(db: &Path, args: &WorkerArgs) -> anyhow::Result<(u64, Histogram)> {
-    let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
+    let deadline = worker_deadline(args);
     let errors = Arc::new(AtomicU64::new(0));
     let mut threads = Vec::new();
     for c in 0..args.clients {
-        let conn = open_direct(db, args.synchronous)?;
+        let mut conn = open_direct(db, args.synchronous)?;
         let errors = errors.clone();
         let workload = args.workload;
+        let batch_size = args.batch_size;
         let mut rng = Rng((args.seed * 1_000_003 + c as u64) | 1);
+        let quota = args
+            .requests
+            .map_or(u64::MAX, |n| split(n, args.clients, c));
         threads.push(std::thread::spawn(move || {
             let mut hist = Histogram::new();
-            while Instant::now() < deadline {
+            let mut attempts = 0u64;
+            while attempts < quota && Instant::now() < deadline {
+                attempts += 1;
                 let t0 = Instant::now();
                 let r = if is_read(workload, &mut rng) {
                     let id = (rng.next() % READ_ROWS as u64) as i64 + 1;
                     conn.prepare_cached(READ)
                         .and_then(|mut st| st.query_row([id], |r| r.get::<_, Vec<u8>>(0)))
                         .map(|_| ())
+                } else if workload == Workload::Batch {
+                    direct_batch(&mut conn, batch_size)
                 } else {
                     conn.prepare_cached(INSERT)
                         .and_then(|mut st| st.execute([&PAYLOAD[..]]))

@@ -1,34 +1,10 @@
-//! nexusd: one daemon owns a SQLite database; every other process talks to
-//! it over a Unix socket.
-//!
-//! Layout (one module per noun):
-//! - `config`: `nexusd serve` flags and their defaults.
-//! - `lockfile`: sole ownership of the database file and the socket path.
-//! - `db`: opening connections, settings, the statement guard, running one
-//!   client statement.
-//! - `writer`: the actor that owns the only read-write connection and
-//!   group-commits requests.
-//! - `readers`: the pool of read-only connections.
-//! - `server`: accept loop, connection limit, routing of requests.
-//! - `connection`: one client's handshake and frames.
-//! - `shutdown`: signals, and the order in which the daemon stops.
-//! - `ctl`: the `nexusd ctl` operator commands.
-//! - `bench`: `nexusd bench`, load from several processes.
-
-mod bench;
-mod config;
-mod connection;
-mod ctl;
-mod db;
-mod lockfile;
-mod readers;
-mod server;
-mod shutdown;
-mod writer;
+//! The `nexusd` binary: parses the command line and hands off to the
+//! library's `serve`, `ctl` and `bench`.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use nexusd::{bench, config, ctl, shutdown};
 
 #[derive(Parser)]
 #[command(

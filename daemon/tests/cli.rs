@@ -25,3 +25,66 @@ fn version_and_bad_flags() {
         "{err}"
     );
 }
+
+/// `nexusd bench` end to end, small: its own daemon, two worker processes,
+/// the `batch` workload bounded by `--requests`, and the baselines. Every
+/// batch counted must have committed, and the counts must be exact.
+#[test]
+fn bench_batch_workload_by_request_count() {
+    let bin = env!("CARGO_BIN_EXE_nexusd");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(bin)
+        .args([
+            "bench",
+            "--workload",
+            "batch",
+            "--batch-size",
+            "5",
+            "--clients",
+            "4",
+            "--processes",
+            "2",
+            "--requests",
+            "203",
+            "--baseline",
+            "--json",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("run nexusd bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("\"workload\":\"batch\",\"batch_size\":5"),
+        "{stdout}"
+    );
+    // nexusd, direct and in-process: each did exactly 203 batches, no errors.
+    assert_eq!(stdout.matches("\"ops\":203,").count(), 3, "{stdout}");
+    assert_eq!(stdout.matches("\"errors\":0,").count(), 3, "{stdout}");
+
+    // The daemon's database holds exactly 203 batches of 5 rows.
+    let conn = rusqlite_count(&dir.path().join("nexusd.db"));
+    assert_eq!(conn, 203 * 5);
+
+    let out = Command::new(bin)
+        .args(["bench", "--requests", "3", "--clients", "8"])
+        .output()
+        .expect("run nexusd bench");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--requests 3 is fewer than one per client"),
+        "{err}"
+    );
+}
+
+fn rusqlite_count(db: &std::path::Path) -> i64 {
+    let conn = rusqlite::Connection::open(db).expect("open the bench database");
+    conn.query_row("SELECT count(*) FROM bench", [], |r| r.get(0))
+        .expect("count rows")
+}
