@@ -49,6 +49,10 @@ pub enum Error {
     /// The daemon is shutting down and did not run the request.
     #[error("nexusd is shutting down: {0}")]
     ShuttingDown(String),
+    /// This process's uid lacks the role the request needs; nothing was
+    /// applied. The message names the uid and the role.
+    #[error("not allowed: {0}")]
+    Forbidden(String),
     /// No connection to the daemon could be made.
     #[error("could not connect to nexusd at {path}: {reason}")]
     Connect { path: String, reason: String },
@@ -132,6 +136,7 @@ impl Error {
             ErrorKind::TooLarge => Error::TooLarge(body.message),
             ErrorKind::ShuttingDown => Error::ShuttingDown(body.message),
             ErrorKind::Protocol => Error::Protocol(body.message),
+            ErrorKind::Forbidden => Error::Forbidden(body.message),
             ErrorKind::Unsupported | ErrorKind::Internal => Error::Server(body.message),
         }
     }

@@ -45,10 +45,13 @@ use std::time::{Duration, Instant};
 
 pub use error::{Error, Result, SqlError};
 pub use nexusd_protocol::paths::default_socket_path;
-pub use nexusd_protocol::{Executed, Params, Statement, Status, Value};
+pub use nexusd_protocol::{
+    AdminRequest, CheckpointMode, CheckpointResult, ClientInfo, Executed, Params, ResponseBody,
+    Statement, Stats, Status, Value,
+};
 pub use rows::{FromValue, Row, Rows};
 
-use nexusd_protocol::{AdminRequest, DEFAULT_DB, Request, RequestBody, ResponseBody};
+use nexusd_protocol::{DEFAULT_DB, Request, RequestBody};
 use tokio::sync::Mutex;
 
 use crate::connection::Connection;
@@ -268,7 +271,7 @@ impl Client {
     /// The daemon's status: versions, paths, settings, counters.
     pub async fn status(&self) -> Result<Status> {
         match self.call(RequestBody::Admin(AdminRequest::Status)).await? {
-            ResponseBody::Status(s) => Ok(s),
+            ResponseBody::Status(s) => Ok(*s),
             other => Err(unexpected(&other)),
         }
     }
@@ -282,6 +285,12 @@ impl Client {
             ResponseBody::Ok => Ok(()),
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// Any operator command (`nexusd ctl` uses this); needs the admin role
+    /// except `Ping`. Returns the daemon's answer as it came.
+    pub async fn admin(&self, request: AdminRequest) -> Result<ResponseBody> {
+        self.call(RequestBody::Admin(request)).await
     }
 
     /// A round trip that touches no data.
@@ -368,6 +377,10 @@ fn unexpected(body: &ResponseBody) -> Error {
         ResponseBody::Status(_) => "Status",
         ResponseBody::Ok => "Ok",
         ResponseBody::Error(_) => "Error",
+        ResponseBody::Stats(_) => "Stats",
+        ResponseBody::Clients(_) => "Clients",
+        ResponseBody::Checkpoint(_) => "Checkpoint",
+        ResponseBody::Text(_) => "Text",
     };
     Error::Protocol(format!(
         "the daemon answered with an unexpected {what} reply"

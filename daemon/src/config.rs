@@ -1,16 +1,33 @@
 //! `nexusd serve` settings: every one has a default that suits a busy host,
 //! so a newcomer needs no flags.
+//!
+//! Each setting comes from, in order of precedence: a command-line flag
+//! (or its environment variable), the config file (`--config`, default
+//! /etc/nexusd/nexusd.toml when it exists; keys are the flag names without
+//! `--`), then the default. `systemd/nexusd.toml` documents every key.
 
-use std::path::PathBuf;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::{Context, bail};
 use clap::Args;
 use nexusd_protocol::DEFAULT_MAX_FRAME_BYTES;
+use serde::Deserialize;
 
+use crate::access::AccessConfig;
 use crate::db::Synchronous;
+
+/// Where the config file is looked for when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/nexusd/nexusd.toml";
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
+    /// Config file (TOML). Default: /etc/nexusd/nexusd.toml if it exists.
+    /// Flags given on the command line override it.
+    #[arg(long, value_name = "FILE", env = "NEXUSD_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// Database file; created if missing. Default: $NEXUSD_DB, else
     /// $XDG_DATA_HOME/nexusd/nexusd.db, else ./nexusd.db.
     #[arg(long, value_name = "FILE")]
@@ -88,9 +105,228 @@ pub struct ServeConfig {
     /// Log level when RUST_LOG is unset: error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     pub log_level: String,
+
+    /// Longest a read may keep its read transaction open, in milliseconds;
+    /// a longer read is interrupted with an error saying so, because it
+    /// would hold back WAL checkpoints.
+    #[arg(long, default_value_t = 30_000)]
+    pub max_read_ms: u64,
+
+    /// The writer checkpoints the WAL between batches once it is this many
+    /// bytes; after a complete checkpoint it is cut back to 4x this.
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    pub checkpoint_wal_bytes: u64,
+
+    /// Permission bits of the socket file, in octal. Connecting needs write
+    /// permission; the access rules then decide the role.
+    #[arg(long, default_value = "0660")]
+    pub socket_mode: String,
+
+    /// Group of the socket file (a name or a number). Default: the
+    /// daemon's primary group. Its members get the write role unless the
+    /// config's [access] rules say otherwise.
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
+
+    /// Serve Prometheus metrics over HTTP on this loopback address, e.g.
+    /// 127.0.0.1:9187. Off by default; `nexusd ctl metrics` always works.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+
+    /// Access rules, from the config file's [access] table.
+    #[arg(skip)]
+    pub access: AccessConfig,
 }
 
+/// The config file: the same settings as the flags, kebab-case, plus the
+/// [access] table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    db: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    synchronous: Option<Synchronous>,
+    max_connections: Option<usize>,
+    max_in_flight: Option<u32>,
+    max_frame_bytes: Option<u32>,
+    max_result_bytes: Option<usize>,
+    writer_queue: Option<usize>,
+    max_batch: Option<usize>,
+    max_txn_ms: Option<u64>,
+    readers: Option<usize>,
+    request_timeout_ms: Option<u64>,
+    max_request_timeout_ms: Option<u64>,
+    handshake_timeout_ms: Option<u64>,
+    write_stall_timeout_ms: Option<u64>,
+    drain_timeout_ms: Option<u64>,
+    log_level: Option<String>,
+    max_read_ms: Option<u64>,
+    checkpoint_wal_bytes: Option<u64>,
+    socket_mode: Option<String>,
+    socket_group: Option<String>,
+    metrics_listen: Option<String>,
+    access: Option<AccessConfig>,
+}
+
+/// Settings a reload (SIGHUP, `ctl reload`) can change in place; the rest
+/// need a restart.
+pub const RELOADABLE: &[&str] = &[
+    "log_level",
+    "max_connections",
+    "max_in_flight",
+    "request_timeout_ms",
+    "max_request_timeout_ms",
+    "handshake_timeout_ms",
+    "write_stall_timeout_ms",
+    "drain_timeout_ms",
+    "max_read_ms",
+    "access",
+];
+
 impl ServeConfig {
+    /// The config file to read: `--config`, else the default path if a file
+    /// is there.
+    pub fn config_path(&self) -> Option<PathBuf> {
+        match &self.config {
+            Some(p) => Some(p.clone()),
+            None => {
+                let p = Path::new(DEFAULT_CONFIG_PATH);
+                p.exists().then(|| p.to_owned())
+            }
+        }
+    }
+
+    /// This config with the file's values filled in under the flags in
+    /// `explicit` (the ids of the flags given on the command line).
+    pub fn with_file(mut self, explicit: &HashSet<String>) -> anyhow::Result<ServeConfig> {
+        let Some(path) = self.config_path() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("could not read the config file {}", path.display()))?;
+        let file: FileConfig = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "config file {} is not valid: {}",
+                path.display(),
+                e.to_string().trim_end()
+            )
+        })?;
+        macro_rules! merge {
+            ($($field:ident),* $(,)?) => {$(
+                if let Some(v) = file.$field
+                    && !explicit.contains(stringify!($field))
+                {
+                    self.$field = v;
+                }
+            )*};
+        }
+        merge!(
+            synchronous,
+            max_connections,
+            max_in_flight,
+            max_frame_bytes,
+            max_result_bytes,
+            writer_queue,
+            max_batch,
+            max_txn_ms,
+            readers,
+            request_timeout_ms,
+            max_request_timeout_ms,
+            handshake_timeout_ms,
+            write_stall_timeout_ms,
+            drain_timeout_ms,
+            log_level,
+            max_read_ms,
+            checkpoint_wal_bytes,
+            socket_mode,
+        );
+        macro_rules! merge_opt {
+            ($($field:ident),* $(,)?) => {$(
+                if file.$field.is_some() && !explicit.contains(stringify!($field)) {
+                    self.$field = file.$field;
+                }
+            )*};
+        }
+        merge_opt!(db, socket, socket_group, metrics_listen);
+        self.access = file.access.unwrap_or_default();
+        Ok(self)
+    }
+
+    /// Every setting in force, as (name, value), for `ctl status`.
+    pub fn settings(&self) -> Vec<(String, String)> {
+        let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
+        [
+            (
+                "synchronous",
+                format!("{:?}", self.synchronous).to_lowercase(),
+            ),
+            ("max-connections", self.max_connections.to_string()),
+            ("max-in-flight", self.max_in_flight.to_string()),
+            ("max-frame-bytes", self.max_frame_bytes.to_string()),
+            ("max-result-bytes", self.max_result_bytes.to_string()),
+            ("writer-queue", self.writer_queue.to_string()),
+            ("max-batch", self.max_batch.to_string()),
+            ("max-txn-ms", self.max_txn_ms.to_string()),
+            ("readers", self.readers.to_string()),
+            ("request-timeout-ms", self.request_timeout_ms.to_string()),
+            (
+                "max-request-timeout-ms",
+                self.max_request_timeout_ms.to_string(),
+            ),
+            (
+                "handshake-timeout-ms",
+                self.handshake_timeout_ms.to_string(),
+            ),
+            (
+                "write-stall-timeout-ms",
+                self.write_stall_timeout_ms.to_string(),
+            ),
+            ("drain-timeout-ms", self.drain_timeout_ms.to_string()),
+            ("log-level", self.log_level.clone()),
+            ("max-read-ms", self.max_read_ms.to_string()),
+            (
+                "checkpoint-wal-bytes",
+                self.checkpoint_wal_bytes.to_string(),
+            ),
+            ("socket-mode", self.socket_mode.clone()),
+            ("socket-group", opt(&self.socket_group)),
+            ("metrics-listen", opt(&self.metrics_listen)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// The socket's permission bits.
+    pub fn socket_mode_bits(&self) -> anyhow::Result<u32> {
+        let digits = self.socket_mode.trim_start_matches("0o");
+        match u32::from_str_radix(digits, 8) {
+            Ok(m) if m <= 0o777 => Ok(m),
+            _ => bail!(
+                "socket-mode {:?} is not octal permission bits; use e.g. 0660 (owner and group) \
+                 or 0666 (everyone may connect; the access rules still apply)",
+                self.socket_mode
+            ),
+        }
+    }
+
+    /// The loopback address for the metrics listener, if one is set.
+    pub fn metrics_addr(&self) -> anyhow::Result<Option<std::net::SocketAddr>> {
+        let Some(raw) = &self.metrics_listen else {
+            return Ok(None);
+        };
+        let addr: std::net::SocketAddr = raw.parse().map_err(|_| {
+            anyhow::anyhow!("metrics-listen {raw:?} is not an address; use e.g. 127.0.0.1:9187")
+        })?;
+        if !addr.ip().is_loopback() {
+            bail!(
+                "metrics-listen {raw:?} is not a loopback address; the metrics listener has no \
+                 authentication, so it only binds 127.0.0.1 or ::1"
+            );
+        }
+        Ok(Some(addr))
+    }
+
     pub fn db_path(&self) -> PathBuf {
         self.db
             .clone()
@@ -142,6 +378,113 @@ impl ServeConfig {
                 anyhow::bail!("{flag} 0 would serve nothing; use at least 1");
             }
         }
+        if self.max_read_ms == 0 {
+            bail!("--max-read-ms 0 would interrupt every read; use at least 1");
+        }
+        self.socket_mode_bits()?;
+        self.metrics_addr()?;
+        tracing_subscriber::EnvFilter::try_new(&self.log_level).map_err(|_| {
+            anyhow::anyhow!(
+                "log-level {:?} is not valid; use error, warn, info, debug or trace",
+                self.log_level
+            )
+        })?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: ServeConfig,
+    }
+
+    fn defaults(args: &[&str]) -> ServeConfig {
+        Cli::parse_from(std::iter::once("nexusd").chain(args.iter().copied())).config
+    }
+
+    /// The example file documents every key with its default: uncommented,
+    /// it must parse (unknown keys are errors) and change nothing.
+    #[test]
+    fn the_example_file_lists_every_key_with_its_default() {
+        let example = include_str!("../../systemd/nexusd.toml");
+        let uncommented: String = example
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| {
+                l.starts_with("[access]")
+                    || l.split_once(" = ").is_some_and(|(k, _)| {
+                        !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '-')
+                    })
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("nexusd.toml");
+        std::fs::write(&path, &uncommented).expect("write");
+        let base = defaults(&["--config", path.to_str().expect("utf-8")]);
+        let loaded = base
+            .clone()
+            .with_file(&HashSet::new())
+            .expect("the example parses");
+        let keys_in_file = uncommented.lines().filter(|l| l.contains(" = ")).count();
+        // Every setting, plus db, socket and the three [access] keys.
+        assert_eq!(keys_in_file, base.settings().len() + 2 + 3, "{uncommented}");
+        let mut expected = base.settings();
+        for (k, v) in expected.iter_mut() {
+            match k.as_str() {
+                "socket-group" => *v = "nexusd".into(),
+                "metrics-listen" => *v = "127.0.0.1:9187".into(),
+                _ => {}
+            }
+        }
+        assert_eq!(loaded.settings(), expected);
+        assert_eq!(loaded.access.write, Some(vec!["group:nexusd".to_owned()]));
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_bad_files_say_where() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "max-connections = 10\nreaders = 2\n").expect("write");
+        let p = path.to_str().expect("utf-8");
+        let base = defaults(&["--config", p, "--readers", "7"]);
+        let explicit: HashSet<String> = ["readers".to_owned()].into();
+        let c = base.with_file(&explicit).expect("parses");
+        assert_eq!(c.max_connections, 10);
+        assert_eq!(c.readers, 7);
+
+        std::fs::write(&path, "max-conections = 10\n").expect("write");
+        let err = format!(
+            "{:#}",
+            defaults(&["--config", p])
+                .with_file(&HashSet::new())
+                .expect_err("a misspelled key is an error")
+        );
+        assert!(err.contains("c.toml is not valid"), "{err}");
+        assert!(err.contains("max-conections"), "{err}");
+
+        let err = format!(
+            "{:#}",
+            defaults(&["--config", "/nonexistent/nexusd.toml"])
+                .with_file(&HashSet::new())
+                .expect_err("a missing --config file is an error")
+        );
+        assert!(
+            err.contains("could not read the config file /nonexistent/nexusd.toml"),
+            "{err}"
+        );
+
+        let bad = defaults(&["--socket-mode", "999"]);
+        let err = format!("{:#}", bad.validate().expect_err("not octal"));
+        assert!(err.contains("socket-mode \"999\" is not octal"), "{err}");
+        let bad = defaults(&["--metrics-listen", "0.0.0.0:9187"]);
+        let err = format!("{:#}", bad.validate().expect_err("not loopback"));
+        assert!(err.contains("not a loopback address"), "{err}");
     }
 }

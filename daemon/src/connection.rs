@@ -25,6 +25,9 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
+use std::sync::atomic::Ordering;
+
+use crate::access::Peer;
 use crate::server::Shared;
 
 /// Replies encoded into one buffer before it is written.
@@ -41,15 +44,23 @@ const DRAIN_QUIET: Duration = Duration::from_millis(100);
 const DRAIN_MAX: Duration = Duration::from_secs(2);
 
 pub async fn serve(stream: UnixStream, shared: Arc<Shared>) {
-    let peer = match stream.peer_cred() {
-        Ok(c) => format!(
-            "pid {} uid {}",
-            c.pid().map_or_else(|| "?".into(), |p| p.to_string()),
-            c.uid()
-        ),
-        Err(_) => "unknown peer".to_owned(),
+    let config = shared.config();
+    let max_frame = config.max_frame_bytes;
+    let cred = match stream.peer_cred() {
+        Ok(c) => c,
+        Err(e) => {
+            // Without credentials there is no role to give.
+            tracing::warn!(error = %e, "could not read the peer's credentials; closing");
+            return;
+        }
     };
-    let max_frame = shared.config.max_frame_bytes;
+    let pid = cred.pid().and_then(|p| u32::try_from(p).ok());
+    let peer_cred = Peer::new(pid, cred.uid(), cred.gid());
+    let peer = format!(
+        "pid {} uid {}",
+        pid.map_or_else(|| "?".into(), |p| p.to_string()),
+        cred.uid()
+    );
     let (rd, mut wr) = stream.into_split();
     let mut frames = FramedRead::new(
         rd,
@@ -61,17 +72,47 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>) {
     let hello = match handshake(&mut frames, &shared, &peer).await {
         Ok(hello) => hello,
         Err(refusal) => {
+            shared
+                .metrics
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
             send_refusal(&mut wr, refusal, max_frame).await;
             return;
         }
     };
+    if shared.role_of(&peer_cred).is_none() {
+        shared
+            .metrics
+            .connections_refused
+            .fetch_add(1, Ordering::Relaxed);
+        let config = config
+            .config_path()
+            .map_or("the config file".to_owned(), |p| p.display().to_string());
+        tracing::warn!(
+            peer,
+            client = hello.client_name,
+            "connection refused: no role for this uid"
+        );
+        let refusal = ErrorBody::new(
+            ErrorKind::Forbidden,
+            format!(
+                "uid {} has no role on this nexusd, so it may not connect (it needs at least the \
+                 read role). An admin can grant one in the [access] table of {config} (user:NAME, \
+                 group:NAME, uid:N or gid:N) and run `nexusd ctl reload`; by default the socket \
+                 file's group may read and write",
+                cred.uid()
+            ),
+        );
+        send_refusal(&mut wr, refusal, max_frame).await;
+        return;
+    }
     let client = format!("{:?} ({peer})", hello.client_name);
     let welcome = HelloReply::Welcome(Welcome {
         protocol_version: PROTOCOL_VERSION,
         server_version: env!("CARGO_PKG_VERSION").to_owned(),
         features: 0,
         max_frame_bytes: max_frame,
-        max_in_flight: shared.config.max_in_flight,
+        max_in_flight: config.max_in_flight,
     });
     let mut buf = BytesMut::new();
     if let Err(e) = codec::encode_frame(&welcome, max_frame, &mut buf) {
@@ -82,11 +123,12 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>) {
         return;
     }
     tracing::debug!(client, "connected");
+    let entry = shared.register(peer_cred, hello.client_name.clone());
 
-    let max_in_flight = shared.config.max_in_flight as usize;
+    let max_in_flight = config.max_in_flight as usize;
     let (out_tx, out_rx) = mpsc::channel::<Response>(max_in_flight);
     let dead = CancellationToken::new();
-    let stall = Duration::from_millis(shared.config.write_stall_timeout_ms);
+    let stall = Duration::from_millis(config.write_stall_timeout_ms);
     let write_task = tokio::spawn(write_loop(
         wr,
         out_rx,
@@ -160,8 +202,9 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>) {
         }
         let shared = shared.clone();
         let out_tx = out_tx.clone();
+        let entry = entry.clone();
         tokio::spawn(async move {
-            let body = shared.handle(req).await;
+            let body = shared.handle(req, &entry).await;
             // A closed connection just drops the reply.
             let _ = out_tx.send(Response { id, body }).await;
             drop(permit);
@@ -171,6 +214,7 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>) {
     drop(out_tx);
     drop(frames);
     let _ = write_task.await;
+    shared.unregister(entry.id);
 }
 
 /// Answers a handshake with a refusal, best effort: the connection is
@@ -201,7 +245,7 @@ async fn handshake(
     shared: &Shared,
     peer: &str,
 ) -> Result<Hello, ErrorBody> {
-    let timeout = Duration::from_millis(shared.config.handshake_timeout_ms);
+    let timeout = Duration::from_millis(shared.config().handshake_timeout_ms);
     let refuse = |message: String| {
         tracing::warn!(peer, "{message}");
         ErrorBody::new(ErrorKind::Protocol, message)

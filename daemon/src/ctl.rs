@@ -1,11 +1,18 @@
 //! `nexusd ctl`: operator commands against a running daemon, through the
-//! same client crate applications use.
+//! same client crate applications use. Human output by default, `--json`
+//! on request; the exit code is non-zero whenever the command failed.
 
-use std::path::PathBuf;
+use std::io::{IsTerminal, Write as _};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Args, Subcommand};
-use nexusd_client::{Client, ClientOptions, Params, Rows, Value};
+use clap::{Args, Subcommand, ValueEnum};
+use nexusd_client::{
+    AdminRequest, CheckpointMode, Client, ClientOptions, Error, Params, ResponseBody, Rows, Stats,
+    Status, Value,
+};
+use serde_json::json;
 
 #[derive(Debug, Args)]
 pub struct CtlArgs {
@@ -13,20 +20,65 @@ pub struct CtlArgs {
     #[arg(long, value_name = "PATH", global = true)]
     socket: Option<PathBuf>,
 
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+
     #[command(subcommand)]
     command: CtlCommand,
 }
 
 #[derive(Debug, Subcommand)]
 enum CtlCommand {
-    /// Versions (nexusd and SQLite), paths, settings and counters.
+    /// Versions, uptime, paths and sizes, and every setting in force.
     Status,
+    /// Requests by kind and outcome, batch sizes, commit latency, queues,
+    /// the oldest read, and counters per client.
+    Stats,
+    /// The connected processes: pid, uid, client name, role, requests.
+    Clients,
+    /// Checkpoint the WAL now (on the writer, between batches).
+    Checkpoint {
+        #[arg(value_enum, default_value = "passive")]
+        mode: Mode,
+    },
+    /// Write a consistent copy of the database to DEST while writes go on.
+    Backup {
+        /// The file to create; it must not exist. A relative path is taken
+        /// from the current directory. The daemon writes it, so it must be
+        /// able to (under systemd: below /var/lib/nexusd).
+        dest: PathBuf,
+    },
+    /// PRAGMA integrity_check; exits non-zero unless the answer is "ok".
+    IntegrityCheck {
+        /// PRAGMA quick_check instead: faster, skips index contents.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// VACUUM: rebuild the file, returning free pages to the filesystem.
+    Vacuum,
+    /// PRAGMA optimize: refresh the query planner's statistics.
+    Optimize,
+    /// Re-read the config file, as SIGHUP does, and print what changed.
+    Reload,
+    /// Prometheus text exposition of the daemon's metrics.
+    Metrics,
+    /// Drain queued requests and stop the daemon (as SIGTERM does).
+    Shutdown,
     /// Run a statement and print its rows as a table.
     Query(SqlArgs),
     /// Run a statement through the writer and print what changed.
     Exec(SqlArgs),
-    /// Drain queued requests and stop the daemon (as SIGTERM does).
-    Shutdown,
+    /// An interactive SQL shell with line editing and history.
+    Shell,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Mode {
+    Passive,
+    Full,
+    Restart,
+    Truncate,
 }
 
 #[derive(Debug, Args)]
@@ -39,9 +91,19 @@ struct SqlArgs {
     params: Vec<String>,
 }
 
+/// A command's failure, already worded for the operator.
+struct Failed(String);
+
+impl From<Error> for Failed {
+    fn from(e: Error) -> Self {
+        Failed(e.to_string())
+    }
+}
+
 pub fn run(args: CtlArgs) -> ExitCode {
     let socket = args
         .socket
+        .clone()
         .unwrap_or_else(nexusd_client::default_socket_path);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -53,59 +115,505 @@ pub fn run(args: CtlArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async move {
-        let options = ClientOptions {
-            client_name: "nexusd ctl".into(),
-            reconnect_for: std::time::Duration::ZERO,
-            ..ClientOptions::default()
-        };
-        let client = Client::connect_with(&socket, options).await?;
-        match args.command {
-            CtlCommand::Status => {
-                let s = client.status().await?;
-                println!("nexusd          {}", s.server_version);
-                println!("sqlite          {}", s.sqlite_version);
-                println!("pid             {}", s.pid);
-                println!("uptime          {}", human_duration(s.uptime_ms));
-                println!("database        {}", s.db_path);
-                println!("socket          {}", s.socket_path);
-                println!("journal_mode    {}", s.journal_mode);
-                println!("synchronous     {}", s.synchronous);
-                println!("connections     {} of {}", s.connections, s.max_connections);
-                println!("readers         {}", s.readers);
-                println!(
-                    "writes          {} in {} commits",
-                    s.writes_committed, s.batches_committed
-                );
-                println!("writer queue    {}", s.writer_queue_depth);
-            }
-            CtlCommand::Query(q) => {
-                let rows = client.query(&q.sql, parse_params(&q.params)).await?;
-                print_table(&rows);
-            }
-            CtlCommand::Exec(q) => {
-                let done = client.execute(&q.sql, parse_params(&q.params)).await?;
-                println!(
-                    "OK: {} row{} affected, last insert rowid {}",
-                    done.rows_affected,
-                    if done.rows_affected == 1 { "" } else { "s" },
-                    done.last_insert_rowid
-                );
-            }
-            CtlCommand::Shutdown => {
-                client.shutdown().await?;
-                println!("nexusd is draining and will exit");
-            }
-        }
-        Ok::<(), nexusd_client::Error>(())
-    });
-    match result {
+    let json = args.json;
+    match runtime.block_on(command(args, &socket)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("nexusd ctl: {e}");
+        Err(Failed(message)) => {
+            if json {
+                println!("{}", json!({ "ok": false, "error": message }));
+            } else {
+                eprintln!("nexusd ctl: {message}");
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+async fn command(args: CtlArgs, socket: &Path) -> Result<(), Failed> {
+    let long = matches!(
+        args.command,
+        CtlCommand::Backup { .. } | CtlCommand::Vacuum | CtlCommand::IntegrityCheck { .. }
+    );
+    let options = ClientOptions {
+        client_name: "nexusd ctl".into(),
+        reconnect_for: Duration::ZERO,
+        // Maintenance on a big file can take long; wait for it.
+        request_timeout: long.then(|| Duration::from_secs(24 * 3600)),
+        ..ClientOptions::default()
+    };
+    let client = Client::connect_with(socket, options).await?;
+    let json = args.json;
+    let text = |body: ResponseBody| match body {
+        ResponseBody::Text(t) => Ok(t),
+        other => Err(Failed(format!(
+            "unexpected answer from the daemon: {other:?}"
+        ))),
+    };
+    match args.command {
+        CtlCommand::Status => {
+            let s = client.status().await?;
+            if json {
+                print_json(&s);
+            } else {
+                print_status(&s);
+            }
+        }
+        CtlCommand::Stats => match client.admin(AdminRequest::Stats).await? {
+            ResponseBody::Stats(s) if json => print_json(&s),
+            ResponseBody::Stats(s) => print_stats(&s),
+            other => return Err(Failed(format!("unexpected answer: {other:?}"))),
+        },
+        CtlCommand::Clients => match client.admin(AdminRequest::Clients).await? {
+            ResponseBody::Clients(c) if json => print_json(&c),
+            ResponseBody::Clients(c) => print_clients(&c),
+            other => return Err(Failed(format!("unexpected answer: {other:?}"))),
+        },
+        CtlCommand::Checkpoint { mode } => {
+            let mode = match mode {
+                Mode::Passive => CheckpointMode::Passive,
+                Mode::Full => CheckpointMode::Full,
+                Mode::Restart => CheckpointMode::Restart,
+                Mode::Truncate => CheckpointMode::Truncate,
+            };
+            match client.admin(AdminRequest::Checkpoint(mode)).await? {
+                ResponseBody::Checkpoint(r) if json => print_json(&r),
+                ResponseBody::Checkpoint(r) => {
+                    println!(
+                        "checkpoint {}: {} of {} WAL frames copied into the database{}",
+                        mode.as_sql().to_lowercase(),
+                        r.checkpointed_frames,
+                        r.wal_frames,
+                        if r.busy {
+                            " (busy: a reader or writer kept it from finishing; run again)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                other => return Err(Failed(format!("unexpected answer: {other:?}"))),
+            }
+        }
+        CtlCommand::Backup { dest } => {
+            let dest = std::path::absolute(&dest)
+                .map_err(|e| Failed(format!("backup destination {}: {e}", dest.display())))?;
+            let total = client.status().await?.db_bytes;
+            let show = !json && std::io::stderr().is_terminal();
+            let progress = show.then(|| spawn_progress(&dest, total));
+            let result = client
+                .admin(AdminRequest::Backup {
+                    dest: dest.display().to_string(),
+                })
+                .await;
+            if let Some((stop, handle)) = progress {
+                let _ = stop.send(());
+                let _ = handle.await;
+            }
+            let message = text(result?)?;
+            if json {
+                println!(
+                    "{}",
+                    json!({ "ok": true, "dest": dest, "message": message })
+                );
+            } else {
+                println!("{message}");
+            }
+        }
+        CtlCommand::IntegrityCheck { quick } => {
+            let lines = text(client.admin(AdminRequest::IntegrityCheck { quick }).await?)?;
+            let ok = lines == "ok";
+            if json {
+                println!(
+                    "{}",
+                    json!({ "ok": ok, "result": lines.lines().collect::<Vec<_>>() })
+                );
+            } else {
+                println!("{lines}");
+            }
+            if !ok {
+                return Err(Failed(
+                    "the database is damaged (see above); restore from a backup, or `.recover` \
+                     it with the sqlite3 shell while nexusd is stopped"
+                        .to_owned(),
+                ));
+            }
+        }
+        CtlCommand::Vacuum => print_text(json, text(client.admin(AdminRequest::Vacuum).await?)?),
+        CtlCommand::Optimize => {
+            print_text(json, text(client.admin(AdminRequest::Optimize).await?)?)
+        }
+        CtlCommand::Reload => print_text(json, text(client.admin(AdminRequest::Reload).await?)?),
+        CtlCommand::Metrics => {
+            let body = text(client.admin(AdminRequest::Metrics).await?)?;
+            if json {
+                println!("{}", json!({ "ok": true, "prometheus_text": body }));
+            } else {
+                print!("{body}");
+            }
+        }
+        CtlCommand::Shutdown => {
+            client.shutdown().await?;
+            print_text(json, "nexusd is draining and will exit".to_owned());
+        }
+        CtlCommand::Query(q) => {
+            let rows = client.query(&q.sql, parse_params(&q.params)).await?;
+            if json {
+                println!("{}", rows_json(&rows));
+            } else {
+                print_table(&rows);
+            }
+        }
+        CtlCommand::Exec(q) => {
+            let done = client.execute(&q.sql, parse_params(&q.params)).await?;
+            if json {
+                print_json(&done);
+            } else {
+                print_executed(&done);
+            }
+        }
+        CtlCommand::Shell => shell(&client, socket).await?,
+    }
+    Ok(())
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("nexusd ctl: could not format JSON: {e}"),
+    }
+}
+
+fn print_text(json: bool, message: String) {
+    if json {
+        println!("{}", json!({ "ok": true, "message": message }));
+    } else {
+        println!("{message}");
+    }
+}
+
+fn print_executed(done: &nexusd_client::Executed) {
+    println!(
+        "OK: {} row{} affected, last insert rowid {}",
+        done.rows_affected,
+        if done.rows_affected == 1 { "" } else { "s" },
+        done.last_insert_rowid
+    );
+}
+
+fn rows_json(rows: &Rows) -> serde_json::Value {
+    let to_json = |v: &Value| match v {
+        Value::Null => serde_json::Value::Null,
+        Value::Integer(i) => json!(i),
+        Value::Real(f) => json!(f),
+        Value::Text(s) => json!(s),
+        Value::Blob(b) => json!(display(&Value::Blob(b.clone()))),
+    };
+    let list: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            let obj: serde_json::Map<String, serde_json::Value> = rows
+                .columns()
+                .iter()
+                .cloned()
+                .zip(r.values().iter().map(to_json))
+                .collect();
+            serde_json::Value::Object(obj)
+        })
+        .collect();
+    serde_json::Value::Array(list)
+}
+
+fn print_status(s: &Status) {
+    println!("nexusd          {}", s.server_version);
+    println!("sqlite          {}", s.sqlite_version);
+    println!("pid             {}", s.pid);
+    println!("uptime          {}", human_duration(s.uptime_ms));
+    println!(
+        "database        {} ({})",
+        s.db_path,
+        human_bytes(s.db_bytes)
+    );
+    println!("wal             {}", human_bytes(s.wal_bytes));
+    println!("socket          {}", s.socket_path);
+    println!(
+        "config          {}",
+        s.config_path
+            .as_deref()
+            .unwrap_or("(none: defaults and flags)")
+    );
+    println!("journal_mode    {}", s.journal_mode);
+    println!("connections     {} of {}", s.connections, s.max_connections);
+    println!("readers         {}", s.readers);
+    println!(
+        "writes          {} in {} commits",
+        s.writes_committed, s.batches_committed
+    );
+    println!("writer queue    {}", s.writer_queue_depth);
+    println!("settings in force:");
+    let width = s.settings.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (k, v) in &s.settings {
+        println!("  {k:<width$}  {v}");
+    }
+}
+
+fn print_stats(s: &Stats) {
+    println!("uptime            {}", human_duration(s.uptime_ms));
+    println!(
+        "writes            {} in {} commits ({:.1} per commit)",
+        s.writes_committed,
+        s.batches_committed,
+        s.writes_committed as f64 / (s.batches_committed.max(1)) as f64
+    );
+    println!(
+        "commit latency    p50 <= {:.1} ms, p99 <= {:.1} ms",
+        s.commit_p50_ms, s.commit_p99_ms
+    );
+    println!(
+        "queues            writer {}, readers {}",
+        s.writer_queue_depth, s.reader_queue_depth
+    );
+    println!("oldest read       {} ms", s.oldest_read_ms);
+    println!(
+        "wal               {} ({} checkpoints, {} busy)",
+        human_bytes(s.wal_bytes),
+        s.checkpoints,
+        s.checkpoints_busy
+    );
+    println!("requests:");
+    if s.requests.is_empty() {
+        println!("  (none yet)");
+    }
+    for (kind, outcome, n) in &s.requests {
+        println!("  {kind:<8} {outcome:<14} {n}");
+    }
+    println!("requests per commit:");
+    let mut lower = 1;
+    for (upper, n) in &s.batch_size_histogram {
+        if *n > 0 {
+            let range = if *upper == u64::MAX {
+                format!("{lower}+")
+            } else if *upper == lower {
+                format!("{upper}")
+            } else {
+                format!("{lower}-{upper}")
+            };
+            println!("  {range:>10}  {n}");
+        }
+        lower = upper.saturating_add(1);
+    }
+    println!("clients:");
+    print_clients(&s.clients);
+}
+
+fn print_clients(clients: &[nexusd_client::ClientInfo]) {
+    let header = [
+        "id",
+        "pid",
+        "uid",
+        "gid",
+        "name",
+        "role",
+        "in flight",
+        "requests",
+        "errors",
+        "connected",
+    ];
+    let rows: Vec<Vec<String>> = clients
+        .iter()
+        .map(|c| {
+            vec![
+                c.id.to_string(),
+                c.pid.map_or("?".to_owned(), |p| p.to_string()),
+                c.uid.to_string(),
+                c.gid.to_string(),
+                c.client_name.clone(),
+                c.role.clone(),
+                c.in_flight.to_string(),
+                c.requests.to_string(),
+                c.errors.to_string(),
+                human_duration(c.connected_ms),
+            ]
+        })
+        .collect();
+    let header: Vec<String> = header.iter().map(|s| (*s).to_owned()).collect();
+    print_aligned(&header, &rows);
+    let n = rows.len();
+    println!("({n} client{})", if n == 1 { "" } else { "s" });
+}
+
+/// A progress bar on stderr while the daemon writes the backup: the copy's
+/// size so far against the database's.
+fn spawn_progress(
+    dest: &Path,
+    total: u64,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let partial = crate::server::backup_partial_path(dest);
+    let (stop, mut stopped) = tokio::sync::oneshot::channel();
+    let handle = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        loop {
+            let done = std::fs::metadata(&partial).map_or(0, |m| m.len());
+            let frac = if total == 0 {
+                0.0
+            } else {
+                (done as f64 / total as f64).min(0.99)
+            };
+            let filled = (frac * 30.0) as usize;
+            eprint!(
+                "\rbackup [{}{}] {:>3}% {} of ~{}  {:.0}s ",
+                "#".repeat(filled),
+                " ".repeat(30 - filled),
+                (frac * 100.0) as u32,
+                human_bytes(done),
+                human_bytes(total),
+                started.elapsed().as_secs_f64()
+            );
+            let _ = std::io::stderr().flush();
+            tokio::select! {
+                _ = &mut stopped => break,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+        eprint!("\r{:78}\r", "");
+    });
+    (stop, handle)
+}
+
+/// `nexusd ctl shell`: SQL in, aligned tables out. Statements end with `;`
+/// and may span lines; dot-commands are one line.
+async fn shell(client: &Client, socket: &Path) -> Result<(), Failed> {
+    use rustyline::error::ReadlineError;
+
+    let mut editor = rustyline::DefaultEditor::new()
+        .map_err(|e| Failed(format!("could not start line editing: {e}")))?;
+    let history = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".nexusd_history"));
+    if let Some(h) = &history {
+        let _ = editor.load_history(h);
+    }
+    let status = client.status().await?;
+    println!(
+        "nexusd {} (SQLite {}) at {}\nEnd statements with ';'. .help for commands, .quit to leave.",
+        status.server_version,
+        status.sqlite_version,
+        socket.display()
+    );
+    let mut pending = String::new();
+    loop {
+        let prompt = if pending.is_empty() {
+            "nexusd> "
+        } else {
+            "   ...> "
+        };
+        let line = match editor.readline(prompt) {
+            Ok(line) => line,
+            Err(ReadlineError::Interrupted) => {
+                pending.clear();
+                continue;
+            }
+            Err(ReadlineError::Eof) => break,
+            Err(e) => return Err(Failed(format!("reading input failed: {e}"))),
+        };
+        let trimmed = line.trim();
+        if pending.is_empty() && trimmed.starts_with('.') {
+            let _ = editor.add_history_entry(trimmed);
+            match dot_command(client, trimmed).await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(Failed(m)) => eprintln!("error: {m}"),
+            }
+            continue;
+        }
+        if trimmed.is_empty() && pending.is_empty() {
+            continue;
+        }
+        pending.push_str(&line);
+        pending.push('\n');
+        if !trimmed.ends_with(';') {
+            continue;
+        }
+        let sql = std::mem::take(&mut pending);
+        let _ = editor.add_history_entry(sql.trim());
+        if let Err(Failed(m)) = run_sql(client, sql.trim()).await {
+            eprintln!("error: {m}");
+        }
+    }
+    if let Some(h) = &history {
+        let _ = editor.save_history(h);
+    }
+    Ok(())
+}
+
+/// Runs one statement: through `query` when it may return rows, else
+/// through `execute`.
+async fn run_sql(client: &Client, sql: &str) -> Result<(), Failed> {
+    let head = sql
+        .trim_start()
+        .split(|c: char| c.is_whitespace() || c == '(')
+        .next()
+        .unwrap_or("")
+        .to_ascii_uppercase();
+    let returns_rows = matches!(
+        head.as_str(),
+        "SELECT" | "WITH" | "VALUES" | "PRAGMA" | "EXPLAIN"
+    ) || sql.to_ascii_uppercase().contains("RETURNING");
+    if returns_rows {
+        let rows = client.query(sql, Params::default()).await?;
+        print_table(&rows);
+    } else {
+        let done = client.execute(sql, Params::default()).await?;
+        print_executed(&done);
+    }
+    Ok(())
+}
+
+/// Returns true to leave the shell.
+async fn dot_command(client: &Client, line: &str) -> Result<bool, Failed> {
+    let mut words = line.split_whitespace();
+    let cmd = words.next().unwrap_or("");
+    let arg = words.next();
+    match cmd {
+        ".quit" | ".exit" | ".q" => return Ok(true),
+        ".help" => println!(
+            ".tables [PATTERN]   list tables\n.schema [TABLE]     show CREATE statements\n\
+             .status             the daemon's status\n.quit               leave\n\
+             Anything else is SQL, ended by ';'."
+        ),
+        ".tables" => {
+            let rows = client
+                .query(
+                    "SELECT name FROM sqlite_schema WHERE type IN ('table','view') AND name NOT \
+                     LIKE 'sqlite_%' AND name LIKE ?1 ORDER BY name",
+                    Params::Positional(vec![Value::Text(arg.unwrap_or("%").to_owned())]),
+                )
+                .await?;
+            print_table(&rows);
+        }
+        ".schema" => {
+            let rows = client
+                .query(
+                    "SELECT sql FROM sqlite_schema WHERE sql IS NOT NULL AND name NOT LIKE \
+                     'sqlite_%' AND (?1 IS NULL OR tbl_name = ?1) ORDER BY tbl_name, type DESC, name",
+                    Params::Positional(vec![
+                        arg.map_or(Value::Null, |a| Value::Text(a.to_owned())),
+                    ]),
+                )
+                .await?;
+            for row in rows.iter() {
+                if let Some(v) = row.values().first() {
+                    println!("{};", display(v));
+                }
+            }
+        }
+        ".status" => print_status(&client.status().await?),
+        other => {
+            return Err(Failed(format!(
+                "unknown command {other}; .help lists the commands"
+            )));
+        }
+    }
+    Ok(false)
 }
 
 fn parse_params(raw: &[String]) -> Params {
@@ -161,8 +669,16 @@ fn print_table(rows: &Rows) {
         .iter()
         .map(|r| r.values().iter().map(display).collect())
         .collect();
-    let mut widths: Vec<usize> = rows.columns().iter().map(|c| c.chars().count()).collect();
-    for row in &cells {
+    if !rows.columns().is_empty() {
+        print_aligned(rows.columns(), &cells);
+    }
+    let n = rows.len();
+    println!("({n} row{})", if n == 1 { "" } else { "s" });
+}
+
+fn print_aligned(header: &[String], cells: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|c| c.chars().count()).collect();
+    for row in cells {
         for (w, c) in widths.iter_mut().zip(row) {
             *w = (*w).max(c.chars().count());
         }
@@ -176,22 +692,33 @@ fn print_table(rows: &Rows) {
             .trim_end()
             .to_owned()
     };
-    if !rows.columns().is_empty() {
-        println!("{}", line(rows.columns()));
-        println!(
-            "{}",
-            widths
-                .iter()
-                .map(|w| "-".repeat(w + 2))
-                .collect::<Vec<_>>()
-                .join("+")
-        );
-    }
-    for row in &cells {
+    println!("{}", line(header));
+    println!(
+        "{}",
+        widths
+            .iter()
+            .map(|w| "-".repeat(w + 2))
+            .collect::<Vec<_>>()
+            .join("+")
+    );
+    for row in cells {
         println!("{}", line(row));
     }
-    let n = rows.len();
-    println!("({n} row{})", if n == 1 { "" } else { "s" });
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 fn human_duration(ms: u64) -> String {

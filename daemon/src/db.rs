@@ -26,7 +26,8 @@ const STATEMENT_CACHE: usize = 256;
 const PROGRESS_OPS: i32 = 1000;
 
 /// The durability of a commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Synchronous {
     /// fsync the WAL on every commit: survives power loss.
     Full,
@@ -57,7 +58,11 @@ pub fn check_sqlite_version() -> anyhow::Result<()> {
 }
 
 /// Opens the one read-write connection. Only the writer thread calls this.
-pub fn open_writer(path: &Path, sync: Synchronous) -> anyhow::Result<(Connection, Guard)> {
+pub fn open_writer(
+    path: &Path,
+    sync: Synchronous,
+    checkpoint_wal_bytes: u64,
+) -> anyhow::Result<(Connection, Guard)> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -86,9 +91,19 @@ pub fn open_writer(path: &Path, sync: Synchronous) -> anyhow::Result<(Connection
     if !fk {
         bail!("SQLite refused to turn foreign keys on");
     }
+    // The writer checkpoints between batches itself (writer.rs), not inside
+    // a COMMIT; after a full checkpoint the WAL is cut back to this size.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    let limit = i64::try_from(checkpoint_wal_bytes.saturating_mul(4)).unwrap_or(i64::MAX);
+    conn.pragma_update(None, "journal_size_limit", limit)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     let guard = Guard::install(&mut conn)?;
     Ok((conn, guard))
+}
+
+/// A file's size in bytes; 0 when it does not exist.
+pub fn file_size(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
 /// Opens one read-only connection for the reader pool. The writer must have
@@ -119,7 +134,7 @@ pub struct Guard {
     deadline: Arc<AtomicU64>,
 }
 
-fn epoch() -> Instant {
+pub fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
 }
@@ -289,6 +304,9 @@ pub struct StatementLimits {
     pub started: Instant,
     pub timeout: Duration,
     pub max_result_bytes: usize,
+    /// Set when `deadline` is the reader's cap on an open read transaction
+    /// (`--max-read-ms`) rather than the request's own time limit.
+    pub read_cap: Option<Duration>,
 }
 
 /// What one statement produced.
@@ -531,6 +549,21 @@ fn sqlite_error_body(e: rusqlite::Error, guard: &Guard, limits: &StatementLimits
             statement_index: None,
         };
     }
+    if primary == ffi::SQLITE_INTERRUPT
+        && let Some(cap) = limits.read_cap
+    {
+        return ErrorBody::new(
+            ErrorKind::Timeout,
+            format!(
+                "read interrupted after {} ms: it hit the cap of {} ms on an open read \
+                 transaction (--max-read-ms), which keeps a slow read from holding back WAL \
+                 checkpoints. Nothing was changed. Narrow the query (an index, LIMIT), page \
+                 through the table, or raise max-read-ms in the config",
+                limits.started.elapsed().as_millis(),
+                cap.as_millis()
+            ),
+        );
+    }
     if primary == ffi::SQLITE_INTERRUPT {
         return ErrorBody::new(
             ErrorKind::Timeout,
@@ -579,6 +612,7 @@ mod tests {
             started: now,
             timeout: Duration::from_secs(5),
             max_result_bytes: 1 << 20,
+            read_cap: None,
         }
     }
 
@@ -591,7 +625,8 @@ mod tests {
 
     fn open() -> (tempfile::TempDir, Connection, Guard) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (conn, guard) = open_writer(&dir.path().join("t.db"), Synchronous::Full).expect("open");
+        let (conn, guard) =
+            open_writer(&dir.path().join("t.db"), Synchronous::Full, 4 << 20).expect("open");
         (dir, conn, guard)
     }
 

@@ -5,8 +5,10 @@
 //! sees every commit acknowledged before it started.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use nexusd_protocol::{ErrorBody, ErrorKind, ResponseBody, Statement};
@@ -30,21 +32,31 @@ struct ReadJob {
 #[derive(Clone)]
 pub struct ReaderPool {
     tx: flume::Sender<ReadJob>,
+    /// Per reader: when its current read began, in nanoseconds since
+    /// `db::epoch()`; 0 when idle. For `ctl stats`' oldest read.
+    busy_since: Arc<Vec<AtomicU64>>,
 }
 
 impl ReaderPool {
     /// Opens `count` read-only connections on their own threads.
+    /// `max_read_ms` caps how long one read transaction stays open; it is
+    /// shared so that a config reload changes it in place.
     pub fn spawn(
         path: PathBuf,
         count: usize,
         queue_capacity: usize,
         max_result_bytes: usize,
+        max_read_ms: Arc<AtomicU64>,
     ) -> anyhow::Result<(ReaderPool, Vec<JoinHandle<()>>)> {
         let (tx, rx) = flume::bounded::<ReadJob>(queue_capacity.max(1));
         let mut threads = Vec::with_capacity(count);
+        let busy_since: Arc<Vec<AtomicU64>> =
+            Arc::new((0..count.max(1)).map(|_| AtomicU64::new(0)).collect());
         for i in 0..count.max(1) {
             let (conn, guard) = db::open_reader(&path)?;
             let rx = rx.clone();
+            let max_read_ms = max_read_ms.clone();
+            let busy_since = busy_since.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("nexusd-reader-{i}"))
                 .spawn(move || {
@@ -62,20 +74,34 @@ impl ReaderPool {
                             )));
                             continue;
                         }
-                        let limits = StatementLimits {
+                        let now = Instant::now();
+                        let cap = Duration::from_millis(max_read_ms.load(Ordering::Relaxed));
+                        let mut limits = StatementLimits {
                             deadline: job.deadline,
                             started: job.arrived,
                             timeout: job.deadline.saturating_duration_since(job.arrived),
                             max_result_bytes,
+                            read_cap: None,
                         };
-                        let outcome = match db::run_statement(
+                        if now + cap < job.deadline {
+                            limits.deadline = now + cap;
+                            limits.started = now;
+                            limits.read_cap = Some(cap);
+                        }
+                        busy_since[i].store(
+                            db::epoch().elapsed().as_nanos().max(1) as u64,
+                            Ordering::Relaxed,
+                        );
+                        let result = db::run_statement(
                             &conn,
                             &guard,
                             &job.statement,
                             Want::Rows,
                             &limits,
                             true,
-                        ) {
+                        );
+                        busy_since[i].store(0, Ordering::Relaxed);
+                        let outcome = match result {
                             Ok(Some(Output::Rows(rows))) => {
                                 ReadOutcome::Done(ResponseBody::Rows(rows))
                             }
@@ -91,7 +117,24 @@ impl ReaderPool {
                 .context("could not start a reader thread")?;
             threads.push(thread);
         }
-        Ok((ReaderPool { tx }, threads))
+        Ok((ReaderPool { tx, busy_since }, threads))
+    }
+
+    /// Read requests waiting for a reader.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// How long the oldest read in progress has been running.
+    pub fn oldest_read(&self) -> Duration {
+        let now = db::epoch().elapsed().as_nanos() as u64;
+        self.busy_since
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .filter(|&t| t != 0)
+            .map(|t| Duration::from_nanos(now.saturating_sub(t)))
+            .max()
+            .unwrap_or_default()
     }
 
     pub async fn query(

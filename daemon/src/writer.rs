@@ -14,17 +14,34 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use nexusd_protocol::{ErrorBody, ErrorKind, ResponseBody, Statement, StatementResult};
+use nexusd_protocol::{
+    CheckpointMode, CheckpointResult, ErrorBody, ErrorKind, ResponseBody, Statement,
+    StatementResult,
+};
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::db::{self, Guard, Output, StatementLimits, Synchronous, Want};
+use crate::metrics::{BATCH_SIZE_BOUNDS, COMMIT_SECONDS_BOUNDS, Histogram};
 
 /// What a write request asks for.
 pub enum WriteOp {
     Execute(Statement),
     Query(Statement),
     Batch(Vec<Statement>),
+    /// Run between batches, outside any transaction.
+    Admin(WriterAdmin),
+}
+
+/// The writer's own maintenance, run between batches.
+#[derive(Debug, Clone, Copy)]
+pub enum WriterAdmin {
+    /// Answers `Ok` once the writer reaches it: proof that the writer loop
+    /// is alive and taking work (the systemd watchdog depends on it).
+    Ping,
+    Checkpoint(CheckpointMode),
+    Vacuum,
+    Optimize,
 }
 
 pub struct WriteJob {
@@ -45,13 +62,34 @@ pub struct WriterConfig {
     /// requests it has so far.
     pub max_txn_time: Duration,
     pub max_result_bytes: usize,
+    /// After a commit that leaves the WAL file at least this large, the
+    /// writer runs a PASSIVE checkpoint before the next batch.
+    pub checkpoint_wal_bytes: u64,
 }
 
-/// Counters the writer keeps; read by `ctl status`.
-#[derive(Debug, Default)]
+/// Counters the writer keeps; read by `ctl status`, `stats` and `metrics`.
 pub struct WriterStats {
     pub writes_committed: AtomicU64,
     pub batches_committed: AtomicU64,
+    pub batch_size: Histogram,
+    pub commit_seconds: Histogram,
+    pub checkpoints: AtomicU64,
+    pub checkpoints_busy: AtomicU64,
+    pub checkpointed_frames: AtomicU64,
+}
+
+impl Default for WriterStats {
+    fn default() -> Self {
+        WriterStats {
+            writes_committed: AtomicU64::new(0),
+            batches_committed: AtomicU64::new(0),
+            batch_size: Histogram::new(BATCH_SIZE_BOUNDS),
+            commit_seconds: Histogram::new(COMMIT_SECONDS_BOUNDS),
+            checkpoints: AtomicU64::new(0),
+            checkpoints_busy: AtomicU64::new(0),
+            checkpointed_frames: AtomicU64::new(0),
+        }
+    }
 }
 
 /// The handle every connection holds. The writer stops once all handles are
@@ -114,7 +152,11 @@ pub fn spawn(config: WriterConfig) -> anyhow::Result<(WriterHandle, JoinHandle<(
     let thread = std::thread::Builder::new()
         .name("nexusd-writer".into())
         .spawn(move || {
-            let (conn, guard) = match db::open_writer(&config.path, config.synchronous) {
+            let (conn, guard) = match db::open_writer(
+                &config.path,
+                config.synchronous,
+                config.checkpoint_wal_bytes,
+            ) {
                 Ok(c) => {
                     let _ = opened_tx.send(Ok(()));
                     c
@@ -124,7 +166,10 @@ pub fn spawn(config: WriterConfig) -> anyhow::Result<(WriterHandle, JoinHandle<(
                     return;
                 }
             };
+            let mut wal_path = config.path.clone().into_os_string();
+            wal_path.push("-wal");
             let mut writer = Writer {
+                wal_path: wal_path.into(),
                 conn,
                 guard,
                 config,
@@ -143,6 +188,7 @@ pub fn spawn(config: WriterConfig) -> anyhow::Result<(WriterHandle, JoinHandle<(
 }
 
 struct Writer {
+    wal_path: PathBuf,
     conn: Connection,
     guard: Guard,
     config: WriterConfig,
@@ -174,7 +220,89 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            if let Some(job) = self.pending.pop_front() {
+                if let WriteOp::Admin(admin) = job.op {
+                    let body = self.run_admin(admin);
+                    let _ = job.reply.send(body);
+                    continue;
+                }
+                self.pending.push_front(job);
+            }
             self.run_batch();
+            self.maybe_checkpoint();
+        }
+    }
+
+    /// Maintenance between batches; no transaction is open.
+    fn run_admin(&mut self, admin: WriterAdmin) -> ResponseBody {
+        match admin {
+            WriterAdmin::Ping => ResponseBody::Ok,
+            WriterAdmin::Checkpoint(mode) => match self.checkpoint(mode) {
+                Ok(r) => ResponseBody::Checkpoint(r),
+                Err(e) => ResponseBody::Error(db::internal_error("wal_checkpoint", &e)),
+            },
+            WriterAdmin::Vacuum => {
+                let before = db::file_size(&self.config.path);
+                match self.exec_own("VACUUM") {
+                    Ok(()) => ResponseBody::Text(format!(
+                        "vacuumed: database file {} -> {} bytes (the WAL holds the change until \
+                         the next checkpoint)",
+                        before,
+                        db::file_size(&self.config.path)
+                    )),
+                    Err(e) => ResponseBody::Error(db::internal_error("VACUUM", &e)),
+                }
+            }
+            WriterAdmin::Optimize => match self.exec_own("PRAGMA optimize") {
+                Ok(()) => ResponseBody::Text("optimized (PRAGMA optimize)".to_owned()),
+                Err(e) => ResponseBody::Error(db::internal_error("PRAGMA optimize", &e)),
+            },
+        }
+    }
+
+    fn checkpoint(&mut self, mode: CheckpointMode) -> rusqlite::Result<CheckpointResult> {
+        let sql = format!("PRAGMA wal_checkpoint({})", mode.as_sql());
+        let (busy, log, done) = self.conn.query_row(&sql, [], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        if busy != 0 {
+            self.stats.checkpoints_busy.fetch_add(1, Ordering::Relaxed);
+        }
+        self.stats
+            .checkpointed_frames
+            .fetch_add(u64::try_from(done.max(0)).unwrap_or(0), Ordering::Relaxed);
+        Ok(CheckpointResult {
+            busy: busy != 0,
+            wal_frames: log,
+            checkpointed_frames: done,
+        })
+    }
+
+    /// The daemon checkpoints here, between batches, instead of inside a
+    /// COMMIT (automatic checkpoints are off on the writer): the replies of
+    /// the batch that filled the WAL are already out.
+    fn maybe_checkpoint(&mut self) {
+        if db::file_size(&self.wal_path) < self.config.checkpoint_wal_bytes {
+            return;
+        }
+        match self.checkpoint(CheckpointMode::Passive) {
+            Ok(r) if r.busy || r.checkpointed_frames < r.wal_frames => tracing::debug!(
+                wal_frames = r.wal_frames,
+                checkpointed = r.checkpointed_frames,
+                "checkpoint could not finish: a read is still using older frames"
+            ),
+            Ok(_) => {
+                // Everything is in the database file: restart the WAL from
+                // its beginning and cut it back to journal_size_limit. Cheap
+                // when no reader is in the way; skipped when one is.
+                let _ = self.checkpoint(CheckpointMode::Truncate);
+            }
+            Err(e) => tracing::warn!(error = %e, "checkpoint failed"),
         }
     }
 
@@ -193,6 +321,10 @@ impl Writer {
         let mut done: Vec<Done> = Vec::new();
         let mut ran = 0usize;
         while ran < self.config.max_batch && started.elapsed() < self.config.max_txn_time {
+            if matches!(self.pending.front().map(|j| &j.op), Some(WriteOp::Admin(_))) {
+                // Maintenance waits for this batch's commit.
+                break;
+            }
             let Some(job) = self.pending.pop_front() else {
                 break;
             };
@@ -226,6 +358,10 @@ impl Writer {
                     .writes_committed
                     .fetch_add(done.len() as u64, Ordering::Relaxed);
                 self.stats.batches_committed.fetch_add(1, Ordering::Relaxed);
+                self.stats.batch_size.observe(done.len() as f64);
+                self.stats
+                    .commit_seconds
+                    .observe_duration(started.elapsed());
                 for d in done {
                     let _ = d.job.reply.send(d.body);
                 }
@@ -252,6 +388,7 @@ impl Writer {
             started: job.arrived,
             timeout: job.deadline.saturating_duration_since(job.arrived),
             max_result_bytes: self.config.max_result_bytes,
+            read_cap: None,
         };
         let result = match &job.op {
             WriteOp::Execute(st) => self.run_one(st, Want::Changes, &limits).map(|o| match o {
@@ -262,6 +399,10 @@ impl Writer {
                 Output::Executed(e) => ResponseBody::Executed(e),
                 Output::Rows(r) => ResponseBody::Rows(r),
             }),
+            WriteOp::Admin(_) => Err(ErrorBody::new(
+                ErrorKind::Internal,
+                "maintenance reached the batch loop; it runs between batches",
+            )),
             WriteOp::Batch(stmts) => {
                 let mut results = Vec::with_capacity(stmts.len());
                 let mut failed = None;

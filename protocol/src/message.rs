@@ -105,8 +105,50 @@ pub enum AdminRequest {
     Status,
     /// Starts a graceful shutdown (the same drain as SIGTERM); answers `Ok`.
     Shutdown,
-    /// Answers `Ok`; a liveness check.
+    /// Answers `Ok`; a liveness check. Needs only the read role.
     Ping,
+    /// Answers `Stats`.
+    Stats,
+    /// Answers `Clients`: the connected processes.
+    Clients,
+    /// Runs `PRAGMA wal_checkpoint(mode)` on the writer, between batches;
+    /// answers `Checkpoint`.
+    Checkpoint(CheckpointMode),
+    /// Writes a consistent copy of the database, as of the moment the copy
+    /// starts, to `dest` (an absolute path the daemon can write, which must
+    /// not exist); writes continue meanwhile. Answers `Text`.
+    Backup { dest: String },
+    /// `PRAGMA integrity_check`, or `quick_check` when `quick`; answers
+    /// `Text` with SQLite's lines ("ok" when sound).
+    IntegrityCheck { quick: bool },
+    /// `VACUUM` on the writer, between batches; answers `Text`.
+    Vacuum,
+    /// `PRAGMA optimize` on the writer; answers `Text`.
+    Optimize,
+    /// Re-reads the config file (as SIGHUP does); answers `Text` with what
+    /// changed.
+    Reload,
+    /// Answers `Text`: Prometheus text exposition format 0.0.4.
+    Metrics,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CheckpointMode {
+    Passive,
+    Full,
+    Restart,
+    Truncate,
+}
+
+impl CheckpointMode {
+    pub fn as_sql(self) -> &'static str {
+        match self {
+            CheckpointMode::Passive => "PASSIVE",
+            CheckpointMode::Full => "FULL",
+            CheckpointMode::Restart => "RESTART",
+            CheckpointMode::Truncate => "TRUNCATE",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -122,9 +164,64 @@ pub enum ResponseBody {
     Executed(Executed),
     Rows(Rows),
     Batch(Vec<StatementResult>),
-    Status(Status),
+    Status(Box<Status>),
     Ok,
     Error(ErrorBody),
+    Stats(Box<Stats>),
+    Clients(Vec<ClientInfo>),
+    Checkpoint(CheckpointResult),
+    Text(String),
+}
+
+/// `PRAGMA wal_checkpoint`'s three numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointResult {
+    /// A reader or writer kept it from finishing (SQLITE_BUSY).
+    pub busy: bool,
+    /// Frames in the WAL.
+    pub wal_frames: i64,
+    /// Frames copied into the database file.
+    pub checkpointed_frames: i64,
+}
+
+/// Counters for `ctl stats`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub uptime_ms: u64,
+    /// (kind, outcome, count): kind is execute, query, batch or admin;
+    /// outcome is ok or an error kind in snake case.
+    pub requests: Vec<(String, String, u64)>,
+    pub batches_committed: u64,
+    pub writes_committed: u64,
+    /// (upper bound, count) of requests per commit; the last bound is
+    /// u64::MAX.
+    pub batch_size_histogram: Vec<(u64, u64)>,
+    pub commit_p50_ms: f64,
+    pub commit_p99_ms: f64,
+    pub writer_queue_depth: u64,
+    pub reader_queue_depth: u64,
+    /// Age of the oldest read in progress, 0 when none.
+    pub oldest_read_ms: u64,
+    pub wal_bytes: u64,
+    pub checkpoints: u64,
+    pub checkpoints_busy: u64,
+    pub clients: Vec<ClientInfo>,
+}
+
+/// One connected client, from SO_PEERCRED and its handshake.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    pub id: u64,
+    pub pid: Option<u32>,
+    pub uid: u32,
+    pub gid: u32,
+    pub client_name: String,
+    /// read, write or admin, as the access rules now stand.
+    pub role: String,
+    pub in_flight: u64,
+    pub requests: u64,
+    pub errors: u64,
+    pub connected_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,6 +260,12 @@ pub struct Status {
     pub writes_committed: u64,
     pub batches_committed: u64,
     pub writer_queue_depth: u64,
+    pub db_bytes: u64,
+    pub wal_bytes: u64,
+    /// The config file read at start or last reload, if any.
+    pub config_path: Option<String>,
+    /// Every setting in force, as (name, value).
+    pub settings: Vec<(String, String)>,
 }
 
 /// What went wrong, typed so a client can decide what to do.
@@ -188,6 +291,9 @@ pub enum ErrorKind {
     Unsupported,
     /// A fault inside the daemon.
     Internal,
+    /// The peer's uid lacks the role the request needs (access rules in the
+    /// daemon's config). Never applied.
+    Forbidden,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
