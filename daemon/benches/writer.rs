@@ -33,6 +33,7 @@ fn writer_loop(c: &mut Criterion) {
         max_txn_time: Duration::from_millis(100),
         max_result_bytes: 15 << 20,
         checkpoint_wal_bytes: 4 << 20,
+        checkpoint_gate: Default::default(),
     })
     .expect("the writer opens a fresh database");
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,7 @@ impl ReaderPool {
         queue_capacity: usize,
         max_result_bytes: usize,
         max_read_ms: Arc<AtomicU64>,
+        checkpoint_gate: Arc<AtomicBool>,
     ) -> anyhow::Result<(ReaderPool, Vec<JoinHandle<()>>)> {
         let (tx, rx) = flume::bounded::<ReadJob>(queue_capacity.max(1));
         let mut threads = Vec::with_capacity(count);
@@ -56,6 +57,7 @@ impl ReaderPool {
             let (conn, guard) = db::open_reader(&path)?;
             let rx = rx.clone();
             let max_read_ms = max_read_ms.clone();
+            let checkpoint_gate = checkpoint_gate.clone();
             let busy_since = busy_since.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("nexusd-reader-{i}"))
@@ -74,8 +76,15 @@ impl ReaderPool {
                             )));
                             continue;
                         }
-                        let now = Instant::now();
                         let cap = Duration::from_millis(max_read_ms.load(Ordering::Relaxed));
+                        // A checkpoint is waiting for reads to leave the
+                        // WAL: do not start one now (the wait is bounded by
+                        // the reads already open, so by the cap).
+                        let held = Instant::now();
+                        while checkpoint_gate.load(Ordering::SeqCst) && held.elapsed() < cap {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        let now = Instant::now();
                         let mut limits = StatementLimits {
                             deadline: job.deadline,
                             started: job.arrived,

@@ -23,6 +23,7 @@ use crate::connection;
 use crate::db;
 use crate::metrics::{self, Metrics};
 use crate::readers::{ReadOutcome, ReaderPool};
+use crate::systemd::Notifier;
 use crate::writer::{WriteOp, WriterAdmin, WriterHandle};
 
 /// Changes the log filter in place (a reload of `log-level`).
@@ -55,6 +56,7 @@ pub struct Shared {
     /// Shared with the readers, so a reload changes the cap in place.
     pub max_read_ms: Arc<AtomicU64>,
     pub log_reload: LogReload,
+    pub notifier: Arc<Notifier>,
     /// Set to true to start a graceful shutdown (signal or `ctl shutdown`).
     pub shutdown: watch::Sender<bool>,
 }
@@ -82,6 +84,7 @@ pub struct SharedParts {
     pub readers: ReaderPool,
     pub max_read_ms: Arc<AtomicU64>,
     pub log_reload: LogReload,
+    pub notifier: Arc<Notifier>,
     pub shutdown: watch::Sender<bool>,
 }
 
@@ -107,6 +110,7 @@ impl Shared {
             conn_limit: Arc::new(Semaphore::new(max)),
             max_read_ms: p.max_read_ms,
             log_reload: p.log_reload,
+            notifier: p.notifier,
             shutdown: p.shutdown,
         }
     }
@@ -244,6 +248,7 @@ impl Shared {
             AdminRequest::Status => ResponseBody::Status(Box::new(self.status())),
             AdminRequest::Shutdown => {
                 tracing::info!(uid = who.peer.uid, pid = ?who.peer.pid, "shutdown requested by a client");
+                self.notifier.notify(crate::shutdown::STOPPING);
                 self.shutdown.send_replace(true);
                 ResponseBody::Ok
             }

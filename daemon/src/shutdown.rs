@@ -12,7 +12,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -58,6 +58,7 @@ pub fn serve(cli: ServeConfig, explicit: HashSet<String>) -> anyhow::Result<()> 
         &format!("database {}", db_path.display()),
     )?;
 
+    let checkpoint_gate = Arc::new(AtomicBool::new(false));
     let (writer, writer_thread) = writer::spawn(writer::WriterConfig {
         path: db_path.clone(),
         synchronous: config.synchronous,
@@ -66,6 +67,7 @@ pub fn serve(cli: ServeConfig, explicit: HashSet<String>) -> anyhow::Result<()> 
         max_txn_time: Duration::from_millis(config.max_txn_ms),
         max_result_bytes: config.max_result_bytes,
         checkpoint_wal_bytes: config.checkpoint_wal_bytes,
+        checkpoint_gate: checkpoint_gate.clone(),
     })?;
     let max_read_ms = Arc::new(AtomicU64::new(config.max_read_ms));
     let (readers, reader_threads) = ReaderPool::spawn(
@@ -74,6 +76,7 @@ pub fn serve(cli: ServeConfig, explicit: HashSet<String>) -> anyhow::Result<()> 
         config.writer_queue,
         config.max_result_bytes,
         max_read_ms.clone(),
+        checkpoint_gate,
     )?;
 
     // The socket: passed by systemd (whose it stays: never unlinked), or
@@ -115,7 +118,8 @@ pub fn serve(cli: ServeConfig, explicit: HashSet<String>) -> anyhow::Result<()> 
 
     let (shutdown_tx, _) = watch::channel(false);
     let (reload_tx, mut reload_rx) = mpsc::channel::<()>(4);
-    let (signals, signals_thread) = spawn_signal_thread(shutdown_tx.clone(), reload_tx)?;
+    let (signals, signals_thread) =
+        spawn_signal_thread(shutdown_tx.clone(), reload_tx, notifier.clone())?;
 
     let shared = Arc::new(Shared::new(SharedParts {
         config: config.clone(),
@@ -129,6 +133,7 @@ pub fn serve(cli: ServeConfig, explicit: HashSet<String>) -> anyhow::Result<()> 
         readers,
         max_read_ms,
         log_reload,
+        notifier: notifier.clone(),
         shutdown: shutdown_tx,
     }));
 
@@ -203,6 +208,9 @@ pub fn serve(cli: ServeConfig, explicit: HashSet<String>) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Sent as the drain begins (a signal or `ctl shutdown`).
+pub const STOPPING: &str = "STOPPING=1\nSTATUS=draining: answering queued requests";
+
 fn status_line(shared: &Shared) -> String {
     let s = shared.status();
     format!(
@@ -213,8 +221,7 @@ fn status_line(shared: &Shared) -> String {
 
 /// Talks to systemd while the daemon runs: `WATCHDOG=1` only after the
 /// writer has answered a no-op job (so a wedged writer stops the pings and
-/// systemd restarts the daemon), `STATUS=` lines, and `STOPPING=1` when the
-/// drain begins.
+/// systemd restarts the daemon), and `STATUS=` lines.
 async fn service_manager(shared: Arc<Shared>, notifier: Arc<Notifier>) {
     if !notifier.is_active() {
         return;
@@ -229,10 +236,7 @@ async fn service_manager(shared: Arc<Shared>, notifier: Arc<Notifier>) {
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = shutdown.changed() => {
-                notifier.notify("STOPPING=1\nSTATUS=draining: answering queued requests");
-                return;
-            }
+            _ = shutdown.changed() => return,
         }
         if let Some(period) = watchdog {
             let now = Instant::now();
@@ -344,6 +348,7 @@ fn bind(path: &Path) -> anyhow::Result<std::os::unix::net::UnixListener> {
 fn spawn_signal_thread(
     shutdown: watch::Sender<bool>,
     reload: mpsc::Sender<()>,
+    notifier: Arc<Notifier>,
 ) -> anyhow::Result<(Handle, std::thread::JoinHandle<()>)> {
     let mut signals =
         Signals::new([SIGTERM, SIGINT, SIGHUP]).context("could not install signal handlers")?;
@@ -361,6 +366,7 @@ fn spawn_signal_thread(
                 seen += 1;
                 if seen == 1 {
                     tracing::info!(signal = sig, "shutting down: draining queued requests");
+                    notifier.notify(STOPPING);
                     shutdown.send_replace(true);
                 } else {
                     tracing::warn!(signal = sig, "second signal: exiting without draining");

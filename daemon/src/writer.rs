@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::db::{self, Guard, Output, StatementLimits, Synchronous, Want};
 use crate::metrics::{BATCH_SIZE_BOUNDS, COMMIT_SECONDS_BOUNDS, Histogram};
+
+/// Least time between two checkpoints that hold writes back.
+const FORCED_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// What a write request asks for.
 pub enum WriteOp {
@@ -65,6 +68,9 @@ pub struct WriterConfig {
     /// After a commit that leaves the WAL file at least this large, the
     /// writer runs a PASSIVE checkpoint before the next batch.
     pub checkpoint_wal_bytes: u64,
+    /// Raised while a checkpoint waits for reads to leave the WAL; the
+    /// readers hold new reads back meanwhile, so the wait ends.
+    pub checkpoint_gate: Arc<AtomicBool>,
 }
 
 /// Counters the writer keeps; read by `ctl status`, `stats` and `metrics`.
@@ -170,6 +176,7 @@ pub fn spawn(config: WriterConfig) -> anyhow::Result<(WriterHandle, JoinHandle<(
             wal_path.push("-wal");
             let mut writer = Writer {
                 wal_path: wal_path.into(),
+                last_forced: Instant::now(),
                 conn,
                 guard,
                 config,
@@ -189,6 +196,8 @@ pub fn spawn(config: WriterConfig) -> anyhow::Result<(WriterHandle, JoinHandle<(
 
 struct Writer {
     wal_path: PathBuf,
+    /// When the last TRUNCATE over the hard bound was tried.
+    last_forced: Instant,
     conn: Connection,
     guard: Guard,
     config: WriterConfig,
@@ -286,8 +295,39 @@ impl Writer {
     /// The daemon checkpoints here, between batches, instead of inside a
     /// COMMIT (automatic checkpoints are off on the writer): the replies of
     /// the batch that filled the WAL are already out.
+    ///
+    /// At `checkpoint_wal_bytes` it runs a PASSIVE checkpoint, which never
+    /// waits. Reads that overlap back to back can keep the WAL from ever
+    /// starting over, though, so at four times that it runs a TRUNCATE
+    /// checkpoint, which holds new writes while the reads already open
+    /// finish; `--max-read-ms` bounds that wait (and the busy timeout caps
+    /// it at 5 s). At most every `FORCED_CHECKPOINT_INTERVAL`.
     fn maybe_checkpoint(&mut self) {
-        if db::file_size(&self.wal_path) < self.config.checkpoint_wal_bytes {
+        let size = db::file_size(&self.wal_path);
+        if size < self.config.checkpoint_wal_bytes {
+            return;
+        }
+        let hard = size >= self.config.checkpoint_wal_bytes.saturating_mul(4);
+        if hard && self.last_forced.elapsed() >= FORCED_CHECKPOINT_INTERVAL {
+            self.last_forced = Instant::now();
+            let started = Instant::now();
+            self.config.checkpoint_gate.store(true, Ordering::SeqCst);
+            let result = self.checkpoint(CheckpointMode::Truncate);
+            self.config.checkpoint_gate.store(false, Ordering::SeqCst);
+            match result {
+                Ok(r) if r.busy => tracing::warn!(
+                    wal_bytes = size,
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    "the WAL is over its bound and a read outlasted the checkpoint's wait; \
+                     retrying after the next batch"
+                ),
+                Ok(_) => tracing::debug!(
+                    wal_bytes = size,
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    "WAL truncated"
+                ),
+                Err(e) => tracing::warn!(error = %e, "checkpoint failed"),
+            }
             return;
         }
         match self.checkpoint(CheckpointMode::Passive) {
@@ -298,8 +338,8 @@ impl Writer {
             ),
             Ok(_) => {
                 // Everything is in the database file: restart the WAL from
-                // its beginning and cut it back to journal_size_limit. Cheap
-                // when no reader is in the way; skipped when one is.
+                // its beginning, cut back to journal_size_limit. No read is
+                // using it, so this does not wait.
                 let _ = self.checkpoint(CheckpointMode::Truncate);
             }
             Err(e) => tracing::warn!(error = %e, "checkpoint failed"),

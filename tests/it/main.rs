@@ -4,6 +4,7 @@
 mod bad_input;
 mod concurrency;
 mod lifecycle;
+mod service;
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
