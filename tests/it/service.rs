@@ -512,3 +512,112 @@ fn slow_reader_is_capped_and_the_wal_stays_bounded() {
     );
     assert_eq!(capped.len(), 6);
 }
+
+/// The rest of the admin suite through the real `nexusd ctl`: JSON output,
+/// maintenance commands and their exit codes, metrics over ctl and over
+/// the optional HTTP listener, and the shell fed from a pipe.
+#[test]
+fn admin_suite_metrics_and_shell() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        l.local_addr().expect("addr").port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let d = Daemon::start(&["--metrics-listen", &addr]);
+    let ctl = |args: &[&str]| {
+        run(Command::new(nexusd_bin())
+            .arg("ctl")
+            .arg("--socket")
+            .arg(d.socket())
+            .args(args))
+    };
+    let (ok, out) = ctl(&["exec", "CREATE TABLE t(x)"]);
+    assert!(ok, "{out}");
+    for i in 0..20 {
+        let (ok, out) = ctl(&["exec", "INSERT INTO t VALUES (?1)", &i.to_string()]);
+        assert!(ok, "{out}");
+    }
+    let (ok, out) = ctl(&["exec", "INSERT INTO nope VALUES (1)"]);
+    assert!(!ok && out.contains("no such table: nope"), "{out}");
+
+    let (ok, out) = ctl(&["--json", "stats"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("\"batch_size_histogram\""), "{out}");
+    assert!(
+        out.contains("\"execute\",\n      \"ok\",\n      21"),
+        "21 ok executes expected: {out}"
+    );
+    assert!(
+        out.contains("\"execute\",\n      \"sql\",\n      1"),
+        "{out}"
+    );
+    let (ok, out) = ctl(&["clients"]);
+    assert!(
+        ok && out.contains("nexusd ctl") && out.contains("admin"),
+        "{out}"
+    );
+    let (ok, out) = ctl(&["checkpoint", "truncate"]);
+    assert!(ok && out.starts_with("checkpoint truncate:"), "{out}");
+    let (ok, out) = ctl(&["integrity-check"]);
+    assert!(ok && out.trim() == "ok", "{out}");
+    let (ok, out) = ctl(&["integrity-check", "--quick", "--json"]);
+    assert!(ok && out.contains("\"ok\":true"), "{out}");
+    let (ok, out) = ctl(&["vacuum"]);
+    assert!(ok && out.starts_with("vacuumed"), "{out}");
+    let (ok, out) = ctl(&["optimize"]);
+    assert!(ok, "{out}");
+    let (ok, out) = ctl(&["--json", "query", "SELECT count(*) AS n FROM t"]);
+    assert!(ok && out.trim() == "[{\"n\":20}]", "{out}");
+
+    let (ok, metrics) = ctl(&["metrics"]);
+    assert!(ok, "{metrics}");
+    for series in [
+        "nexusd_requests_total{kind=\"execute\",outcome=\"ok\"} 21",
+        "nexusd_requests_total{kind=\"execute\",outcome=\"sql\"} 1",
+        "# TYPE nexusd_batch_size histogram",
+        "nexusd_commit_duration_seconds_count",
+        "nexusd_wal_bytes",
+        "nexusd_checkpoints_total{result=\"complete\"}",
+        "nexusd_connections ",
+    ] {
+        assert!(metrics.contains(series), "no {series:?} in:\n{metrics}");
+    }
+    // The same over HTTP.
+    use std::io::{Read, Write};
+    let mut http = std::net::TcpStream::connect(&addr).expect("metrics listener");
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
+    let mut body = String::new();
+    http.read_to_string(&mut body).expect("read");
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    assert!(body.contains("text/plain; version=0.0.4"), "{body}");
+    assert!(body.contains("nexusd_commits_total"), "{body}");
+
+    // The shell, fed from a pipe.
+    let mut shell = Command::new(nexusd_bin())
+        .arg("ctl")
+        .arg("--socket")
+        .arg(d.socket())
+        .arg("shell")
+        .env("HOME", &d.dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the shell");
+    shell
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b".tables\n.schema t\nSELECT count(*)\n  FROM t;\nINSERT INTO t VALUES (99);\nSELEC 1;\n.quit\n")
+        .expect("write");
+    let out = shell.wait_with_output().expect("shell output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}{err}");
+    assert!(text.contains(" t\n"), "{text}");
+    assert!(text.contains("CREATE TABLE t(x);"), "{text}");
+    assert!(text.contains(" 20\n"), "{text}");
+    assert!(text.contains("OK: 1 row affected"), "{text}");
+    assert!(err.contains("syntax error"), "{err}");
+}
