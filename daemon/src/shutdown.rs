@@ -48,11 +48,7 @@ pub fn serve(cli: ServeConfig, explicit: HashSet<String>) -> anyhow::Result<()> 
     }
 
     let db_path = config.db_path();
-    if let Some(dir) = db_path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| {
-            format!("could not create the database directory {}", dir.display())
-        })?;
-    }
+    create_parent_dir(&db_path, "database")?;
     let db_lock = LockFile::acquire(
         &lock_path_for(&db_path),
         &format!("database {}", db_path.display()),
@@ -93,11 +89,7 @@ pub fn serve(cli: ServeConfig, explicit: HashSet<String>) -> anyhow::Result<()> 
         }
         None => {
             let socket_path = config.socket_path();
-            if let Some(dir) = socket_path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).with_context(|| {
-                    format!("could not create the socket directory {}", dir.display())
-                })?;
-            }
+            create_parent_dir(&socket_path, "socket")?;
             let lock = LockFile::acquire(
                 &lock_path_for(&socket_path),
                 &format!("socket {}", socket_path.display()),
@@ -210,6 +202,15 @@ pub fn serve(cli: ServeConfig, explicit: HashSet<String>) -> anyhow::Result<()> 
 
 /// Sent as the drain begins (a signal or `ctl shutdown`).
 pub const STOPPING: &str = "STOPPING=1\nSTATUS=draining: answering queued requests";
+
+/// Creates the directory `path` lives in, if it has one.
+fn create_parent_dir(path: &Path, what: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("could not create the {what} directory {}", dir.display()))?;
+    }
+    Ok(())
+}
 
 fn status_line(shared: &Shared) -> String {
     let s = shared.status();

@@ -158,11 +158,24 @@ pub fn spawn(config: WriterConfig) -> anyhow::Result<(WriterHandle, JoinHandle<(
     let thread = std::thread::Builder::new()
         .name("nexusd-writer".into())
         .spawn(move || {
-            let (conn, guard) = match db::open_writer(
+            // SQLite reports the WAL's length after each commit; the
+            // checkpoint decision reads it instead of stat-ing the file.
+            let wal_frames = Arc::new(AtomicU64::new(0));
+            let frames = wal_frames.clone();
+            let opened = db::open_writer(
                 &config.path,
                 config.synchronous,
                 config.checkpoint_wal_bytes,
-            ) {
+            )
+            .and_then(|(mut conn, guard)| {
+                conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages| {
+                    frames.store(u64::try_from(pages).unwrap_or(0), Ordering::Relaxed);
+                    Ok(())
+                }))?;
+                let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+                Ok((conn, guard, u64::try_from(page_size).unwrap_or(4096)))
+            });
+            let (conn, guard, page_size) = match opened {
                 Ok(c) => {
                     let _ = opened_tx.send(Ok(()));
                     c
@@ -172,10 +185,9 @@ pub fn spawn(config: WriterConfig) -> anyhow::Result<(WriterHandle, JoinHandle<(
                     return;
                 }
             };
-            let mut wal_path = config.path.clone().into_os_string();
-            wal_path.push("-wal");
             let mut writer = Writer {
-                wal_path: wal_path.into(),
+                wal_frames,
+                page_size,
                 last_forced: Instant::now(),
                 conn,
                 guard,
@@ -195,7 +207,10 @@ pub fn spawn(config: WriterConfig) -> anyhow::Result<(WriterHandle, JoinHandle<(
 }
 
 struct Writer {
-    wal_path: PathBuf,
+    /// Frames in the WAL after the last commit (from SQLite's WAL hook);
+    /// reset when a checkpoint starts the WAL over.
+    wal_frames: Arc<AtomicU64>,
+    page_size: u64,
     /// When the last TRUNCATE over the hard bound was tried.
     last_forced: Instant,
     conn: Connection,
@@ -285,6 +300,10 @@ impl Writer {
         self.stats
             .checkpointed_frames
             .fetch_add(u64::try_from(done.max(0)).unwrap_or(0), Ordering::Relaxed);
+        if busy == 0 && matches!(mode, CheckpointMode::Restart | CheckpointMode::Truncate) {
+            // The next commit writes from the WAL's beginning.
+            self.wal_frames.store(0, Ordering::Relaxed);
+        }
         Ok(CheckpointResult {
             busy: busy != 0,
             wal_frames: log,
@@ -303,7 +322,7 @@ impl Writer {
     /// finish; `--max-read-ms` bounds that wait (and the busy timeout caps
     /// it at 5 s). At most every `FORCED_CHECKPOINT_INTERVAL`.
     fn maybe_checkpoint(&mut self) {
-        let size = db::file_size(&self.wal_path);
+        let size = self.wal_frames.load(Ordering::Relaxed) * self.page_size;
         if size < self.config.checkpoint_wal_bytes {
             return;
         }
