@@ -15,7 +15,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::{
-    ClientOptions, Error, Executed, Params, Result, Rows, Statement, StatementResult, Status,
+    CheckpointMode, CheckpointResult, ClientInfo, ClientOptions, Error, Executed, Params, Result,
+    Rows, Statement, StatementResult, Stats, Status,
 };
 
 /// Blocking twin of [`crate::Client`]: Clone + Send + Sync, clones share one
@@ -27,10 +28,13 @@ pub struct Client {
 }
 
 impl Client {
+    /// Connects to the daemon serving the socket at `path`; see
+    /// [`crate::Client::connect`].
     pub fn connect(path: impl AsRef<Path>) -> Result<Client> {
         Client::connect_with(path, ClientOptions::default())
     }
 
+    /// Connects with explicit options; see [`crate::Client::connect_with`].
     pub fn connect_with(path: impl AsRef<Path>, options: ClientOptions) -> Result<Client> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -48,30 +52,41 @@ impl Client {
         })
     }
 
-    /// See [`crate::Client::execute`].
-    pub fn execute(&self, sql: &str, params: Params) -> Result<Executed> {
-        self.runtime.block_on(self.inner.execute(sql, params))
+    /// The socket this client talks to.
+    pub fn socket_path(&self) -> &Path {
+        self.inner.socket_path()
     }
+}
 
-    /// See [`crate::Client::query`].
-    pub fn query(&self, sql: &str, params: Params) -> Result<Rows> {
-        self.runtime.block_on(self.inner.query(sql, params))
-    }
+/// Each method blocks on the async method of the same name; the async one
+/// is documented, so each links to it.
+macro_rules! blocking_methods {
+    ($( fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty; )*) => {
+        impl Client {
+            $(
+                #[doc = concat!("Blocking [`crate::Client::", stringify!($name), "`].")]
+                pub fn $name(&self $(, $arg: $ty)*) -> Result<$ret> {
+                    self.runtime.block_on(self.inner.$name($($arg),*))
+                }
+            )*
+        }
+    };
+}
 
-    /// See [`crate::Client::batch`].
-    pub fn batch(&self, statements: Vec<Statement>) -> Result<Vec<StatementResult>> {
-        self.runtime.block_on(self.inner.batch(statements))
-    }
-
-    pub fn status(&self) -> Result<Status> {
-        self.runtime.block_on(self.inner.status())
-    }
-
-    pub fn shutdown(&self) -> Result<()> {
-        self.runtime.block_on(self.inner.shutdown())
-    }
-
-    pub fn ping(&self) -> Result<()> {
-        self.runtime.block_on(self.inner.ping())
-    }
+blocking_methods! {
+    fn execute(&self, sql: &str, params: Params) -> Executed;
+    fn query(&self, sql: &str, params: Params) -> Rows;
+    fn batch(&self, statements: Vec<Statement>) -> Vec<StatementResult>;
+    fn ping(&self) -> ();
+    fn status(&self) -> Status;
+    fn stats(&self) -> Stats;
+    fn clients(&self) -> Vec<ClientInfo>;
+    fn checkpoint(&self, mode: CheckpointMode) -> CheckpointResult;
+    fn backup(&self, dest: impl AsRef<Path>) -> String;
+    fn integrity_check(&self, quick: bool) -> String;
+    fn vacuum(&self) -> String;
+    fn optimize(&self) -> String;
+    fn reload(&self) -> String;
+    fn metrics(&self) -> String;
+    fn shutdown(&self) -> ();
 }

@@ -51,7 +51,7 @@ impl Connection {
         let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
             client_name: client_name.to_owned(),
-            features: 0,
+            features: nexusd_protocol::features::ALL,
         };
         let mut buf = BytesMut::new();
         codec::encode_frame(&hello, nexusd_protocol::DEFAULT_MAX_FRAME_BYTES, &mut buf)

@@ -70,6 +70,19 @@ pub enum Error {
     /// The daemon does not serve this request, or failed internally.
     #[error("nexusd could not serve the request: {0}")]
     Server(String),
+    /// The daemon could not do an operation on its own files or the
+    /// filesystem (an I/O error, a backup it could not write). The message
+    /// names the path and the OS error.
+    #[error("nexusd hit an I/O failure: {0}")]
+    Io(String),
+    /// `reload` was refused: the config file does not parse or validate.
+    /// The settings in force did not change.
+    #[error("config not reloaded: {0}")]
+    ConfigRejected(String),
+    /// An argument of the request is unusable (a backup destination that
+    /// exists, say); nothing was done.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
     /// A column index past the end of the row.
     #[error("column {index} does not exist: the row has {columns} columns")]
     ColumnOutOfRange { index: usize, columns: usize },
@@ -138,6 +151,9 @@ impl Error {
             ErrorKind::Protocol => Error::Protocol(body.message),
             ErrorKind::Forbidden => Error::Forbidden(body.message),
             ErrorKind::Unsupported | ErrorKind::Internal => Error::Server(body.message),
+            ErrorKind::Io => Error::Io(body.message),
+            ErrorKind::ConfigRejected => Error::ConfigRejected(body.message),
+            ErrorKind::InvalidArgument => Error::InvalidArgument(body.message),
         }
     }
 }

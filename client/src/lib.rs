@@ -46,12 +46,11 @@ use std::time::{Duration, Instant};
 pub use error::{Error, Result, SqlError};
 pub use nexusd_protocol::paths::default_socket_path;
 pub use nexusd_protocol::{
-    AdminRequest, CheckpointMode, CheckpointResult, ClientInfo, Executed, Params, ResponseBody,
-    Statement, Stats, Status, Value,
+    CheckpointMode, CheckpointResult, ClientInfo, Executed, Params, Statement, Stats, Status, Value,
 };
 pub use rows::{FromValue, Row, Rows};
 
-use nexusd_protocol::{DEFAULT_DB, Request, RequestBody};
+use nexusd_protocol::{AdminRequest, DEFAULT_DB, Request, RequestBody, ResponseBody};
 use tokio::sync::Mutex;
 
 use crate::connection::Connection;
@@ -268,35 +267,99 @@ impl Client {
         }
     }
 
-    /// The daemon's status: versions, paths, settings, counters.
+    /// A round trip that touches no data; needs only the read role.
+    pub async fn ping(&self) -> Result<()> {
+        match self.admin(AdminRequest::Ping).await? {
+            ResponseBody::Ok => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The daemon's status: versions, paths, sizes, and every setting in
+    /// force. This and the operator methods below need the admin role.
     pub async fn status(&self) -> Result<Status> {
-        match self.call(RequestBody::Admin(AdminRequest::Status)).await? {
+        match self.admin(AdminRequest::Status).await? {
             ResponseBody::Status(s) => Ok(*s),
             other => Err(unexpected(&other)),
         }
     }
 
+    /// Requests by kind and outcome, commits, queues, and per-client
+    /// counters.
+    pub async fn stats(&self) -> Result<Stats> {
+        match self.admin(AdminRequest::Stats).await? {
+            ResponseBody::Stats(s) => Ok(*s),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The connected processes: pid, uid, name, role and counters.
+    pub async fn clients(&self) -> Result<Vec<ClientInfo>> {
+        match self.admin(AdminRequest::Clients).await? {
+            ResponseBody::Clients(c) => Ok(c),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Checkpoints the WAL now, on the writer between batches.
+    pub async fn checkpoint(&self, mode: CheckpointMode) -> Result<CheckpointResult> {
+        match self.admin(AdminRequest::Checkpoint(mode)).await? {
+            ResponseBody::Checkpoint(r) => Ok(r),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Writes a consistent copy of the database, as of the moment it
+    /// starts, to `dest`: an absolute path the daemon can write, which must
+    /// not exist. Writes go on meanwhile. Returns the daemon's summary.
+    pub async fn backup(&self, dest: impl AsRef<Path>) -> Result<String> {
+        let dest = dest.as_ref().display().to_string();
+        self.admin_text(AdminRequest::Backup { dest }).await
+    }
+
+    /// `PRAGMA integrity_check` (or `quick_check` when `quick`): SQLite's
+    /// lines, "ok" when the database is sound.
+    pub async fn integrity_check(&self, quick: bool) -> Result<String> {
+        self.admin_text(AdminRequest::IntegrityCheck { quick })
+            .await
+    }
+
+    /// `VACUUM` on the writer, between batches; returns the sizes.
+    pub async fn vacuum(&self) -> Result<String> {
+        self.admin_text(AdminRequest::Vacuum).await
+    }
+
+    /// `PRAGMA optimize` on the writer.
+    pub async fn optimize(&self) -> Result<String> {
+        self.admin_text(AdminRequest::Optimize).await
+    }
+
+    /// Re-reads the daemon's config file, as SIGHUP does; returns what
+    /// changed. A broken file is [`Error::ConfigRejected`].
+    pub async fn reload(&self) -> Result<String> {
+        self.admin_text(AdminRequest::Reload).await
+    }
+
+    /// The daemon's metrics in the Prometheus text format.
+    pub async fn metrics(&self) -> Result<String> {
+        self.admin_text(AdminRequest::Metrics).await
+    }
+
     /// Asks the daemon to drain and exit, as SIGTERM does.
     pub async fn shutdown(&self) -> Result<()> {
-        match self
-            .call(RequestBody::Admin(AdminRequest::Shutdown))
-            .await?
-        {
+        match self.admin(AdminRequest::Shutdown).await? {
             ResponseBody::Ok => Ok(()),
             other => Err(unexpected(&other)),
         }
     }
 
-    /// Any operator command (`nexusd ctl` uses this); needs the admin role
-    /// except `Ping`. Returns the daemon's answer as it came.
-    pub async fn admin(&self, request: AdminRequest) -> Result<ResponseBody> {
+    async fn admin(&self, request: AdminRequest) -> Result<ResponseBody> {
         self.call(RequestBody::Admin(request)).await
     }
 
-    /// A round trip that touches no data.
-    pub async fn ping(&self) -> Result<()> {
-        match self.call(RequestBody::Admin(AdminRequest::Ping)).await? {
-            ResponseBody::Ok => Ok(()),
+    async fn admin_text(&self, request: AdminRequest) -> Result<String> {
+        match self.admin(request).await? {
+            ResponseBody::Text(t) => Ok(t),
             other => Err(unexpected(&other)),
         }
     }

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::future::join_all;
-use nexusd::db::Synchronous;
-use nexusd::writer::{self, WriteOp, WriterConfig};
+use nexusd::{CheckpointGate, Synchronous, WriteOp, WriterConfig, spawn_writer};
 use nexusd_protocol::{Params, ResponseBody, Statement, Value};
 
 const INSERT: &str = "INSERT INTO bench(payload) VALUES (?1)";
@@ -25,16 +24,18 @@ fn insert() -> Statement {
 
 fn writer_loop(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let (handle, thread) = writer::spawn(WriterConfig {
-        path: dir.path().join("bench.db"),
-        synchronous: Synchronous::Normal,
-        queue_capacity: 8192,
-        max_batch: 1024,
-        max_txn_time: Duration::from_millis(100),
-        max_result_bytes: 15 << 20,
-        checkpoint_wal_bytes: 4 << 20,
-        checkpoint_gate: Default::default(),
-    })
+    let (handle, thread) = spawn_writer(
+        WriterConfig {
+            path: dir.path().join("bench.db"),
+            synchronous: Synchronous::Normal,
+            queue_capacity: 8192,
+            max_batch: 1024,
+            max_txn_time: Duration::from_millis(100),
+            max_result_bytes: 15 << 20,
+            checkpoint_wal_bytes: 4 << 20,
+        },
+        CheckpointGate::default(),
+    )
     .expect("the writer opens a fresh database");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

@@ -14,14 +14,14 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Role {
+pub(crate) enum Role {
     Read,
     Write,
     Admin,
 }
 
 impl Role {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Role::Read => "read",
             Role::Write => "write",
@@ -32,7 +32,7 @@ impl Role {
 
 /// A user or group a rule names, resolved to an id.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Principal {
+pub(crate) enum Principal {
     Uid(u32),
     Gid(u32),
 }
@@ -41,7 +41,7 @@ pub enum Principal {
 /// `group:NAME`, `uid:N`, `gid:N`, or a bare user name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AccessConfig {
+pub(crate) struct AccessConfig {
     pub admin: Option<Vec<String>>,
     pub write: Option<Vec<String>>,
     pub read: Option<Vec<String>>,
@@ -49,7 +49,7 @@ pub struct AccessConfig {
 
 /// Rules in force.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AccessRules {
+pub(crate) struct AccessRules {
     pub admin: Vec<Principal>,
     pub write: Vec<Principal>,
     pub read: Vec<Principal>,
@@ -58,7 +58,7 @@ pub struct AccessRules {
 impl AccessRules {
     /// Resolves the config's names; a name that does not resolve is an
     /// error naming it (a typo must not silently lock someone out or in).
-    pub fn resolve(config: &AccessConfig, socket_gid: u32) -> anyhow::Result<AccessRules> {
+    pub(crate) fn resolve(config: &AccessConfig, socket_gid: u32) -> anyhow::Result<AccessRules> {
         let own_uid = current_uid();
         let list = |key: &str, given: &Option<Vec<String>>, default: Vec<Principal>| match given {
             None => Ok(default),
@@ -79,7 +79,7 @@ impl AccessRules {
     }
 
     /// The highest role the rules grant this peer, if any.
-    pub fn role_of(&self, peer: &Peer) -> Option<Role> {
+    pub(crate) fn role_of(&self, peer: &Peer) -> Option<Role> {
         let matches = |rules: &[Principal]| {
             rules.iter().any(|p| match p {
                 Principal::Uid(u) => *u == peer.uid,
@@ -98,7 +98,7 @@ impl AccessRules {
     }
 
     /// One line per role, for logs and `ctl status`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let show = |v: &[Principal]| {
             if v.is_empty() {
                 return "nobody".to_owned();
@@ -141,7 +141,7 @@ fn parse_principal(s: &str) -> anyhow::Result<Principal> {
 
 /// A connected process, from SO_PEERCRED plus its uid's groups.
 #[derive(Debug, Clone)]
-pub struct Peer {
+pub(crate) struct Peer {
     pub pid: Option<u32>,
     pub uid: u32,
     pub gid: u32,
@@ -150,7 +150,7 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub fn new(pid: Option<u32>, uid: u32, gid: u32) -> Peer {
+    pub(crate) fn new(pid: Option<u32>, uid: u32, gid: u32) -> Peer {
         let mut groups = vec![gid];
         for g in supplementary_groups(uid) {
             if !groups.contains(&g) {
@@ -166,7 +166,7 @@ impl Peer {
     }
 }
 
-pub fn current_uid() -> u32 {
+pub(crate) fn current_uid() -> u32 {
     // SAFETY: getuid cannot fail.
     unsafe { libc::getuid() }
 }
@@ -185,7 +185,7 @@ fn user_uid(name: &str) -> Option<u32> {
     (r == 0 && !out.is_null()).then_some(pwd.pw_uid)
 }
 
-pub fn group_gid(name: &str) -> Option<u32> {
+pub(crate) fn group_gid(name: &str) -> Option<u32> {
     let c = CString::new(name).ok()?;
     let mut grp: libc::group = unsafe_zeroed();
     let mut buf = vec![0 as libc::c_char; NSS_BUF];

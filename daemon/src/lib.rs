@@ -1,36 +1,58 @@
 //! nexusd: one daemon owns a SQLite database; every other process talks to
-//! it over a Unix socket. The binary (`main.rs`) is a thin clap front end;
-//! the modules live here so benchmarks can drive them directly.
+//! it over a Unix socket. This library is the daemon; the `nexusd` binary
+//! (`src/bin/nexusd/`) is its command line, with the operator tools (`ctl`,
+//! `bench`) that reach it through the client crate like any application.
 //!
-//! Layout (one module per noun):
-//! - `config`: `nexusd serve` flags and their defaults.
-//! - `lockfile`: sole ownership of the database file and the socket path.
-//! - `db`: opening connections, settings, the statement guard, running one
-//!   client statement.
-//! - `writer`: the actor that owns the only read-write connection and
-//!   group-commits requests.
-//! - `readers`: the pool of read-only connections.
-//! - `server`: accept loop, connection limit, routing of requests.
-//! - `connection`: one client's handshake and frames.
-//! - `shutdown`: signals, and the order in which the daemon stops.
-//! - `access`: roles (read, write, admin) from the peer's credentials.
-//! - `metrics`: counters, histograms, Prometheus text; `metrics_http` serves
-//!   it on an optional loopback listener.
-//! - `systemd`: sd_notify (READY, WATCHDOG, STATUS) and LISTEN_FDS.
-//! - `ctl`: the `nexusd ctl` operator commands and the interactive shell.
-//! - `bench`: `nexusd bench`, load from several processes.
+//! A request travels down the modules in one direction, and nothing lower
+//! imports anything higher:
+//!
+//! - `lifecycle`: open, bind, run, close, in the order that keeps data safe.
+//! - `server`: the accept loop and the connection limit.
+//! - `session`: one client: the handshake, frames in, replies out.
+//! - `dispatch`: the role check, and routing to the engine or admin.
+//! - `admin`: the operator commands, one function each.
+//! - `engine`: the writer actor (the only read-write connection), the
+//!   reader pool, the statement guard and runner, maintenance connections.
+//!
+//! Beside the path, shared by it:
+//!
+//! - `context`: the state every layer shares (settings, engine, metrics,
+//!   clients, the connection limit, shutdown).
+//! - `config`: `nexusd serve` flags, the config file, the live settings and
+//!   their reload.
+//! - `access`: roles from the peer's credentials.
+//! - `clients`: the registry of connected clients.
+//! - `metrics` and `histogram`: counters and their Prometheus text;
+//!   `metrics_http` serves it on an optional loopback listener.
+//! - `shutdown`: signals, and the drain's fan-out.
+//! - `systemd`: sd_notify notices and the LISTEN_FDS socket.
+//! - `lockfile`, `logging`.
+//!
+//! Everything is crate-private except what the binary and the criterion
+//! benchmark need, re-exported below.
 
-pub mod access;
-pub mod bench;
-pub mod config;
-pub mod connection;
-pub mod ctl;
-pub mod db;
-pub mod lockfile;
-pub mod metrics;
-pub mod metrics_http;
-pub mod readers;
-pub mod server;
-pub mod shutdown;
-pub mod systemd;
-pub mod writer;
+mod access;
+mod admin;
+mod clients;
+mod config;
+mod context;
+mod dispatch;
+mod engine;
+mod histogram;
+mod lifecycle;
+mod lockfile;
+mod logging;
+mod metrics;
+mod metrics_http;
+mod server;
+mod session;
+mod shutdown;
+mod systemd;
+
+/// `nexusd serve`: its flags, and the daemon's whole life.
+pub use config::ServeConfig;
+pub use lifecycle::serve;
+
+/// The writer actor alone, for `benches/writer.rs`: submit writes to it as
+/// the dispatcher does, without a socket in front.
+pub use engine::{CheckpointGate, Synchronous, WriteOp, WriterConfig, WriterHandle, spawn_writer};

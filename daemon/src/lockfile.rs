@@ -12,14 +12,14 @@ use anyhow::{Context, bail};
 
 /// Held for the life of the daemon; the lock goes when this is dropped.
 #[derive(Debug)]
-pub struct LockFile {
+pub(crate) struct LockFile {
     file: File,
 }
 
 impl LockFile {
     /// Takes the lock at `path`, or fails naming the pid that holds it.
     /// `what` describes the resource for the message, e.g. "database x.db".
-    pub fn acquire(path: &Path, what: &str) -> anyhow::Result<LockFile> {
+    pub(crate) fn acquire(path: &Path, what: &str) -> anyhow::Result<LockFile> {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -65,7 +65,7 @@ impl Drop for LockFile {
 }
 
 /// `<path>.lock`, beside the resource it guards.
-pub fn lock_path_for(path: &Path) -> PathBuf {
+pub(crate) fn lock_path_for(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(".lock");
     PathBuf::from(s)

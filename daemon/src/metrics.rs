@@ -1,5 +1,6 @@
-//! Counters and histograms the daemon keeps, and their Prometheus text
-//! exposition (`nexusd ctl metrics`, and the optional HTTP listener).
+//! Counters the daemon keeps outside the writer, and the Prometheus text
+//! exposition of everything (`nexusd ctl metrics`, and the optional HTTP
+//! listener).
 //!
 //! Everything is a relaxed atomic: a scrape may see one counter a request
 //! ahead of another, never a torn value.
@@ -10,153 +11,66 @@ use std::time::Duration;
 
 use nexusd_protocol::{ErrorKind, ResponseBody};
 
-/// The kinds of request counted, in label order.
-pub const KINDS: [&str; 4] = ["execute", "query", "batch", "admin"];
-/// Outcomes: ok, then one per `ErrorKind`.
-pub const OUTCOMES: [&str; 11] = [
-    "ok",
-    "sql",
-    "refused",
-    "timeout",
-    "overloaded",
-    "too_large",
-    "protocol",
-    "shutting_down",
-    "unsupported",
-    "internal",
-    "forbidden",
-];
+use crate::engine::WriterStats;
 
-pub fn outcome_index(body: &ResponseBody) -> usize {
+/// The kinds of request counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RequestKind {
+    Execute,
+    Query,
+    Batch,
+    Admin,
+}
+
+impl RequestKind {
+    const ALL: [RequestKind; 4] = [
+        RequestKind::Execute,
+        RequestKind::Query,
+        RequestKind::Batch,
+        RequestKind::Admin,
+    ];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            RequestKind::Execute => "execute",
+            RequestKind::Query => "query",
+            RequestKind::Batch => "batch",
+            RequestKind::Admin => "admin",
+        }
+    }
+}
+
+/// Outcomes per request kind: `ok`, then one per [`ErrorKind`], labelled
+/// by the kind itself.
+const OUTCOMES: usize = 1 + ErrorKind::ALL.len();
+
+fn outcome_slot(body: &ResponseBody) -> usize {
     match body {
-        ResponseBody::Error(e) => match e.kind {
-            ErrorKind::Sql => 1,
-            ErrorKind::Refused => 2,
-            ErrorKind::Timeout => 3,
-            ErrorKind::Overloaded => 4,
-            ErrorKind::TooLarge => 5,
-            ErrorKind::Protocol => 6,
-            ErrorKind::ShuttingDown => 7,
-            ErrorKind::Unsupported => 8,
-            ErrorKind::Internal => 9,
-            ErrorKind::Forbidden => 10,
-        },
+        ResponseBody::Error(e) => 1 + e.kind.index(),
         _ => 0,
     }
 }
 
-/// A fixed-bucket histogram: counts per upper bound, a sum and a count.
-pub struct Histogram {
-    bounds: &'static [f64],
-    /// One more than `bounds`: the last is +Inf.
-    counts: Vec<AtomicU64>,
-    /// Sum of observations, in millionths of the unit.
-    sum_micros: AtomicU64,
-}
-
-/// Requests per commit.
-pub const BATCH_SIZE_BOUNDS: &[f64] = &[
-    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
-];
-/// Seconds from BEGIN to the end of COMMIT.
-pub const COMMIT_SECONDS_BOUNDS: &[f64] = &[
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-];
-
-impl Histogram {
-    pub fn new(bounds: &'static [f64]) -> Histogram {
-        Histogram {
-            bounds,
-            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_micros: AtomicU64::new(0),
-        }
-    }
-
-    pub fn observe(&self, v: f64) {
-        let i = self
-            .bounds
-            .iter()
-            .position(|b| v <= *b)
-            .unwrap_or(self.bounds.len());
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add((v * 1e6) as u64, Ordering::Relaxed);
-    }
-
-    pub fn observe_duration(&self, d: Duration) {
-        self.observe(d.as_secs_f64());
-    }
-
-    /// (upper bound, count in that bucket); the last bound is +Inf.
-    pub fn buckets(&self) -> Vec<(f64, u64)> {
-        self.counts
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                (
-                    self.bounds.get(i).copied().unwrap_or(f64::INFINITY),
-                    c.load(Ordering::Relaxed),
-                )
-            })
-            .collect()
-    }
-
-    pub fn count(&self) -> u64 {
-        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
-    }
-
-    /// The upper bound of the bucket holding quantile `q`; 0 when empty.
-    pub fn quantile(&self, q: f64) -> f64 {
-        let buckets = self.buckets();
-        let total: u64 = buckets.iter().map(|b| b.1).sum();
-        if total == 0 {
-            return 0.0;
-        }
-        let rank = (q * total as f64).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (bound, n) in &buckets {
-            seen += n;
-            if seen >= rank {
-                return if bound.is_finite() {
-                    *bound
-                } else {
-                    self.bounds.last().copied().unwrap_or(0.0)
-                };
-            }
-        }
-        0.0
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bound, n) in self.buckets() {
-            cumulative += n;
-            let le = if bound.is_finite() {
-                format!("{bound}")
-            } else {
-                "+Inf".to_owned()
-            };
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
-        }
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+fn outcome_label(slot: usize) -> &'static str {
+    match slot.checked_sub(1) {
+        None => "ok",
+        Some(i) => ErrorKind::ALL[i].label(),
     }
 }
 
 /// Everything counted outside the writer.
-pub struct Metrics {
+pub(crate) struct Metrics {
     requests: Vec<AtomicU64>,
-    pub connections_accepted: AtomicU64,
-    pub connections_refused: AtomicU64,
-    pub reloads: AtomicU64,
-    pub reloads_failed: AtomicU64,
+    pub(crate) connections_accepted: AtomicU64,
+    pub(crate) connections_refused: AtomicU64,
+    pub(crate) reloads: AtomicU64,
+    pub(crate) reloads_failed: AtomicU64,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
-            requests: (0..KINDS.len() * OUTCOMES.len())
+            requests: (0..RequestKind::ALL.len() * OUTCOMES)
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             connections_accepted: AtomicU64::new(0),
@@ -168,18 +82,20 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn count_request(&self, kind: usize, outcome: usize) {
-        self.requests[kind * OUTCOMES.len() + outcome].fetch_add(1, Ordering::Relaxed);
+    /// Counts one answered request by its kind and outcome.
+    pub(crate) fn count_request(&self, kind: RequestKind, answer: &ResponseBody) {
+        self.requests[kind as usize * OUTCOMES + outcome_slot(answer)]
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// (kind, outcome, count) for every pair seen at least once.
-    pub fn requests(&self) -> Vec<(String, String, u64)> {
+    pub(crate) fn requests(&self) -> Vec<(String, String, u64)> {
         let mut v = Vec::new();
-        for (k, kind) in KINDS.iter().enumerate() {
-            for (o, outcome) in OUTCOMES.iter().enumerate() {
-                let n = self.requests[k * OUTCOMES.len() + o].load(Ordering::Relaxed);
+        for kind in RequestKind::ALL {
+            for slot in 0..OUTCOMES {
+                let n = self.requests[kind as usize * OUTCOMES + slot].load(Ordering::Relaxed);
                 if n > 0 {
-                    v.push(((*kind).to_owned(), (*outcome).to_owned(), n));
+                    v.push((kind.label().to_owned(), outcome_label(slot).to_owned(), n));
                 }
             }
         }
@@ -188,21 +104,21 @@ impl Metrics {
 }
 
 /// The numbers one scrape shows; gathered by the server.
-pub struct Snapshot<'a> {
-    pub metrics: &'a Metrics,
-    pub writer: &'a crate::writer::WriterStats,
-    pub uptime: Duration,
-    pub connections: u64,
-    pub max_connections: u64,
-    pub writer_queue_depth: u64,
-    pub reader_queue_depth: u64,
-    pub oldest_read: Duration,
-    pub wal_bytes: u64,
-    pub db_bytes: u64,
+pub(crate) struct Snapshot<'a> {
+    pub(crate) metrics: &'a Metrics,
+    pub(crate) writer: &'a WriterStats,
+    pub(crate) uptime: Duration,
+    pub(crate) connections: u64,
+    pub(crate) max_connections: u64,
+    pub(crate) writer_queue_depth: u64,
+    pub(crate) reader_queue_depth: u64,
+    pub(crate) oldest_read: Duration,
+    pub(crate) wal_bytes: u64,
+    pub(crate) db_bytes: u64,
 }
 
 /// Prometheus text exposition, version 0.0.4.
-pub fn render(s: &Snapshot<'_>) -> String {
+pub(crate) fn render(s: &Snapshot<'_>) -> String {
     let mut out = String::with_capacity(8 * 1024);
     let w = s.writer;
     let counter = |out: &mut String, name: &str, help: &str, v: u64| {
@@ -341,21 +257,27 @@ pub fn render(s: &Snapshot<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nexusd_protocol::ErrorBody;
 
     #[test]
-    fn histogram_buckets_quantiles_and_text() {
-        let h = Histogram::new(BATCH_SIZE_BOUNDS);
-        for v in [1.0, 3.0, 3.0, 20.0, 5000.0] {
-            h.observe(v);
-        }
-        assert_eq!(h.count(), 5);
-        assert_eq!(h.quantile(0.5), 4.0);
-        assert_eq!(h.quantile(0.99), 1024.0);
-        let mut s = String::new();
-        h.render(&mut s, "x", "help");
-        assert!(s.contains("x_bucket{le=\"4\"} 3\n"), "{s}");
-        assert!(s.contains("x_bucket{le=\"+Inf\"} 5\n"), "{s}");
-        assert!(s.contains("x_count 5\n"), "{s}");
-        assert!(s.contains("x_sum 5027\n"), "{s}");
+    fn requests_are_counted_by_kind_and_labelled_outcome() {
+        let m = Metrics::default();
+        m.count_request(RequestKind::Query, &ResponseBody::Ok);
+        m.count_request(RequestKind::Query, &ResponseBody::Ok);
+        let io = ResponseBody::Error(ErrorBody::new(ErrorKind::Io, "disk"));
+        m.count_request(RequestKind::Admin, &io);
+        let forbidden = ResponseBody::Error(ErrorBody::new(ErrorKind::Forbidden, "no"));
+        m.count_request(RequestKind::Execute, &forbidden);
+        let mut got = m.requests();
+        got.sort();
+        let want = |k: &str, o: &str, n| (k.to_owned(), o.to_owned(), n);
+        assert_eq!(
+            got,
+            vec![
+                want("admin", "io", 1),
+                want("execute", "forbidden", 1),
+                want("query", "ok", 2),
+            ]
+        );
     }
 }

@@ -9,13 +9,14 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::server::Shared;
+use crate::admin;
+use crate::context::Context;
 
 const MAX_REQUEST: usize = 8 * 1024;
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let mut shutdown = shared.shutdown.subscribe();
+pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Context>) {
+    let mut shutdown = ctx.shutdown.subscribe();
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -23,9 +24,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         };
         match accepted {
             Ok((stream, _)) => {
-                let shared = shared.clone();
+                let ctx = ctx.clone();
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(IO_TIMEOUT, answer(stream, &shared)).await;
+                    let _ = tokio::time::timeout(IO_TIMEOUT, answer(stream, &ctx)).await;
                 });
             }
             Err(e) => {
@@ -36,7 +37,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+async fn answer(mut stream: TcpStream, ctx: &Context) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -54,7 +55,7 @@ async fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         ("GET", "/metrics") => (
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
-            shared.metrics_text(),
+            admin::metrics_text(ctx),
         ),
         ("GET", _) => (
             "404 Not Found",

@@ -1,7 +1,8 @@
-//! The service manager's side of the daemon: readiness and watchdog
-//! notifications (`sd_notify`), and sockets passed by socket activation
-//! (`LISTEN_FDS`). Both are plain environment-plus-datagram protocols, so
-//! nothing here links libsystemd; without systemd every call is a no-op.
+//! The service manager's side of the daemon: the notices it sends
+//! (`sd_notify`: READY, RELOADING, STOPPING, WATCHDOG, STATUS), and sockets
+//! passed by socket activation (`LISTEN_FDS`). Both are plain
+//! environment-plus-datagram protocols, so nothing here links libsystemd;
+//! without systemd every call is a no-op.
 
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener};
@@ -13,7 +14,7 @@ use anyhow::{Context, bail};
 const LISTEN_FDS_START: RawFd = 3;
 
 /// Where to send notifications, from `$NOTIFY_SOCKET`.
-pub struct Notifier {
+pub(crate) struct Notifier {
     socket: Option<(UnixDatagram, SocketAddr)>,
 }
 
@@ -21,7 +22,7 @@ impl Notifier {
     /// Reads `$NOTIFY_SOCKET`; a path or, with a leading `@`, an abstract
     /// name. No variable means no service manager: notifications are
     /// dropped.
-    pub fn from_env() -> anyhow::Result<Notifier> {
+    pub(crate) fn from_env() -> anyhow::Result<Notifier> {
         let Some(raw) = std::env::var_os("NOTIFY_SOCKET") else {
             return Ok(Notifier { socket: None });
         };
@@ -41,9 +42,35 @@ impl Notifier {
         })
     }
 
-    /// Sends one notification, e.g. `READY=1` or `STATUS=...`. A failure is
-    /// logged, not fatal: the daemon serves clients either way.
-    pub fn notify(&self, state: &str) {
+    /// The database is open and the socket listens (at start, and again
+    /// after a reload); `status` is a `STATUS=` line.
+    pub(crate) fn ready(&self, status: &str) {
+        self.notify(&format!("READY=1\n{status}"));
+    }
+
+    /// A reload has begun; `ready` ends it.
+    pub(crate) fn reloading(&self) {
+        self.notify("RELOADING=1");
+    }
+
+    /// The drain has begun (a signal or `ctl shutdown`).
+    pub(crate) fn stopping(&self) {
+        self.notify("STOPPING=1\nSTATUS=draining: answering queued requests");
+    }
+
+    /// The writer answered a ping within half the watchdog period.
+    pub(crate) fn watchdog(&self, status: &str) {
+        self.notify(&format!("WATCHDOG=1\n{status}"));
+    }
+
+    /// A `STATUS=` line alone.
+    pub(crate) fn status(&self, status: &str) {
+        self.notify(status);
+    }
+
+    /// Sends one notification. A failure is logged, not fatal: the daemon
+    /// serves clients either way.
+    fn notify(&self, state: &str) {
         if let Some((socket, addr)) = &self.socket
             && let Err(e) = socket.send_to_addr(state.as_bytes(), addr)
         {
@@ -51,14 +78,14 @@ impl Notifier {
         }
     }
 
-    pub fn is_active(&self) -> bool {
+    pub(crate) fn is_active(&self) -> bool {
         self.socket.is_some()
     }
 }
 
 /// The watchdog period asked for by `$WATCHDOG_USEC` (when `$WATCHDOG_PID`
 /// is unset or names this process).
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     if let Some(pid) = std::env::var_os("WATCHDOG_PID")
         && pid.to_str().and_then(|p| p.parse::<u32>().ok()) != Some(std::process::id())
     {
@@ -70,7 +97,7 @@ pub fn watchdog_interval() -> Option<Duration> {
 
 /// The listening socket passed by socket activation, if any. Takes it out
 /// of the environment so children do not inherit the claim.
-pub fn listener_from_env() -> anyhow::Result<Option<UnixListener>> {
+pub(crate) fn listener_from_env() -> anyhow::Result<Option<UnixListener>> {
     let Some(pid) = std::env::var_os("LISTEN_PID") else {
         return Ok(None);
     };

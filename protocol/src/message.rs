@@ -18,8 +18,18 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const DEFAULT_DB: &str = "main";
 
 /// Feature bits announced in [`Hello::features`] and [`Welcome::features`].
-/// None are defined in version 1; unknown bits are ignored.
-pub mod features {}
+/// A peer sends an appended variant only to a peer that announced its bit;
+/// unknown bits are ignored.
+pub mod features {
+    /// The peer decodes the error kinds appended after `Forbidden`:
+    /// [`ErrorKind::Io`](crate::ErrorKind::Io),
+    /// [`ErrorKind::ConfigRejected`](crate::ErrorKind::ConfigRejected) and
+    /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument).
+    pub const ERROR_KINDS_2: u64 = 1 << 0;
+
+    /// Every bit this version of the crate understands.
+    pub const ALL: u64 = ERROR_KINDS_2;
+}
 
 /// First frame from the client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -294,6 +304,76 @@ pub enum ErrorKind {
     /// The peer's uid lacks the role the request needs (access rules in the
     /// daemon's config). Never applied.
     Forbidden,
+    /// The daemon could not do an operation on its own files or the
+    /// filesystem: an I/O error, a maintenance connection that would not
+    /// open, a backup that could not be written. The message names the path
+    /// and the OS error. Sent only to peers announcing
+    /// [`features::ERROR_KINDS_2`]; older peers get `Internal`.
+    Io,
+    /// A config reload was rejected; the settings in force did not change.
+    /// Older peers get `Unsupported`.
+    ConfigRejected,
+    /// An argument of the request is unusable (a backup destination that
+    /// exists or is relative, say); nothing was done. Older peers get
+    /// `Unsupported`.
+    InvalidArgument,
+}
+
+impl ErrorKind {
+    /// Every kind, in wire order.
+    pub const ALL: [ErrorKind; 13] = [
+        ErrorKind::Sql,
+        ErrorKind::Refused,
+        ErrorKind::Timeout,
+        ErrorKind::Overloaded,
+        ErrorKind::TooLarge,
+        ErrorKind::Protocol,
+        ErrorKind::ShuttingDown,
+        ErrorKind::Unsupported,
+        ErrorKind::Internal,
+        ErrorKind::Forbidden,
+        ErrorKind::Io,
+        ErrorKind::ConfigRejected,
+        ErrorKind::InvalidArgument,
+    ];
+
+    /// The kind's name in snake case, as metrics, `ctl stats` and logs
+    /// show it.
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::Sql => "sql",
+            ErrorKind::Refused => "refused",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::ShuttingDown => "shutting_down",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::Internal => "internal",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::Io => "io",
+            ErrorKind::ConfigRejected => "config_rejected",
+            ErrorKind::InvalidArgument => "invalid_argument",
+        }
+    }
+
+    /// Position in [`ErrorKind::ALL`], for tables indexed by kind.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The kind to send to a peer that announced `features`: a kind it
+    /// could not decode becomes the older kind nearest in meaning.
+    pub fn for_peer(self, features: u64) -> ErrorKind {
+        if features & features::ERROR_KINDS_2 != 0 {
+            return self;
+        }
+        match self {
+            ErrorKind::Io => ErrorKind::Internal,
+            ErrorKind::ConfigRejected | ErrorKind::InvalidArgument => ErrorKind::Unsupported,
+            older => older,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -32,6 +32,16 @@ pub fn default_db_path() -> PathBuf {
     PathBuf::from("nexusd.db")
 }
 
+/// The file a backup to `dest` is written to before it is renamed into
+/// place: `.NAME.partial` beside it. The daemon writes it; `nexusd ctl
+/// backup` watches its size to draw progress.
+pub fn backup_partial_path(dest: &std::path::Path) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map_or_else(|| "backup".into(), |n| n.to_string_lossy().into_owned());
+    dest.with_file_name(format!(".{name}.partial"))
+}
+
 fn non_empty_env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }

@@ -58,17 +58,7 @@ fn rows() -> impl Strategy<Value = Rows> {
 }
 
 fn response() -> impl Strategy<Value = Response> {
-    let kind = prop_oneof![
-        Just(ErrorKind::Sql),
-        Just(ErrorKind::Refused),
-        Just(ErrorKind::Timeout),
-        Just(ErrorKind::Overloaded),
-        Just(ErrorKind::TooLarge),
-        Just(ErrorKind::Protocol),
-        Just(ErrorKind::ShuttingDown),
-        Just(ErrorKind::Unsupported),
-        Just(ErrorKind::Internal),
-    ];
+    let kind = proptest::sample::select(ErrorKind::ALL.to_vec());
     let error = (
         kind,
         any::<i32>(),
@@ -183,4 +173,31 @@ fn trailing_bytes_are_an_error() {
     bytes.push(0);
     let err = decode_payload::<Hello>(&bytes).expect_err("trailing byte");
     assert!(err.to_string().contains("1 trailing bytes"), "{err}");
+}
+
+/// Every kind has a label of its own, `index` is its place in `ALL`, and a
+/// peer without the feature bit is never sent a kind it cannot decode.
+#[test]
+fn error_kinds_label_index_and_downgrade() {
+    use nexusd_protocol::features;
+    let labels: std::collections::HashSet<_> = ErrorKind::ALL.iter().map(|k| k.label()).collect();
+    assert_eq!(labels.len(), ErrorKind::ALL.len());
+    for (i, k) in ErrorKind::ALL.iter().enumerate() {
+        assert_eq!(k.index(), i, "{k:?}");
+        assert_eq!(k.for_peer(features::ERROR_KINDS_2), *k);
+        let old = k.for_peer(0);
+        assert!(
+            old.index() <= ErrorKind::Forbidden.index(),
+            "{k:?} -> {old:?}"
+        );
+    }
+    assert_eq!(ErrorKind::Io.for_peer(0), ErrorKind::Internal);
+    assert_eq!(
+        ErrorKind::InvalidArgument.for_peer(0),
+        ErrorKind::Unsupported
+    );
+    assert_eq!(
+        ErrorKind::ConfigRejected.for_peer(0),
+        ErrorKind::Unsupported
+    );
 }

@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -21,24 +21,35 @@ use nexusd_protocol::{
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::db::{self, Guard, Output, StatementLimits, Synchronous, Want};
-use crate::metrics::{BATCH_SIZE_BOUNDS, COMMIT_SECONDS_BOUNDS, Histogram};
+use super::CheckpointGate;
+use super::db::{self, Synchronous};
+use super::guard::Guard;
+use super::statement::{self, Output, StatementLimits, Want, own_statement_error};
+use crate::histogram::Histogram;
 
 /// Least time between two checkpoints that hold writes back.
 const FORCED_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
-/// What a write request asks for.
+/// Requests per commit.
+const BATCH_SIZE_BOUNDS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+/// Seconds from BEGIN to the end of COMMIT.
+const COMMIT_SECONDS_BOUNDS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// What a client's write request asks for.
 pub enum WriteOp {
     Execute(Statement),
     Query(Statement),
     Batch(Vec<Statement>),
-    /// Run between batches, outside any transaction.
-    Admin(WriterAdmin),
 }
 
-/// The writer's own maintenance, run between batches.
+/// The writer's own maintenance, run between batches, outside any
+/// transaction.
 #[derive(Debug, Clone, Copy)]
-pub enum WriterAdmin {
+pub(crate) enum WriterAdmin {
     /// Answers `Ok` once the writer reaches it: proof that the writer loop
     /// is alive and taking work (the systemd watchdog depends on it).
     Ping,
@@ -47,11 +58,17 @@ pub enum WriterAdmin {
     Optimize,
 }
 
-pub struct WriteJob {
-    pub op: WriteOp,
-    pub arrived: Instant,
-    pub deadline: Instant,
-    pub reply: oneshot::Sender<ResponseBody>,
+/// What the writer takes from its queue.
+enum Work {
+    Op(WriteOp),
+    Admin(WriterAdmin),
+}
+
+struct WriteJob {
+    work: Work,
+    arrived: Instant,
+    deadline: Instant,
+    reply: oneshot::Sender<ResponseBody>,
 }
 
 #[derive(Debug, Clone)]
@@ -68,20 +85,17 @@ pub struct WriterConfig {
     /// After a commit that leaves the WAL file at least this large, the
     /// writer runs a PASSIVE checkpoint before the next batch.
     pub checkpoint_wal_bytes: u64,
-    /// Raised while a checkpoint waits for reads to leave the WAL; the
-    /// readers hold new reads back meanwhile, so the wait ends.
-    pub checkpoint_gate: Arc<AtomicBool>,
 }
 
 /// Counters the writer keeps; read by `ctl status`, `stats` and `metrics`.
-pub struct WriterStats {
-    pub writes_committed: AtomicU64,
-    pub batches_committed: AtomicU64,
-    pub batch_size: Histogram,
-    pub commit_seconds: Histogram,
-    pub checkpoints: AtomicU64,
-    pub checkpoints_busy: AtomicU64,
-    pub checkpointed_frames: AtomicU64,
+pub(crate) struct WriterStats {
+    pub(crate) writes_committed: AtomicU64,
+    pub(crate) batches_committed: AtomicU64,
+    pub(crate) batch_size: Histogram,
+    pub(crate) commit_seconds: Histogram,
+    pub(crate) checkpoints: AtomicU64,
+    pub(crate) checkpoints_busy: AtomicU64,
+    pub(crate) checkpointed_frames: AtomicU64,
 }
 
 impl Default for WriterStats {
@@ -103,16 +117,27 @@ impl Default for WriterStats {
 #[derive(Clone)]
 pub struct WriterHandle {
     tx: mpsc::Sender<WriteJob>,
-    pub stats: Arc<WriterStats>,
+    pub(crate) stats: Arc<WriterStats>,
 }
 
 impl WriterHandle {
-    /// Queues a write and waits for its answer. A request that cannot even
-    /// be queued by its deadline is answered "timed out, not applied".
+    /// Queues a client's write and waits for its answer, which comes only
+    /// after the COMMIT holding it returned. A request that cannot even be
+    /// queued by its deadline is answered "timed out, not applied".
     pub async fn submit(&self, op: WriteOp, arrived: Instant, deadline: Instant) -> ResponseBody {
+        self.send(Work::Op(op), arrived, deadline).await
+    }
+
+    /// Queues maintenance, run between batches, and waits for its answer.
+    pub(crate) async fn maintain(&self, admin: WriterAdmin, deadline: Instant) -> ResponseBody {
+        self.send(Work::Admin(admin), Instant::now(), deadline)
+            .await
+    }
+
+    async fn send(&self, work: Work, arrived: Instant, deadline: Instant) -> ResponseBody {
         let (reply, rx) = oneshot::channel();
         let job = WriteJob {
-            op,
+            work,
             arrived,
             deadline,
             reply,
@@ -136,7 +161,7 @@ impl WriterHandle {
     }
 
     /// Requests queued and not yet taken by the writer.
-    pub fn queue_depth(&self) -> usize {
+    pub(crate) fn queue_depth(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
     }
 }
@@ -149,8 +174,13 @@ fn writer_gone() -> ResponseBody {
 }
 
 /// Opens the database on a new thread and starts the writer there. Returns
-/// once the database is open, or with the reason it could not be.
-pub fn spawn(config: WriterConfig) -> anyhow::Result<(WriterHandle, JoinHandle<()>)> {
+/// once the database is open, or with the reason it could not be. `gate`
+/// is raised while a forced checkpoint waits for reads to leave the WAL;
+/// the readers sharing it hold new reads back meanwhile, so the wait ends.
+pub fn spawn(
+    config: WriterConfig,
+    gate: CheckpointGate,
+) -> anyhow::Result<(WriterHandle, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
     let stats = Arc::new(WriterStats::default());
     let (opened_tx, opened_rx) = std::sync::mpsc::sync_channel(1);
@@ -186,6 +216,7 @@ pub fn spawn(config: WriterConfig) -> anyhow::Result<(WriterHandle, JoinHandle<(
                 }
             };
             let mut writer = Writer {
+                gate,
                 wal_frames,
                 page_size,
                 last_forced: Instant::now(),
@@ -207,6 +238,7 @@ pub fn spawn(config: WriterConfig) -> anyhow::Result<(WriterHandle, JoinHandle<(
 }
 
 struct Writer {
+    gate: CheckpointGate,
     /// Frames in the WAL after the last commit (from SQLite's WAL hook);
     /// reset when a checkpoint starts the WAL over.
     wal_frames: Arc<AtomicU64>,
@@ -245,7 +277,7 @@ impl Writer {
                 }
             }
             if let Some(job) = self.pending.pop_front() {
-                if let WriteOp::Admin(admin) = job.op {
+                if let Work::Admin(admin) = job.work {
                     let body = self.run_admin(admin);
                     let _ = job.reply.send(body);
                     continue;
@@ -263,7 +295,7 @@ impl Writer {
             WriterAdmin::Ping => ResponseBody::Ok,
             WriterAdmin::Checkpoint(mode) => match self.checkpoint(mode) {
                 Ok(r) => ResponseBody::Checkpoint(r),
-                Err(e) => ResponseBody::Error(db::internal_error("wal_checkpoint", &e)),
+                Err(e) => ResponseBody::Error(own_statement_error("wal_checkpoint", &e)),
             },
             WriterAdmin::Vacuum => {
                 let before = db::file_size(&self.config.path);
@@ -274,12 +306,12 @@ impl Writer {
                         before,
                         db::file_size(&self.config.path)
                     )),
-                    Err(e) => ResponseBody::Error(db::internal_error("VACUUM", &e)),
+                    Err(e) => ResponseBody::Error(own_statement_error("VACUUM", &e)),
                 }
             }
             WriterAdmin::Optimize => match self.exec_own("PRAGMA optimize") {
                 Ok(()) => ResponseBody::Text("optimized (PRAGMA optimize)".to_owned()),
-                Err(e) => ResponseBody::Error(db::internal_error("PRAGMA optimize", &e)),
+                Err(e) => ResponseBody::Error(own_statement_error("PRAGMA optimize", &e)),
             },
         }
     }
@@ -330,9 +362,9 @@ impl Writer {
         if hard && self.last_forced.elapsed() >= FORCED_CHECKPOINT_INTERVAL {
             self.last_forced = Instant::now();
             let started = Instant::now();
-            self.config.checkpoint_gate.store(true, Ordering::SeqCst);
+            self.gate.hold();
             let result = self.checkpoint(CheckpointMode::Truncate);
-            self.config.checkpoint_gate.store(false, Ordering::SeqCst);
+            self.gate.release();
             match result {
                 Ok(r) if r.busy => tracing::warn!(
                     wal_bytes = size,
@@ -370,7 +402,7 @@ impl Writer {
     fn run_batch(&mut self) {
         let started = Instant::now();
         if let Err(e) = self.exec_own("BEGIN IMMEDIATE") {
-            let body = db::internal_error("BEGIN IMMEDIATE", &e);
+            let body = not_applied(own_statement_error("BEGIN IMMEDIATE", &e));
             tracing::error!(error = %e, "could not begin a write transaction");
             for job in self.pending.drain(..) {
                 let _ = job.reply.send(ResponseBody::Error(body.clone()));
@@ -380,7 +412,7 @@ impl Writer {
         let mut done: Vec<Done> = Vec::new();
         let mut ran = 0usize;
         while ran < self.config.max_batch && started.elapsed() < self.config.max_txn_time {
-            if matches!(self.pending.front().map(|j| &j.op), Some(WriteOp::Admin(_))) {
+            if matches!(self.pending.front().map(|j| &j.work), Some(Work::Admin(_))) {
                 // Maintenance waits for this batch's commit.
                 break;
             }
@@ -430,7 +462,7 @@ impl Writer {
                 if !self.conn.is_autocommit() {
                     let _ = self.exec_own("ROLLBACK");
                 }
-                let body = db::internal_error("COMMIT", &e);
+                let body = not_applied(own_statement_error("COMMIT", &e));
                 for d in done {
                     let _ = d.job.reply.send(ResponseBody::Error(body.clone()));
                 }
@@ -441,27 +473,21 @@ impl Writer {
     /// Runs one job inside a savepoint of its own.
     fn run_job(&mut self, job: &WriteJob) -> Result<ResponseBody, ErrorBody> {
         self.exec_own("SAVEPOINT req")
-            .map_err(|e| db::internal_error("SAVEPOINT", &e))?;
-        let limits = StatementLimits {
-            deadline: job.deadline,
-            started: job.arrived,
-            timeout: job.deadline.saturating_duration_since(job.arrived),
-            max_result_bytes: self.config.max_result_bytes,
-            read_cap: None,
+            .map_err(|e| not_applied(own_statement_error("SAVEPOINT", &e)))?;
+        let limits =
+            StatementLimits::for_request(job.arrived, job.deadline, self.config.max_result_bytes);
+        let op = match &job.work {
+            Work::Op(op) => op,
+            Work::Admin(_) => {
+                return Err(ErrorBody::new(
+                    ErrorKind::Internal,
+                    "maintenance reached the batch loop; it runs between batches",
+                ));
+            }
         };
-        let result = match &job.op {
-            WriteOp::Execute(st) => self.run_one(st, Want::Changes, &limits).map(|o| match o {
-                Output::Executed(e) => ResponseBody::Executed(e),
-                Output::Rows(r) => ResponseBody::Rows(r),
-            }),
-            WriteOp::Query(st) => self.run_one(st, Want::Rows, &limits).map(|o| match o {
-                Output::Executed(e) => ResponseBody::Executed(e),
-                Output::Rows(r) => ResponseBody::Rows(r),
-            }),
-            WriteOp::Admin(_) => Err(ErrorBody::new(
-                ErrorKind::Internal,
-                "maintenance reached the batch loop; it runs between batches",
-            )),
+        let result = match op {
+            WriteOp::Execute(st) => self.run_one(st, Want::Changes, &limits).map(Into::into),
+            WriteOp::Query(st) => self.run_one(st, Want::Rows, &limits).map(Into::into),
             WriteOp::Batch(stmts) => {
                 let mut results = Vec::with_capacity(stmts.len());
                 let mut failed = None;
@@ -471,10 +497,11 @@ impl Writer {
                     match self.run_one(st, Want::Either, &limits) {
                         Ok(Output::Executed(e)) => results.push(StatementResult::Executed(e)),
                         Ok(Output::Rows(r)) => {
-                            size += db::rows_size(&r);
+                            size += statement::rows_size(&r);
                             row_count += r.rows.len();
                             if size > limits.max_result_bytes {
-                                failed = Some(db::too_large(row_count, limits.max_result_bytes));
+                                failed =
+                                    Some(statement::too_large(row_count, limits.max_result_bytes));
                                 break;
                             }
                             results.push(StatementResult::Rows(r));
@@ -505,11 +532,11 @@ impl Writer {
         match &result {
             Ok(_) => self
                 .exec_own("RELEASE req")
-                .map_err(|e| db::internal_error("RELEASE", &e))?,
+                .map_err(|e| own_statement_error("RELEASE", &e))?,
             Err(_) => {
                 self.exec_own("ROLLBACK TO req")
                     .and_then(|()| self.exec_own("RELEASE req"))
-                    .map_err(|e| db::internal_error("ROLLBACK TO", &e))?;
+                    .map_err(|e| own_statement_error("ROLLBACK TO", &e))?;
             }
         }
         result
@@ -521,13 +548,7 @@ impl Writer {
         want: Want,
         limits: &StatementLimits,
     ) -> Result<Output, ErrorBody> {
-        match db::run_statement(&self.conn, &self.guard, st, want, limits, false)? {
-            Some(out) => Ok(out),
-            None => Err(ErrorBody::new(
-                ErrorKind::Internal,
-                "the writer skipped a statement it was asked to run",
-            )),
-        }
+        statement::run_statement(&self.conn, &self.guard, st, want, limits)
     }
 
     /// Runs one of the daemon's own statements, outside the guard.
@@ -562,6 +583,14 @@ impl Writer {
             tracing::warn!(error = %e, "closing the database failed");
         }
     }
+}
+
+/// Adds to a failure of the daemon's own BEGIN, SAVEPOINT or COMMIT what
+/// it means for the requests: none of them was applied.
+fn not_applied(mut body: ErrorBody) -> ErrorBody {
+    body.message
+        .push_str("; nothing in this transaction was applied");
+    body
 }
 
 fn not_started(job: &WriteJob) -> ResponseBody {

@@ -16,126 +16,130 @@ use nexusd_protocol::DEFAULT_MAX_FRAME_BYTES;
 use serde::Deserialize;
 
 use crate::access::AccessConfig;
-use crate::db::Synchronous;
+use crate::engine::Synchronous;
+
+mod live;
+
+pub(crate) use live::Live;
 
 /// Where the config file is looked for when `--config` is not given.
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/nexusd/nexusd.toml";
+pub(crate) const DEFAULT_CONFIG_PATH: &str = "/etc/nexusd/nexusd.toml";
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
     /// Config file (TOML). Default: /etc/nexusd/nexusd.toml if it exists.
     /// Flags given on the command line override it.
     #[arg(long, value_name = "FILE", env = "NEXUSD_CONFIG")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
 
     /// Database file; created if missing. Default: $NEXUSD_DB, else
     /// $XDG_DATA_HOME/nexusd/nexusd.db, else ./nexusd.db.
     #[arg(long, value_name = "FILE")]
-    pub db: Option<PathBuf>,
+    pub(crate) db: Option<PathBuf>,
 
     /// Unix socket to serve on. Default: $NEXUSD_SOCKET, else
     /// $XDG_RUNTIME_DIR/nexusd.sock, else /tmp/nexusd-<uid>.sock.
     #[arg(long, value_name = "PATH")]
-    pub socket: Option<PathBuf>,
+    pub(crate) socket: Option<PathBuf>,
 
     /// Durability of a commit: `full` survives power loss; `normal` survives
     /// a process crash but a power loss can drop the last commits.
     #[arg(long, value_enum, default_value = "full")]
-    pub synchronous: Synchronous,
+    pub(crate) synchronous: Synchronous,
 
     /// Most client connections at once; more are refused with an error.
     #[arg(long, default_value_t = 4096)]
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
 
     /// Requests one connection may have outstanding; further frames wait
     /// unread until one is answered.
     #[arg(long, default_value_t = 256)]
-    pub max_in_flight: u32,
+    pub(crate) max_in_flight: u32,
 
     /// Largest frame accepted or sent, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_FRAME_BYTES)]
-    pub max_frame_bytes: u32,
+    pub(crate) max_frame_bytes: u32,
 
     /// Largest query result, in bytes (roughly: values plus 9 bytes each);
     /// a larger one fails with an error asking for LIMIT. Must leave room
     /// under --max-frame-bytes.
     #[arg(long, default_value_t = 15 * 1024 * 1024)]
-    pub max_result_bytes: usize,
+    pub(crate) max_result_bytes: usize,
 
     /// Write requests queued for the writer; callers wait beyond that.
     #[arg(long, default_value_t = 8192)]
-    pub writer_queue: usize,
+    pub(crate) writer_queue: usize,
 
     /// Most requests committed in one transaction.
     #[arg(long, default_value_t = 1024)]
-    pub max_batch: usize,
+    pub(crate) max_batch: usize,
 
     /// Longest a write transaction stays open, in milliseconds, before it is
     /// committed with the requests it holds so far.
     #[arg(long, default_value_t = 100)]
-    pub max_txn_ms: u64,
+    pub(crate) max_txn_ms: u64,
 
     /// Read-only connections in the reader pool.
     #[arg(long, default_value_t = 4)]
-    pub readers: usize,
+    pub(crate) readers: usize,
 
     /// Time limit of a request that names none, in milliseconds: a request
     /// not started by then is answered "timed out, not applied", and a
     /// statement still running is interrupted and rolled back.
     #[arg(long, default_value_t = 30_000)]
-    pub request_timeout_ms: u64,
+    pub(crate) request_timeout_ms: u64,
 
     /// Cap on the time limit a client may ask for, in milliseconds.
     #[arg(long, default_value_t = 300_000)]
-    pub max_request_timeout_ms: u64,
+    pub(crate) max_request_timeout_ms: u64,
 
     /// A connection that has not completed its handshake by then is closed.
     #[arg(long, default_value_t = 5_000)]
-    pub handshake_timeout_ms: u64,
+    pub(crate) handshake_timeout_ms: u64,
 
     /// A connection whose client reads none of its replies for this long is
     /// closed.
     #[arg(long, default_value_t = 30_000)]
-    pub write_stall_timeout_ms: u64,
+    pub(crate) write_stall_timeout_ms: u64,
 
     /// How long a shutdown waits for queued requests to be answered.
     #[arg(long, default_value_t = 30_000)]
-    pub drain_timeout_ms: u64,
+    pub(crate) drain_timeout_ms: u64,
 
     /// Log level when RUST_LOG is unset: error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
-    pub log_level: String,
+    pub(crate) log_level: String,
 
     /// Longest a read may keep its read transaction open, in milliseconds;
     /// a longer read is interrupted with an error saying so, because it
     /// would hold back WAL checkpoints.
     #[arg(long, default_value_t = 30_000)]
-    pub max_read_ms: u64,
+    pub(crate) max_read_ms: u64,
 
     /// The writer checkpoints the WAL between batches once it is this many
     /// bytes; after a complete checkpoint it is cut back to 4x this.
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
-    pub checkpoint_wal_bytes: u64,
+    pub(crate) checkpoint_wal_bytes: u64,
 
     /// Permission bits of the socket file, in octal. Connecting needs write
     /// permission; the access rules then decide the role.
     #[arg(long, default_value = "0660")]
-    pub socket_mode: String,
+    pub(crate) socket_mode: String,
 
     /// Group of the socket file (a name or a number). Default: the
     /// daemon's primary group. Its members get the write role unless the
     /// config's [access] rules say otherwise.
     #[arg(long, value_name = "GROUP")]
-    pub socket_group: Option<String>,
+    pub(crate) socket_group: Option<String>,
 
     /// Serve Prometheus metrics over HTTP on this loopback address, e.g.
     /// 127.0.0.1:9187. Off by default; `nexusd ctl metrics` always works.
     #[arg(long, value_name = "ADDR")]
-    pub metrics_listen: Option<String>,
+    pub(crate) metrics_listen: Option<String>,
 
     /// Access rules, from the config file's [access] table.
     #[arg(skip)]
-    pub access: AccessConfig,
+    pub(crate) access: AccessConfig,
 }
 
 /// The config file: the same settings as the flags, kebab-case, plus the
@@ -168,25 +172,39 @@ struct FileConfig {
     access: Option<AccessConfig>,
 }
 
-/// Settings a reload (SIGHUP, `ctl reload`) can change in place; the rest
-/// need a restart.
-pub const RELOADABLE: &[&str] = &[
-    "log_level",
-    "max_connections",
-    "max_in_flight",
-    "request_timeout_ms",
-    "max_request_timeout_ms",
-    "handshake_timeout_ms",
-    "write_stall_timeout_ms",
-    "drain_timeout_ms",
-    "max_read_ms",
-    "access",
-];
+/// Names the settings a reload (SIGHUP, `ctl reload`) can change in place,
+/// once: the rest need a restart.
+macro_rules! reloadable {
+    ($($field:ident),* $(,)?) => {
+        impl ServeConfig {
+            /// This config with the reloadable settings taken from `new`
+            /// and the rest kept: what a reload puts in force.
+            pub(crate) fn with_reloadable_from(&self, new: &ServeConfig) -> ServeConfig {
+                let mut merged = self.clone();
+                $(merged.$field = new.$field.clone();)*
+                merged
+            }
+        }
+    };
+}
+
+reloadable!(
+    log_level,
+    max_connections,
+    max_in_flight,
+    request_timeout_ms,
+    max_request_timeout_ms,
+    handshake_timeout_ms,
+    write_stall_timeout_ms,
+    drain_timeout_ms,
+    max_read_ms,
+    access,
+);
 
 impl ServeConfig {
     /// The config file to read: `--config`, else the default path if a file
     /// is there.
-    pub fn config_path(&self) -> Option<PathBuf> {
+    pub(crate) fn config_path(&self) -> Option<PathBuf> {
         match &self.config {
             Some(p) => Some(p.clone()),
             None => {
@@ -198,7 +216,7 @@ impl ServeConfig {
 
     /// This config with the file's values filled in under the flags in
     /// `explicit` (the ids of the flags given on the command line).
-    pub fn with_file(mut self, explicit: &HashSet<String>) -> anyhow::Result<ServeConfig> {
+    pub(crate) fn with_file(mut self, explicit: &HashSet<String>) -> anyhow::Result<ServeConfig> {
         let Some(path) = self.config_path() else {
             return Ok(self);
         };
@@ -253,7 +271,7 @@ impl ServeConfig {
     }
 
     /// Every setting in force, as (name, value), for `ctl status`.
-    pub fn settings(&self) -> Vec<(String, String)> {
+    pub(crate) fn settings(&self) -> Vec<(String, String)> {
         let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
         [
             (
@@ -298,7 +316,7 @@ impl ServeConfig {
     }
 
     /// The socket's permission bits.
-    pub fn socket_mode_bits(&self) -> anyhow::Result<u32> {
+    pub(crate) fn socket_mode_bits(&self) -> anyhow::Result<u32> {
         let digits = self.socket_mode.trim_start_matches("0o");
         match u32::from_str_radix(digits, 8) {
             Ok(m) if m <= 0o777 => Ok(m),
@@ -311,7 +329,7 @@ impl ServeConfig {
     }
 
     /// The loopback address for the metrics listener, if one is set.
-    pub fn metrics_addr(&self) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    pub(crate) fn metrics_addr(&self) -> anyhow::Result<Option<std::net::SocketAddr>> {
         let Some(raw) = &self.metrics_listen else {
             return Ok(None);
         };
@@ -327,19 +345,19 @@ impl ServeConfig {
         Ok(Some(addr))
     }
 
-    pub fn db_path(&self) -> PathBuf {
+    pub(crate) fn db_path(&self) -> PathBuf {
         self.db
             .clone()
             .unwrap_or_else(nexusd_protocol::paths::default_db_path)
     }
 
-    pub fn socket_path(&self) -> PathBuf {
+    pub(crate) fn socket_path(&self) -> PathBuf {
         self.socket
             .clone()
             .unwrap_or_else(nexusd_protocol::paths::default_socket_path)
     }
 
-    pub fn request_timeout(&self, asked_ms: u32) -> Duration {
+    pub(crate) fn request_timeout(&self, asked_ms: u32) -> Duration {
         let ms = if asked_ms == 0 {
             self.request_timeout_ms
         } else {
@@ -349,7 +367,7 @@ impl ServeConfig {
     }
 
     /// Rejects combinations that cannot work, with the flag to change.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
         let frame = self.max_frame_bytes as usize;
         if frame < 1024 {
             anyhow::bail!("--max-frame-bytes {frame} is too small; use at least 1024");
@@ -412,7 +430,7 @@ mod tests {
     /// it must parse (unknown keys are errors) and change nothing.
     #[test]
     fn the_example_file_lists_every_key_with_its_default() {
-        let example = include_str!("../../systemd/nexusd.toml");
+        let example = include_str!("../../../systemd/nexusd.toml");
         let uncommented: String = example
             .lines()
             .filter_map(|l| l.strip_prefix("# "))

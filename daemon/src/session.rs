@@ -1,4 +1,4 @@
-//! One client connection: the handshake, then frames in and frames out.
+//! One client's session: the handshake, then frames in and replies out.
 //!
 //! Reading and writing are separate tasks. Each request runs as a task of
 //! its own, holding one of the connection's in-flight permits; when all are
@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use nexusd_protocol::codec::{self, CodecError, FrameDecoder};
 use nexusd_protocol::{
     ErrorBody, ErrorKind, Hello, HelloReply, PROTOCOL_VERSION, Request, Response, ResponseBody,
-    Welcome,
+    Welcome, features,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
@@ -28,7 +28,8 @@ use tokio_util::sync::CancellationToken;
 use std::sync::atomic::Ordering;
 
 use crate::access::Peer;
-use crate::server::Shared;
+use crate::context::Context;
+use crate::dispatch;
 
 /// Replies encoded into one buffer before it is written.
 const WRITE_BUFFER_SOFT_LIMIT: usize = 256 * 1024;
@@ -43,8 +44,10 @@ const DRAIN_QUIET: Duration = Duration::from_millis(100);
 /// ...and at the latest this long after the drain began.
 const DRAIN_MAX: Duration = Duration::from_secs(2);
 
-pub async fn serve(stream: UnixStream, shared: Arc<Shared>) {
-    let config = shared.config();
+/// Serves one accepted connection until the client leaves, the connection
+/// fails, or the drain ends it.
+pub(crate) async fn serve(stream: UnixStream, ctx: Arc<Context>) {
+    let config = ctx.config();
     let max_frame = config.max_frame_bytes;
     let cred = match stream.peer_cred() {
         Ok(c) => c,
@@ -69,20 +72,18 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>) {
         },
     );
 
-    let hello = match handshake(&mut frames, &shared, &peer).await {
+    let hello = match handshake(&mut frames, &ctx, &peer).await {
         Ok(hello) => hello,
         Err(refusal) => {
-            shared
-                .metrics
+            ctx.metrics
                 .connections_refused
                 .fetch_add(1, Ordering::Relaxed);
             send_refusal(&mut wr, refusal, max_frame).await;
             return;
         }
     };
-    if shared.role_of(&peer_cred).is_none() {
-        shared
-            .metrics
+    if ctx.role_of(&peer_cred).is_none() {
+        ctx.metrics
             .connections_refused
             .fetch_add(1, Ordering::Relaxed);
         let config = config
@@ -110,7 +111,7 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>) {
     let welcome = HelloReply::Welcome(Welcome {
         protocol_version: PROTOCOL_VERSION,
         server_version: env!("CARGO_PKG_VERSION").to_owned(),
-        features: 0,
+        features: features::ALL,
         max_frame_bytes: max_frame,
         max_in_flight: config.max_in_flight,
     });
@@ -123,7 +124,7 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>) {
         return;
     }
     tracing::debug!(client, "connected");
-    let entry = shared.register(peer_cred, hello.client_name.clone());
+    let entry = ctx.clients.register(peer_cred, hello.client_name.clone());
 
     let max_in_flight = config.max_in_flight as usize;
     let (out_tx, out_rx) = mpsc::channel::<Response>(max_in_flight);
@@ -132,14 +133,17 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>) {
     let write_task = tokio::spawn(write_loop(
         wr,
         out_rx,
-        max_frame,
-        stall,
+        Replies {
+            max_frame,
+            stall,
+            peer_features: hello.features,
+        },
         dead.clone(),
         client.clone(),
     ));
 
     let in_flight = Arc::new(Semaphore::new(max_in_flight));
-    let mut shutdown = shared.shutdown.subscribe();
+    let mut shutdown = ctx.shutdown.subscribe();
     let mut draining = *shutdown.borrow_and_update();
     let mut drain_started = Instant::now();
     let mut last_frame = Instant::now();
@@ -200,11 +204,11 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>) {
             let _ = out_tx.send(Response { id, body }).await;
             continue;
         }
-        let shared = shared.clone();
+        let ctx = ctx.clone();
         let out_tx = out_tx.clone();
         let entry = entry.clone();
         tokio::spawn(async move {
-            let body = shared.handle(req, &entry).await;
+            let body = dispatch::handle(&ctx, req, &entry).await;
             // A closed connection just drops the reply.
             let _ = out_tx.send(Response { id, body }).await;
             drop(permit);
@@ -214,12 +218,12 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>) {
     drop(out_tx);
     drop(frames);
     let _ = write_task.await;
-    shared.unregister(entry.id);
+    ctx.clients.unregister(entry.id);
 }
 
 /// Answers a handshake with a refusal, best effort: the connection is
 /// closed right after, whether the client reads it or not.
-pub async fn send_refusal(
+pub(crate) async fn send_refusal(
     wr: &mut (impl tokio::io::AsyncWrite + Unpin),
     refusal: ErrorBody,
     max_frame: u32,
@@ -242,10 +246,10 @@ fn connection_error(message: String) -> Response {
 
 async fn handshake(
     frames: &mut FramedRead<tokio::net::unix::OwnedReadHalf, FrameDecoder>,
-    shared: &Shared,
+    ctx: &Context,
     peer: &str,
 ) -> Result<Hello, ErrorBody> {
-    let timeout = Duration::from_millis(shared.config().handshake_timeout_ms);
+    let timeout = Duration::from_millis(ctx.config().handshake_timeout_ms);
     let refuse = |message: String| {
         tracing::warn!(peer, "{message}");
         ErrorBody::new(ErrorKind::Protocol, message)
@@ -286,20 +290,33 @@ async fn handshake(
     }
 }
 
+/// How replies go out on one connection.
+struct Replies {
+    max_frame: u32,
+    /// How long a write may wait on a client that does not read.
+    stall: Duration,
+    /// What the client announced it decodes.
+    peer_features: u64,
+}
+
 async fn write_loop(
     mut wr: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Response>,
-    max_frame: u32,
-    stall: Duration,
+    replies: Replies,
     dead: CancellationToken,
     client: String,
 ) {
+    let Replies {
+        max_frame,
+        stall,
+        peer_features,
+    } = replies;
     let mut buf = BytesMut::with_capacity(64 * 1024);
     while let Some(resp) = rx.recv().await {
-        encode_response(resp, max_frame, &mut buf);
+        encode_response(resp, max_frame, peer_features, &mut buf);
         while buf.len() < WRITE_BUFFER_SOFT_LIMIT {
             match rx.try_recv() {
-                Ok(resp) => encode_response(resp, max_frame, &mut buf),
+                Ok(resp) => encode_response(resp, max_frame, peer_features, &mut buf),
                 Err(_) => break,
             }
         }
@@ -326,8 +343,13 @@ async fn write_loop(
 }
 
 /// Encodes a reply; one that cannot be encoded becomes an error reply for
-/// the same request, so the client is never left waiting.
-fn encode_response(resp: Response, max_frame: u32, buf: &mut BytesMut) {
+/// the same request, so the client is never left waiting. An error kind
+/// the peer did not announce it decodes is sent as the older kind nearest
+/// in meaning (the compatibility rule of docs/protocol.md).
+fn encode_response(mut resp: Response, max_frame: u32, peer_features: u64, buf: &mut BytesMut) {
+    if let ResponseBody::Error(e) = &mut resp.body {
+        e.kind = e.kind.for_peer(peer_features);
+    }
     let id = resp.id;
     if let Err(e) = codec::encode_frame(&resp, max_frame, buf) {
         tracing::warn!(id, error = %e, "reply could not be encoded");

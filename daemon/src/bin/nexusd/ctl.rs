@@ -9,13 +9,12 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 use nexusd_client::{
-    AdminRequest, CheckpointMode, Client, ClientOptions, Error, Params, ResponseBody, Rows, Stats,
-    Status, Value,
+    CheckpointMode, Client, ClientOptions, Error, Executed, Params, Rows, Stats, Status, Value,
 };
 use serde_json::json;
 
 #[derive(Debug, Args)]
-pub struct CtlArgs {
+pub(crate) struct CtlArgs {
     /// The daemon's socket. Default: as for `nexusd serve`.
     #[arg(long, value_name = "PATH", global = true)]
     socket: Option<PathBuf>,
@@ -92,7 +91,7 @@ struct SqlArgs {
 }
 
 /// A command's failure, already worded for the operator.
-struct Failed(String);
+pub(crate) struct Failed(pub(crate) String);
 
 impl From<Error> for Failed {
     fn from(e: Error) -> Self {
@@ -100,7 +99,7 @@ impl From<Error> for Failed {
     }
 }
 
-pub fn run(args: CtlArgs) -> ExitCode {
+pub(crate) fn run(args: CtlArgs) -> ExitCode {
     let socket = args
         .socket
         .clone()
@@ -143,12 +142,6 @@ async fn command(args: CtlArgs, socket: &Path) -> Result<(), Failed> {
     };
     let client = Client::connect_with(socket, options).await?;
     let json = args.json;
-    let text = |body: ResponseBody| match body {
-        ResponseBody::Text(t) => Ok(t),
-        other => Err(Failed(format!(
-            "unexpected answer from the daemon: {other:?}"
-        ))),
-    };
     match args.command {
         CtlCommand::Status => {
             let s = client.status().await?;
@@ -158,16 +151,22 @@ async fn command(args: CtlArgs, socket: &Path) -> Result<(), Failed> {
                 print_status(&s);
             }
         }
-        CtlCommand::Stats => match client.admin(AdminRequest::Stats).await? {
-            ResponseBody::Stats(s) if json => print_json(&s),
-            ResponseBody::Stats(s) => print_stats(&s),
-            other => return Err(Failed(format!("unexpected answer: {other:?}"))),
-        },
-        CtlCommand::Clients => match client.admin(AdminRequest::Clients).await? {
-            ResponseBody::Clients(c) if json => print_json(&c),
-            ResponseBody::Clients(c) => print_clients(&c),
-            other => return Err(Failed(format!("unexpected answer: {other:?}"))),
-        },
+        CtlCommand::Stats => {
+            let s = client.stats().await?;
+            if json {
+                print_json(&s);
+            } else {
+                print_stats(&s);
+            }
+        }
+        CtlCommand::Clients => {
+            let c = client.clients().await?;
+            if json {
+                print_json(&c);
+            } else {
+                print_clients(&c);
+            }
+        }
         CtlCommand::Checkpoint { mode } => {
             let mode = match mode {
                 Mode::Passive => CheckpointMode::Passive,
@@ -175,22 +174,21 @@ async fn command(args: CtlArgs, socket: &Path) -> Result<(), Failed> {
                 Mode::Restart => CheckpointMode::Restart,
                 Mode::Truncate => CheckpointMode::Truncate,
             };
-            match client.admin(AdminRequest::Checkpoint(mode)).await? {
-                ResponseBody::Checkpoint(r) if json => print_json(&r),
-                ResponseBody::Checkpoint(r) => {
-                    println!(
-                        "checkpoint {}: {} of {} WAL frames copied into the database{}",
-                        mode.as_sql().to_lowercase(),
-                        r.checkpointed_frames,
-                        r.wal_frames,
-                        if r.busy {
-                            " (busy: a reader or writer kept it from finishing; run again)"
-                        } else {
-                            ""
-                        }
-                    );
-                }
-                other => return Err(Failed(format!("unexpected answer: {other:?}"))),
+            let r = client.checkpoint(mode).await?;
+            if json {
+                print_json(&r);
+            } else {
+                println!(
+                    "checkpoint {}: {} of {} WAL frames copied into the database{}",
+                    mode.as_sql().to_lowercase(),
+                    r.checkpointed_frames,
+                    r.wal_frames,
+                    if r.busy {
+                        " (busy: a reader or writer kept it from finishing; run again)"
+                    } else {
+                        ""
+                    }
+                );
             }
         }
         CtlCommand::Backup { dest } => {
@@ -199,16 +197,12 @@ async fn command(args: CtlArgs, socket: &Path) -> Result<(), Failed> {
             let total = client.status().await?.db_bytes;
             let show = !json && std::io::stderr().is_terminal();
             let progress = show.then(|| spawn_progress(&dest, total));
-            let result = client
-                .admin(AdminRequest::Backup {
-                    dest: dest.display().to_string(),
-                })
-                .await;
+            let result = client.backup(&dest).await;
             if let Some((stop, handle)) = progress {
                 let _ = stop.send(());
                 let _ = handle.await;
             }
-            let message = text(result?)?;
+            let message = result?;
             if json {
                 println!(
                     "{}",
@@ -219,7 +213,7 @@ async fn command(args: CtlArgs, socket: &Path) -> Result<(), Failed> {
             }
         }
         CtlCommand::IntegrityCheck { quick } => {
-            let lines = text(client.admin(AdminRequest::IntegrityCheck { quick }).await?)?;
+            let lines = client.integrity_check(quick).await?;
             let ok = lines == "ok";
             if json {
                 println!(
@@ -237,13 +231,11 @@ async fn command(args: CtlArgs, socket: &Path) -> Result<(), Failed> {
                 ));
             }
         }
-        CtlCommand::Vacuum => print_text(json, text(client.admin(AdminRequest::Vacuum).await?)?),
-        CtlCommand::Optimize => {
-            print_text(json, text(client.admin(AdminRequest::Optimize).await?)?)
-        }
-        CtlCommand::Reload => print_text(json, text(client.admin(AdminRequest::Reload).await?)?),
+        CtlCommand::Vacuum => print_text(json, client.vacuum().await?),
+        CtlCommand::Optimize => print_text(json, client.optimize().await?),
+        CtlCommand::Reload => print_text(json, client.reload().await?),
         CtlCommand::Metrics => {
-            let body = text(client.admin(AdminRequest::Metrics).await?)?;
+            let body = client.metrics().await?;
             if json {
                 println!("{}", json!({ "ok": true, "prometheus_text": body }));
             } else {
@@ -270,7 +262,7 @@ async fn command(args: CtlArgs, socket: &Path) -> Result<(), Failed> {
                 print_executed(&done);
             }
         }
-        CtlCommand::Shell => shell(&client, socket).await?,
+        CtlCommand::Shell => crate::shell::run(&client, socket).await?,
     }
     Ok(())
 }
@@ -290,7 +282,7 @@ fn print_text(json: bool, message: String) {
     }
 }
 
-fn print_executed(done: &nexusd_client::Executed) {
+pub(crate) fn print_executed(done: &Executed) {
     println!(
         "OK: {} row{} affected, last insert rowid {}",
         done.rows_affected,
@@ -322,7 +314,7 @@ fn rows_json(rows: &Rows) -> serde_json::Value {
     serde_json::Value::Array(list)
 }
 
-fn print_status(s: &Status) {
+pub(crate) fn print_status(s: &Status) {
     println!("nexusd          {}", s.server_version);
     println!("sqlite          {}", s.sqlite_version);
     println!("pid             {}", s.pid);
@@ -449,7 +441,7 @@ fn spawn_progress(
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<()>,
 ) {
-    let partial = crate::server::backup_partial_path(dest);
+    let partial = nexusd_protocol::paths::backup_partial_path(dest);
     let (stop, mut stopped) = tokio::sync::oneshot::channel();
     let handle = tokio::spawn(async move {
         let started = std::time::Instant::now();
@@ -479,141 +471,6 @@ fn spawn_progress(
         eprint!("\r{:78}\r", "");
     });
     (stop, handle)
-}
-
-/// `nexusd ctl shell`: SQL in, aligned tables out. Statements end with `;`
-/// and may span lines; dot-commands are one line.
-async fn shell(client: &Client, socket: &Path) -> Result<(), Failed> {
-    use rustyline::error::ReadlineError;
-
-    let mut editor = rustyline::DefaultEditor::new()
-        .map_err(|e| Failed(format!("could not start line editing: {e}")))?;
-    let history = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".nexusd_history"));
-    if let Some(h) = &history {
-        let _ = editor.load_history(h);
-    }
-    let status = client.status().await?;
-    println!(
-        "nexusd {} (SQLite {}) at {}\nEnd statements with ';'. .help for commands, .quit to leave.",
-        status.server_version,
-        status.sqlite_version,
-        socket.display()
-    );
-    let mut pending = String::new();
-    loop {
-        let prompt = if pending.is_empty() {
-            "nexusd> "
-        } else {
-            "   ...> "
-        };
-        let line = match editor.readline(prompt) {
-            Ok(line) => line,
-            Err(ReadlineError::Interrupted) => {
-                pending.clear();
-                continue;
-            }
-            Err(ReadlineError::Eof) => break,
-            Err(e) => return Err(Failed(format!("reading input failed: {e}"))),
-        };
-        let trimmed = line.trim();
-        if pending.is_empty() && trimmed.starts_with('.') {
-            let _ = editor.add_history_entry(trimmed);
-            match dot_command(client, trimmed).await {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(Failed(m)) => eprintln!("error: {m}"),
-            }
-            continue;
-        }
-        if trimmed.is_empty() && pending.is_empty() {
-            continue;
-        }
-        pending.push_str(&line);
-        pending.push('\n');
-        if !trimmed.ends_with(';') {
-            continue;
-        }
-        let sql = std::mem::take(&mut pending);
-        let _ = editor.add_history_entry(sql.trim());
-        if let Err(Failed(m)) = run_sql(client, sql.trim()).await {
-            eprintln!("error: {m}");
-        }
-    }
-    if let Some(h) = &history {
-        let _ = editor.save_history(h);
-    }
-    Ok(())
-}
-
-/// Runs one statement: through `query` when it may return rows, else
-/// through `execute`.
-async fn run_sql(client: &Client, sql: &str) -> Result<(), Failed> {
-    let head = sql
-        .trim_start()
-        .split(|c: char| c.is_whitespace() || c == '(')
-        .next()
-        .unwrap_or("")
-        .to_ascii_uppercase();
-    let returns_rows = matches!(
-        head.as_str(),
-        "SELECT" | "WITH" | "VALUES" | "PRAGMA" | "EXPLAIN"
-    ) || sql.to_ascii_uppercase().contains("RETURNING");
-    if returns_rows {
-        let rows = client.query(sql, Params::default()).await?;
-        print_table(&rows);
-    } else {
-        let done = client.execute(sql, Params::default()).await?;
-        print_executed(&done);
-    }
-    Ok(())
-}
-
-/// Returns true to leave the shell.
-async fn dot_command(client: &Client, line: &str) -> Result<bool, Failed> {
-    let mut words = line.split_whitespace();
-    let cmd = words.next().unwrap_or("");
-    let arg = words.next();
-    match cmd {
-        ".quit" | ".exit" | ".q" => return Ok(true),
-        ".help" => println!(
-            ".tables [PATTERN]   list tables\n.schema [TABLE]     show CREATE statements\n\
-             .status             the daemon's status\n.quit               leave\n\
-             Anything else is SQL, ended by ';'."
-        ),
-        ".tables" => {
-            let rows = client
-                .query(
-                    "SELECT name FROM sqlite_schema WHERE type IN ('table','view') AND name NOT \
-                     LIKE 'sqlite_%' AND name LIKE ?1 ORDER BY name",
-                    Params::Positional(vec![Value::Text(arg.unwrap_or("%").to_owned())]),
-                )
-                .await?;
-            print_table(&rows);
-        }
-        ".schema" => {
-            let rows = client
-                .query(
-                    "SELECT sql FROM sqlite_schema WHERE sql IS NOT NULL AND name NOT LIKE \
-                     'sqlite_%' AND (?1 IS NULL OR tbl_name = ?1) ORDER BY tbl_name, type DESC, name",
-                    Params::Positional(vec![
-                        arg.map_or(Value::Null, |a| Value::Text(a.to_owned())),
-                    ]),
-                )
-                .await?;
-            for row in rows.iter() {
-                if let Some(v) = row.values().first() {
-                    println!("{};", display(v));
-                }
-            }
-        }
-        ".status" => print_status(&client.status().await?),
-        other => {
-            return Err(Failed(format!(
-                "unknown command {other}; .help lists the commands"
-            )));
-        }
-    }
-    Ok(false)
 }
 
 fn parse_params(raw: &[String]) -> Params {
@@ -650,7 +507,7 @@ fn parse_value(s: &str) -> Value {
     Value::Text(s.to_owned())
 }
 
-fn display(v: &Value) -> String {
+pub(crate) fn display(v: &Value) -> String {
     match v {
         Value::Null => "NULL".into(),
         Value::Integer(i) => i.to_string(),
@@ -664,7 +521,7 @@ fn display(v: &Value) -> String {
 }
 
 /// An aligned table, psql style, with the row count after it.
-fn print_table(rows: &Rows) {
+pub(crate) fn print_table(rows: &Rows) {
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| r.values().iter().map(display).collect())

@@ -10,7 +10,7 @@
 //! 5000 ms), and one in-process connection committing 1,000 rows per
 //! transaction, the ceiling a group-committing daemon can approach.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
@@ -21,10 +21,10 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use nexusd_client::{Client, Statement, params};
 
-use crate::db::Synchronous;
+use nexusd::Synchronous;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Workload {
+pub(crate) enum Workload {
     /// Single-row durable inserts of a 100-byte blob.
     Insert,
     /// Reads of one row by primary key.
@@ -40,7 +40,7 @@ pub enum Workload {
 }
 
 #[derive(Debug, Args)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// A running daemon's socket; without it, bench starts its own daemon
     /// on a temp dir and stops it afterwards.
     #[arg(long, value_name = "PATH")]
@@ -83,7 +83,7 @@ pub struct BenchArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct WorkerArgs {
+pub(crate) struct WorkerArgs {
     /// The daemon to load.
     #[arg(long, required_unless_present = "direct")]
     socket: Option<PathBuf>,
@@ -191,7 +191,7 @@ impl Histogram {
     }
 }
 
-pub fn run(args: BenchArgs) -> ExitCode {
+pub(crate) fn run(args: BenchArgs) -> ExitCode {
     match bench(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -629,8 +629,11 @@ struct Progress {
 }
 
 impl Progress {
+    /// Draws only when `show` and stderr is a terminal: a `\r` line in a
+    /// pipe or a log file is noise.
     fn start(show: bool, what: &'static str, total: Option<f64>) -> Progress {
         let done = Arc::new(AtomicBool::new(false));
+        let show = show && std::io::stderr().is_terminal();
         let thread = show.then(|| {
             let done = done.clone();
             let started = Instant::now();
@@ -726,7 +729,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-pub fn worker(args: WorkerArgs) -> ExitCode {
+pub(crate) fn worker(args: WorkerArgs) -> ExitCode {
     let result = match &args.direct {
         Some(db) => work_direct(db, &args),
         None => tokio::runtime::Builder::new_multi_thread()

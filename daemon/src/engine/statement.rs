@@ -1,323 +1,73 @@
-//! Opening connections, their settings, the statement guard, and running one
-//! client statement. Both the writer and the readers go through here, so a
-//! statement behaves the same whichever connection serves it.
+//! Running one client statement: prepare (cached), bind, step under the
+//! guard, collect rows within the result limit, and turn SQLite's errors
+//! into typed answers. The writer and the readers both go through here, so
+//! a statement behaves the same whichever connection serves it.
 
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use nexusd_protocol::{ErrorBody, ErrorKind, Executed, Params, Rows, Statement, Value};
-use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use nexusd_protocol::{
+    ErrorBody, ErrorKind, Executed, Params, ResponseBody, Rows, Statement, Value,
+};
 use rusqlite::types::{ToSqlOutput, ValueRef};
-use rusqlite::{Connection, OpenFlags, ffi};
+use rusqlite::{Connection, ffi};
 
-/// Oldest bundled SQLite we accept: 3.7.0 to 3.51.2 can lose data when a
-/// WAL reset races a checkpoint.
-pub const MIN_SQLITE_VERSION: i32 = 3_051_003;
-const JOURNAL_MODE: &str = "wal";
-/// How long a connection waits on a lock held outside nexusd (a backup
-/// tool, say) before reporting SQLITE_BUSY.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Prepared statements kept per connection.
-const STATEMENT_CACHE: usize = 256;
-/// VM instructions between two looks at the request deadline.
-const PROGRESS_OPS: i32 = 1000;
-
-/// The durability of a commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Synchronous {
-    /// fsync the WAL on every commit: survives power loss.
-    Full,
-    /// fsync only at checkpoints: survives a process crash, but a power loss
-    /// can drop the last commits.
-    Normal,
-}
-
-impl Synchronous {
-    fn pragma_value(self) -> i64 {
-        match self {
-            Synchronous::Full => 2,
-            Synchronous::Normal => 1,
-        }
-    }
-}
-
-/// Refuses the version of SQLite this binary was built with if it is old.
-pub fn check_sqlite_version() -> anyhow::Result<()> {
-    if rusqlite::version_number() < MIN_SQLITE_VERSION {
-        bail!(
-            "SQLite {} is too old: nexusd needs 3.51.3 or newer (older versions can lose \
-             WAL data); rebuild with the bundled SQLite",
-            rusqlite::version()
-        );
-    }
-    Ok(())
-}
-
-/// Opens the one read-write connection. Only the writer thread calls this.
-pub fn open_writer(
-    path: &Path,
-    sync: Synchronous,
-    checkpoint_wal_bytes: u64,
-) -> anyhow::Result<(Connection, Guard)> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_CREATE
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let mut conn = Connection::open_with_flags(path, flags)
-        .with_context(|| format!("could not open database {}", path.display()))?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    let mode: String =
-        conn.pragma_update_and_check(None, "journal_mode", JOURNAL_MODE, |r| r.get(0))?;
-    if !mode.eq_ignore_ascii_case(JOURNAL_MODE) {
-        bail!(
-            "database {} refused WAL mode (it stayed in {mode}); is it on a filesystem without \
-             shared memory support?",
-            path.display()
-        );
-    }
-    conn.pragma_update(None, "synchronous", sync.pragma_value())?;
-    let got: i64 = conn.pragma_query_value(None, "synchronous", |r| r.get(0))?;
-    if got != sync.pragma_value() {
-        bail!(
-            "SQLite kept synchronous={got}, expected {}",
-            sync.pragma_value()
-        );
-    }
-    conn.pragma_update(None, "foreign_keys", true)?;
-    let fk: bool = conn.pragma_query_value(None, "foreign_keys", |r| r.get(0))?;
-    if !fk {
-        bail!("SQLite refused to turn foreign keys on");
-    }
-    // The writer checkpoints between batches itself (writer.rs), not inside
-    // a COMMIT; after a full checkpoint the WAL is cut back to this size.
-    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-    let limit = i64::try_from(checkpoint_wal_bytes.saturating_mul(4)).unwrap_or(i64::MAX);
-    conn.pragma_update(None, "journal_size_limit", limit)?;
-    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    let guard = Guard::install(&mut conn)?;
-    Ok((conn, guard))
-}
-
-/// A file's size in bytes; 0 when it does not exist.
-pub fn file_size(path: &Path) -> u64 {
-    std::fs::metadata(path).map_or(0, |m| m.len())
-}
-
-/// Opens one read-only connection for the reader pool. The writer must have
-/// opened the file first, so that it exists and is in WAL mode.
-pub fn open_reader(path: &Path) -> anyhow::Result<(Connection, Guard)> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let mut conn = Connection::open_with_flags(path, flags)
-        .with_context(|| format!("could not open database {} read-only", path.display()))?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.pragma_update(None, "query_only", true)?;
-    conn.pragma_update(None, "foreign_keys", true)?;
-    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    let guard = Guard::install(&mut conn)?;
-    Ok((conn, guard))
-}
-
-/// SQLite's authorizer and progress handler, bound to one connection.
-///
-/// While `client` is set, the authorizer refuses what would take the
-/// daemon's transactions or connection settings away from it; the daemon's
-/// own statements (BEGIN IMMEDIATE, SAVEPOINT...) run with it cleared. The
-/// progress handler interrupts a statement once its deadline has passed.
-#[derive(Clone)]
-pub struct Guard {
-    client: Arc<AtomicBool>,
-    refusal: Arc<Mutex<Option<String>>>,
-    /// Nanoseconds since `epoch()`; 0 means no deadline.
-    deadline: Arc<AtomicU64>,
-}
-
-pub fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-impl Guard {
-    fn install(conn: &mut Connection) -> anyhow::Result<Guard> {
-        let guard = Guard {
-            client: Arc::new(AtomicBool::new(false)),
-            refusal: Arc::new(Mutex::new(None)),
-            deadline: Arc::new(AtomicU64::new(0)),
-        };
-        let g = guard.clone();
-        conn.authorizer(Some(move |ctx: AuthContext<'_>| {
-            if !g.client.load(Ordering::Relaxed) {
-                return Authorization::Allow;
-            }
-            match refusal(&ctx) {
-                None => Authorization::Allow,
-                Some(why) => {
-                    if let Ok(mut slot) = g.refusal.lock() {
-                        *slot = Some(why);
-                    }
-                    Authorization::Deny
-                }
-            }
-        }))?;
-        let g = guard.clone();
-        conn.progress_handler(
-            PROGRESS_OPS,
-            Some(move || {
-                let deadline = g.deadline.load(Ordering::Relaxed);
-                deadline != 0 && epoch().elapsed().as_nanos() as u64 > deadline
-            }),
-        )?;
-        Ok(guard)
-    }
-
-    /// Runs `f` as client code: guarded, and interrupted at `deadline`.
-    pub fn client<T>(&self, deadline: Instant, f: impl FnOnce() -> T) -> T {
-        let nanos = deadline
-            .saturating_duration_since(epoch())
-            .as_nanos()
-            .max(1);
-        self.deadline
-            .store(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::Relaxed);
-        self.client.store(true, Ordering::Relaxed);
-        if let Ok(mut slot) = self.refusal.lock() {
-            *slot = None;
-        }
-        let out = f();
-        self.client.store(false, Ordering::Relaxed);
-        self.deadline.store(0, Ordering::Relaxed);
-        out
-    }
-
-    fn take_refusal(&self) -> Option<String> {
-        self.refusal.lock().ok().and_then(|mut s| s.take())
-    }
-}
-
-/// Pragmas that only read, or read the schema; they may take an argument
-/// that selects what to read (a table name, a row limit).
-const READING_PRAGMAS: &[&str] = &[
-    "application_id",
-    "collation_list",
-    "compile_options",
-    "data_version",
-    "database_list",
-    "foreign_key_check",
-    "foreign_key_list",
-    "freelist_count",
-    "function_list",
-    "index_info",
-    "index_list",
-    "index_xinfo",
-    "integrity_check",
-    "module_list",
-    "page_count",
-    "pragma_list",
-    "quick_check",
-    "schema_version",
-    "table_info",
-    "table_list",
-    "table_xinfo",
-    "user_version",
-];
-
-/// Pragmas that change only the database file's content, not the
-/// connection; they may be set, and go through the writer like any write.
-const FILE_PRAGMAS: &[&str] = &["application_id", "user_version", "optimize"];
-
-/// Why nexusd refuses this action, or `None` to allow it.
-fn refusal(ctx: &AuthContext<'_>) -> Option<String> {
-    match ctx.action {
-        AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } => Some(
-            "transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, RELEASE) is refused: \
-             nexusd runs every request in a transaction of its own; send statements that must \
-             apply together as one batch"
-                .into(),
-        ),
-        AuthAction::Attach { filename } => Some(format!(
-            "ATTACH '{filename}' is refused: a nexusd daemon serves only its own database file"
-        )),
-        AuthAction::Detach { database_name } => Some(format!(
-            "DETACH {database_name} is refused: a nexusd daemon serves only its own database file"
-        )),
-        AuthAction::Pragma {
-            pragma_name,
-            pragma_value,
-        } => {
-            let name = pragma_name.to_ascii_lowercase();
-            let allowed = FILE_PRAGMAS.contains(&name.as_str())
-                || (READING_PRAGMAS.contains(&name.as_str())
-                    && (pragma_value.is_none() || !is_setter(&name)))
-                || pragma_value.is_none() && is_readable_setting(&name);
-            if allowed {
-                None
-            } else {
-                let shown = match pragma_value {
-                    Some(v) => format!("PRAGMA {pragma_name} = {v}"),
-                    None => format!("PRAGMA {pragma_name}"),
-                };
-                Some(format!(
-                    "{shown} is refused: nexusd owns journal mode, locking, synchronous and the \
-                     other connection settings; read-only pragmas such as table_info and \
-                     integrity_check are allowed"
-                ))
-            }
-        }
-        _ => None,
-    }
-}
-
-/// Reading pragmas whose argument would instead set something.
-fn is_setter(name: &str) -> bool {
-    matches!(name, "schema_version")
-}
-
-/// Connection settings that may be read (no argument) but not set.
-fn is_readable_setting(name: &str) -> bool {
-    matches!(
-        name,
-        "journal_mode"
-            | "synchronous"
-            | "foreign_keys"
-            | "encoding"
-            | "page_size"
-            | "auto_vacuum"
-            | "cache_size"
-            | "busy_timeout"
-            | "locking_mode"
-            | "wal_autocheckpoint"
-            | "max_page_count"
-            | "temp_store"
-            | "secure_delete"
-            | "recursive_triggers"
-            | "query_only"
-            | "journal_size_limit"
-            | "mmap_size"
-    )
-}
+use super::guard::Guard;
 
 /// Limits one client statement runs under.
 #[derive(Debug, Clone, Copy)]
-pub struct StatementLimits {
-    pub deadline: Instant,
-    pub started: Instant,
-    pub timeout: Duration,
-    pub max_result_bytes: usize,
+pub(crate) struct StatementLimits {
+    pub(crate) deadline: Instant,
+    pub(crate) started: Instant,
+    pub(crate) timeout: Duration,
+    pub(crate) max_result_bytes: usize,
     /// Set when `deadline` is the reader's cap on an open read transaction
     /// (`--max-read-ms`) rather than the request's own time limit.
-    pub read_cap: Option<Duration>,
+    pub(crate) read_cap: Option<Duration>,
+}
+
+impl StatementLimits {
+    /// The limits of a request that arrived at `arrived` and must be done
+    /// by `deadline`.
+    pub(crate) fn for_request(
+        arrived: Instant,
+        deadline: Instant,
+        max_result_bytes: usize,
+    ) -> Self {
+        StatementLimits {
+            deadline,
+            started: arrived,
+            timeout: deadline.saturating_duration_since(arrived),
+            max_result_bytes,
+            read_cap: None,
+        }
+    }
 }
 
 /// What one statement produced.
-pub enum Output {
+pub(crate) enum Output {
     Executed(Executed),
     Rows(Rows),
 }
 
+impl From<Output> for ResponseBody {
+    fn from(out: Output) -> ResponseBody {
+        match out {
+            Output::Executed(e) => ResponseBody::Executed(e),
+            Output::Rows(r) => ResponseBody::Rows(r),
+        }
+    }
+}
+
+/// What a reader made of a statement: it ran, or SQLite does not report it
+/// read-only, so it was not run and belongs on the writer.
+pub(crate) enum ReadOnly {
+    Ran(Output),
+    NotReadOnly,
+}
+
 /// Whether to keep the rows a statement returns.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Want {
+pub(crate) enum Want {
     /// `execute`: step to completion, discard rows, count changes.
     Changes,
     /// `query`: collect the rows.
@@ -331,7 +81,7 @@ pub enum Want {
 const VALUE_OVERHEAD: usize = 9;
 
 /// What `rows` counts against the result-size limit.
-pub fn rows_size(rows: &Rows) -> usize {
+pub(crate) fn rows_size(rows: &Rows) -> usize {
     rows.rows
         .iter()
         .flatten()
@@ -340,7 +90,7 @@ pub fn rows_size(rows: &Rows) -> usize {
 }
 
 /// The error for a result over the limit; nothing was applied.
-pub fn too_large(rows: usize, limit: usize) -> ErrorBody {
+pub(crate) fn too_large(rows: usize, limit: usize) -> ErrorBody {
     ErrorBody::new(
         ErrorKind::TooLarge,
         format!(
@@ -351,19 +101,53 @@ pub fn too_large(rows: usize, limit: usize) -> ErrorBody {
     )
 }
 
-/// Prepares (cached), binds and runs one client statement under `guard`.
-/// `only_readonly` makes it refuse, before running, a statement SQLite does
-/// not report as read-only; the caller then routes it to the writer.
-pub fn run_statement(
+/// Prepares (cached), binds and runs one client statement under `guard`,
+/// whatever it does: the writer's way.
+pub(crate) fn run_statement(
     conn: &Connection,
     guard: &Guard,
     st: &Statement,
     want: Want,
     limits: &StatementLimits,
-    only_readonly: bool,
-) -> Result<Option<Output>, ErrorBody> {
+) -> Result<Output, ErrorBody> {
+    match run(conn, guard, st, want, limits, Only::Any)? {
+        ReadOnly::Ran(out) => Ok(out),
+        // `Only::Any` runs every statement.
+        ReadOnly::NotReadOnly => Err(ErrorBody::new(
+            ErrorKind::Internal,
+            "a statement was skipped on the writer as not read-only",
+        )),
+    }
+}
+
+/// Runs one client statement only if SQLite reports it read-only
+/// (`sqlite3_stmt_readonly`), checked before it runs: the readers' way.
+pub(crate) fn run_if_read_only(
+    conn: &Connection,
+    guard: &Guard,
+    st: &Statement,
+    limits: &StatementLimits,
+) -> Result<ReadOnly, ErrorBody> {
+    run(conn, guard, st, Want::Rows, limits, Only::ReadOnly)
+}
+
+/// Which statements `run` runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Only {
+    Any,
+    ReadOnly,
+}
+
+fn run(
+    conn: &Connection,
+    guard: &Guard,
+    st: &Statement,
+    want: Want,
+    limits: &StatementLimits,
+    only: Only,
+) -> Result<ReadOnly, ErrorBody> {
     guard.client(limits.deadline, || {
-        run_guarded(conn, st, want, limits, only_readonly).map_err(|e| error_body(e, guard, limits))
+        run_guarded(conn, st, want, limits, only).map_err(|e| error_body(e, guard, limits))
     })
 }
 
@@ -372,11 +156,11 @@ fn run_guarded(
     st: &Statement,
     want: Want,
     limits: &StatementLimits,
-    only_readonly: bool,
-) -> Result<Option<Output>, StatementError> {
+    only: Only,
+) -> Result<ReadOnly, StatementError> {
     let mut stmt = conn.prepare_cached(&st.sql)?;
-    if only_readonly && !stmt.readonly() {
-        return Ok(None);
+    if only == Only::ReadOnly && !stmt.readonly() {
+        return Ok(ReadOnly::NotReadOnly);
     }
     bind(&mut stmt, &st.params)?;
     let columns = stmt.column_count();
@@ -416,7 +200,7 @@ fn run_guarded(
     }
     drop(rows);
     if keep_rows {
-        return Ok(Some(Output::Rows(out)));
+        return Ok(ReadOnly::Ran(Output::Rows(out)));
     }
     // sqlite3_changes() keeps the count of the last INSERT/UPDATE/DELETE, so
     // it is only this statement's if the total moved.
@@ -425,7 +209,7 @@ fn run_guarded(
     } else {
         0
     };
-    Ok(Some(Output::Executed(Executed {
+    Ok(ReadOnly::Ran(Output::Executed(Executed {
         rows_affected,
         last_insert_rowid: conn.last_insert_rowid(),
     })))
@@ -586,8 +370,10 @@ fn sqlite_error_body(e: rusqlite::Error, guard: &Guard, limits: &StatementLimits
     }
 }
 
-/// Error for a failure of the daemon's own statements (BEGIN, COMMIT...).
-pub fn internal_error(what: &str, e: &rusqlite::Error) -> ErrorBody {
+/// A failure of one of the daemon's own statements (BEGIN, COMMIT, a
+/// checkpoint...), with SQLite's codes. It says nothing of what was
+/// applied: the caller adds that where it is known.
+pub(crate) fn own_statement_error(what: &str, e: &rusqlite::Error) -> ErrorBody {
     let (code, extended) = match e {
         rusqlite::Error::SqliteFailure(err, _) => (err.extended_code & 0xff, err.extended_code),
         _ => (ffi::SQLITE_ERROR, ffi::SQLITE_ERROR),
@@ -596,7 +382,7 @@ pub fn internal_error(what: &str, e: &rusqlite::Error) -> ErrorBody {
         kind: ErrorKind::Sql,
         code,
         extended_code: extended,
-        message: format!("{what} failed: {e}; nothing in this transaction was applied"),
+        message: format!("{what} failed: {e}"),
         statement_index: None,
     }
 }
@@ -604,6 +390,7 @@ pub fn internal_error(what: &str, e: &rusqlite::Error) -> ErrorBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::db::{Synchronous, open_writer};
 
     fn limits() -> StatementLimits {
         let now = Instant::now();
@@ -648,11 +435,10 @@ mod tests {
             "PRAGMA wal_checkpoint",
             "PRAGMA schema_version = 3",
         ] {
-            let err =
-                match run_statement(&conn, &guard, &stmt(sql), Want::Changes, &limits(), false) {
-                    Err(e) => e,
-                    Ok(_) => panic!("{sql} was allowed"),
-                };
+            let err = match run_statement(&conn, &guard, &stmt(sql), Want::Changes, &limits()) {
+                Err(e) => e,
+                Ok(_) => panic!("{sql} was allowed"),
+            };
             assert_eq!(err.kind, ErrorKind::Refused, "{sql}: {err:?}");
             assert!(err.message.contains("refused"), "{sql}: {}", err.message);
         }
@@ -672,7 +458,6 @@ mod tests {
             &stmt("CREATE TABLE t(a)"),
             Want::Changes,
             &limits(),
-            false,
         )
         .expect("create");
         for sql in [
@@ -682,7 +467,7 @@ mod tests {
             "PRAGMA user_version = 7",
             "PRAGMA user_version",
         ] {
-            run_statement(&conn, &guard, &stmt(sql), Want::Rows, &limits(), false)
+            run_statement(&conn, &guard, &stmt(sql), Want::Rows, &limits())
                 .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
         }
     }
@@ -694,7 +479,7 @@ mod tests {
         l.deadline = Instant::now() + Duration::from_millis(50);
         let sql =
             "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT count(*) FROM c";
-        let err = match run_statement(&conn, &guard, &stmt(sql), Want::Rows, &l, false) {
+        let err = match run_statement(&conn, &guard, &stmt(sql), Want::Rows, &l) {
             Err(e) => e,
             Ok(_) => panic!("an endless query finished"),
         };
@@ -707,7 +492,7 @@ mod tests {
         let mut l = limits();
         l.max_result_bytes = 10_000;
         let sql = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c LIMIT 100000) SELECT x, 'abcdefgh' FROM c";
-        let err = match run_statement(&conn, &guard, &stmt(sql), Want::Rows, &l, false) {
+        let err = match run_statement(&conn, &guard, &stmt(sql), Want::Rows, &l) {
             Err(e) => e,
             Ok(_) => panic!("an oversized result was returned"),
         };
@@ -722,7 +507,7 @@ mod tests {
             sql: "SELECT ?1, ?2".into(),
             params: Params::Positional(vec![Value::Integer(1)]),
         };
-        let err = match run_statement(&conn, &guard, &st, Want::Rows, &limits(), false) {
+        let err = match run_statement(&conn, &guard, &st, Want::Rows, &limits()) {
             Err(e) => e,
             Ok(_) => panic!("bound too few parameters"),
         };

@@ -1,0 +1,119 @@
+//! The `nexusd` binary: the command line. `serve` hands off to the daemon
+//! library; the rest are programs of the binary's own, clients of the
+//! daemon through `nexusd-client` like any application:
+//!
+//! - `ctl`: the operator commands; `shell`: its interactive SQL shell.
+//! - `bench`: load from several processes (and its hidden worker).
+//! - `completions` and `man`: generated from the same clap definitions.
+
+mod bench;
+mod ctl;
+mod shell;
+
+use std::collections::HashSet;
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap_complete::Shell;
+
+#[derive(Parser)]
+#[command(
+    name = "nexusd",
+    version,
+    about = "A daemon that owns a SQLite database and serves it to many processes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground.
+    Serve(Box<nexusd::ServeConfig>),
+    /// Operator commands against a running daemon.
+    Ctl(ctl::CtlArgs),
+    /// Load a daemon from several processes and report throughput and latency.
+    Bench(bench::BenchArgs),
+    /// Print a shell completion script: `nexusd completions bash >
+    /// /etc/bash_completion.d/nexusd`.
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the man page (roff): `nexusd man > nexusd.1; man ./nexusd.1`.
+    Man,
+    /// One process of `nexusd bench` (started by it).
+    #[command(hide = true)]
+    BenchWorker(bench::WorkerArgs),
+}
+
+fn main() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    match cli.command {
+        Command::Serve(config) => match nexusd::serve(*config, explicit_flags(&matches)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("nexusd: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Ctl(args) => ctl::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::BenchWorker(args) => bench::worker(args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "nexusd", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man => man_page(),
+    }
+}
+
+/// `nexusd.1`, from the clap definitions: the top-level page, with every
+/// subcommand's page after it so that one file holds them all.
+fn man_page() -> ExitCode {
+    let mut out = Vec::new();
+    let command = Cli::command();
+    let rendered = clap_mangen::Man::new(command.clone())
+        .render(&mut out)
+        .and_then(|()| {
+            for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+                let name = format!("nexusd-{}", sub.get_name());
+                let sub = sub.clone().bin_name(name);
+                clap_mangen::Man::new(sub).render(&mut out)?;
+            }
+            Ok(())
+        })
+        .and_then(|()| std::io::stdout().write_all(&out));
+    match rendered {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nexusd man: could not write the man page: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The ids of the `serve` flags given on the command line (or through
+/// their environment variables): the config file does not override them.
+fn explicit_flags(matches: &ArgMatches) -> HashSet<String> {
+    let Some(serve) = matches.subcommand_matches("serve") else {
+        return HashSet::new();
+    };
+    serve
+        .ids()
+        .filter(|id| {
+            matches!(
+                serve.value_source(id.as_str()),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        })
+        .map(|id| id.as_str().to_owned())
+        .collect()
+}
