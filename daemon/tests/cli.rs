@@ -1,5 +1,4 @@
-//! The command line itself. (This file also makes `cargo test` build the
-//! `nexusd` binary that the workspace's integration tests start.)
+//! The command line itself: flags, `bench`, completions and the man page.
 
 use std::process::Command;
 
@@ -80,6 +79,79 @@ fn bench_batch_workload_by_request_count() {
     assert!(
         err.contains("--requests 3 is fewer than one per client"),
         "{err}"
+    );
+}
+
+/// Text mode into a pipe (as `nexusd bench ... | cat`): the report, and no
+/// progress line drawn with carriage returns on either stream.
+#[test]
+fn bench_into_a_pipe_draws_no_progress_line() {
+    let bin = env!("CARGO_BIN_EXE_nexusd");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(bin)
+        .args([
+            "bench",
+            "--workload",
+            "insert",
+            "--clients",
+            "2",
+            "--processes",
+            "1",
+            "--requests",
+            "40",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("run nexusd bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}\n{stdout}");
+    assert!(stdout.contains("ops/s"), "{stdout}");
+    assert!(!stdout.contains('\r'), "{stdout:?}");
+    assert!(!stderr.contains('\r'), "{stderr:?}");
+}
+
+/// Completion scripts and the man page come from the same clap
+/// definitions as the command line, so they name its subcommands.
+#[test]
+fn completions_and_man_page() {
+    let bin = env!("CARGO_BIN_EXE_nexusd");
+    for (shell, marker) in [
+        ("bash", "complete -F _nexusd"),
+        ("zsh", "#compdef nexusd"),
+        ("fish", "complete -c nexusd"),
+    ] {
+        let out = Command::new(bin)
+            .args(["completions", shell])
+            .output()
+            .expect("run nexusd completions");
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{shell}");
+        assert!(script.contains(marker), "{shell}: {script}");
+        assert!(script.contains("integrity-check"), "{shell}");
+    }
+    let out = Command::new(bin)
+        .arg("man")
+        .output()
+        .expect("run nexusd man");
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH nexusd 1"),
+        "{page}"
+    );
+    for sub in ["nexusd\\-serve", "nexusd\\-ctl", "nexusd\\-bench"] {
+        assert!(page.contains(sub), "the man page lacks {sub}");
+    }
+    let out = Command::new(bin)
+        .args(["completions", "tcsh"])
+        .output()
+        .expect("run nexusd completions");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("possible values"),
+        "an unknown shell names the ones there are"
     );
 }
 

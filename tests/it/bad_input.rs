@@ -1,6 +1,7 @@
 //! (f) Bad input never crashes or stalls the daemon: the offending
 //! connection gets an error where one can still be sent and is closed, a
-//! warning is logged, and a well-behaved client is served throughout.
+//! warning is logged, and a well-behaved client is served throughout. Each
+//! scenario is a test of its own on the shared `Contained` fixture.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -9,15 +10,108 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use nexusd_client::Client;
 use nexusd_client::params;
 use nexusd_protocol::codec::{self, encode_frame};
 use nexusd_protocol::{
-    ErrorKind, Hello, HelloReply, PROTOCOL_VERSION, Params, Request, RequestBody, Response,
-    ResponseBody, Statement,
+    AdminRequest, ErrorKind, Hello, HelloReply, PROTOCOL_VERSION, Params, Request, RequestBody,
+    Response, ResponseBody, Statement, features,
 };
 use nexusd_tests::{Daemon, wait_until};
 
 use crate::{client, rt};
+
+/// A daemon with short handshake and stall timeouts, and a well-behaved
+/// client that writes and reads throughout: any error it meets fails the
+/// test, and it must keep making progress after each bad input.
+struct Contained {
+    d: Daemon,
+    rt: tokio::runtime::Runtime,
+    good: Client,
+    stop: Arc<AtomicBool>,
+    served: Arc<AtomicU64>,
+    background: tokio::task::JoinHandle<i64>,
+}
+
+impl Contained {
+    fn start() -> Contained {
+        let d = Daemon::start(&[
+            "--handshake-timeout-ms",
+            "500",
+            "--write-stall-timeout-ms",
+            "1000",
+        ]);
+        let rt = rt();
+        let good = rt.block_on(client(&d));
+        rt.block_on(async {
+            good.execute("CREATE TABLE ok(n INTEGER)", params![])
+                .await
+                .expect("create")
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(AtomicU64::new(0));
+        let background = {
+            let (good, stop, served) = (good.clone(), stop.clone(), served.clone());
+            rt.spawn(async move {
+                let mut n = 0i64;
+                while !stop.load(Ordering::SeqCst) {
+                    good.execute("INSERT INTO ok(n) VALUES (?1)", params![n])
+                        .await
+                        .expect("good client write");
+                    good.query("SELECT count(*) FROM ok", params![])
+                        .await
+                        .expect("good client read");
+                    served.fetch_add(1, Ordering::SeqCst);
+                    n += 1;
+                }
+                n
+            })
+        };
+        Contained {
+            d,
+            rt,
+            good,
+            stop,
+            served,
+            background,
+        }
+    }
+
+    /// The good client makes progress after `what`.
+    fn progress(&self, what: &str) {
+        let before = self.served.load(Ordering::SeqCst);
+        assert!(
+            wait_until(Duration::from_secs(20), || self
+                .served
+                .load(Ordering::SeqCst)
+                > before + 5),
+            "the good client stalled after: {what}"
+        );
+    }
+
+    /// The log holds a warning with `needle`.
+    fn logged(&self, needle: &str) {
+        let log = self.d.log_text();
+        assert!(log.contains("WARN"), "log lacks a warning:\n{log}");
+        assert!(log.contains(needle), "log lacks {needle:?}:\n{log}");
+    }
+
+    /// Stops the good client; the daemon is still whole and holds exactly
+    /// the rows it acknowledged.
+    fn finish(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let writes = self.rt.block_on(self.background).expect("background task");
+        assert!(writes > 0);
+        self.rt.block_on(async {
+            let rows = self
+                .good
+                .query("SELECT count(*) FROM ok", params![])
+                .await
+                .expect("count");
+            assert_eq!(rows.get(0).expect("row").get::<i64>(0).expect("n"), writes);
+        });
+    }
+}
 
 fn connect(d: &Daemon) -> UnixStream {
     let s = UnixStream::connect(d.socket()).expect("connect");
@@ -33,10 +127,14 @@ fn frame<T: serde::Serialize>(msg: &T) -> Vec<u8> {
 }
 
 fn hello(version: u32) -> Vec<u8> {
+    hello_with(version, 0)
+}
+
+fn hello_with(version: u32, features: u64) -> Vec<u8> {
     frame(&Hello {
         protocol_version: version,
         client_name: "bad-input-test".into(),
-        features: 0,
+        features,
     })
 }
 
@@ -64,8 +162,13 @@ fn refusal(s: &mut UnixStream) -> (ErrorKind, String) {
 }
 
 fn handshaken(d: &Daemon) -> UnixStream {
+    handshaken_with(d, 0)
+}
+
+fn handshaken_with(d: &Daemon, features: u64) -> UnixStream {
     let mut s = connect(d);
-    s.write_all(&hello(PROTOCOL_VERSION)).expect("hello");
+    s.write_all(&hello_with(PROTOCOL_VERSION, features))
+        .expect("hello");
     let payload = read_frame(&mut s).expect("welcome");
     assert!(matches!(
         codec::decode_payload::<HelloReply>(&payload),
@@ -100,62 +203,24 @@ fn query(id: u64, sql: &str) -> Vec<u8> {
 }
 
 #[test]
-fn bad_input_is_contained_while_a_good_client_is_served() {
-    let d = Daemon::start(&[
-        "--handshake-timeout-ms",
-        "500",
-        "--write-stall-timeout-ms",
-        "1000",
-    ]);
-    let rt = rt();
-    let good = rt.block_on(client(&d));
-    rt.block_on(async {
-        good.execute("CREATE TABLE ok(n INTEGER)", params![])
-            .await
-            .expect("create")
-    });
-
-    // A well-behaved client writes throughout; any error fails the test.
-    let stop = Arc::new(AtomicBool::new(false));
-    let served = Arc::new(AtomicU64::new(0));
-    let background = {
-        let (good, stop, served) = (good.clone(), stop.clone(), served.clone());
-        rt.spawn(async move {
-            let mut n = 0i64;
-            while !stop.load(Ordering::SeqCst) {
-                good.execute("INSERT INTO ok(n) VALUES (?1)", params![n])
-                    .await
-                    .expect("good client write");
-                good.query("SELECT count(*) FROM ok", params![])
-                    .await
-                    .expect("good client read");
-                served.fetch_add(1, Ordering::SeqCst);
-                n += 1;
-            }
-            n
-        })
-    };
-    let progress = |what: &str| {
-        let before = served.load(Ordering::SeqCst);
-        assert!(
-            wait_until(Duration::from_secs(20), || served.load(Ordering::SeqCst)
-                > before + 5),
-            "the good client stalled after: {what}"
-        );
-    };
-
-    // Garbage bytes instead of a handshake.
-    let mut s = connect(&d);
+fn garbage_bytes_instead_of_a_handshake_are_refused() {
+    let t = Contained::start();
+    let mut s = connect(&t.d);
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .expect("write");
     let (kind, msg) = refusal(&mut s);
     assert_eq!(kind, ErrorKind::Protocol);
     assert!(msg.contains("exceeds the limit"), "{msg}");
     expect_eof(&mut s);
-    progress("garbage bytes");
+    t.progress("garbage bytes");
+    t.logged("expected a nexusd handshake frame");
+    t.finish();
+}
 
-    // A frame length over the limit, after a good handshake.
-    let mut s = handshaken(&d);
+#[test]
+fn a_frame_length_over_the_limit_closes_the_connection() {
+    let t = Contained::start();
+    let mut s = handshaken(&t.d);
     s.write_all(&(64u32 * 1024 * 1024).to_be_bytes())
         .expect("write");
     let msg = connection_error(&mut s);
@@ -164,17 +229,28 @@ fn bad_input_is_contained_while_a_good_client_is_served() {
         "{msg}"
     );
     expect_eof(&mut s);
-    progress("oversized frame");
+    t.progress("oversized frame");
+    t.logged("protocol error");
+    t.finish();
+}
 
-    // A truncated frame: half a request, then the client goes away.
-    let mut s = handshaken(&d);
+/// Half a request, then the client goes away.
+#[test]
+fn a_truncated_frame_is_dropped() {
+    let t = Contained::start();
+    let mut s = handshaken(&t.d);
     let q = query(1, "SELECT 1");
     s.write_all(&q[..q.len() / 2]).expect("write");
     drop(s);
-    progress("truncated frame");
+    t.progress("truncated frame");
+    t.finish();
+}
 
-    // A wrong protocol version: the refusal names both versions.
-    let mut s = connect(&d);
+/// A wrong protocol version: the refusal names both versions.
+#[test]
+fn a_wrong_protocol_version_is_refused_naming_both() {
+    let t = Contained::start();
+    let mut s = connect(&t.d);
     s.write_all(&hello(PROTOCOL_VERSION + 6)).expect("write");
     let (kind, msg) = refusal(&mut s);
     assert_eq!(kind, ErrorKind::Protocol);
@@ -187,27 +263,44 @@ fn bad_input_is_contained_while_a_good_client_is_served() {
         "{msg}"
     );
     expect_eof(&mut s);
-    progress("wrong version");
+    t.progress("wrong version");
+    t.logged("protocol version mismatch");
+    t.finish();
+}
 
-    // An undecodable message after the handshake.
-    let mut s = handshaken(&d);
+#[test]
+fn an_undecodable_message_closes_the_connection() {
+    let t = Contained::start();
+    let mut s = handshaken(&t.d);
     let mut junk = vec![0u8, 0, 0, 6];
     junk.extend_from_slice(&[0xff, 0xfe, 0xfd, 0xfc, 0xfb, 0xfa]);
     s.write_all(&junk).expect("write");
     let msg = connection_error(&mut s);
     assert!(msg.contains("could not decode"), "{msg}");
     expect_eof(&mut s);
-    progress("undecodable message");
+    t.progress("undecodable message");
+    t.logged("undecodable request");
+    t.finish();
+}
 
-    // A client that never completes its handshake is closed.
-    let mut s = connect(&d);
+/// A client that never completes its handshake is closed.
+#[test]
+fn a_silent_client_is_closed_after_the_handshake_timeout() {
+    let t = Contained::start();
+    let mut s = connect(&t.d);
     let (kind, msg) = refusal(&mut s);
     assert_eq!(kind, ErrorKind::Protocol);
     assert!(msg.contains("no handshake within 500 ms"), "{msg}");
-    progress("silent client");
+    t.progress("silent client");
+    t.logged("no handshake within 500 ms");
+    t.finish();
+}
 
-    // Invalid SQL: an error for that request; the connection stays usable.
-    let mut s = handshaken(&d);
+/// Invalid SQL: an error for that request; the connection stays usable.
+#[test]
+fn invalid_sql_fails_alone_and_the_connection_stays_usable() {
+    let t = Contained::start();
+    let mut s = handshaken(&t.d);
     s.write_all(&query(7, "SELEKT 1")).expect("write");
     s.write_all(&query(8, "SELECT 42")).expect("write");
     let mut seen = 0;
@@ -229,17 +322,28 @@ fn bad_input_is_contained_while_a_good_client_is_served() {
     }
     assert_eq!(seen, 2);
     drop(s);
+    t.progress("invalid SQL");
+    t.finish();
+}
 
-    // A client that disconnects mid-request (a slow read is running).
-    let mut s = handshaken(&d);
+/// A client that disconnects while its slow read is running.
+#[test]
+fn a_disconnect_mid_request_is_harmless() {
+    let t = Contained::start();
+    let mut s = handshaken(&t.d);
     s.write_all(&query(9, "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c LIMIT 3000000) SELECT count(*) FROM c"))
         .expect("write");
     drop(s);
-    progress("disconnect mid-request");
+    t.progress("disconnect mid-request");
+    t.finish();
+}
 
-    // A client that never reads its replies: big answers pile up, the
-    // daemon stops writing to it and closes it after the stall timeout.
-    let mut s = handshaken(&d);
+/// A client that never reads its replies: big answers pile up, the daemon
+/// stops writing to it and closes it after the stall timeout.
+#[test]
+fn a_client_that_never_reads_is_closed_after_the_stall_timeout() {
+    let t = Contained::start();
+    let mut s = handshaken(&t.d);
     let big = "SELECT zeroblob(1000000)";
     let mut sent = 0u64;
     s.set_write_timeout(Some(Duration::from_secs(5)))
@@ -251,8 +355,8 @@ fn bad_input_is_contained_while_a_good_client_is_served() {
         sent += 1;
     }
     assert!(sent > 0);
-    progress("client not reading");
-    let d_ref = &d;
+    t.progress("client not reading");
+    let d_ref = &t.d;
     assert!(
         wait_until(Duration::from_secs(20), || d_ref
             .log_text()
@@ -264,27 +368,42 @@ fn bad_input_is_contained_while_a_good_client_is_served() {
         .expect("timeout");
     let mut sink = Vec::new();
     s.read_to_end(&mut sink).expect("closed by the daemon");
-    progress("stalled client closed");
+    t.progress("stalled client closed");
+    t.finish();
+}
 
-    stop.store(true, Ordering::SeqCst);
-    let writes = rt.block_on(background).expect("background task");
-    assert!(writes > 0);
-    let log = d.log_text();
-    for needle in [
-        "WARN",
-        "protocol error",
-        "undecodable request",
-        "expected a nexusd handshake frame",
-        "protocol version mismatch",
+/// The compatibility rule: an error kind appended after `Forbidden` goes
+/// only to a client that announced `ERROR_KINDS_2`; an older client gets
+/// the older kind nearest in meaning, and decodes it.
+#[test]
+fn error_kinds_a_client_did_not_announce_are_sent_as_older_ones() {
+    let t = Contained::start();
+    let backup = |id| {
+        frame(&Request {
+            id,
+            db: "main".into(),
+            timeout_ms: 0,
+            body: RequestBody::Admin(AdminRequest::Backup {
+                dest: "relative/path.db".into(),
+            }),
+        })
+    };
+    for (features, want) in [
+        (0, ErrorKind::Unsupported),
+        (features::ERROR_KINDS_2, ErrorKind::InvalidArgument),
     ] {
-        assert!(log.contains(needle), "log lacks {needle:?}:\n{log}");
+        let mut s = handshaken_with(&t.d, features);
+        s.write_all(&backup(5)).expect("write");
+        let resp: Response =
+            codec::decode_payload(&read_frame(&mut s).expect("reply")).expect("decode");
+        match resp.body {
+            ResponseBody::Error(e) => {
+                assert_eq!(e.kind, want, "features {features}: {}", e.message);
+                assert!(e.message.contains("not an absolute path"), "{}", e.message);
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
     }
-    // The daemon is still whole.
-    rt.block_on(async {
-        let rows = good
-            .query("SELECT count(*) FROM ok", params![])
-            .await
-            .expect("count");
-        assert_eq!(rows.get(0).expect("row").get::<i64>(0).expect("n"), writes);
-    });
+    t.progress("error kinds by feature bit");
+    t.finish();
 }

@@ -1,12 +1,19 @@
 //! Integration tests: the real `nexusd` binary, driven through the client
 //! crate, from several OS processes where that is the point.
 
+mod access;
 mod bad_input;
+mod client;
 mod concurrency;
+mod ctl;
 mod lifecycle;
-mod service;
+mod limits;
+mod reload;
+mod systemd;
+mod wal;
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -68,3 +75,22 @@ pub fn s(v: impl ToString) -> String {
 }
 
 pub const LONG: Duration = Duration::from_secs(60);
+
+/// The workspace's root, for the files it ships (units, docs).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate sits in the workspace")
+        .to_owned()
+}
+
+/// Runs a command to its end; whether it succeeded, and stdout then stderr.
+pub fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().expect("could not run the command");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}

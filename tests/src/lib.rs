@@ -3,23 +3,41 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The `nexusd` binary: `$NEXUSD_BIN`, else the one cargo built beside the
-/// running test executable (target/<profile>/nexusd).
+/// The `nexusd` binary: `$NEXUSD_BIN`, else the one cargo builds beside
+/// the running test executable (target/<profile>/nexusd). That one is
+/// (re)built once per test process, so `cargo test -p nexusd-tests` works
+/// on a clean tree and never runs a stale daemon; under `cargo test
+/// --workspace` the build finds it fresh and returns at once.
 pub fn nexusd_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("NEXUSD_BIN") {
         return PathBuf::from(p);
     }
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(build_nexusd).clone()
+}
+
+fn build_nexusd() -> PathBuf {
     let exe = std::env::current_exe().expect("the test knows its own path");
     let mut dir = exe.parent().expect("the test binary lives in a directory");
     if dir.ends_with("deps") {
         dir = dir.parent().expect("deps has a parent");
     }
     let bin = dir.join("nexusd");
+    // `--workspace --bins` unifies features as `cargo test --workspace`
+    // does, so the two never rebuild each other's artifacts.
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo.args(["build", "--quiet", "--workspace", "--bins"]);
+    if dir.ends_with("release") {
+        cargo.arg("--release");
+    }
+    let built = cargo.status();
     assert!(
-        bin.exists(),
-        "{} is missing: build it first (cargo build -p nexusd) or set NEXUSD_BIN",
+        matches!(built, Ok(s) if s.success()) || bin.exists(),
+        "could not build the nexusd binary ({built:?}) and {} is missing: run `cargo build -p \
+         nexusd`, or set NEXUSD_BIN",
         bin.display()
     );
     bin

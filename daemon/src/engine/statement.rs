@@ -517,4 +517,44 @@ mod tests {
             err.message
         );
     }
+
+    #[test]
+    fn readers_run_only_what_sqlite_reports_read_only() {
+        let (_dir, conn, guard) = open();
+        run_statement(
+            &conn,
+            &guard,
+            &stmt("CREATE TABLE t(a)"),
+            Want::Changes,
+            &limits(),
+        )
+        .expect("create");
+        match run_if_read_only(&conn, &guard, &stmt("SELECT count(*) FROM t"), &limits()) {
+            Ok(ReadOnly::Ran(Output::Rows(r))) => {
+                assert_eq!(r.rows, vec![vec![Value::Integer(0)]]);
+            }
+            _ => panic!("a SELECT is read-only and runs"),
+        }
+        for sql in [
+            "INSERT INTO t VALUES (1)",
+            "INSERT INTO t VALUES (1) RETURNING a",
+        ] {
+            match run_if_read_only(&conn, &guard, &stmt(sql), &limits()) {
+                Ok(ReadOnly::NotReadOnly) => {}
+                _ => panic!("{sql} writes, so it is handed back unrun"),
+            }
+        }
+        let ResponseBody::Rows(r) = run_statement(
+            &conn,
+            &guard,
+            &stmt("SELECT count(*) FROM t"),
+            Want::Rows,
+            &limits(),
+        )
+        .expect("count")
+        .into() else {
+            panic!("rows")
+        };
+        assert_eq!(r.rows, vec![vec![Value::Integer(0)]], "nothing was run");
+    }
 }

@@ -68,8 +68,9 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::BenchWorker(args) => bench::worker(args),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "nexusd", &mut std::io::stdout());
-            ExitCode::SUCCESS
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "nexusd", &mut script);
+            print_generated("completions", &script)
         }
         Command::Man => man_page(),
     }
@@ -78,23 +79,35 @@ fn main() -> ExitCode {
 /// `nexusd.1`, from the clap definitions: the top-level page, with every
 /// subcommand's page after it so that one file holds them all.
 fn man_page() -> ExitCode {
-    let mut out = Vec::new();
+    let mut page = Vec::new();
     let command = Cli::command();
     let rendered = clap_mangen::Man::new(command.clone())
-        .render(&mut out)
+        .render(&mut page)
         .and_then(|()| {
             for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
                 let name = format!("nexusd-{}", sub.get_name());
-                let sub = sub.clone().bin_name(name);
-                clap_mangen::Man::new(sub).render(&mut out)?;
+                let sub = sub.clone().bin_name(name.clone());
+                clap_mangen::Man::new(sub).title(name).render(&mut page)?;
             }
             Ok(())
-        })
-        .and_then(|()| std::io::stdout().write_all(&out));
+        });
     match rendered {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => print_generated("man", &page),
         Err(e) => {
-            eprintln!("nexusd man: could not write the man page: {e}");
+            eprintln!("nexusd man: could not render the man page: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes generated text to stdout; a reader that stops early (`| head`)
+/// is no failure.
+fn print_generated(what: &str, text: &[u8]) -> ExitCode {
+    match std::io::stdout().write_all(text) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nexusd {what}: could not write to stdout: {e}");
             ExitCode::FAILURE
         }
     }

@@ -1,0 +1,232 @@
+//! The client crate as an application uses it: the blocking client, value
+//! types, named parameters, errors; and both clients' whole method sets.
+
+use nexusd_client::{CheckpointMode, Error, Statement, params};
+use nexusd_tests::Daemon;
+
+use crate::{client, rt};
+
+#[test]
+fn blocking_client_and_typed_values() {
+    let d = Daemon::start(&[]);
+    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    c.execute(
+        "CREATE TABLE v(i INTEGER, r REAL, t TEXT, b BLOB, n)",
+        params![],
+    )
+    .expect("create");
+    let blob: &[u8] = &[0, 1, 2];
+    c.execute(
+        "INSERT INTO v VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![7i32, 2.5, "txt", blob, None::<i64>],
+    )
+    .expect("insert");
+    c.execute(
+        "INSERT INTO v VALUES (:i, :r, :t, :b, :n)",
+        nexusd_client::named_params! {
+            ":i" => 8i64, ":r" => 1.0, ":t" => String::from("two"), ":b" => vec![9u8], ":n" => true,
+        },
+    )
+    .expect("named insert");
+    let rows = c
+        .query("SELECT i, r, t, b, n FROM v ORDER BY i", params![])
+        .expect("query");
+    assert_eq!(rows.columns(), ["i", "r", "t", "b", "n"]);
+    let r0 = rows.get(0).expect("row 0");
+    assert_eq!(r0.get::<i64>(0).expect("i"), 7);
+    assert_eq!(r0.get::<f64>(1).expect("r"), 2.5);
+    assert_eq!(r0.get::<String>(2).expect("t"), "txt");
+    assert_eq!(r0.get::<Vec<u8>>(3).expect("b"), vec![0, 1, 2]);
+    assert_eq!(r0.get::<Option<i64>>(4).expect("n"), None);
+    assert!(rows.get(1).expect("row 1").get::<bool>(4).expect("bool"));
+    // INSERT .. RETURNING through query goes to the writer.
+    let ret = c
+        .query("INSERT INTO v(i) VALUES (99) RETURNING i * 2", params![])
+        .expect("returning");
+    assert_eq!(ret.get(0).expect("row").get::<i64>(0).expect("i"), 198);
+    let e = c
+        .execute("INSERT INTO nope VALUES (1)", params![])
+        .expect_err("no such table");
+    assert!(
+        e.as_sql().expect("sql").message.contains("no such table"),
+        "{e}"
+    );
+    let e = c.execute("BEGIN", params![]).expect_err("refused");
+    assert!(e.as_sql().expect("sql").refused, "{e}");
+    let e = c
+        .query("SELECT ?1", params![])
+        .expect_err("missing parameter");
+    assert!(e.to_string().contains("1 parameter(s) but 0"), "{e}");
+}
+
+/// Every method of the async client, and the blocking client's twin of it,
+/// against one daemon: the same answers both ways, and the typed errors.
+#[test]
+fn both_clients_walk_every_method() {
+    let d = Daemon::start(&[]);
+    let rt = rt();
+    let a = rt.block_on(client(&d));
+    let b = nexusd_client::blocking::Client::connect_with(
+        d.socket(),
+        nexusd_client::ClientOptions::default(),
+    )
+    .expect("blocking connect");
+    assert_eq!(a.socket_path(), d.socket());
+    assert_eq!(b.socket_path(), d.socket());
+
+    // Data: execute, query, batch.
+    rt.block_on(a.execute("CREATE TABLE w(k TEXT PRIMARY KEY, v INTEGER)", params![]))
+        .expect("create");
+    let done = rt
+        .block_on(a.execute("INSERT INTO w VALUES ('a', 1)", params![]))
+        .expect("async execute");
+    assert_eq!(done.rows_affected, 1);
+    let done = b
+        .execute("INSERT INTO w VALUES ('b', 2)", params![])
+        .expect("blocking execute");
+    assert_eq!(done.rows_affected, 1);
+    let batch = || {
+        vec![
+            Statement::new("UPDATE w SET v = v + 10", params![]),
+            Statement::new("SELECT sum(v) FROM w", params![]),
+        ]
+    };
+    let sum = |r: Vec<nexusd_client::StatementResult>| -> i64 {
+        r[1].rows()
+            .expect("rows")
+            .get(0)
+            .expect("row")
+            .get(0)
+            .expect("sum")
+    };
+    assert_eq!(sum(rt.block_on(a.batch(batch())).expect("async batch")), 23);
+    assert_eq!(sum(b.batch(batch()).expect("blocking batch")), 43);
+    let q = "SELECT k, v FROM w ORDER BY k";
+    let via_a = rt.block_on(a.query(q, params![])).expect("async query");
+    let via_b = b.query(q, params![]).expect("blocking query");
+    assert_eq!(via_a, via_b);
+    assert_eq!(via_a.len(), 2);
+
+    // Operator methods.
+    rt.block_on(a.ping()).expect("async ping");
+    b.ping().expect("blocking ping");
+    let (sa, sb) = (
+        rt.block_on(a.status()).expect("status"),
+        b.status().expect("status"),
+    );
+    assert_eq!((sa.pid, sa.db_path.clone()), (sb.pid, sb.db_path.clone()));
+    assert!(sb.writes_committed >= 5, "{sb:?}");
+    let st = b.stats().expect("blocking stats");
+    assert!(
+        st.requests
+            .iter()
+            .any(|(k, o, _)| k == "batch" && o == "ok"),
+        "{st:?}"
+    );
+    let st = rt.block_on(a.stats()).expect("async stats");
+    assert!(st.writes_committed >= 5);
+    let ca = rt.block_on(a.clients()).expect("async clients");
+    let cb = b.clients().expect("blocking clients");
+    assert_eq!(ca.len(), 2, "{ca:?}");
+    assert_eq!(cb.len(), 2, "{cb:?}");
+    let cp = rt
+        .block_on(a.checkpoint(CheckpointMode::Passive))
+        .expect("async checkpoint");
+    assert!(!cp.busy, "{cp:?}");
+    b.checkpoint(CheckpointMode::Truncate)
+        .expect("blocking checkpoint");
+    assert_eq!(
+        rt.block_on(a.integrity_check(false)).expect("integrity"),
+        "ok"
+    );
+    assert_eq!(b.integrity_check(true).expect("quick_check"), "ok");
+    assert!(
+        rt.block_on(a.vacuum())
+            .expect("vacuum")
+            .contains("vacuumed")
+    );
+    assert!(b.vacuum().expect("vacuum").contains("vacuumed"));
+    assert!(
+        rt.block_on(a.optimize())
+            .expect("optimize")
+            .contains("optimized")
+    );
+    assert!(b.optimize().expect("optimize").contains("optimized"));
+    assert!(
+        rt.block_on(a.reload())
+            .expect("reload")
+            .contains("nothing reloadable changed")
+    );
+    assert!(
+        b.reload()
+            .expect("reload")
+            .contains("nothing reloadable changed")
+    );
+    assert!(
+        rt.block_on(a.metrics())
+            .expect("metrics")
+            .contains("nexusd_commits_total")
+    );
+    assert!(
+        b.metrics()
+            .expect("metrics")
+            .contains("nexusd_requests_total")
+    );
+    let dest_a = d.dir.join("a.backup");
+    let dest_b = d.dir.join("b.backup");
+    assert!(
+        rt.block_on(a.backup(&dest_a))
+            .expect("backup")
+            .contains("integrity_check ok")
+    );
+    assert!(
+        b.backup(&dest_b)
+            .expect("backup")
+            .contains("integrity_check ok")
+    );
+    assert!(dest_a.exists() && dest_b.exists());
+
+    // Errors with kinds of their own: a bad argument, and the daemon's own
+    // I/O (it cannot create a file under /proc).
+    let e = b.backup(&dest_a).expect_err("the destination exists");
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+    assert!(e.to_string().contains("already exists"), "{e}");
+    let e = rt
+        .block_on(a.backup("/proc/nexusd-backup-test.db"))
+        .expect_err("not writable");
+    assert!(matches!(e, Error::Io(_)), "{e}");
+    assert!(e.to_string().contains("nothing was left there"), "{e}");
+
+    // And last, shutdown from each: the second finds the daemon draining
+    // or gone.
+    b.shutdown().expect("blocking shutdown");
+    let second = rt.block_on(a.shutdown());
+    assert!(
+        second.is_ok()
+            || second
+                .as_ref()
+                .is_err_and(|e| e.is_disconnected() || matches!(e, Error::ShuttingDown(_))),
+        "{second:?}"
+    );
+}
+
+/// A config file the daemon cannot take back is `ConfigRejected`, and the
+/// settings in force stay.
+#[test]
+fn a_rejected_reload_is_its_own_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("nexusd.toml");
+    std::fs::write(&config, "max-in-flight = 64\n").expect("write config");
+    let config_arg = config.display().to_string();
+    let d = Daemon::start(&["--config", &config_arg]);
+    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    std::fs::write(&config, "max-in-flight = \"lots\"\n").expect("write config");
+    let e = c.reload().expect_err("a broken file");
+    assert!(matches!(e, Error::ConfigRejected(_)), "{e}");
+    assert!(e.to_string().contains("the old one stays in force"), "{e}");
+    let settings = c.status().expect("status").settings;
+    assert!(
+        settings.contains(&("max-in-flight".to_owned(), "64".to_owned())),
+        "{settings:?}"
+    );
+}

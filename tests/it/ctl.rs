@@ -1,0 +1,259 @@
+//! The operator's `nexusd ctl`, run as a real process: status, tables,
+//! exit codes, JSON, the maintenance commands, online backup, metrics, and
+//! the shell.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nexusd_client::{Client, params};
+use nexusd_tests::{Daemon, nexusd_bin, wait_until};
+
+use crate::{rt, run, spawn_worker};
+
+#[test]
+fn ctl_prints_status_and_tables_and_fails_non_zero() {
+    let d = Daemon::start(&[]);
+    let ctl = |args: &[&str]| {
+        Command::new(nexusd_bin())
+            .arg("ctl")
+            .arg("--socket")
+            .arg(d.socket())
+            .args(args)
+            .output()
+            .expect("ctl")
+    };
+    let out = ctl(&["status"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("sqlite          {}", rusqlite::version())),
+        "{text}"
+    );
+    assert!(ctl(&["exec", "CREATE TABLE t(a, b)"]).status.success());
+    assert!(
+        ctl(&["exec", "INSERT INTO t VALUES (?1, ?2)", "1", "hello"])
+            .status
+            .success()
+    );
+    let out = ctl(&["query", "SELECT a, b FROM t"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        " a | b\n---+-------\n 1 | hello\n(1 row)\n"
+    );
+    let out = ctl(&["query", "SELEC nonsense"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("syntax error"));
+    let out = Command::new(nexusd_bin())
+        .args(["ctl", "--socket"])
+        .arg(d.dir.join("absent.sock"))
+        .arg("status")
+        .output()
+        .expect("ctl");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is the daemon running?"));
+}
+
+/// `ctl backup` while four processes write: the copy passes
+/// integrity_check and holds every row acknowledged before it started.
+#[test]
+fn online_backup_is_consistent_while_writes_continue() {
+    let d = Daemon::start(&[]);
+    let rt = rt();
+    rt.block_on(async {
+        let c = Client::connect(d.socket()).await.expect("connect");
+        c.execute(
+            "CREATE TABLE acked(id INTEGER PRIMARY KEY, pad BLOB)",
+            params![],
+        )
+        .await
+        .expect("create");
+    });
+    let acked: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let mut workers = Vec::new();
+    let mut readers = Vec::new();
+    for w in 0..4 {
+        let mut child = spawn_worker(&[
+            "stream".into(),
+            d.socket().display().to_string(),
+            w.to_string(),
+            "4".into(),
+        ]);
+        let stdout = child.stdout.take().expect("stdout");
+        let acked = acked.clone();
+        readers.push(std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(id) = line.strip_prefix("ack ").and_then(|i| i.parse().ok()) {
+                    acked.lock().expect("lock").push(id);
+                }
+            }
+        }));
+        workers.push(child);
+    }
+    assert!(wait_until(Duration::from_secs(20), || acked
+        .lock()
+        .expect("lock")
+        .len()
+        >= 2000));
+    let before: HashSet<i64> = acked.lock().expect("lock").iter().copied().collect();
+    let dest = d.dir.join("backup.db");
+    let (ok, out) = run(Command::new(nexusd_bin())
+        .args(["ctl", "--socket"])
+        .arg(d.socket())
+        .arg("backup")
+        .arg(&dest));
+    let during = acked.lock().expect("lock").len();
+    assert!(ok, "backup failed: {out}");
+    assert!(out.contains("integrity_check ok"), "{out}");
+    for mut w in workers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    for r in readers {
+        let _ = r.join();
+    }
+    assert!(
+        during > before.len(),
+        "writes did not continue during the backup"
+    );
+    let copy = rusqlite::Connection::open(&dest).expect("open the copy");
+    let check: String = copy
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity_check");
+    assert_eq!(check, "ok");
+    let mut st = copy.prepare("SELECT id FROM acked").expect("prepare");
+    let in_copy: HashSet<i64> = st
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .map(|r| r.expect("id"))
+        .collect();
+    let missing = before.difference(&in_copy).count();
+    assert_eq!(
+        missing, 0,
+        "{missing} rows acked before the backup are not in it"
+    );
+    let final_count = acked.lock().expect("lock").len();
+    assert!(in_copy.len() <= final_count + 64);
+
+    // It refuses to overwrite, and says so.
+    let (ok, out) = run(Command::new(nexusd_bin())
+        .args(["ctl", "--socket"])
+        .arg(d.socket())
+        .arg("backup")
+        .arg(&dest));
+    assert!(
+        !ok && out.contains("already exists; nexusd never overwrites"),
+        "{out}"
+    );
+}
+
+/// The rest of the admin suite through the real `nexusd ctl`: JSON output,
+/// maintenance commands and their exit codes, metrics over ctl and over
+/// the optional HTTP listener, and the shell fed from a pipe.
+#[test]
+fn admin_suite_metrics_and_shell() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        l.local_addr().expect("addr").port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let d = Daemon::start(&["--metrics-listen", &addr]);
+    let ctl = |args: &[&str]| {
+        run(Command::new(nexusd_bin())
+            .arg("ctl")
+            .arg("--socket")
+            .arg(d.socket())
+            .args(args))
+    };
+    let (ok, out) = ctl(&["exec", "CREATE TABLE t(x)"]);
+    assert!(ok, "{out}");
+    for i in 0..20 {
+        let (ok, out) = ctl(&["exec", "INSERT INTO t VALUES (?1)", &i.to_string()]);
+        assert!(ok, "{out}");
+    }
+    let (ok, out) = ctl(&["exec", "INSERT INTO nope VALUES (1)"]);
+    assert!(!ok && out.contains("no such table: nope"), "{out}");
+
+    let (ok, out) = ctl(&["--json", "stats"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("\"batch_size_histogram\""), "{out}");
+    assert!(
+        out.contains("\"execute\",\n      \"ok\",\n      21"),
+        "21 ok executes expected: {out}"
+    );
+    assert!(
+        out.contains("\"execute\",\n      \"sql\",\n      1"),
+        "{out}"
+    );
+    let (ok, out) = ctl(&["clients"]);
+    assert!(
+        ok && out.contains("nexusd ctl") && out.contains("admin"),
+        "{out}"
+    );
+    let (ok, out) = ctl(&["checkpoint", "truncate"]);
+    assert!(ok && out.starts_with("checkpoint truncate:"), "{out}");
+    let (ok, out) = ctl(&["integrity-check"]);
+    assert!(ok && out.trim() == "ok", "{out}");
+    let (ok, out) = ctl(&["integrity-check", "--quick", "--json"]);
+    assert!(ok && out.contains("\"ok\":true"), "{out}");
+    let (ok, out) = ctl(&["vacuum"]);
+    assert!(ok && out.starts_with("vacuumed"), "{out}");
+    let (ok, out) = ctl(&["optimize"]);
+    assert!(ok, "{out}");
+    let (ok, out) = ctl(&["--json", "query", "SELECT count(*) AS n FROM t"]);
+    assert!(ok && out.trim() == "[{\"n\":20}]", "{out}");
+
+    let (ok, metrics) = ctl(&["metrics"]);
+    assert!(ok, "{metrics}");
+    for series in [
+        "nexusd_requests_total{kind=\"execute\",outcome=\"ok\"} 21",
+        "nexusd_requests_total{kind=\"execute\",outcome=\"sql\"} 1",
+        "# TYPE nexusd_batch_size histogram",
+        "nexusd_commit_duration_seconds_count",
+        "nexusd_wal_bytes",
+        "nexusd_checkpoints_total{result=\"complete\"}",
+        "nexusd_connections ",
+    ] {
+        assert!(metrics.contains(series), "no {series:?} in:\n{metrics}");
+    }
+    // The same over HTTP.
+    use std::io::{Read, Write};
+    let mut http = std::net::TcpStream::connect(&addr).expect("metrics listener");
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
+    let mut body = String::new();
+    http.read_to_string(&mut body).expect("read");
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    assert!(body.contains("text/plain; version=0.0.4"), "{body}");
+    assert!(body.contains("nexusd_commits_total"), "{body}");
+
+    // The shell, fed from a pipe.
+    let mut shell = Command::new(nexusd_bin())
+        .arg("ctl")
+        .arg("--socket")
+        .arg(d.socket())
+        .arg("shell")
+        .env("HOME", &d.dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the shell");
+    shell
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b".tables\n.schema t\nSELECT count(*)\n  FROM t;\nINSERT INTO t VALUES (99);\nSELEC 1;\n.quit\n")
+        .expect("write");
+    let out = shell.wait_with_output().expect("shell output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}{err}");
+    assert!(text.contains(" t\n"), "{text}");
+    assert!(text.contains("CREATE TABLE t(x);"), "{text}");
+    assert!(text.contains(" 20\n"), "{text}");
+    assert!(text.contains("OK: 1 row affected"), "{text}");
+    assert!(err.contains("syntax error"), "{err}");
+}

@@ -1,0 +1,173 @@
+//! Running under systemd: the units as shipped pass `systemd-analyze`
+//! (verify and security), readiness and watchdog notifications reach
+//! NOTIFY_SOCKET, and socket activation serves on an inherited socket.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nexusd_client::{Client, params};
+use nexusd_tests::{nexusd_bin, wait_until};
+
+use crate::{repo, rt, run};
+
+/// The units as shipped, with ExecStart pointed at the binary under test
+/// (`systemd-analyze verify` checks that the executable exists).
+fn units_in(dir: &Path) -> PathBuf {
+    let service = std::fs::read_to_string(repo().join("systemd/nexusd.service")).expect("unit");
+    let service = service.replace("/usr/bin/nexusd", &nexusd_bin().display().to_string());
+    std::fs::write(dir.join("nexusd.service"), service).expect("write unit");
+    std::fs::copy(
+        repo().join("systemd/nexusd.socket"),
+        dir.join("nexusd.socket"),
+    )
+    .expect("copy unit");
+    dir.join("nexusd.service")
+}
+
+#[test]
+fn units_verify_and_score_ok_on_systemd_analyze_security() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let service = units_in(tmp.path());
+    let (ok, out) = run(Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&service)
+        .arg(tmp.path().join("nexusd.socket")));
+    assert!(ok && out.trim().is_empty(), "systemd-analyze verify: {out}");
+
+    let (_, out) = run(Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&service));
+    let line = out
+        .lines()
+        .find(|l| l.contains("Overall exposure level for nexusd.service"))
+        .unwrap_or_else(|| panic!("no score in: {out}"));
+    let score: f64 = line
+        .split(": ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("unreadable score line: {line}"));
+    assert!(score <= 2.0, "exposure {score} is above 2.0 (OK): {out}");
+    // docs/operations.md records the score; keep it true.
+    let doc = std::fs::read_to_string(repo().join("docs/operations.md")).expect("operations.md");
+    assert!(
+        doc.contains(&format!("exposure level {score:.1}")),
+        "docs/operations.md does not record the current exposure level {score:.1}"
+    );
+}
+
+/// READY=1 comes only once the socket accepts; WATCHDOG=1 keeps coming
+/// while the writer answers; STOPPING=1 when the drain starts.
+#[test]
+fn notifies_ready_watchdog_and_stopping_on_notify_socket() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let notify_path = tmp.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let socket = tmp.path().join("n.sock");
+    let mut child = Command::new(nexusd_bin())
+        .arg("serve")
+        .arg("--db")
+        .arg(tmp.path().join("n.db"))
+        .arg("--socket")
+        .arg(&socket)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "300000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nexusd");
+    let mut buf = [0u8; 4096];
+    let mut recv = || {
+        let n = notify.recv(&mut buf).expect("a notification within 20 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let first = recv();
+    assert!(
+        first.starts_with("READY=1\n"),
+        "first notification: {first:?}"
+    );
+    assert!(first.contains("STATUS=serving"), "{first:?}");
+    assert!(
+        std::os::unix::net::UnixStream::connect(&socket).is_ok(),
+        "READY=1 was sent before the socket accepted connections"
+    );
+    let started = Instant::now();
+    let mut pings = 0;
+    while pings < 3 {
+        if recv().starts_with("WATCHDOG=1") {
+            pings += 1;
+        }
+    }
+    // 300 ms period, pinged every 100 ms: three pings well inside 2 s.
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut stopping = false;
+    for _ in 0..50 {
+        if recv().starts_with("STOPPING=1") {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping, "no STOPPING=1 after SIGTERM");
+    assert!(child.wait().expect("wait").success());
+}
+
+/// Through systemd-socket-activate: the daemon serves on the inherited
+/// socket and leaves the file alone when it stops.
+#[test]
+fn serves_a_socket_passed_by_socket_activation() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let socket = tmp.path().join("act.sock");
+    let db = tmp.path().join("act.db");
+    let mut activator = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(&socket)
+        .arg(nexusd_bin())
+        .arg("serve")
+        .arg("--db")
+        .arg(&db)
+        // A different path: the inherited socket must win over it.
+        .arg("--socket")
+        .arg(tmp.path().join("unused.sock"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start systemd-socket-activate");
+    assert!(
+        wait_until(Duration::from_secs(10), || socket.exists()),
+        "systemd-socket-activate did not create the socket"
+    );
+    let rt = rt();
+    rt.block_on(async {
+        let c = Client::connect(&socket)
+            .await
+            .expect("connect through activation");
+        c.execute("CREATE TABLE t(x)", params![])
+            .await
+            .expect("create");
+        c.execute("INSERT INTO t VALUES (42)", params![])
+            .await
+            .expect("insert");
+        let rows = c.query("SELECT x FROM t", params![]).await.expect("query");
+        assert_eq!(rows.get(0).and_then(|r| r.get::<i64>(0).ok()), Some(42));
+        let status = c.status().await.expect("status");
+        assert_eq!(Path::new(&status.socket_path), socket);
+    });
+    assert!(!tmp.path().join("unused.sock").exists());
+    // SAFETY: kill(2) on our own child (which exec'd into nexusd).
+    unsafe { libc::kill(activator.id() as i32, libc::SIGTERM) };
+    let status = activator.wait().expect("wait");
+    assert!(status.success(), "exit {status:?}");
+    assert!(
+        socket.exists(),
+        "nexusd unlinked a socket it inherited from the service manager"
+    );
+}

@@ -1,0 +1,101 @@
+//! The WAL stays bounded: the read cap interrupts a slow reader so the
+//! writer can checkpoint past it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nexusd_client::{Client, params};
+use nexusd_tests::Daemon;
+
+use crate::rt;
+
+/// A slow reader during a write storm: the read cap interrupts it with an
+/// error that names the cap, and the WAL stays bounded because the writer
+/// can checkpoint past it.
+#[test]
+fn slow_reader_is_capped_and_the_wal_stays_bounded() {
+    let d = Daemon::start(&["--max-read-ms", "400", "--checkpoint-wal-bytes", "1048576"]);
+    let rt = rt();
+    let socket = d.socket().to_owned();
+    rt.block_on(async {
+        let c = Client::connect(&socket).await.expect("connect");
+        c.execute(
+            "CREATE TABLE acked(id INTEGER PRIMARY KEY, pad BLOB)",
+            params![],
+        )
+        .await
+        .expect("create");
+    });
+    let (capped, max_wal, writes) = rt.block_on(async {
+        let c = Client::connect(&socket).await.expect("connect");
+        let slow = Client::connect(&socket).await.expect("connect");
+        let reader = tokio::spawn(async move {
+            let mut capped = Vec::new();
+            for _ in 0..6 {
+                // Reads `acked` (so it holds a snapshot), then counts for
+                // far longer than the cap.
+                let r = slow
+                    .query(
+                        "WITH RECURSIVE n(i) AS (SELECT (SELECT count(*) FROM acked) UNION ALL \
+                         SELECT i + 1 FROM n LIMIT 1000000000) SELECT count(*) FROM n",
+                        params![],
+                    )
+                    .await;
+                capped.push(r.err().map(|e| e.to_string()).unwrap_or_default());
+            }
+            capped
+        });
+        // The storm: rows of 4,000 bytes, so each write adds at least a
+        // page to the WAL unless a checkpoint lets it start over.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let storm: Vec<_> = (0..16)
+            .map(|_| {
+                let c = c.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        c.execute(
+                            "INSERT INTO acked(pad) VALUES (randomblob(4000))",
+                            params![],
+                        )
+                        .await
+                        .expect("storm write");
+                    }
+                })
+            })
+            .collect();
+        let start = c.status().await.expect("status").writes_committed;
+        let mut max_wal = 0;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut writes = 0;
+        while writes * 4096 < 48 << 20 && Instant::now() < deadline {
+            let s = c.status().await.expect("status");
+            max_wal = max_wal.max(s.wal_bytes);
+            writes = s.writes_committed - start;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let capped = reader.await.expect("reader");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in storm {
+            t.await.expect("storm task");
+        }
+        (capped, max_wal, writes)
+    });
+    assert!(
+        capped
+            .iter()
+            .all(|e| e.contains("hit the cap of 400 ms on an open read transaction")),
+        "{capped:?}"
+    );
+    // Unbounded, the WAL would have passed 48 MiB.
+    assert!(
+        writes * 4096 >= 48 << 20,
+        "the storm was too small to tell ({writes} writes)"
+    );
+    assert!(
+        max_wal < 16 << 20,
+        "the WAL reached {max_wal} bytes over {writes} writes of 4 KB; log:\n{}",
+        d.log_text()
+    );
+    assert_eq!(capped.len(), 6);
+}
