@@ -92,6 +92,13 @@ fn examples() -> Vec<(&'static str, Vec<u8>)> {
                 }),
             }),
         ),
+        (
+            "error-io",
+            frame(&Response {
+                id: 4,
+                body: ResponseBody::Error(ErrorBody::new(ErrorKind::Io, "disk full")),
+            }),
+        ),
     ]
 }
 
