@@ -60,13 +60,18 @@ pub fn serve(cli: ServeConfig, explicit: HashSet<String>) -> anyhow::Result<()> 
         notifier,
         bound.socket_path.clone(),
     ));
-    let served = run(ctx, bound.listener);
+    // Signals are handled until the very end, so a SIGTERM during the
+    // final checkpoint is one more request to stop, not the default kill.
+    let (reload_tx, reload_rx) = mpsc::channel::<()>(4);
+    let signals = SignalThread::spawn(ctx.shutdown.clone(), reload_tx)?;
+    let served = run(ctx, bound.listener, reload_rx);
     close(
         opened.threads,
         opened.db_lock,
         bound.socket_path,
         bound.socket_lock,
     );
+    signals.stop();
     served
 }
 
@@ -186,9 +191,11 @@ fn bind(config: &ServeConfig, inherited: Option<StdUnixListener>) -> anyhow::Res
 /// Serves until the drain ends: the accept loop, the reload and systemd
 /// side tasks, and the optional metrics listener, on one runtime that is
 /// gone when this returns (so no task still holds a writer handle).
-fn run(ctx: Arc<Context>, listener: StdUnixListener) -> anyhow::Result<()> {
-    let (reload_tx, reload_rx) = mpsc::channel::<()>(4);
-    let signals = SignalThread::spawn(ctx.shutdown.clone(), reload_tx)?;
+fn run(
+    ctx: Arc<Context>,
+    listener: StdUnixListener,
+    reload_rx: mpsc::Receiver<()>,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("nexusd-io")
@@ -222,7 +229,6 @@ fn run(ctx: Arc<Context>, listener: StdUnixListener) -> anyhow::Result<()> {
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
     ctx.notifier.status("STATUS=closing the database");
-    signals.stop();
     served
 }
 

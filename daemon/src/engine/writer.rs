@@ -472,8 +472,11 @@ impl Writer {
 
     /// Runs one job inside a savepoint of its own.
     fn run_job(&mut self, job: &WriteJob) -> Result<ResponseBody, ErrorBody> {
-        self.exec_own("SAVEPOINT req")
-            .map_err(|e| not_applied(own_statement_error("SAVEPOINT", &e)))?;
+        self.exec_own("SAVEPOINT req").map_err(|e| {
+            let mut body = own_statement_error("SAVEPOINT", &e);
+            body.message.push_str("; this request was not run");
+            body
+        })?;
         let limits =
             StatementLimits::for_request(job.arrived, job.deadline, self.config.max_result_bytes);
         let op = match &job.work {
@@ -585,8 +588,8 @@ impl Writer {
     }
 }
 
-/// Adds to a failure of the daemon's own BEGIN, SAVEPOINT or COMMIT what
-/// it means for the requests: none of them was applied.
+/// Adds to a failure of the daemon's own BEGIN or COMMIT what it means for
+/// the transaction's requests: none of them was applied.
 fn not_applied(mut body: ErrorBody) -> ErrorBody {
     body.message
         .push_str("; nothing in this transaction was applied");
