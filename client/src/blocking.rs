@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crate::{
     CheckpointMode, CheckpointResult, ClientInfo, ClientOptions, Error, Executed, Params, Result,
-    Rows, Statement, StatementResult, Stats, Status,
+    Rows, Statement, StatementResult, Stats, Status, TxnInfo,
 };
 
 /// Blocking twin of [`crate::Client`]: Clone + Send + Sync, clones share one
@@ -56,6 +56,69 @@ impl Client {
     pub fn socket_path(&self) -> &Path {
         self.inner.socket_path()
     }
+
+    fn wrap(&self, inner: Result<crate::Transaction>) -> Result<Transaction> {
+        inner.map(|inner| Transaction {
+            runtime: self.runtime.clone(),
+            inner,
+        })
+    }
+
+    /// Blocking [`crate::Client::transaction`].
+    pub fn transaction(&self) -> Result<Transaction> {
+        self.wrap(self.runtime.block_on(self.inner.transaction()))
+    }
+
+    /// Blocking [`crate::Client::deferred_transaction`].
+    pub fn deferred_transaction(&self) -> Result<Transaction> {
+        self.wrap(self.runtime.block_on(self.inner.deferred_transaction()))
+    }
+
+    /// Blocking [`crate::Client::read_transaction`].
+    pub fn read_transaction(&self) -> Result<Transaction> {
+        self.wrap(self.runtime.block_on(self.inner.read_transaction()))
+    }
+}
+
+/// Blocking twin of [`crate::Transaction`]: `Send`, independent of the
+/// `Client` that made it, and rolled back when dropped unfinished (the
+/// drop does not block).
+#[derive(Debug)]
+pub struct Transaction {
+    runtime: Arc<tokio::runtime::Runtime>,
+    inner: crate::Transaction,
+}
+
+impl Transaction {
+    /// See [`crate::Transaction::id`].
+    pub fn id(&self) -> u64 {
+        self.inner.id()
+    }
+
+    /// Blocking [`crate::Transaction::execute`].
+    pub fn execute(&self, sql: &str, params: Params) -> Result<Executed> {
+        self.runtime.block_on(self.inner.execute(sql, params))
+    }
+
+    /// Blocking [`crate::Transaction::query`].
+    pub fn query(&self, sql: &str, params: Params) -> Result<Rows> {
+        self.runtime.block_on(self.inner.query(sql, params))
+    }
+
+    /// Blocking [`crate::Transaction::batch`].
+    pub fn batch(&self, statements: Vec<Statement>) -> Result<Vec<StatementResult>> {
+        self.runtime.block_on(self.inner.batch(statements))
+    }
+
+    /// Blocking [`crate::Transaction::commit`].
+    pub fn commit(self) -> Result<()> {
+        self.runtime.block_on(self.inner.commit())
+    }
+
+    /// Blocking [`crate::Transaction::rollback`].
+    pub fn rollback(self) -> Result<()> {
+        self.runtime.block_on(self.inner.rollback())
+    }
 }
 
 /// Each method blocks on the async method of the same name; the async one
@@ -89,4 +152,6 @@ blocking_methods! {
     fn reload(&self) -> String;
     fn metrics(&self) -> String;
     fn shutdown(&self) -> ();
+    fn transactions(&self) -> Vec<TxnInfo>;
+    fn rollback_transaction(&self, id: u64) -> ();
 }

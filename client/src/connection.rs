@@ -204,6 +204,15 @@ impl Connection {
         }
     }
 
+    /// Queues a request whose answer nobody waits for, without blocking
+    /// and without a runtime (a transaction dropped unfinished sends its
+    /// rollback this way). Returns whether it was queued.
+    pub(crate) fn send_detached(&self, req: &Request) -> bool {
+        let mut frame = BytesMut::new();
+        codec::encode_frame(req, self.max_frame, &mut frame).is_ok()
+            && self.outgoing.try_send(frame).is_ok()
+    }
+
     fn forget(&self, id: u64) {
         if let Ok(mut guard) = self.waiting.lock()
             && let Some(map) = guard.as_mut()

@@ -83,6 +83,16 @@ pub enum Error {
     /// exists, say); nothing was done.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The transaction is over: its lease ran out, an operator or SQLite
+    /// rolled it back, or its connection closed. Nothing in it was applied;
+    /// run it again.
+    #[error("transaction expired: {0}")]
+    TransactionExpired(String),
+    /// A deferred transaction's first write came after another write
+    /// committed since its first read. Nothing in it was applied; retry it,
+    /// or begin it immediate.
+    #[error("transaction conflict: {0}")]
+    Conflict(String),
     /// A column index past the end of the row.
     #[error("column {index} does not exist: the row has {columns} columns")]
     ColumnOutOfRange { index: usize, columns: usize },
@@ -123,6 +133,18 @@ impl Error {
         )
     }
 
+    /// The transaction this request belonged to is over, and nothing in it
+    /// was applied ([`Error::TransactionExpired`]).
+    pub fn is_transaction_expired(&self) -> bool {
+        matches!(self, Error::TransactionExpired(_))
+    }
+
+    /// A deferred transaction lost a race with another write
+    /// ([`Error::Conflict`]); retry the whole transaction.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Conflict(_))
+    }
+
     /// The SQL error, if this is one.
     pub fn as_sql(&self) -> Option<&SqlError> {
         match self {
@@ -154,6 +176,8 @@ impl Error {
             ErrorKind::Io => Error::Io(body.message),
             ErrorKind::ConfigRejected => Error::ConfigRejected(body.message),
             ErrorKind::InvalidArgument => Error::InvalidArgument(body.message),
+            ErrorKind::TransactionExpired => Error::TransactionExpired(body.message),
+            ErrorKind::Conflict => Error::Conflict(body.message),
         }
     }
 }

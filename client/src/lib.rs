@@ -37,6 +37,7 @@ pub mod blocking;
 mod connection;
 mod error;
 mod rows;
+mod transaction;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,9 +47,11 @@ use std::time::{Duration, Instant};
 pub use error::{Error, Result, SqlError};
 pub use nexusd_protocol::paths::default_socket_path;
 pub use nexusd_protocol::{
-    CheckpointMode, CheckpointResult, ClientInfo, Executed, Params, Statement, Stats, Status, Value,
+    CheckpointMode, CheckpointResult, ClientInfo, Executed, Params, Statement, Stats, Status,
+    TxnInfo, TxnMode, Value,
 };
 pub use rows::{FromValue, Row, Rows};
+pub use transaction::Transaction;
 
 use nexusd_protocol::{AdminRequest, DEFAULT_DB, Request, RequestBody, ResponseBody};
 use tokio::sync::Mutex;
@@ -207,17 +210,10 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn execute(&self, sql: &str, params: Params) -> Result<Executed> {
-        match self
-            .call(RequestBody::Execute(Statement::new(sql, params)))
-            .await?
-        {
-            ResponseBody::Executed(e) => Ok(e),
-            ResponseBody::Rows(_) => Ok(Executed {
-                rows_affected: 0,
-                last_insert_rowid: 0,
-            }),
-            other => Err(unexpected(&other)),
-        }
+        into_executed(
+            self.call(RequestBody::Execute(Statement::new(sql, params)))
+                .await?,
+        )
     }
 
     /// Runs one statement and returns its rows. Read-only statements are
@@ -232,14 +228,10 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn query(&self, sql: &str, params: Params) -> Result<Rows> {
-        match self
-            .call(RequestBody::Query(Statement::new(sql, params)))
-            .await?
-        {
-            ResponseBody::Rows(r) => Ok(Rows::from_wire(r)),
-            ResponseBody::Executed(_) => Ok(Rows::default()),
-            other => Err(unexpected(&other)),
-        }
+        into_rows(
+            self.call(RequestBody::Query(Statement::new(sql, params)))
+                .await?,
+        )
     }
 
     /// Runs the statements atomically, in order: all apply, or none do and
@@ -255,16 +247,7 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn batch(&self, statements: Vec<Statement>) -> Result<Vec<StatementResult>> {
-        match self.call(RequestBody::Batch(statements)).await? {
-            ResponseBody::Batch(results) => Ok(results
-                .into_iter()
-                .map(|r| match r {
-                    WireStatementResult::Executed(e) => StatementResult::Executed(e),
-                    WireStatementResult::Rows(r) => StatementResult::Rows(Rows::from_wire(r)),
-                })
-                .collect()),
-            other => Err(unexpected(&other)),
-        }
+        into_batch(self.call(RequestBody::Batch(statements)).await?)
     }
 
     /// A round trip that touches no data; needs only the read role.
@@ -366,23 +349,103 @@ impl Client {
 
     async fn call(&self, body: RequestBody) -> Result<ResponseBody> {
         let conn = self.connection().await?;
-        let timeout_ms = self.inner.options.request_timeout.map_or(0, |t| {
-            u32::try_from(t.as_millis()).unwrap_or(u32::MAX).max(1)
-        });
+        self.call_on(&conn, body).await
+    }
+
+    /// One request on `conn` (a transaction's requests all go on the
+    /// connection that began it).
+    pub(crate) async fn call_on(
+        &self,
+        conn: &Connection,
+        body: RequestBody,
+    ) -> Result<ResponseBody> {
         let wait = self
             .inner
             .options
             .request_timeout
             .map_or(REPLY_WAIT_CAP, |t| t + Duration::from_secs(5));
-        let req = Request {
+        match conn.call(self.request(body), wait).await? {
+            ResponseBody::Error(body) => Err(Error::from_body(body)),
+            body => Ok(body),
+        }
+    }
+
+    pub(crate) fn request(&self, body: RequestBody) -> Request {
+        let timeout_ms = self.inner.options.request_timeout.map_or(0, |t| {
+            u32::try_from(t.as_millis()).unwrap_or(u32::MAX).max(1)
+        });
+        Request {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
             db: DEFAULT_DB.to_owned(),
             timeout_ms,
             body,
-        };
-        match conn.call(req, wait).await? {
-            ResponseBody::Error(body) => Err(Error::from_body(body)),
-            body => Ok(body),
+        }
+    }
+
+    async fn begin(&self, mode: TxnMode) -> Result<Transaction> {
+        let conn = self.connection().await?;
+        match self.call_on(&conn, RequestBody::Begin(mode)).await? {
+            ResponseBody::Begun(id) => Ok(Transaction::new(self.clone(), conn, id)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Begins an interactive transaction that holds the writer from the
+    /// start (SQLite's `BEGIN IMMEDIATE`): it returns once no other write
+    /// can come between, so no conflict is possible. Other clients' writes
+    /// wait meanwhile, so keep it short; the daemon rolls back a
+    /// transaction idle longer than its `txn-idle-timeout-ms` (5 s by
+    /// default) or open longer than `txn-max-ms` (30 s).
+    ///
+    /// ```no_run
+    /// # async fn demo(db: nexusd_client::Client) -> nexusd_client::Result<()> {
+    /// use nexusd_client::params;
+    /// let tx = db.transaction().await?;
+    /// let rows = tx.query("SELECT balance FROM accounts WHERE id = ?1", params![1]).await?;
+    /// let balance: i64 = rows.get(0).expect("account 1 exists").get(0)?;
+    /// if balance >= 30 {
+    ///     tx.execute("UPDATE accounts SET balance = balance - 30 WHERE id = ?1", params![1]).await?;
+    ///     tx.execute("UPDATE accounts SET balance = balance + 30 WHERE id = ?1", params![2]).await?;
+    /// }
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn transaction(&self) -> Result<Transaction> {
+        self.begin(TxnMode::Immediate).await
+    }
+
+    /// Begins a deferred transaction (SQLite's `BEGIN`): it reads from a
+    /// snapshot and holds nothing until its first write. That write fails
+    /// with [`Error::Conflict`] if another write committed after the
+    /// snapshot began; then retry the transaction, or use
+    /// [`Client::transaction`].
+    pub async fn deferred_transaction(&self) -> Result<Transaction> {
+        self.begin(TxnMode::Deferred).await
+    }
+
+    /// Begins a read-only transaction: every read in it sees one snapshot,
+    /// and it never holds up a writer. Capped by the daemon's
+    /// `max-read-ms`.
+    pub async fn read_transaction(&self) -> Result<Transaction> {
+        self.begin(TxnMode::ReadOnly).await
+    }
+
+    /// The open interactive transactions (admin role).
+    pub async fn transactions(&self) -> Result<Vec<TxnInfo>> {
+        match self.admin(AdminRequest::Transactions).await? {
+            ResponseBody::Transactions(t) => Ok(t),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Rolls back the open transaction `id`, whoever holds it (admin role).
+    pub async fn rollback_transaction(&self, id: u64) -> Result<()> {
+        match self
+            .admin(AdminRequest::RollbackTransaction { txn: id })
+            .await?
+        {
+            ResponseBody::Ok => Ok(()),
+            other => Err(unexpected(&other)),
         }
     }
 
@@ -432,7 +495,39 @@ impl Client {
     }
 }
 
-fn unexpected(body: &ResponseBody) -> Error {
+pub(crate) fn into_executed(body: ResponseBody) -> Result<Executed> {
+    match body {
+        ResponseBody::Executed(e) => Ok(e),
+        ResponseBody::Rows(_) => Ok(Executed {
+            rows_affected: 0,
+            last_insert_rowid: 0,
+        }),
+        other => Err(unexpected(&other)),
+    }
+}
+
+pub(crate) fn into_rows(body: ResponseBody) -> Result<Rows> {
+    match body {
+        ResponseBody::Rows(r) => Ok(Rows::from_wire(r)),
+        ResponseBody::Executed(_) => Ok(Rows::default()),
+        other => Err(unexpected(&other)),
+    }
+}
+
+pub(crate) fn into_batch(body: ResponseBody) -> Result<Vec<StatementResult>> {
+    match body {
+        ResponseBody::Batch(results) => Ok(results
+            .into_iter()
+            .map(|r| match r {
+                WireStatementResult::Executed(e) => StatementResult::Executed(e),
+                WireStatementResult::Rows(r) => StatementResult::Rows(Rows::from_wire(r)),
+            })
+            .collect()),
+        other => Err(unexpected(&other)),
+    }
+}
+
+pub(crate) fn unexpected(body: &ResponseBody) -> Error {
     let what = match body {
         ResponseBody::Executed(_) => "Executed",
         ResponseBody::Rows(_) => "Rows",
@@ -444,6 +539,8 @@ fn unexpected(body: &ResponseBody) -> Error {
         ResponseBody::Clients(_) => "Clients",
         ResponseBody::Checkpoint(_) => "Checkpoint",
         ResponseBody::Text(_) => "Text",
+        ResponseBody::Begun(_) => "Begun",
+        ResponseBody::Transactions(_) => "Transactions",
     };
     Error::Protocol(format!(
         "the daemon answered with an unexpected {what} reply"

@@ -7,14 +7,15 @@
 use std::time::Instant;
 
 use nexusd_protocol::{
-    AdminRequest, DEFAULT_DB, ErrorBody, ErrorKind, Request, RequestBody, ResponseBody,
+    AdminRequest, DEFAULT_DB, ErrorBody, ErrorKind, Request, RequestBody, ResponseBody, TxnMode,
+    TxnOp,
 };
 
 use crate::access::Role;
 use crate::admin;
 use crate::clients::ClientEntry;
 use crate::context::Context;
-use crate::engine::{ReadOutcome, WriteOp};
+use crate::engine::{Owner, ReadOutcome, WriteOp};
 use crate::metrics::RequestKind;
 
 /// Serves one request; always produces an answer.
@@ -24,6 +25,7 @@ pub(crate) async fn handle(ctx: &Context, req: Request, who: &ClientEntry) -> Re
         RequestBody::Query(_) => RequestKind::Query,
         RequestBody::Batch(_) => RequestKind::Batch,
         RequestBody::Admin(_) => RequestKind::Admin,
+        RequestBody::Begin(_) | RequestBody::Transaction { .. } => RequestKind::Transaction,
     };
     who.started();
     let body = route(ctx, req, who).await;
@@ -50,6 +52,22 @@ async fn route(ctx: &Context, req: Request, who: &ClientEntry) -> ResponseBody {
         RequestBody::Execute(_) | RequestBody::Batch(_) => Role::Write,
         RequestBody::Query(_) | RequestBody::Admin(AdminRequest::Ping) => Role::Read,
         RequestBody::Admin(_) => Role::Admin,
+        RequestBody::Begin(TxnMode::ReadOnly) => Role::Read,
+        RequestBody::Begin(_) => Role::Write,
+        // Ending one needs no more than reading; anything else in a
+        // transaction that may write needs the write role, as it would
+        // outside one.
+        RequestBody::Transaction {
+            op: TxnOp::Rollback,
+            ..
+        } => Role::Read,
+        RequestBody::Transaction { txn, .. } => {
+            if ctx.engine.transactions.mode_of(*txn) == Some(TxnMode::ReadOnly) {
+                Role::Read
+            } else {
+                Role::Write
+            }
+        }
     };
     if role < Some(needs) {
         return forbidden(ctx, who, role, needs, request_name(&req.body));
@@ -74,6 +92,22 @@ async fn route(ctx: &Context, req: Request, who: &ClientEntry) -> ResponseBody {
                 .await
         }
         RequestBody::Admin(admin) => admin::run(ctx, admin, who).await,
+        RequestBody::Begin(mode) => {
+            let owner = Owner {
+                client_id: who.id,
+                client_name: who.client_name.clone(),
+                pid: who.peer.pid,
+            };
+            let max_open = ctx.config().max_transactions;
+            ctx.engine
+                .begin(mode, owner, max_open, arrived, deadline)
+                .await
+        }
+        RequestBody::Transaction { txn, op } => {
+            ctx.engine
+                .in_transaction(txn, who.id, op, arrived, deadline)
+                .await
+        }
     }
 }
 
@@ -108,5 +142,7 @@ fn request_name(body: &RequestBody) -> &'static str {
         RequestBody::Batch(_) => "a batch",
         RequestBody::Admin(AdminRequest::Ping) => "ping",
         RequestBody::Admin(_) => "an admin command",
+        RequestBody::Begin(_) => "a transaction that may write",
+        RequestBody::Transaction { .. } => "a statement in a transaction that may write",
     }
 }

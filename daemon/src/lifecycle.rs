@@ -28,7 +28,7 @@ use crate::access::AccessRules;
 use crate::admin;
 use crate::config::{Live, ServeConfig};
 use crate::context::Context;
-use crate::engine::{self, Engine, EngineThreads, WriterAdmin, WriterConfig};
+use crate::engine::{self, Engine, EngineThreads, Leases, WriterAdmin, WriterConfig};
 use crate::lockfile::{LockFile, lock_path_for};
 use crate::logging::{self, LogReload};
 use crate::metrics_http;
@@ -213,6 +213,7 @@ fn run(
             tokio::spawn(metrics_http::serve(tcp, ctx.clone()));
         }
         tokio::spawn(reloads(ctx.clone(), reload_rx));
+        tokio::spawn(transaction_leases(ctx.clone()));
         tokio::spawn(service_manager(ctx.clone()));
         tracing::info!(
             db = %ctx.engine.db_path().display(),
@@ -266,6 +267,28 @@ async fn reloads(ctx: Arc<Context>, mut requests: mpsc::Receiver<()>) {
     }
 }
 
+/// How often transaction leases are checked.
+const LEASE_TICK: Duration = Duration::from_millis(50);
+
+/// Rolls back interactive transactions past their lease, with the leases
+/// in force now (a reload changes them).
+async fn transaction_leases(ctx: Arc<Context>) {
+    let mut shutdown = ctx.shutdown.subscribe();
+    let mut ticker = tokio::time::interval(LEASE_TICK);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let config = ctx.config();
+        ctx.engine.transactions.expire(Leases {
+            idle: Duration::from_millis(config.txn_idle_timeout_ms),
+            max: Duration::from_millis(config.txn_max_ms),
+            max_read: Duration::from_millis(config.max_read_ms),
+        });
+    }
+}
+
 /// Talks to systemd while the daemon runs: `WATCHDOG=1` only after the
 /// writer has answered a no-op job (so a wedged writer stops the pings and
 /// systemd restarts the daemon), and `STATUS=` lines.
@@ -294,7 +317,14 @@ async fn service_manager(ctx: Arc<Context>) {
             .writer
             .maintain(WriterAdmin::Ping, Instant::now() + period / 2)
             .await;
-        if matches!(answer, ResponseBody::Ok) {
+        // While it holds an interactive transaction the writer takes no
+        // queued job, but it shows a heartbeat.
+        let holding = ctx
+            .engine
+            .writer
+            .heartbeat_age()
+            .is_some_and(|age| age < period / 2);
+        if matches!(answer, ResponseBody::Ok) || holding {
             ctx.notifier.watchdog(&admin::status_line(&ctx));
         } else {
             tracing::error!(

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use nexusd_protocol::{ErrorKind, ResponseBody};
 
-use crate::engine::WriterStats;
+use crate::engine::{TxnStats, WriterStats};
 
 /// The kinds of request counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,14 +20,17 @@ pub(crate) enum RequestKind {
     Query,
     Batch,
     Admin,
+    /// Begin, and every request inside an interactive transaction.
+    Transaction,
 }
 
 impl RequestKind {
-    const ALL: [RequestKind; 4] = [
+    const ALL: [RequestKind; 5] = [
         RequestKind::Execute,
         RequestKind::Query,
         RequestKind::Batch,
         RequestKind::Admin,
+        RequestKind::Transaction,
     ];
 
     pub(crate) fn label(self) -> &'static str {
@@ -36,6 +39,7 @@ impl RequestKind {
             RequestKind::Query => "query",
             RequestKind::Batch => "batch",
             RequestKind::Admin => "admin",
+            RequestKind::Transaction => "transaction",
         }
     }
 }
@@ -107,6 +111,8 @@ impl Metrics {
 pub(crate) struct Snapshot<'a> {
     pub(crate) metrics: &'a Metrics,
     pub(crate) writer: &'a WriterStats,
+    pub(crate) transactions: &'a TxnStats,
+    pub(crate) transactions_open: u64,
     pub(crate) uptime: Duration,
     pub(crate) connections: u64,
     pub(crate) max_connections: u64,
@@ -122,6 +128,12 @@ pub(crate) fn render(s: &Snapshot<'_>) -> String {
     let mut out = String::with_capacity(8 * 1024);
     let w = s.writer;
     let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    };
+    let counter_f = |out: &mut String, name: &str, help: &str, v: f64| {
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
@@ -208,6 +220,38 @@ pub(crate) fn render(s: &Snapshot<'_>) -> String {
         "nexusd_checkpointed_frames_total",
         "WAL frames copied into the database by checkpoints.",
         w.checkpointed_frames.load(Ordering::Relaxed),
+    );
+    let t = s.transactions;
+    let _ = writeln!(
+        out,
+        "# HELP nexusd_transactions_total Interactive transactions ended, by how.\n# TYPE nexusd_transactions_total counter"
+    );
+    for (how, n) in [
+        ("commit", &t.commits),
+        ("rollback", &t.rollbacks),
+        ("expired", &t.expired),
+        ("conflict", &t.conflicts),
+        ("aborted", &t.aborted),
+        ("connection_closed", &t.closed),
+        ("operator", &t.by_operator),
+    ] {
+        let _ = writeln!(
+            out,
+            "nexusd_transactions_total{{end=\"{how}\"}} {}",
+            n.load(Ordering::Relaxed)
+        );
+    }
+    gauge(
+        &mut out,
+        "nexusd_transactions_open",
+        "Interactive transactions open.",
+        s.transactions_open as f64,
+    );
+    counter_f(
+        &mut out,
+        "nexusd_writer_transaction_seconds_total",
+        "Time the writer spent holding interactive transactions (other writes wait meanwhile).",
+        w.txn_held_micros.load(Ordering::Relaxed) as f64 / 1e6,
     );
     gauge(
         &mut out,

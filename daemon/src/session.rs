@@ -214,6 +214,10 @@ pub(crate) async fn serve(stream: UnixStream, ctx: Arc<Context>) {
             drop(permit);
         });
     }
+    // The client is gone (or the drain ends it): its transactions roll back
+    // now, not at their lease's end, and requests still out on them are
+    // answered so.
+    ctx.engine.transactions.connection_closed(entry.id);
     // The write task ends once every request task has sent its reply.
     drop(out_tx);
     drop(frames);

@@ -27,8 +27,17 @@ pub mod features {
     /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument).
     pub const ERROR_KINDS_2: u64 = 1 << 0;
 
+    /// Interactive transactions: the peer sends or decodes
+    /// [`RequestBody::Begin`](crate::RequestBody::Begin) and
+    /// [`RequestBody::Transaction`](crate::RequestBody::Transaction),
+    /// [`ResponseBody::Begun`](crate::ResponseBody::Begun), the admin
+    /// requests and answers about transactions, and the error kinds
+    /// [`TransactionExpired`](crate::ErrorKind::TransactionExpired) and
+    /// [`Conflict`](crate::ErrorKind::Conflict).
+    pub const TRANSACTIONS: u64 = 1 << 1;
+
     /// Every bit this version of the crate understands.
-    pub const ALL: u64 = ERROR_KINDS_2;
+    pub const ALL: u64 = ERROR_KINDS_2 | TRANSACTIONS;
 }
 
 /// First frame from the client.
@@ -87,6 +96,51 @@ pub enum RequestBody {
     Batch(Vec<Statement>),
     /// Operator commands (`nexusd ctl`).
     Admin(AdminRequest),
+    /// Opens an interactive transaction; answers `Begun` with its id.
+    /// `Immediate` answers once the transaction holds the writer.
+    Begin(TxnMode),
+    /// A statement, or the end, of the open transaction `txn` (opened on
+    /// this connection).
+    Transaction { txn: u64, op: TxnOp },
+}
+
+/// How an interactive transaction starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnMode {
+    /// Holds the writer from the start: no conflict is possible.
+    Immediate,
+    /// Reads from a snapshot; moves to the writer at its first write, if
+    /// nothing committed since the snapshot began (else `Conflict`).
+    Deferred,
+    /// One snapshot for every read; never writes, never blocks a writer.
+    ReadOnly,
+}
+
+impl TxnMode {
+    /// The mode's name as `ctl` shows it.
+    pub fn label(self) -> &'static str {
+        match self {
+            TxnMode::Immediate => "immediate",
+            TxnMode::Deferred => "deferred",
+            TxnMode::ReadOnly => "read-only",
+        }
+    }
+}
+
+/// What a request inside a transaction does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TxnOp {
+    /// As `RequestBody::Execute`; answers `Executed`.
+    Execute(Statement),
+    /// As `RequestBody::Query`; answers `Rows`.
+    Query(Statement),
+    /// As `RequestBody::Batch`, all or nothing within the transaction;
+    /// answers `Batch`.
+    Batch(Vec<Statement>),
+    /// Answers `Ok` once the transaction is durable.
+    Commit,
+    /// Answers `Ok`; nothing in the transaction is applied.
+    Rollback,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,6 +194,11 @@ pub enum AdminRequest {
     Reload,
     /// Answers `Text`: Prometheus text exposition format 0.0.4.
     Metrics,
+    /// Answers `Transactions`: every open interactive transaction.
+    Transactions,
+    /// Rolls the open transaction `txn` back; answers `Ok`. Its client's
+    /// next request on it gets `TransactionExpired`.
+    RollbackTransaction { txn: u64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,6 +240,25 @@ pub enum ResponseBody {
     Clients(Vec<ClientInfo>),
     Checkpoint(CheckpointResult),
     Text(String),
+    /// A transaction was opened; its id.
+    Begun(u64),
+    Transactions(Vec<TxnInfo>),
+}
+
+/// One open interactive transaction, for `ctl status` and `ctl clients`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TxnInfo {
+    pub id: u64,
+    /// The id of the client (as in `ClientInfo`) that opened it.
+    pub client_id: u64,
+    pub client_name: String,
+    pub pid: Option<u32>,
+    pub mode: TxnMode,
+    /// "snapshot", "waiting for the writer" or "holding the writer".
+    pub state: String,
+    pub age_ms: u64,
+    pub idle_ms: u64,
+    pub statements: u64,
 }
 
 /// `PRAGMA wal_checkpoint`'s three numbers.
@@ -317,11 +395,20 @@ pub enum ErrorKind {
     /// exists or is relative, say); nothing was done. Older peers get
     /// `Unsupported`.
     InvalidArgument,
+    /// The transaction is over: its lease ran out (idle, or open too
+    /// long), an operator rolled it back, or SQLite aborted it. Nothing in
+    /// it was applied; the message says which and for how long. Sent only
+    /// to peers announcing [`features::TRANSACTIONS`].
+    TransactionExpired,
+    /// A deferred transaction tried its first write after another write
+    /// committed since its first read. Nothing in it was applied; retry it,
+    /// or begin it immediate.
+    Conflict,
 }
 
 impl ErrorKind {
     /// Every kind, in wire order.
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 15] = [
         ErrorKind::Sql,
         ErrorKind::Refused,
         ErrorKind::Timeout,
@@ -335,6 +422,8 @@ impl ErrorKind {
         ErrorKind::Io,
         ErrorKind::ConfigRejected,
         ErrorKind::InvalidArgument,
+        ErrorKind::TransactionExpired,
+        ErrorKind::Conflict,
     ];
 
     /// The kind's name in snake case, as metrics, `ctl stats` and logs
@@ -354,6 +443,8 @@ impl ErrorKind {
             ErrorKind::Io => "io",
             ErrorKind::ConfigRejected => "config_rejected",
             ErrorKind::InvalidArgument => "invalid_argument",
+            ErrorKind::TransactionExpired => "transaction_expired",
+            ErrorKind::Conflict => "conflict",
         }
     }
 
@@ -365,13 +456,17 @@ impl ErrorKind {
     /// The kind to send to a peer that announced `features`: a kind it
     /// could not decode becomes the older kind nearest in meaning.
     pub fn for_peer(self, features: u64) -> ErrorKind {
-        if features & features::ERROR_KINDS_2 != 0 {
-            return self;
-        }
+        let has = |bit| features & bit != 0;
         match self {
-            ErrorKind::Io => ErrorKind::Internal,
-            ErrorKind::ConfigRejected | ErrorKind::InvalidArgument => ErrorKind::Unsupported,
-            older => older,
+            ErrorKind::Io if !has(features::ERROR_KINDS_2) => ErrorKind::Internal,
+            ErrorKind::ConfigRejected | ErrorKind::InvalidArgument
+                if !has(features::ERROR_KINDS_2) =>
+            {
+                ErrorKind::Unsupported
+            }
+            ErrorKind::TransactionExpired if !has(features::TRANSACTIONS) => ErrorKind::Timeout,
+            ErrorKind::Conflict if !has(features::TRANSACTIONS) => ErrorKind::Sql,
+            kind => kind,
         }
     }
 }

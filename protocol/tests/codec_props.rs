@@ -38,6 +38,25 @@ fn request() -> impl Strategy<Value = Request> {
         Just(RequestBody::Admin(AdminRequest::Status)),
         Just(RequestBody::Admin(AdminRequest::Shutdown)),
         Just(RequestBody::Admin(AdminRequest::Ping)),
+        Just(RequestBody::Admin(AdminRequest::Transactions)),
+        any::<u64>().prop_map(|txn| RequestBody::Admin(AdminRequest::RollbackTransaction { txn })),
+        proptest::sample::select(vec![
+            TxnMode::Immediate,
+            TxnMode::Deferred,
+            TxnMode::ReadOnly
+        ])
+        .prop_map(RequestBody::Begin),
+        (
+            any::<u64>(),
+            prop_oneof![
+                statement().prop_map(TxnOp::Execute),
+                statement().prop_map(TxnOp::Query),
+                proptest::collection::vec(statement(), 0..3).prop_map(TxnOp::Batch),
+                Just(TxnOp::Commit),
+                Just(TxnOp::Rollback),
+            ]
+        )
+            .prop_map(|(txn, op)| RequestBody::Transaction { txn, op }),
     ];
     (any::<u64>(), "[a-z]{0,8}", any::<u32>(), body).prop_map(|(id, db, timeout_ms, body)| {
         Request {
@@ -90,6 +109,22 @@ fn response() -> impl Strategy<Value = Response> {
         proptest::collection::vec(result, 0..4).prop_map(ResponseBody::Batch),
         Just(ResponseBody::Ok),
         error.prop_map(ResponseBody::Error),
+        any::<u64>().prop_map(ResponseBody::Begun),
+        (any::<u64>(), any::<u64>(), ".{0,10}", any::<u64>()).prop_map(
+            |(id, client_id, client_name, statements)| {
+                ResponseBody::Transactions(vec![TxnInfo {
+                    id,
+                    client_id,
+                    client_name,
+                    pid: Some(7),
+                    mode: TxnMode::Deferred,
+                    state: "snapshot".into(),
+                    age_ms: 5,
+                    idle_ms: 1,
+                    statements,
+                }])
+            }
+        ),
     ];
     (any::<u64>(), body).prop_map(|(id, body)| Response { id, body })
 }
@@ -184,7 +219,7 @@ fn error_kinds_label_index_and_downgrade() {
     assert_eq!(labels.len(), ErrorKind::ALL.len());
     for (i, k) in ErrorKind::ALL.iter().enumerate() {
         assert_eq!(k.index(), i, "{k:?}");
-        assert_eq!(k.for_peer(features::ERROR_KINDS_2), *k);
+        assert_eq!(k.for_peer(features::ALL), *k);
         let old = k.for_peer(0);
         assert!(
             old.index() <= ErrorKind::Forbidden.index(),

@@ -10,6 +10,7 @@ mod lifecycle;
 mod limits;
 mod reload;
 mod systemd;
+mod transactions;
 mod wal;
 
 use std::collections::HashMap;

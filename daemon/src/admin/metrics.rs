@@ -8,6 +8,8 @@ pub(crate) fn metrics_text(ctx: &Context) -> String {
     render(&Snapshot {
         metrics: &ctx.metrics,
         writer: &engine.writer.stats,
+        transactions: &engine.transactions.stats,
+        transactions_open: engine.transactions.open_count() as u64,
         uptime: ctx.uptime(),
         connections: ctx.connections().open(),
         max_connections: ctx.connections().max() as u64,

@@ -31,6 +31,18 @@ pub(crate) async fn run(ctx: &Context, request: AdminRequest, who: &ClientEntry)
         AdminRequest::Optimize => maintenance::optimize(ctx).await,
         AdminRequest::IntegrityCheck { quick } => maintenance::integrity_check(ctx, quick).await,
         AdminRequest::Backup { dest } => maintenance::backup(ctx, dest, who).await,
+        AdminRequest::Transactions => ResponseBody::Transactions(ctx.engine.transactions.list()),
+        AdminRequest::RollbackTransaction { txn } => rollback_transaction(ctx, txn, who),
+    }
+}
+
+/// `ctl rollback ID`: ends someone's open transaction; its client learns
+/// it on its next request.
+fn rollback_transaction(ctx: &Context, txn: u64, who: &ClientEntry) -> ResponseBody {
+    tracing::info!(txn, uid = who.peer.uid, pid = ?who.peer.pid, "rollback of a transaction requested by an operator");
+    match ctx.engine.transactions.rollback_by_operator(txn) {
+        Ok(()) => ResponseBody::Ok,
+        Err(e) => ResponseBody::Error(e),
     }
 }
 

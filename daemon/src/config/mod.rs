@@ -116,6 +116,22 @@ pub struct ServeConfig {
     #[arg(long, default_value_t = 30_000)]
     pub(crate) max_read_ms: u64,
 
+    /// An interactive transaction that sends nothing for this long, in
+    /// milliseconds, is rolled back, so that a stuck client cannot hold the
+    /// writer (or a snapshot) for long.
+    #[arg(long, default_value_t = 5_000)]
+    pub(crate) txn_idle_timeout_ms: u64,
+
+    /// An interactive transaction open longer than this, in milliseconds,
+    /// is rolled back (a read-only one also at --max-read-ms).
+    #[arg(long, default_value_t = 30_000)]
+    pub(crate) txn_max_ms: u64,
+
+    /// Most interactive transactions open at once; more are refused with
+    /// "overloaded".
+    #[arg(long, default_value_t = 256)]
+    pub(crate) max_transactions: usize,
+
     /// The writer checkpoints the WAL between batches once it is this many
     /// bytes; after a complete checkpoint it is cut back to 4x this.
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
@@ -165,6 +181,9 @@ struct FileConfig {
     drain_timeout_ms: Option<u64>,
     log_level: Option<String>,
     max_read_ms: Option<u64>,
+    txn_idle_timeout_ms: Option<u64>,
+    txn_max_ms: Option<u64>,
+    max_transactions: Option<usize>,
     checkpoint_wal_bytes: Option<u64>,
     socket_mode: Option<String>,
     socket_group: Option<String>,
@@ -198,6 +217,9 @@ reloadable!(
     write_stall_timeout_ms,
     drain_timeout_ms,
     max_read_ms,
+    txn_idle_timeout_ms,
+    txn_max_ms,
+    max_transactions,
     access,
 );
 
@@ -255,6 +277,9 @@ impl ServeConfig {
             drain_timeout_ms,
             log_level,
             max_read_ms,
+            txn_idle_timeout_ms,
+            txn_max_ms,
+            max_transactions,
             checkpoint_wal_bytes,
             socket_mode,
         );
@@ -302,6 +327,9 @@ impl ServeConfig {
             ("drain-timeout-ms", self.drain_timeout_ms.to_string()),
             ("log-level", self.log_level.clone()),
             ("max-read-ms", self.max_read_ms.to_string()),
+            ("txn-idle-timeout-ms", self.txn_idle_timeout_ms.to_string()),
+            ("txn-max-ms", self.txn_max_ms.to_string()),
+            ("max-transactions", self.max_transactions.to_string()),
             (
                 "checkpoint-wal-bytes",
                 self.checkpoint_wal_bytes.to_string(),
@@ -390,10 +418,19 @@ impl ServeConfig {
             ("--writer-queue", self.writer_queue),
             ("--max-batch", self.max_batch),
             ("--readers", self.readers),
+            ("--max-transactions", self.max_transactions),
             ("--max-in-flight", self.max_in_flight as usize),
         ] {
             if v == 0 {
                 anyhow::bail!("{flag} 0 would serve nothing; use at least 1");
+            }
+        }
+        for (flag, v) in [
+            ("--txn-idle-timeout-ms", self.txn_idle_timeout_ms),
+            ("--txn-max-ms", self.txn_max_ms),
+        ] {
+            if v == 0 {
+                bail!("{flag} 0 would roll back every transaction at once; use at least 1");
             }
         }
         if self.max_read_ms == 0 {

@@ -2,7 +2,7 @@
 //! one connection. It keeps transactions and connection settings the
 //! daemon's own, and interrupts a statement at its deadline.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -22,27 +22,70 @@ const PROGRESS_OPS: i32 = 1000;
 /// progress handler interrupts a statement once its deadline has passed.
 #[derive(Clone)]
 pub(crate) struct Guard {
-    client: Arc<AtomicBool>,
-    refusal: Arc<Mutex<Option<String>>>,
+    /// The `Scope` of the client code running now, or `DAEMON` (0) while
+    /// the daemon's own statements run.
+    scope: Arc<AtomicU8>,
+    refusal: Arc<Mutex<Option<Refusal>>>,
+    /// Set when the authorizer let client code use a savepoint: such a
+    /// statement must not stay in the prepared-statement cache, where a
+    /// request outside any transaction could reuse it unchecked (the
+    /// authorizer runs only at prepare time).
+    control_allowed: Arc<AtomicBool>,
     /// Nanoseconds since `epoch()`; 0 means no deadline.
     deadline: Arc<AtomicU64>,
+}
+
+/// Where client code runs, which decides what transaction control it may
+/// use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// A request of its own (the daemon's transaction and savepoint hold
+    /// it): no transaction control at all.
+    Request = 1,
+    /// An interactive transaction on the writer or a read-only snapshot:
+    /// SAVEPOINT, RELEASE and ROLLBACK TO work; BEGIN, COMMIT, ROLLBACK do
+    /// not (the transaction API ends it).
+    Transaction = 2,
+    /// A deferred transaction still reading from its snapshot: a savepoint
+    /// is a sign it will write, so the statement goes to the writer.
+    Snapshot = 3,
+}
+
+const DAEMON: u8 = 0;
+
+/// Why the authorizer stopped a statement.
+pub(crate) enum Refusal {
+    /// Not allowed here; the message says why and what to do.
+    Refused(String),
+    /// Allowed, but only on the writer (a savepoint in a deferred
+    /// transaction's snapshot).
+    NeedsWriter,
 }
 
 impl Guard {
     /// Installs the authorizer and progress handler on `conn`.
     pub(super) fn install(conn: &mut Connection) -> anyhow::Result<Guard> {
         let guard = Guard {
-            client: Arc::new(AtomicBool::new(false)),
+            scope: Arc::new(AtomicU8::new(DAEMON)),
             refusal: Arc::new(Mutex::new(None)),
+            control_allowed: Arc::new(AtomicBool::new(false)),
             deadline: Arc::new(AtomicU64::new(0)),
         };
         let g = guard.clone();
         conn.authorizer(Some(move |ctx: AuthContext<'_>| {
-            if !g.client.load(Ordering::Relaxed) {
-                return Authorization::Allow;
-            }
-            match refusal(&ctx) {
-                None => Authorization::Allow,
+            let scope = match g.scope.load(Ordering::Relaxed) {
+                DAEMON => return Authorization::Allow,
+                1 => Scope::Request,
+                2 => Scope::Transaction,
+                _ => Scope::Snapshot,
+            };
+            match refusal(&ctx, scope) {
+                None => {
+                    if matches!(ctx.action, AuthAction::Savepoint { .. }) {
+                        g.control_allowed.store(true, Ordering::Relaxed);
+                    }
+                    Authorization::Allow
+                }
                 Some(why) => {
                     if let Ok(mut slot) = g.refusal.lock() {
                         *slot = Some(why);
@@ -62,25 +105,33 @@ impl Guard {
         Ok(guard)
     }
 
-    /// Runs `f` as client code: guarded, and interrupted at `deadline`.
-    pub(crate) fn client<T>(&self, deadline: Instant, f: impl FnOnce() -> T) -> T {
+    /// Runs `f` as client code in `scope`: guarded, and interrupted at
+    /// `deadline`.
+    pub(crate) fn client<T>(&self, deadline: Instant, scope: Scope, f: impl FnOnce() -> T) -> T {
         let nanos = deadline
             .saturating_duration_since(epoch())
             .as_nanos()
             .max(1);
         self.deadline
             .store(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::Relaxed);
-        self.client.store(true, Ordering::Relaxed);
+        self.scope.store(scope as u8, Ordering::Relaxed);
+        self.control_allowed.store(false, Ordering::Relaxed);
         if let Ok(mut slot) = self.refusal.lock() {
             *slot = None;
         }
         let out = f();
-        self.client.store(false, Ordering::Relaxed);
+        self.scope.store(DAEMON, Ordering::Relaxed);
         self.deadline.store(0, Ordering::Relaxed);
         out
     }
 
-    pub(super) fn take_refusal(&self) -> Option<String> {
+    /// Whether the statement just prepared uses a savepoint (see
+    /// `control_allowed`).
+    pub(super) fn control_allowed(&self) -> bool {
+        self.control_allowed.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn take_refusal(&self) -> Option<Refusal> {
         self.refusal.lock().ok().and_then(|mut s| s.take())
     }
 }
@@ -116,19 +167,33 @@ const READING_PRAGMAS: &[&str] = &[
 /// connection; they may be set, and go through the writer like any write.
 const FILE_PRAGMAS: &[&str] = &["application_id", "user_version", "optimize"];
 
-/// Why nexusd refuses this action, or `None` to allow it.
-fn refusal(ctx: &AuthContext<'_>) -> Option<String> {
+/// Why nexusd refuses this action in `scope`, or `None` to allow it.
+fn refusal(ctx: &AuthContext<'_>, scope: Scope) -> Option<Refusal> {
+    let refused = |why: String| Some(Refusal::Refused(why));
     match ctx.action {
-        AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } => Some(
-            "transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, RELEASE) is refused: \
-             nexusd runs every request in a transaction of its own; send statements that must \
-             apply together as one batch"
+        AuthAction::Savepoint { .. } if scope == Scope::Transaction => None,
+        AuthAction::Savepoint { .. } if scope == Scope::Snapshot => Some(Refusal::NeedsWriter),
+        AuthAction::Transaction { .. } | AuthAction::Savepoint { .. }
+            if scope == Scope::Request =>
+        {
+            refused(
+                "transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, RELEASE) is refused \
+                 outside a transaction: nexusd runs every request in a transaction of its own. \
+                 Open an interactive transaction (Client::transaction() in Rust, BEGIN in \
+                 `nexusd ctl shell`), or send statements that must apply together as one batch"
+                    .into(),
+            )
+        }
+        AuthAction::Transaction { .. } => refused(
+            "BEGIN, COMMIT and ROLLBACK are refused inside an interactive transaction: it is \
+             already open, and commit() or rollback() ends it; use SAVEPOINT, RELEASE and \
+             ROLLBACK TO for a nested one"
                 .into(),
         ),
-        AuthAction::Attach { filename } => Some(format!(
+        AuthAction::Attach { filename } => refused(format!(
             "ATTACH '{filename}' is refused: a nexusd daemon serves only its own database file"
         )),
-        AuthAction::Detach { database_name } => Some(format!(
+        AuthAction::Detach { database_name } => refused(format!(
             "DETACH {database_name} is refused: a nexusd daemon serves only its own database file"
         )),
         AuthAction::Pragma {
@@ -147,7 +212,7 @@ fn refusal(ctx: &AuthContext<'_>) -> Option<String> {
                     Some(v) => format!("PRAGMA {pragma_name} = {v}"),
                     None => format!("PRAGMA {pragma_name}"),
                 };
-                Some(format!(
+                refused(format!(
                     "{shown} is refused: nexusd owns journal mode, locking, synchronous and the \
                      other connection settings; read-only pragmas such as table_info and \
                      integrity_check are allowed"

@@ -11,6 +11,7 @@ mod guard;
 mod maintenance;
 mod readers;
 mod statement;
+mod transactions;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -18,11 +19,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
-use nexusd_protocol::{ErrorBody, ErrorKind, ResponseBody};
+use std::time::Instant;
+
+use nexusd_protocol::{ErrorBody, ErrorKind, ResponseBody, TxnMode, TxnOp};
 
 pub use db::Synchronous;
 pub(crate) use db::check_sqlite_version;
 pub(crate) use readers::{ReadOutcome, ReaderPool};
+use transactions::{End, Route, TxnMsg};
+pub(crate) use transactions::{Leases, Owner, Transactions, TxnStats};
+use writer::TxnStart;
 pub use writer::{WriteOp, WriterConfig, WriterHandle, spawn as spawn_writer};
 pub(crate) use writer::{WriterAdmin, WriterStats};
 
@@ -49,6 +55,7 @@ impl CheckpointGate {
 pub(crate) struct Engine {
     pub(crate) writer: WriterHandle,
     pub(crate) readers: ReaderPool,
+    pub(crate) transactions: Arc<Transactions>,
     db_path: PathBuf,
 }
 
@@ -90,12 +97,14 @@ pub(crate) fn open(
         max_result_bytes: writer.max_result_bytes,
         max_read_ms,
     };
+    let transactions = Arc::new(Transactions::new(db_path.clone(), writer.max_result_bytes));
     let (writer, writer_thread) = writer::spawn(writer, gate.clone())?;
     let (readers, reader_threads) = readers::spawn(reader_config, gate)?;
     Ok((
         Engine {
             writer,
             readers,
+            transactions,
             db_path,
         },
         EngineThreads {
@@ -134,6 +143,184 @@ impl Engine {
     pub(crate) async fn backup(&self, dest: PathBuf) -> ResponseBody {
         let path = self.db_path.clone();
         blocking(move || maintenance::backup(&path, &dest).map(ResponseBody::Text)).await
+    }
+}
+
+impl Engine {
+    /// Opens an interactive transaction for `owner`; answers `Begun`. An
+    /// immediate one answers once it holds the writer; the others once
+    /// their snapshot is taken.
+    pub(crate) async fn begin(
+        &self,
+        mode: TxnMode,
+        owner: Owner,
+        max_open: usize,
+        arrived: Instant,
+        deadline: Instant,
+    ) -> ResponseBody {
+        let open = self.transactions.open_count();
+        if open >= max_open {
+            return ResponseBody::Error(ErrorBody::new(
+                ErrorKind::Overloaded,
+                format!(
+                    "{open} transactions are open, the daemon's limit (max-transactions); \
+                     nothing was begun. Retry later, or raise max-transactions"
+                ),
+            ));
+        }
+        match mode {
+            TxnMode::Immediate => {
+                let (txn, rx) = self.transactions.register_immediate(owner);
+                let start = TxnStart {
+                    txn: txn.clone(),
+                    rx,
+                    snapshot_seq: None,
+                    first: None,
+                };
+                let body = self
+                    .writer
+                    .submit_transaction(start, arrived, deadline)
+                    .await;
+                if !matches!(body, ResponseBody::Begun(_)) {
+                    txn.end(End::NotStarted);
+                    self.transactions.forget(txn.id);
+                }
+                body
+            }
+            TxnMode::Deferred | TxnMode::ReadOnly => {
+                // Read before the snapshot begins: a commit in between makes
+                // a later move to the writer a conflict, never a lost one.
+                let seq = self.writer.commit_seq();
+                let txns = self.transactions.clone();
+                blocking(move || {
+                    txns.begin_snapshot(owner, mode, seq)
+                        .map(|t| ResponseBody::Begun(t.id))
+                })
+                .await
+            }
+        }
+    }
+
+    /// One request on transaction `id`, which `client_id` must have opened.
+    pub(crate) async fn in_transaction(
+        &self,
+        id: u64,
+        client_id: u64,
+        op: TxnOp,
+        arrived: Instant,
+        deadline: Instant,
+    ) -> ResponseBody {
+        let txns = &self.transactions;
+        txns.busy(id, true);
+        let ending = match op {
+            TxnOp::Commit => Some(true),
+            TxnOp::Rollback => Some(false),
+            _ => None,
+        };
+        let mut route = txns.route(id, client_id, op);
+        if let Route::Snapshot(op) = route {
+            // Blocking: SQLite runs on the transaction's own connection.
+            let txns = txns.clone();
+            route = tokio::task::spawn_blocking(move || {
+                txns.serve_snapshot(id, client_id, op, arrived, deadline)
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Route::Done(ResponseBody::Error(ErrorBody::new(
+                    ErrorKind::Internal,
+                    format!("the transaction's task failed: {e}"),
+                )))
+            });
+        }
+        let body = match route {
+            Route::Done(body) => body,
+            Route::Snapshot(_) => ResponseBody::Error(ErrorBody::new(
+                ErrorKind::Internal,
+                "a snapshot request was routed twice",
+            )),
+            Route::Writer(tx, op) => self.to_writer(id, tx, op, arrived, deadline).await,
+            Route::MoveToWriter { txn, rx, seq, op } => {
+                let start = TxnStart {
+                    txn,
+                    rx,
+                    snapshot_seq: Some(seq),
+                    first: Some(op),
+                };
+                self.writer
+                    .submit_transaction(start, arrived, deadline)
+                    .await
+            }
+        };
+        txns.busy(id, false);
+        self.count_txn_answer(id, ending, &body);
+        body
+    }
+
+    /// Sends a request to the writer holding transaction `id`.
+    async fn to_writer(
+        &self,
+        id: u64,
+        tx: flume::Sender<TxnMsg>,
+        op: TxnOp,
+        arrived: Instant,
+        deadline: Instant,
+    ) -> ResponseBody {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let msg = TxnMsg {
+            op,
+            arrived,
+            deadline,
+            reply,
+        };
+        match tokio::time::timeout_at(deadline.into(), tx.send_async(msg)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return ResponseBody::Error(self.transactions.end_reason(id)),
+            Err(_) => {
+                return ResponseBody::Error(ErrorBody::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "timed out after {} ms waiting to reach transaction {id}'s queue; this \
+                         request was not run",
+                        arrived.elapsed().as_millis()
+                    ),
+                ));
+            }
+        }
+        // Our sender must not keep the channel open: ending the
+        // transaction closes it, and the writer rolls back at once.
+        drop(tx);
+        answer
+            .await
+            .unwrap_or_else(|_| ResponseBody::Error(self.transactions.end_reason(id)))
+    }
+
+    /// Counts how a transaction's request ended it, and forgets a
+    /// transaction that is over.
+    fn count_txn_answer(&self, id: u64, ending: Option<bool>, body: &ResponseBody) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = &self.transactions.stats;
+        match body {
+            ResponseBody::Error(e) if e.kind == ErrorKind::Conflict => {
+                stats.conflicts.fetch_add(1, Relaxed);
+                self.transactions.forget(id);
+            }
+            ResponseBody::Error(e) if e.kind == ErrorKind::TransactionExpired => {
+                if e.message.contains("rolled back by SQLite") {
+                    stats.aborted.fetch_add(1, Relaxed);
+                }
+                self.transactions.forget(id);
+            }
+            ResponseBody::Ok if ending.is_some() => {
+                let counter = if ending == Some(true) {
+                    &stats.commits
+                } else {
+                    &stats.rollbacks
+                };
+                counter.fetch_add(1, Relaxed);
+                self.transactions.forget(id);
+            }
+            _ => {}
+        }
     }
 }
 

@@ -21,8 +21,8 @@ use tokio::sync::oneshot;
 
 use super::CheckpointGate;
 use super::db::{self, epoch};
-use super::guard::Guard;
-use super::statement::{self, ReadOnly, StatementLimits};
+use super::guard::{Guard, Scope};
+use super::statement::{self, ReadOnly, StatementLimits, Want};
 
 /// How often a reader held at the checkpoint gate looks again.
 const GATE_POLL: Duration = Duration::from_millis(1);
@@ -216,7 +216,14 @@ impl Reader {
             epoch().elapsed().as_nanos().max(1) as u64,
             Ordering::Relaxed,
         );
-        let result = statement::run_if_read_only(&self.conn, &self.guard, &statement, &limits);
+        let result = statement::run_if_read_only(
+            &self.conn,
+            &self.guard,
+            Scope::Request,
+            &statement,
+            Want::Rows,
+            &limits,
+        );
         busy.store(0, Ordering::Relaxed);
         match result {
             Ok(ReadOnly::Ran(out)) => ReadOutcome::Done(out.into()),

@@ -11,7 +11,7 @@ use nexusd_protocol::{
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, ffi};
 
-use super::guard::Guard;
+use super::guard::{Guard, Refusal, Scope};
 
 /// Limits one client statement runs under.
 #[derive(Debug, Clone, Copy)]
@@ -106,29 +106,35 @@ pub(crate) fn too_large(rows: usize, limit: usize) -> ErrorBody {
 pub(crate) fn run_statement(
     conn: &Connection,
     guard: &Guard,
+    scope: Scope,
     st: &Statement,
     want: Want,
     limits: &StatementLimits,
 ) -> Result<Output, ErrorBody> {
-    match run(conn, guard, st, want, limits, Only::Any)? {
+    match run(conn, guard, scope, st, want, limits, Only::Any)? {
         ReadOnly::Ran(out) => Ok(out),
-        // `Only::Any` runs every statement.
+        // `Only::Any` runs every statement, and only `Scope::Snapshot`
+        // asks for the writer.
         ReadOnly::NotReadOnly => Err(ErrorBody::new(
             ErrorKind::Internal,
-            "a statement was skipped on the writer as not read-only",
+            "a statement on the writer was handed back for the writer",
         )),
     }
 }
 
 /// Runs one client statement only if SQLite reports it read-only
-/// (`sqlite3_stmt_readonly`), checked before it runs: the readers' way.
+/// (`sqlite3_stmt_readonly`), checked before it runs: the readers' way, and
+/// a snapshot transaction's. In `Scope::Snapshot` a savepoint is handed
+/// back too: it means the transaction is about to write.
 pub(crate) fn run_if_read_only(
     conn: &Connection,
     guard: &Guard,
+    scope: Scope,
     st: &Statement,
+    want: Want,
     limits: &StatementLimits,
 ) -> Result<ReadOnly, ErrorBody> {
-    run(conn, guard, st, Want::Rows, limits, Only::ReadOnly)
+    run(conn, guard, scope, st, want, limits, Only::ReadOnly)
 }
 
 /// Which statements `run` runs.
@@ -141,28 +147,49 @@ enum Only {
 fn run(
     conn: &Connection,
     guard: &Guard,
+    scope: Scope,
     st: &Statement,
     want: Want,
     limits: &StatementLimits,
     only: Only,
 ) -> Result<ReadOnly, ErrorBody> {
-    guard.client(limits.deadline, || {
-        run_guarded(conn, st, want, limits, only).map_err(|e| error_body(e, guard, limits))
+    guard.client(limits.deadline, scope, || {
+        run_guarded(conn, guard, st, want, limits, only)
+            .or_else(|e| error_body(e, guard, limits))
     })
 }
 
 fn run_guarded(
     conn: &Connection,
+    guard: &Guard,
     st: &Statement,
     want: Want,
     limits: &StatementLimits,
     only: Only,
 ) -> Result<ReadOnly, StatementError> {
     let mut stmt = conn.prepare_cached(&st.sql)?;
+    if guard.control_allowed() {
+        // A savepoint, allowed in this transaction: run it, and keep it out
+        // of the cache, where it would escape the next check.
+        let result = run_prepared(conn, &mut stmt, st, want, limits, only);
+        stmt.discard();
+        return result;
+    }
+    run_prepared(conn, &mut stmt, st, want, limits, only)
+}
+
+fn run_prepared(
+    conn: &Connection,
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    st: &Statement,
+    want: Want,
+    limits: &StatementLimits,
+    only: Only,
+) -> Result<ReadOnly, StatementError> {
     if only == Only::ReadOnly && !stmt.readonly() {
         return Ok(ReadOnly::NotReadOnly);
     }
-    bind(&mut stmt, &st.params)?;
+    bind(stmt, &st.params)?;
     let columns = stmt.column_count();
     let total_before = conn.total_changes();
     let keep_rows = match want {
@@ -287,8 +314,14 @@ fn to_value(v: ValueRef<'_>) -> Value {
     }
 }
 
-fn error_body(e: StatementError, guard: &Guard, limits: &StatementLimits) -> ErrorBody {
-    match e {
+/// The typed answer to a failed statement; or, for a savepoint the guard
+/// stopped in a snapshot, "this belongs on the writer".
+fn error_body(
+    e: StatementError,
+    guard: &Guard,
+    limits: &StatementLimits,
+) -> Result<ReadOnly, ErrorBody> {
+    Err(match e {
         StatementError::Bind(msg) => ErrorBody {
             kind: ErrorKind::Sql,
             code: ffi::SQLITE_RANGE,
@@ -297,11 +330,15 @@ fn error_body(e: StatementError, guard: &Guard, limits: &StatementLimits) -> Err
             statement_index: None,
         },
         StatementError::TooLarge { rows, limit } => too_large(rows, limit),
-        StatementError::Sqlite(e) => sqlite_error_body(e, guard, limits),
-    }
+        StatementError::Sqlite(e) => return sqlite_error_body(e, guard, limits),
+    })
 }
 
-fn sqlite_error_body(e: rusqlite::Error, guard: &Guard, limits: &StatementLimits) -> ErrorBody {
+fn sqlite_error_body(
+    e: rusqlite::Error,
+    guard: &Guard,
+    limits: &StatementLimits,
+) -> Result<ReadOnly, ErrorBody> {
     let (code, extended, message) = match &e {
         rusqlite::Error::SqliteFailure(err, msg) => (
             err.code as i32,
@@ -309,7 +346,7 @@ fn sqlite_error_body(e: rusqlite::Error, guard: &Guard, limits: &StatementLimits
             msg.clone().unwrap_or_else(|| err.to_string()),
         ),
         rusqlite::Error::MultipleStatement => {
-            return ErrorBody {
+            return Err(ErrorBody {
                 kind: ErrorKind::Sql,
                 code: ffi::SQLITE_MISUSE,
                 extended_code: ffi::SQLITE_MISUSE,
@@ -317,26 +354,30 @@ fn sqlite_error_body(e: rusqlite::Error, guard: &Guard, limits: &StatementLimits
                           request, or several statements as a batch"
                     .into(),
                 statement_index: None,
-            };
+            });
         }
         other => (ffi::SQLITE_ERROR, ffi::SQLITE_ERROR, other.to_string()),
     };
     let primary = extended & 0xff;
-    if primary == ffi::SQLITE_AUTH
-        && let Some(why) = guard.take_refusal()
-    {
-        return ErrorBody {
-            kind: ErrorKind::Refused,
-            code: ffi::SQLITE_AUTH,
-            extended_code: extended,
-            message: why,
-            statement_index: None,
-        };
+    if primary == ffi::SQLITE_AUTH {
+        match guard.take_refusal() {
+            Some(Refusal::NeedsWriter) => return Ok(ReadOnly::NotReadOnly),
+            Some(Refusal::Refused(why)) => {
+                return Err(ErrorBody {
+                    kind: ErrorKind::Refused,
+                    code: ffi::SQLITE_AUTH,
+                    extended_code: extended,
+                    message: why,
+                    statement_index: None,
+                });
+            }
+            None => {}
+        }
     }
     if primary == ffi::SQLITE_INTERRUPT
         && let Some(cap) = limits.read_cap
     {
-        return ErrorBody::new(
+        return Err(ErrorBody::new(
             ErrorKind::Timeout,
             format!(
                 "read interrupted after {} ms: it hit the cap of {} ms on an open read \
@@ -346,10 +387,10 @@ fn sqlite_error_body(e: rusqlite::Error, guard: &Guard, limits: &StatementLimits
                 limits.started.elapsed().as_millis(),
                 cap.as_millis()
             ),
-        );
+        ));
     }
     if primary == ffi::SQLITE_INTERRUPT {
-        return ErrorBody::new(
+        return Err(ErrorBody::new(
             ErrorKind::Timeout,
             format!(
                 "interrupted after {} ms: the request exceeded its time limit of {} ms and was \
@@ -358,16 +399,16 @@ fn sqlite_error_body(e: rusqlite::Error, guard: &Guard, limits: &StatementLimits
                 limits.started.elapsed().as_millis(),
                 limits.timeout.as_millis()
             ),
-        );
+        ));
     }
     let _ = code;
-    ErrorBody {
+    Err(ErrorBody {
         kind: ErrorKind::Sql,
         code: primary,
         extended_code: extended,
         message,
         statement_index: None,
-    }
+    })
 }
 
 /// A failure of one of the daemon's own statements (BEGIN, COMMIT, a
@@ -435,7 +476,14 @@ mod tests {
             "PRAGMA wal_checkpoint",
             "PRAGMA schema_version = 3",
         ] {
-            let err = match run_statement(&conn, &guard, &stmt(sql), Want::Changes, &limits()) {
+            let err = match run_statement(
+                &conn,
+                &guard,
+                Scope::Request,
+                &stmt(sql),
+                Want::Changes,
+                &limits(),
+            ) {
                 Err(e) => e,
                 Ok(_) => panic!("{sql} was allowed"),
             };
@@ -455,6 +503,7 @@ mod tests {
         run_statement(
             &conn,
             &guard,
+            Scope::Request,
             &stmt("CREATE TABLE t(a)"),
             Want::Changes,
             &limits(),
@@ -467,8 +516,15 @@ mod tests {
             "PRAGMA user_version = 7",
             "PRAGMA user_version",
         ] {
-            run_statement(&conn, &guard, &stmt(sql), Want::Rows, &limits())
-                .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+            run_statement(
+                &conn,
+                &guard,
+                Scope::Request,
+                &stmt(sql),
+                Want::Rows,
+                &limits(),
+            )
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
         }
     }
 
@@ -479,7 +535,7 @@ mod tests {
         l.deadline = Instant::now() + Duration::from_millis(50);
         let sql =
             "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT count(*) FROM c";
-        let err = match run_statement(&conn, &guard, &stmt(sql), Want::Rows, &l) {
+        let err = match run_statement(&conn, &guard, Scope::Request, &stmt(sql), Want::Rows, &l) {
             Err(e) => e,
             Ok(_) => panic!("an endless query finished"),
         };
@@ -492,7 +548,7 @@ mod tests {
         let mut l = limits();
         l.max_result_bytes = 10_000;
         let sql = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c LIMIT 100000) SELECT x, 'abcdefgh' FROM c";
-        let err = match run_statement(&conn, &guard, &stmt(sql), Want::Rows, &l) {
+        let err = match run_statement(&conn, &guard, Scope::Request, &stmt(sql), Want::Rows, &l) {
             Err(e) => e,
             Ok(_) => panic!("an oversized result was returned"),
         };
@@ -507,7 +563,7 @@ mod tests {
             sql: "SELECT ?1, ?2".into(),
             params: Params::Positional(vec![Value::Integer(1)]),
         };
-        let err = match run_statement(&conn, &guard, &st, Want::Rows, &limits()) {
+        let err = match run_statement(&conn, &guard, Scope::Request, &st, Want::Rows, &limits()) {
             Err(e) => e,
             Ok(_) => panic!("bound too few parameters"),
         };
@@ -524,12 +580,20 @@ mod tests {
         run_statement(
             &conn,
             &guard,
+            Scope::Request,
             &stmt("CREATE TABLE t(a)"),
             Want::Changes,
             &limits(),
         )
         .expect("create");
-        match run_if_read_only(&conn, &guard, &stmt("SELECT count(*) FROM t"), &limits()) {
+        match run_if_read_only(
+            &conn,
+            &guard,
+            Scope::Request,
+            &stmt("SELECT count(*) FROM t"),
+            Want::Rows,
+            &limits(),
+        ) {
             Ok(ReadOnly::Ran(Output::Rows(r))) => {
                 assert_eq!(r.rows, vec![vec![Value::Integer(0)]]);
             }
@@ -539,7 +603,14 @@ mod tests {
             "INSERT INTO t VALUES (1)",
             "INSERT INTO t VALUES (1) RETURNING a",
         ] {
-            match run_if_read_only(&conn, &guard, &stmt(sql), &limits()) {
+            match run_if_read_only(
+                &conn,
+                &guard,
+                Scope::Request,
+                &stmt(sql),
+                Want::Rows,
+                &limits(),
+            ) {
                 Ok(ReadOnly::NotReadOnly) => {}
                 _ => panic!("{sql} writes, so it is handed back unrun"),
             }
@@ -547,6 +618,7 @@ mod tests {
         let ResponseBody::Rows(r) = run_statement(
             &conn,
             &guard,
+            Scope::Request,
             &stmt("SELECT count(*) FROM t"),
             Want::Rows,
             &limits(),

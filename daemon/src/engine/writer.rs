@@ -6,7 +6,7 @@
 //! one `COMMIT`. A request is answered only after that COMMIT returned, so an
 //! acknowledged write is durable. A lone request waits for nothing.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,10 +22,12 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::CheckpointGate;
-use super::db::{self, Synchronous};
-use super::guard::Guard;
+use super::db::{self, Synchronous, epoch};
+use super::guard::{Guard, Scope};
 use super::statement::{self, Output, StatementLimits, Want, own_statement_error};
+use super::transactions::{End, Txn, TxnMsg, conflict};
 use crate::histogram::Histogram;
+use nexusd_protocol::TxnOp;
 
 /// Least time between two checkpoints that hold writes back.
 const FORCED_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
@@ -58,10 +60,61 @@ pub(crate) enum WriterAdmin {
     Optimize,
 }
 
+/// The daemon's own statements. Each runs as its text plus a comment with a
+/// nonce drawn at start (see `own_statements`).
+const OWN_STATEMENTS: &[&str] = &[
+    "BEGIN IMMEDIATE",
+    "COMMIT",
+    "ROLLBACK",
+    "SAVEPOINT req",
+    "RELEASE req",
+    "ROLLBACK TO req",
+    "SAVEPOINT nexusd_batch",
+    "RELEASE nexusd_batch",
+    "ROLLBACK TO nexusd_batch",
+    "VACUUM",
+    "PRAGMA optimize",
+];
+
+/// The authorizer runs when a statement is prepared, and the prepared
+/// statement cache is keyed by text: a client statement with the same text
+/// as one of the daemon's own would reuse the daemon's, authorized when the
+/// daemon prepared it, and could COMMIT a group from inside it. So the
+/// daemon's own texts carry a random nonce no client can send.
+fn own_statements() -> HashMap<&'static str, String> {
+    use std::hash::{BuildHasher, Hasher};
+    let nonce = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    OWN_STATEMENTS
+        .iter()
+        .map(|sql| (*sql, format!("{sql} /* nexusd {nonce:016x} */")))
+        .collect()
+}
+
+/// How often the writer, holding an interactive transaction, wakes to show
+/// it is alive (the systemd watchdog reads the heartbeat).
+const HEARTBEAT: Duration = Duration::from_millis(100);
+
 /// What the writer takes from its queue.
 enum Work {
     Op(WriteOp),
     Admin(WriterAdmin),
+    /// An interactive transaction to hold: run between batches, after the
+    /// batch before it has committed.
+    Transaction(TxnStart),
+}
+
+/// An interactive transaction handed to the writer.
+pub(crate) struct TxnStart {
+    pub(crate) txn: Arc<Txn>,
+    pub(crate) rx: flume::Receiver<TxnMsg>,
+    /// A deferred transaction moving over: the commit count its snapshot
+    /// saw. Any other count now means a conflict.
+    pub(crate) snapshot_seq: Option<u64>,
+    /// The request that moved it over (its first write), answered on the
+    /// job's reply; `None` answers `Begun`.
+    pub(crate) first: Option<TxnOp>,
 }
 
 struct WriteJob {
@@ -96,6 +149,14 @@ pub(crate) struct WriterStats {
     pub(crate) checkpoints: AtomicU64,
     pub(crate) checkpoints_busy: AtomicU64,
     pub(crate) checkpointed_frames: AtomicU64,
+    /// COMMITs that changed the database, of any kind: a deferred
+    /// transaction's snapshot is current while this is unchanged.
+    pub(crate) commit_seq: AtomicU64,
+    /// Microseconds the writer spent holding interactive transactions.
+    pub(crate) txn_held_micros: AtomicU64,
+    /// When the writer last showed it was alive, in nanoseconds since
+    /// `epoch()`.
+    heartbeat: AtomicU64,
 }
 
 impl Default for WriterStats {
@@ -108,6 +169,9 @@ impl Default for WriterStats {
             checkpoints: AtomicU64::new(0),
             checkpoints_busy: AtomicU64::new(0),
             checkpointed_frames: AtomicU64::new(0),
+            commit_seq: AtomicU64::new(0),
+            txn_held_micros: AtomicU64::new(0),
+            heartbeat: AtomicU64::new(0),
         }
     }
 }
@@ -126,6 +190,31 @@ impl WriterHandle {
     /// queued by its deadline is answered "timed out, not applied".
     pub async fn submit(&self, op: WriteOp, arrived: Instant, deadline: Instant) -> ResponseBody {
         self.send(Work::Op(op), arrived, deadline).await
+    }
+
+    /// Hands an interactive transaction to the writer and waits for the
+    /// answer to its begin (or to its first write, when it moves over).
+    pub(crate) async fn submit_transaction(
+        &self,
+        start: TxnStart,
+        arrived: Instant,
+        deadline: Instant,
+    ) -> ResponseBody {
+        self.send(Work::Transaction(start), arrived, deadline).await
+    }
+
+    /// The writer's commit count (see `WriterStats::commit_seq`).
+    pub(crate) fn commit_seq(&self) -> u64 {
+        self.stats.commit_seq.load(Ordering::SeqCst)
+    }
+
+    /// How long since the writer last showed it was alive while holding an
+    /// interactive transaction; `None` if it is not holding one.
+    pub(crate) fn heartbeat_age(&self) -> Option<Duration> {
+        let beat = self.stats.heartbeat.load(Ordering::Relaxed);
+        (beat != 0).then(|| {
+            Duration::from_nanos((epoch().elapsed().as_nanos() as u64).saturating_sub(beat))
+        })
     }
 
     /// Queues maintenance, run between batches, and waits for its answer.
@@ -216,6 +305,7 @@ pub fn spawn(
                 }
             };
             let mut writer = Writer {
+                own: own_statements(),
                 gate,
                 wal_frames,
                 page_size,
@@ -238,6 +328,8 @@ pub fn spawn(
 }
 
 struct Writer {
+    /// The daemon's own statements, by their plain text.
+    own: HashMap<&'static str, String>,
     gate: CheckpointGate,
     /// Frames in the WAL after the last commit (from SQLite's WAL hook);
     /// reset when a checkpoint starts the WAL over.
@@ -277,12 +369,19 @@ impl Writer {
                 }
             }
             if let Some(job) = self.pending.pop_front() {
-                if let Work::Admin(admin) = job.work {
-                    let body = self.run_admin(admin);
-                    let _ = job.reply.send(body);
-                    continue;
+                match job.work {
+                    Work::Admin(admin) => {
+                        let body = self.run_admin(admin);
+                        let _ = job.reply.send(body);
+                        continue;
+                    }
+                    Work::Transaction(start) => {
+                        self.run_transaction(start, job.arrived, job.deadline, job.reply);
+                        self.maybe_checkpoint();
+                        continue;
+                    }
+                    work => self.pending.push_front(WriteJob { work, ..job }),
                 }
-                self.pending.push_front(job);
             }
             self.run_batch();
             self.maybe_checkpoint();
@@ -301,8 +400,9 @@ impl Writer {
                 let before = db::file_size(&self.config.path);
                 match self.exec_own("VACUUM") {
                     Ok(()) => ResponseBody::Text(format!(
-                        "vacuumed: database file {} -> {} bytes (the WAL holds the change until \
-                         the next checkpoint)",
+                        "{}vacuumed: database file {} -> {} bytes (the WAL holds the change \
+                         until the next checkpoint)",
+                        self.bump_commit_seq(),
                         before,
                         db::file_size(&self.config.path)
                     )),
@@ -310,7 +410,10 @@ impl Writer {
                 }
             }
             WriterAdmin::Optimize => match self.exec_own("PRAGMA optimize") {
-                Ok(()) => ResponseBody::Text("optimized (PRAGMA optimize)".to_owned()),
+                Ok(()) => ResponseBody::Text(format!(
+                    "{}optimized (PRAGMA optimize)",
+                    self.bump_commit_seq()
+                )),
                 Err(e) => ResponseBody::Error(own_statement_error("PRAGMA optimize", &e)),
             },
         }
@@ -412,8 +515,12 @@ impl Writer {
         let mut done: Vec<Done> = Vec::new();
         let mut ran = 0usize;
         while ran < self.config.max_batch && started.elapsed() < self.config.max_txn_time {
-            if matches!(self.pending.front().map(|j| &j.work), Some(Work::Admin(_))) {
-                // Maintenance waits for this batch's commit.
+            if matches!(
+                self.pending.front().map(|j| &j.work),
+                Some(Work::Admin(_) | Work::Transaction(_))
+            ) {
+                // Maintenance and interactive transactions wait for this
+                // batch's commit: nothing due is held back by them.
                 break;
             }
             let Some(job) = self.pending.pop_front() else {
@@ -445,6 +552,9 @@ impl Writer {
         }
         match self.exec_own("COMMIT") {
             Ok(()) => {
+                if !done.is_empty() {
+                    self.bump_commit_seq();
+                }
                 self.stats
                     .writes_committed
                     .fetch_add(done.len() as u64, Ordering::Relaxed);
@@ -481,52 +591,22 @@ impl Writer {
             StatementLimits::for_request(job.arrived, job.deadline, self.config.max_result_bytes);
         let op = match &job.work {
             Work::Op(op) => op,
-            Work::Admin(_) => {
+            Work::Admin(_) | Work::Transaction(_) => {
                 return Err(ErrorBody::new(
                     ErrorKind::Internal,
-                    "maintenance reached the batch loop; it runs between batches",
+                    "maintenance or a transaction reached the batch loop; they run between \
+                     batches",
                 ));
             }
         };
         let result = match op {
-            WriteOp::Execute(st) => self.run_one(st, Want::Changes, &limits).map(Into::into),
-            WriteOp::Query(st) => self.run_one(st, Want::Rows, &limits).map(Into::into),
-            WriteOp::Batch(stmts) => {
-                let mut results = Vec::with_capacity(stmts.len());
-                let mut failed = None;
-                // The limit holds for the whole answer, not per statement.
-                let (mut size, mut row_count) = (0usize, 0usize);
-                for (i, st) in stmts.iter().enumerate() {
-                    match self.run_one(st, Want::Either, &limits) {
-                        Ok(Output::Executed(e)) => results.push(StatementResult::Executed(e)),
-                        Ok(Output::Rows(r)) => {
-                            size += statement::rows_size(&r);
-                            row_count += r.rows.len();
-                            if size > limits.max_result_bytes {
-                                failed =
-                                    Some(statement::too_large(row_count, limits.max_result_bytes));
-                                break;
-                            }
-                            results.push(StatementResult::Rows(r));
-                        }
-                        Err(mut e) => {
-                            e.statement_index = Some(u32::try_from(i).unwrap_or(u32::MAX));
-                            e.message = format!(
-                                "statement {i} of the batch failed, so none of its {} statements \
-                                 was applied: {}",
-                                stmts.len(),
-                                e.message
-                            );
-                            failed = Some(e);
-                            break;
-                        }
-                    }
-                }
-                match failed {
-                    Some(e) => Err(e),
-                    None => Ok(ResponseBody::Batch(results)),
-                }
-            }
+            WriteOp::Execute(st) => self
+                .run_one(st, Scope::Request, Want::Changes, &limits)
+                .map(Into::into),
+            WriteOp::Query(st) => self
+                .run_one(st, Scope::Request, Want::Rows, &limits)
+                .map(Into::into),
+            WriteOp::Batch(stmts) => self.run_statements(stmts, Scope::Request, &limits),
         };
         if self.conn.is_autocommit() {
             // The transaction is gone; there is no savepoint to release.
@@ -548,15 +628,256 @@ impl Writer {
     fn run_one(
         &self,
         st: &Statement,
+        scope: Scope,
         want: Want,
         limits: &StatementLimits,
     ) -> Result<Output, ErrorBody> {
-        statement::run_statement(&self.conn, &self.guard, st, want, limits)
+        statement::run_statement(&self.conn, &self.guard, scope, st, want, limits)
     }
 
-    /// Runs one of the daemon's own statements, outside the guard.
-    fn exec_own(&self, sql: &str) -> rusqlite::Result<()> {
-        self.conn.prepare_cached(sql)?.execute([]).map(|_| ())
+    /// A batch's statements in order, stopping at the first failure; the
+    /// caller's savepoint makes it all or nothing. The result limit holds
+    /// for the whole answer, not per statement.
+    fn run_statements(
+        &self,
+        stmts: &[Statement],
+        scope: Scope,
+        limits: &StatementLimits,
+    ) -> Result<ResponseBody, ErrorBody> {
+        let mut results = Vec::with_capacity(stmts.len());
+        let (mut size, mut row_count) = (0usize, 0usize);
+        for (i, st) in stmts.iter().enumerate() {
+            match self.run_one(st, scope, Want::Either, limits) {
+                Ok(Output::Executed(e)) => results.push(StatementResult::Executed(e)),
+                Ok(Output::Rows(r)) => {
+                    size += statement::rows_size(&r);
+                    row_count += r.rows.len();
+                    if size > limits.max_result_bytes {
+                        return Err(statement::too_large(row_count, limits.max_result_bytes));
+                    }
+                    results.push(StatementResult::Rows(r));
+                }
+                Err(mut e) => {
+                    e.statement_index = Some(u32::try_from(i).unwrap_or(u32::MAX));
+                    e.message = format!(
+                        "statement {i} of the batch failed, so none of its {} statements was \
+                         applied: {}",
+                        stmts.len(),
+                        e.message
+                    );
+                    return Err(e);
+                }
+            }
+        }
+        Ok(ResponseBody::Batch(results))
+    }
+
+    /// Counts a COMMIT that may have changed the database. Returns "" so it
+    /// can sit in a format string.
+    fn bump_commit_seq(&self) -> &'static str {
+        self.stats.commit_seq.fetch_add(1, Ordering::SeqCst);
+        ""
+    }
+
+    /// Holds one interactive transaction: `BEGIN IMMEDIATE`, then its
+    /// requests, one at a time from its channel, until it commits, rolls
+    /// back, or ends (its channel closes: expired, its connection closed,
+    /// an operator). Every other write waits in the queue meanwhile; the
+    /// batch before it has already committed and been answered.
+    fn run_transaction(
+        &mut self,
+        start: TxnStart,
+        arrived: Instant,
+        deadline: Instant,
+        reply: oneshot::Sender<ResponseBody>,
+    ) {
+        let TxnStart {
+            txn,
+            rx,
+            snapshot_seq,
+            first,
+        } = start;
+        if let Some(gone) = txn.end_error() {
+            // Ended while it waited (its connection closed, say).
+            let _ = reply.send(ResponseBody::Error(gone));
+            return;
+        }
+        if Instant::now() >= deadline {
+            txn.end(End::NotStarted);
+            let _ = reply.send(ResponseBody::Error(End::NotStarted.error(txn.id)));
+            return;
+        }
+        if let Some(seq) = snapshot_seq
+            && seq != self.stats.commit_seq.load(Ordering::SeqCst)
+        {
+            txn.end(End::Conflict);
+            let _ = reply.send(ResponseBody::Error(conflict(txn.id)));
+            return;
+        }
+        if let Err(e) = self.exec_own("BEGIN IMMEDIATE") {
+            let body = not_applied(own_statement_error("BEGIN IMMEDIATE", &e));
+            txn.end(End::Aborted(body.message.clone()));
+            let _ = reply.send(ResponseBody::Error(body));
+            return;
+        }
+        let held = Instant::now();
+        txn.writer_took_it();
+        let mut open = match first {
+            None => {
+                let _ = reply.send(ResponseBody::Begun(txn.id));
+                true
+            }
+            Some(op) => self.txn_request(
+                &txn,
+                TxnMsg {
+                    op,
+                    arrived,
+                    deadline,
+                    reply,
+                },
+            ),
+        };
+        while open {
+            self.beat();
+            match rx.recv_timeout(HEARTBEAT) {
+                Ok(msg) => open = self.txn_request(&txn, msg),
+                Err(flume::RecvTimeoutError::Timeout) => {}
+                Err(flume::RecvTimeoutError::Disconnected) => {
+                    // Ended from outside: its lease, its connection, or an
+                    // operator. Whoever ended it recorded why.
+                    if !self.conn.is_autocommit() {
+                        let _ = self.exec_own("ROLLBACK");
+                    }
+                    open = false;
+                }
+            }
+        }
+        self.stats.heartbeat.store(0, Ordering::Relaxed);
+        self.stats
+            .txn_held_micros
+            .fetch_add(held.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn beat(&self) {
+        self.stats.heartbeat.store(
+            epoch().elapsed().as_nanos().max(1) as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Serves one request of the open transaction; returns whether it is
+    /// still open.
+    fn txn_request(&mut self, txn: &Txn, msg: TxnMsg) -> bool {
+        let TxnMsg {
+            op,
+            arrived,
+            deadline,
+            reply,
+        } = msg;
+        if Instant::now() >= deadline && !matches!(op, TxnOp::Rollback) {
+            let body = ResponseBody::Error(ErrorBody::new(
+                ErrorKind::Timeout,
+                format!(
+                    "timed out after {} ms before the writer reached it; this request was not \
+                     run, and transaction {} is still open",
+                    arrived.elapsed().as_millis(),
+                    txn.id
+                ),
+            ));
+            let _ = reply.send(body);
+            return true;
+        }
+        let limits = StatementLimits::for_request(arrived, deadline, self.config.max_result_bytes);
+        let scope = Scope::Transaction;
+        let result = match &op {
+            TxnOp::Execute(st) => self
+                .run_one(st, scope, Want::Changes, &limits)
+                .map(Into::into),
+            TxnOp::Query(st) => self.run_one(st, scope, Want::Rows, &limits).map(Into::into),
+            TxnOp::Batch(stmts) => self.txn_batch(stmts, &limits),
+            TxnOp::Commit => {
+                let started = Instant::now();
+                match self.exec_own("COMMIT") {
+                    Ok(()) => {
+                        self.bump_commit_seq();
+                        self.stats.writes_committed.fetch_add(1, Ordering::Relaxed);
+                        self.stats
+                            .commit_seconds
+                            .observe_duration(started.elapsed());
+                        txn.end(End::Committed);
+                        let _ = reply.send(ResponseBody::Ok);
+                        return false;
+                    }
+                    Err(e) => {
+                        if !self.conn.is_autocommit() {
+                            let _ = self.exec_own("ROLLBACK");
+                        }
+                        let body = not_applied(own_statement_error("COMMIT", &e));
+                        txn.end(End::Aborted(body.message.clone()));
+                        let _ = reply.send(ResponseBody::Error(body));
+                        return false;
+                    }
+                }
+            }
+            TxnOp::Rollback => {
+                let _ = self.exec_own("ROLLBACK");
+                txn.end(End::RolledBack);
+                let _ = reply.send(ResponseBody::Ok);
+                return false;
+            }
+        };
+        if self.conn.is_autocommit() {
+            // SQLite rolled the whole transaction back (an interrupt, ON
+            // CONFLICT ROLLBACK, an I/O error): it is over.
+            let why = match &result {
+                Err(e) => e.message.clone(),
+                Ok(_) => "the transaction ended inside a statement".to_owned(),
+            };
+            let mut body = End::Aborted(why.clone()).error(txn.id);
+            if let Err(e) = &result {
+                body.code = e.code;
+                body.extended_code = e.extended_code;
+                body.statement_index = e.statement_index;
+            }
+            txn.end(End::Aborted(why));
+            let _ = reply.send(ResponseBody::Error(body));
+            return false;
+        }
+        let _ = reply.send(result.unwrap_or_else(ResponseBody::Error));
+        true
+    }
+
+    /// A batch inside a transaction: all or nothing, in a savepoint of its
+    /// own, leaving the transaction open either way.
+    fn txn_batch(
+        &mut self,
+        stmts: &[Statement],
+        limits: &StatementLimits,
+    ) -> Result<ResponseBody, ErrorBody> {
+        self.exec_own("SAVEPOINT nexusd_batch")
+            .map_err(|e| own_statement_error("SAVEPOINT", &e))?;
+        let result = self.run_statements(stmts, Scope::Transaction, limits);
+        if self.conn.is_autocommit() {
+            return result;
+        }
+        let end = match &result {
+            Ok(_) => self.exec_own("RELEASE nexusd_batch"),
+            Err(_) => self
+                .exec_own("ROLLBACK TO nexusd_batch")
+                .and_then(|()| self.exec_own("RELEASE nexusd_batch")),
+        };
+        end.map_err(|e| own_statement_error("closing the batch's savepoint", &e))?;
+        result
+    }
+
+    /// Runs one of the daemon's own statements, outside the guard, from
+    /// the statement cache under its nonced text.
+    fn exec_own(&self, sql: &'static str) -> rusqlite::Result<()> {
+        match self.own.get(sql) {
+            Some(text) => self.conn.prepare_cached(text)?.execute([]).map(|_| ()),
+            // Not in the list: prepared afresh, so never shared.
+            None => self.conn.execute_batch(sql),
+        }
     }
 
     /// Checkpoints and truncates the WAL so the file stands alone.

@@ -6,6 +6,10 @@
 //!   worker transfer SOCKET CLIENTS MOVES ACCOUNTS SEED
 //!   worker claim SOCKET WORKER CLIENTS
 //!   worker stream SOCKET WORKER CLIENTS      (prints "ack <id>" per write until the daemon dies)
+//!   worker txn-transfer SOCKET CLIENTS MOVES ACCOUNTS SEED immediate|deferred
+//!   worker genesis SOCKET WORKER CLIENTS
+//!   worker txn-hold SOCKET                   (prints "holding <txn>", then waits to be killed)
+//!   worker txn-stream SOCKET WORKER CLIENTS  (prints "committed <id>" per transaction until the daemon dies)
 
 use std::io::Write;
 use std::sync::Arc;
@@ -48,6 +52,22 @@ async fn main() -> anyhow::Result<()> {
         }
         "claim" => claim(&socket, arg(&args, 3, "WORKER")?, arg(&args, 4, "CLIENTS")?).await,
         "stream" => stream(&socket, arg(&args, 3, "WORKER")?, arg(&args, 4, "CLIENTS")?).await,
+        "txn-transfer" => {
+            txn_transfer(
+                &socket,
+                arg(&args, 3, "CLIENTS")?,
+                arg(&args, 4, "MOVES")?,
+                arg(&args, 5, "ACCOUNTS")?,
+                arg(&args, 6, "SEED")?,
+                arg::<String>(&args, 7, "MODE")? == "deferred",
+            )
+            .await
+        }
+        "genesis" => genesis(&socket, arg(&args, 3, "WORKER")?, arg(&args, 4, "CLIENTS")?).await,
+        "txn-hold" => txn_hold(&socket).await,
+        "txn-stream" => {
+            txn_stream(&socket, arg(&args, 3, "WORKER")?, arg(&args, 4, "CLIENTS")?).await
+        }
         other => bail!("unknown mode {other:?}"),
     }
 }
@@ -257,5 +277,202 @@ async fn stream(socket: &str, worker: i64, clients: i64) -> anyhow::Result<()> {
         t.await?;
     }
     println!("done unknown={}", unknown.load(Ordering::Relaxed));
+    Ok(())
+}
+
+/// Bank transfers as application code writes them: in a transaction, read
+/// the balance, decide, write both sides, commit. A deferred transaction
+/// that conflicts is retried whole, as the error says to.
+async fn txn_transfer(
+    socket: &str,
+    clients: u64,
+    moves: u64,
+    accounts: u64,
+    seed: u64,
+    deferred: bool,
+) -> anyhow::Result<()> {
+    let applied = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let conflicts = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let client = Client::connect(socket).await?;
+        let counters = (
+            applied.clone(),
+            refused.clone(),
+            conflicts.clone(),
+            errors.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let (applied, refused, conflicts, errors) = counters;
+            let mut rng = Rng(seed.wrapping_mul(6151).wrapping_add(c * 49_157 + 3) | 1);
+            for _ in 0..moves {
+                let from = (rng.next() % accounts) as i64;
+                let to = ((from as u64 + 1 + rng.next() % (accounts - 1)) % accounts) as i64;
+                let amount = (1 + rng.next() % 60) as i64;
+                loop {
+                    match move_once(&client, deferred, from, to, amount).await {
+                        Ok(true) => {
+                            applied.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(false) => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) if e.is_conflict() => {
+                            conflicts.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        Err(e) => {
+                            eprintln!("transfer failed unexpectedly: {e}");
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    break;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    println!(
+        "applied={} refused={} conflicts={} errors={}",
+        applied.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed),
+        conflicts.load(Ordering::Relaxed),
+        errors.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+/// One read-check-write transfer; `Ok(false)` when the balance is short
+/// (rolled back).
+async fn move_once(
+    client: &Client,
+    deferred: bool,
+    from: i64,
+    to: i64,
+    amount: i64,
+) -> nexusd_client::Result<bool> {
+    let tx = if deferred {
+        client.deferred_transaction().await?
+    } else {
+        client.transaction().await?
+    };
+    let rows = tx
+        .query("SELECT balance FROM accounts WHERE id = ?1", params![from])
+        .await?;
+    let balance: i64 = rows.get(0).map(|r| r.get(0)).transpose()?.unwrap_or(0);
+    if balance < amount {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    tx.execute(
+        "UPDATE accounts SET balance = balance - ?1 WHERE id = ?2",
+        params![amount, from],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE accounts SET balance = balance + ?1 WHERE id = ?2",
+        params![amount, to],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// The Genesis pattern: look for the default conversation, create it if
+/// missing, in one transaction. There is no UNIQUE constraint to save it.
+async fn genesis(socket: &str, worker: i64, clients: i64) -> anyhow::Result<()> {
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let client = Client::connect(socket).await?;
+        tasks.push(tokio::spawn(async move {
+            let tx = client.transaction().await?;
+            let found = tx
+                .query(
+                    "SELECT id FROM conversations WHERE is_default = 1",
+                    params![],
+                )
+                .await?;
+            let created = if found.is_empty() {
+                tx.execute(
+                    "INSERT INTO conversations(title, is_default) VALUES (?1, 1)",
+                    params![format!("default, by {worker}-{c}")],
+                )
+                .await?;
+                true
+            } else {
+                false
+            };
+            tx.commit().await?;
+            Ok::<bool, nexusd_client::Error>(created)
+        }));
+    }
+    let (mut created, mut found, mut errors) = (0, 0, 0);
+    for t in tasks {
+        match t.await? {
+            Ok(true) => created += 1,
+            Ok(false) => found += 1,
+            Err(e) => {
+                eprintln!("genesis failed: {e}");
+                errors += 1;
+            }
+        }
+    }
+    println!("created={created} found={found} errors={errors}");
+    Ok(())
+}
+
+/// Opens an immediate transaction, writes in it, and waits to be killed.
+async fn txn_hold(socket: &str) -> anyhow::Result<()> {
+    let client = Client::connect(socket).await?;
+    let tx = client.transaction().await?;
+    tx.execute(
+        "INSERT INTO held(note) VALUES ('never committed')",
+        params![],
+    )
+    .await?;
+    println!("holding {}", tx.id());
+    std::io::stdout().flush()?;
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// Transactions of two rows each, until the daemon goes away; prints each
+/// id once its commit is acknowledged.
+async fn txn_stream(socket: &str, worker: i64, clients: i64) -> anyhow::Result<()> {
+    let out = Arc::new(std::sync::Mutex::new(std::io::stdout()));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let client = Client::connect(socket).await?;
+        let out = out.clone();
+        tasks.push(tokio::spawn(async move {
+            for seq in 0.. {
+                let id = worker * 1_000_000_000 + c * 10_000_000 + seq;
+                let attempt = async {
+                    let tx = client.transaction().await?;
+                    tx.execute("INSERT INTO pairs(id, half) VALUES (?1, 1)", params![id])
+                        .await?;
+                    tx.execute("INSERT INTO pairs(id, half) VALUES (?1, 2)", params![id])
+                        .await?;
+                    tx.commit().await
+                };
+                match attempt.await {
+                    Ok(()) => {
+                        let mut out = out.lock().expect("stdout lock");
+                        let _ = writeln!(out, "committed {id}");
+                        let _ = out.flush();
+                    }
+                    Err(_) => break,
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    println!("done");
     Ok(())
 }

@@ -64,6 +64,13 @@ enum CtlCommand {
     Metrics,
     /// Drain queued requests and stop the daemon (as SIGTERM does).
     Shutdown,
+    /// The open interactive transactions: client, mode, state, age.
+    Transactions,
+    /// Roll back an open transaction by its id (from `transactions`).
+    Rollback {
+        /// The transaction's id.
+        id: u64,
+    },
     /// Run a statement and print its rows as a table.
     Query(SqlArgs),
     /// Run a statement through the writer and print what changed.
@@ -145,10 +152,12 @@ async fn command(args: CtlArgs, socket: &Path) -> Result<(), Failed> {
     match args.command {
         CtlCommand::Status => {
             let s = client.status().await?;
+            let t = client.transactions().await?;
             if json {
-                print_json(&s);
+                print_json(&json!({ "status": s, "transactions": t }));
             } else {
                 print_status(&s);
+                print_transactions(&t);
             }
         }
         CtlCommand::Stats => {
@@ -161,11 +170,28 @@ async fn command(args: CtlArgs, socket: &Path) -> Result<(), Failed> {
         }
         CtlCommand::Clients => {
             let c = client.clients().await?;
+            let t = client.transactions().await?;
             if json {
-                print_json(&c);
+                print_json(&json!({ "clients": c, "transactions": t }));
             } else {
                 print_clients(&c);
+                print_transactions(&t);
             }
+        }
+        CtlCommand::Transactions => {
+            let t = client.transactions().await?;
+            if json {
+                print_json(&t);
+            } else {
+                print_transactions(&t);
+            }
+        }
+        CtlCommand::Rollback { id } => {
+            client.rollback_transaction(id).await?;
+            print_text(
+                json,
+                format!("transaction {id} rolled back; its client is told on its next request"),
+            );
         }
         CtlCommand::Checkpoint { mode } => {
             let mode = match mode {
@@ -430,6 +456,45 @@ fn print_clients(clients: &[nexusd_client::ClientInfo]) {
     print_aligned(&header, &rows);
     let n = rows.len();
     println!("({n} client{})", if n == 1 { "" } else { "s" });
+}
+
+fn print_transactions(list: &[nexusd_client::TxnInfo]) {
+    println!("transactions:");
+    if list.is_empty() {
+        println!("  (none open)");
+        return;
+    }
+    let header: Vec<String> = [
+        "id",
+        "client",
+        "name",
+        "pid",
+        "mode",
+        "state",
+        "age",
+        "idle",
+        "statements",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.to_string(),
+                t.client_id.to_string(),
+                t.client_name.clone(),
+                t.pid.map_or("?".to_owned(), |p| p.to_string()),
+                t.mode.label().to_owned(),
+                t.state.clone(),
+                human_duration(t.age_ms),
+                human_duration(t.idle_ms),
+                t.statements.to_string(),
+            ]
+        })
+        .collect();
+    print_aligned(&header, &rows);
 }
 
 /// A progress bar on stderr while the daemon writes the backup: the copy's

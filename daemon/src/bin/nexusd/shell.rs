@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use nexusd_client::{Client, Params, Value};
+use nexusd_client::{Client, Params, Transaction, Value};
 
 use crate::ctl::{Failed, display, print_executed, print_status, print_table};
 
@@ -26,11 +26,13 @@ pub(crate) async fn run(client: &Client, socket: &Path) -> Result<(), Failed> {
         socket.display()
     );
     let mut pending = String::new();
+    // An open transaction, as psql shows it: `nexusd*>`.
+    let mut txn: Option<Transaction> = None;
     loop {
-        let prompt = if pending.is_empty() {
-            "nexusd> "
-        } else {
-            "   ...> "
+        let prompt = match (pending.is_empty(), txn.is_some()) {
+            (true, false) => "nexusd> ",
+            (true, true) => "nexusd*> ",
+            (false, _) => "   ...> ",
         };
         let line = match editor.readline(prompt) {
             Ok(line) => line,
@@ -61,7 +63,7 @@ pub(crate) async fn run(client: &Client, socket: &Path) -> Result<(), Failed> {
         }
         let sql = std::mem::take(&mut pending);
         let _ = editor.add_history_entry(sql.trim());
-        if let Err(Failed(m)) = run_sql(client, sql.trim()).await {
+        if let Err(Failed(m)) = run_sql(client, &mut txn, sql.trim()).await {
             eprintln!("error: {m}");
         }
     }
@@ -71,9 +73,98 @@ pub(crate) async fn run(client: &Client, socket: &Path) -> Result<(), Failed> {
     Ok(())
 }
 
-/// Runs one statement: through `query` when it may return rows, else
-/// through `execute`.
-async fn run_sql(client: &Client, sql: &str) -> Result<(), Failed> {
+/// What transaction control a statement typed at the prompt is.
+#[derive(Debug, PartialEq)]
+enum Control {
+    Begin { immediate: bool },
+    Commit,
+    Rollback,
+}
+
+/// BEGIN [DEFERRED | IMMEDIATE | EXCLUSIVE] [TRANSACTION], COMMIT or END
+/// [TRANSACTION], ROLLBACK [TRANSACTION]; ROLLBACK TO is a savepoint's and
+/// goes to the daemon like any statement.
+fn control(sql: &str) -> Option<Control> {
+    let upper = sql.trim_end_matches(';').to_ascii_uppercase();
+    let words: Vec<&str> = upper.split_whitespace().collect();
+    let rest_is = |from: usize, allowed: &[&str]| {
+        words[from..].iter().all(|w| allowed.contains(w)) && words.len() - from <= 1
+    };
+    match words.as_slice() {
+        ["BEGIN", ..] => match words.get(1).copied() {
+            None | Some("TRANSACTION") if rest_is(1, &["TRANSACTION"]) => {
+                Some(Control::Begin { immediate: false })
+            }
+            Some("DEFERRED") if rest_is(2, &["TRANSACTION"]) => {
+                Some(Control::Begin { immediate: false })
+            }
+            Some("IMMEDIATE" | "EXCLUSIVE") if rest_is(2, &["TRANSACTION"]) => {
+                Some(Control::Begin { immediate: true })
+            }
+            _ => None,
+        },
+        ["COMMIT" | "END", ..] if rest_is(1, &["TRANSACTION"]) => Some(Control::Commit),
+        ["ROLLBACK", ..] if rest_is(1, &["TRANSACTION"]) => Some(Control::Rollback),
+        _ => None,
+    }
+}
+
+/// Runs one statement: transaction control opens or ends the shell's
+/// transaction; anything else goes through `query` when it may return
+/// rows, else through `execute`, inside the transaction if one is open.
+async fn run_sql(client: &Client, txn: &mut Option<Transaction>, sql: &str) -> Result<(), Failed> {
+    match (control(sql), txn.take()) {
+        (Some(Control::Begin { .. }), Some(open)) => {
+            let id = open.id();
+            *txn = Some(open);
+            return Err(Failed(format!(
+                "transaction {id} is already open; COMMIT or ROLLBACK it first (SAVEPOINT nests)"
+            )));
+        }
+        (Some(Control::Begin { immediate }), None) => {
+            let begun = if immediate {
+                client.transaction().await?
+            } else {
+                client.deferred_transaction().await?
+            };
+            println!(
+                "BEGIN (transaction {}, {})",
+                begun.id(),
+                if immediate { "immediate" } else { "deferred" }
+            );
+            *txn = Some(begun);
+            return Ok(());
+        }
+        (Some(Control::Commit | Control::Rollback), None) => {
+            return Err(Failed("no transaction is open; BEGIN opens one".to_owned()));
+        }
+        (Some(Control::Commit), Some(open)) => {
+            open.commit().await?;
+            println!("COMMIT");
+            return Ok(());
+        }
+        (Some(Control::Rollback), Some(open)) => {
+            open.rollback().await?;
+            println!("ROLLBACK");
+            return Ok(());
+        }
+        (None, open) => *txn = open,
+    }
+    let result = run_statement(client, txn.as_ref(), sql).await;
+    if let Err(Failed(m)) = &result
+        && m.starts_with("transaction expired")
+    {
+        // It is over on the daemon's side: leave the `*` prompt.
+        *txn = None;
+    }
+    result
+}
+
+async fn run_statement(
+    client: &Client,
+    txn: Option<&Transaction>,
+    sql: &str,
+) -> Result<(), Failed> {
     let head = sql
         .trim_start()
         .split(|c: char| c.is_whitespace() || c == '(')
@@ -84,12 +175,12 @@ async fn run_sql(client: &Client, sql: &str) -> Result<(), Failed> {
         head.as_str(),
         "SELECT" | "WITH" | "VALUES" | "PRAGMA" | "EXPLAIN"
     ) || sql.to_ascii_uppercase().contains("RETURNING");
-    if returns_rows {
-        let rows = client.query(sql, Params::default()).await?;
-        print_table(&rows);
-    } else {
-        let done = client.execute(sql, Params::default()).await?;
-        print_executed(&done);
+    let params = Params::default();
+    match (returns_rows, txn) {
+        (true, Some(t)) => print_table(&t.query(sql, params).await?),
+        (true, None) => print_table(&client.query(sql, params).await?),
+        (false, Some(t)) => print_executed(&t.execute(sql, params).await?),
+        (false, None) => print_executed(&client.execute(sql, params).await?),
     }
     Ok(())
 }
@@ -140,4 +231,30 @@ async fn dot_command(client: &Client, line: &str) -> Result<bool, Failed> {
         }
     }
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transaction_control_is_recognised_and_savepoints_are_not() {
+        assert_eq!(control("begin;"), Some(Control::Begin { immediate: false }));
+        assert_eq!(
+            control("BEGIN IMMEDIATE TRANSACTION"),
+            Some(Control::Begin { immediate: true })
+        );
+        assert_eq!(
+            control("begin exclusive"),
+            Some(Control::Begin { immediate: true })
+        );
+        assert_eq!(control("commit"), Some(Control::Commit));
+        assert_eq!(control("END TRANSACTION;"), Some(Control::Commit));
+        assert_eq!(control("rollback"), Some(Control::Rollback));
+        assert_eq!(control("ROLLBACK TO s"), None);
+        assert_eq!(control("ROLLBACK TRANSACTION TO SAVEPOINT s"), None);
+        assert_eq!(control("SAVEPOINT s"), None);
+        assert_eq!(control("BEGIN nonsense"), None);
+        assert_eq!(control("SELECT 1"), None);
+    }
 }

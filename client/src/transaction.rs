@@ -1,0 +1,120 @@
+//! An interactive transaction: statements that read, let the caller decide,
+//! and write, applied together by `commit` or not at all.
+
+use std::sync::Arc;
+
+use nexusd_protocol::{RequestBody, ResponseBody, TxnOp};
+
+use crate::connection::Connection;
+use crate::{
+    Client, Error, Executed, Params, Result, Rows, Statement, StatementResult, into_batch,
+    into_executed, into_rows, unexpected,
+};
+
+/// An open transaction, from [`Client::transaction`],
+/// [`Client::deferred_transaction`] or [`Client::read_transaction`].
+///
+/// Its requests travel on the connection that began it, which clones of
+/// the `Client` share. It is `Send`, owns what it needs, and may outlive
+/// the `Client` it came from. Dropped without [`commit`](Self::commit) or
+/// [`rollback`](Self::rollback), it is rolled back: the drop queues the
+/// rollback and returns at once.
+pub struct Transaction {
+    client: Client,
+    conn: Arc<Connection>,
+    id: u64,
+    finished: bool,
+}
+
+impl std::fmt::Debug for Transaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transaction").field("id", &self.id).finish()
+    }
+}
+
+impl Transaction {
+    pub(crate) fn new(client: Client, conn: Arc<Connection>, id: u64) -> Transaction {
+        Transaction {
+            client,
+            conn,
+            id,
+            finished: false,
+        }
+    }
+
+    /// The daemon's id for it, as `nexusd ctl transactions` shows it.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    async fn call(&self, op: TxnOp) -> Result<ResponseBody> {
+        if !self.conn.is_alive() {
+            return Err(Error::TransactionExpired(format!(
+                "the connection that held transaction {} closed, so the daemon rolled it back; \
+                 nothing in it was applied",
+                self.id
+            )));
+        }
+        self.client
+            .call_on(&self.conn, RequestBody::Transaction { txn: self.id, op })
+            .await
+    }
+
+    /// Runs one statement in the transaction; it sees the transaction's own
+    /// writes. Returns what [`Client::execute`] returns.
+    pub async fn execute(&self, sql: &str, params: Params) -> Result<Executed> {
+        into_executed(
+            self.call(TxnOp::Execute(Statement::new(sql, params)))
+                .await?,
+        )
+    }
+
+    /// Runs one statement in the transaction and returns its rows, as
+    /// [`Client::query`].
+    pub async fn query(&self, sql: &str, params: Params) -> Result<Rows> {
+        into_rows(self.call(TxnOp::Query(Statement::new(sql, params))).await?)
+    }
+
+    /// Runs the statements in order, all or nothing within the transaction
+    /// (which stays open either way), as [`Client::batch`].
+    pub async fn batch(&self, statements: Vec<Statement>) -> Result<Vec<StatementResult>> {
+        into_batch(self.call(TxnOp::Batch(statements)).await?)
+    }
+
+    /// Applies the transaction; returns once it is durable. On an error
+    /// nothing in it was applied, except [`Error::Disconnected`] with
+    /// `outcome_unknown`, when the connection died with the commit out.
+    pub async fn commit(mut self) -> Result<()> {
+        self.finished = true;
+        match self.call(TxnOp::Commit).await? {
+            ResponseBody::Ok => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Discards the transaction.
+    pub async fn rollback(mut self) -> Result<()> {
+        self.finished = true;
+        match self.call(TxnOp::Rollback).await {
+            Ok(ResponseBody::Ok) => Ok(()),
+            Ok(other) => Err(unexpected(&other)),
+            // Already over, so already rolled back: that is what was asked.
+            Err(Error::TransactionExpired(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        if self.finished || !self.conn.is_alive() {
+            return;
+        }
+        let req = self.client.request(RequestBody::Transaction {
+            txn: self.id,
+            op: TxnOp::Rollback,
+        });
+        // If even that cannot be queued, the lease rolls it back.
+        let _ = self.conn.send_detached(&req);
+    }
+}

@@ -1,0 +1,506 @@
+//! Interactive transactions against the real daemon: read-check-write from
+//! many processes with no lock errors, the Genesis pattern, leases, clients
+//! and daemons killed with transactions open, snapshots, deferred
+//! conflicts, savepoints, and the operator's view.
+
+use std::io::{BufRead, BufReader};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nexusd_client::{Client, Error, params};
+use nexusd_tests::{Daemon, nexusd_bin, wait_until};
+
+use crate::{LONG, client, finish_worker, rt, s, spawn_worker};
+
+fn count(c: &nexusd_client::blocking::Client, sql: &str) -> i64 {
+    c.query(sql, params![])
+        .expect("count")
+        .get(0)
+        .expect("a row")
+        .get(0)
+        .expect("an integer")
+}
+
+/// 8 processes move money as read-check-write transactions (half of them
+/// deferred, retrying conflicts): the total is conserved, no balance goes
+/// negative, and no request fails, with a lock error or any other.
+#[test]
+fn bank_transfers_from_8_processes_conserve_the_total() {
+    let d = Daemon::start(&[]);
+    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    c.execute(
+        "CREATE TABLE accounts(id INTEGER PRIMARY KEY, balance INTEGER NOT NULL)",
+        params![],
+    )
+    .expect("create");
+    let accounts = 10;
+    for id in 0..accounts {
+        c.execute("INSERT INTO accounts VALUES (?1, 100)", params![id])
+            .expect("seed");
+    }
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            spawn_worker(&[
+                s("txn-transfer"),
+                d.socket().display().to_string(),
+                s(4),
+                s(25),
+                s(accounts),
+                s(w + 1),
+                s(if w % 2 == 0 { "immediate" } else { "deferred" }),
+            ])
+        })
+        .collect();
+    let (mut applied, mut refused, mut errors) = (0, 0, 0);
+    for w in workers {
+        let r = finish_worker(w);
+        applied += r["applied"];
+        refused += r["refused"];
+        errors += r["errors"];
+    }
+    assert_eq!(errors, 0, "no transfer may fail");
+    assert_eq!(applied + refused, 8 * 4 * 25);
+    assert!(applied > 0, "some transfers must apply");
+    assert_eq!(
+        count(&c, "SELECT sum(balance) FROM accounts"),
+        100 * accounts
+    );
+    assert!(count(&c, "SELECT min(balance) FROM accounts") >= 0);
+    let log = d.log_text();
+    assert!(!log.contains("database is locked"), "{log}");
+}
+
+/// The Genesis pattern from the seed reports: 50 concurrent transactions
+/// each look for the default conversation and create it if missing.
+#[test]
+fn genesis_pattern_creates_exactly_one_default_conversation() {
+    let d = Daemon::start(&[]);
+    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    c.execute(
+        "CREATE TABLE conversations(id INTEGER PRIMARY KEY, title TEXT, is_default INTEGER)",
+        params![],
+    )
+    .expect("create");
+    let workers: Vec<_> = (0..5)
+        .map(|w| spawn_worker(&[s("genesis"), d.socket().display().to_string(), s(w), s(10)]))
+        .collect();
+    let (mut created, mut found) = (0, 0);
+    for w in workers {
+        let r = finish_worker(w);
+        assert_eq!(r["errors"], 0);
+        created += r["created"];
+        found += r["found"];
+    }
+    assert_eq!(created, 1);
+    assert_eq!(found, 49);
+    assert_eq!(count(&c, "SELECT count(*) FROM conversations"), 1);
+}
+
+/// An idle transaction is rolled back after its lease; other clients'
+/// writes went through meanwhile, and its next call gets the expiry error.
+#[test]
+fn an_idle_transaction_expires_and_others_proceed() {
+    let d = Daemon::start(&["--txn-idle-timeout-ms", "300"]);
+    rt().block_on(async {
+        let a = client(&d).await;
+        let b = client(&d).await;
+        a.execute("CREATE TABLE t(x TEXT)", params![])
+            .await
+            .expect("create");
+        let tx = a.transaction().await.expect("begin");
+        tx.execute("INSERT INTO t VALUES ('from the idle one')", params![])
+            .await
+            .expect("insert");
+        // b's write waits for the writer, which the idle transaction holds
+        // until its lease ends.
+        let started = Instant::now();
+        b.execute("INSERT INTO t VALUES ('from b')", params![])
+            .await
+            .expect("b's write goes through");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let e = tx
+            .execute("INSERT INTO t VALUES ('too late')", params![])
+            .await
+            .expect_err("expired");
+        assert!(e.is_transaction_expired(), "{e}");
+        assert!(e.to_string().contains("sent nothing for"), "{e}");
+        assert!(e.to_string().contains("nothing in it was applied"), "{e}");
+        // Committing it fails the same way, and it never ran outside a
+        // transaction.
+        let e = tx.commit().await.expect_err("expired");
+        assert!(
+            matches!(e, Error::InvalidArgument(_) | Error::TransactionExpired(_)),
+            "{e}"
+        );
+        let rows = b
+            .query("SELECT x FROM t ORDER BY x", params![])
+            .await
+            .expect("rows");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            rows.get(0).expect("row").get::<String>(0).expect("x"),
+            "from b"
+        );
+        let metrics = b.metrics().await.expect("metrics");
+        assert!(
+            metrics.contains("nexusd_transactions_total{end=\"expired\"} 1"),
+            "{metrics}"
+        );
+    });
+}
+
+/// kill -9 of a client process holding a transaction: the daemon rolls it
+/// back at once (the lease here is a minute), and the others carry on.
+#[test]
+fn a_killed_client_s_transaction_is_rolled_back_at_once() {
+    let d = Daemon::start(&["--txn-idle-timeout-ms", "60000"]);
+    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    c.execute("CREATE TABLE held(note TEXT)", params![])
+        .expect("create");
+    let mut holder = spawn_worker(&[s("txn-hold"), d.socket().display().to_string()]);
+    let stdout = holder.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the worker's line");
+    assert!(line.starts_with("holding "), "{line}");
+    assert_eq!(c.transactions().expect("list").len(), 1);
+    holder.kill().expect("kill -9 the client");
+    let _ = holder.wait();
+    let started = Instant::now();
+    c.execute("INSERT INTO held(note) VALUES ('after')", params![])
+        .expect("the writer is free again");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(count(&c, "SELECT count(*) FROM held"), 1);
+    assert!(c.transactions().expect("list").is_empty());
+    assert!(
+        c.metrics()
+            .expect("metrics")
+            .contains("nexusd_transactions_total{end=\"connection_closed\"} 1")
+    );
+}
+
+/// A read-only transaction sees one snapshot while writers commit, and does
+/// not hold them up.
+#[test]
+fn a_read_transaction_sees_one_snapshot() {
+    let d = Daemon::start(&[]);
+    rt().block_on(async {
+        let c = client(&d).await;
+        c.execute("CREATE TABLE t(x INTEGER)", params![])
+            .await
+            .expect("create");
+        c.execute("INSERT INTO t VALUES (1)", params![])
+            .await
+            .expect("insert");
+        let tx = c.read_transaction().await.expect("begin read");
+        let before: i64 = tx
+            .query("SELECT count(*) FROM t", params![])
+            .await
+            .expect("count")
+            .get(0)
+            .expect("row")
+            .get(0)
+            .expect("n");
+        for i in 0..20 {
+            c.execute("INSERT INTO t VALUES (?1)", params![i])
+                .await
+                .expect("writers are not held up");
+        }
+        let inside: i64 = tx
+            .query("SELECT count(*) FROM t", params![])
+            .await
+            .expect("count")
+            .get(0)
+            .expect("row")
+            .get(0)
+            .expect("n");
+        assert_eq!(inside, before, "the snapshot moved");
+        let e = tx
+            .execute("INSERT INTO t VALUES (99)", params![])
+            .await
+            .expect_err("read-only");
+        assert!(e.to_string().contains("is read-only"), "{e}");
+        tx.commit().await.expect("end the read");
+        let after: i64 = c
+            .query("SELECT count(*) FROM t", params![])
+            .await
+            .expect("count")
+            .get(0)
+            .expect("row")
+            .get(0)
+            .expect("n");
+        assert_eq!(after, before + 20);
+    });
+}
+
+/// A deferred transaction conflicts when a commit lands between its first
+/// read and its first write, and commits when none does.
+#[test]
+fn a_deferred_transaction_conflicts_only_when_a_commit_came_between() {
+    let d = Daemon::start(&[]);
+    rt().block_on(async {
+        let a = client(&d).await;
+        let b = client(&d).await;
+        a.execute("CREATE TABLE t(x INTEGER)", params![])
+            .await
+            .expect("create");
+
+        let tx = a.deferred_transaction().await.expect("begin");
+        tx.query("SELECT count(*) FROM t", params![])
+            .await
+            .expect("read");
+        b.execute("INSERT INTO t VALUES (1)", params![])
+            .await
+            .expect("b commits in between");
+        let e = tx
+            .execute("INSERT INTO t VALUES (2)", params![])
+            .await
+            .expect_err("conflict");
+        assert!(e.is_conflict(), "{e}");
+        assert!(e.to_string().contains("retry"), "{e}");
+        let rows = a.query("SELECT x FROM t", params![]).await.expect("rows");
+        assert_eq!(rows.len(), 1, "nothing of the conflicting one applied");
+
+        let tx = a.deferred_transaction().await.expect("begin");
+        let n: i64 = tx
+            .query("SELECT count(*) FROM t", params![])
+            .await
+            .expect("read")
+            .get(0)
+            .expect("row")
+            .get(0)
+            .expect("n");
+        tx.execute("INSERT INTO t VALUES (?1)", params![n + 10])
+            .await
+            .expect("no commit came between");
+        let seen: i64 = tx
+            .query("SELECT count(*) FROM t", params![])
+            .await
+            .expect("read own write")
+            .get(0)
+            .expect("row")
+            .get(0)
+            .expect("n");
+        assert_eq!(seen, n + 1);
+        tx.commit().await.expect("commit");
+        let rows = a.query("SELECT x FROM t", params![]).await.expect("rows");
+        assert_eq!(rows.len(), 2);
+    });
+}
+
+/// SAVEPOINT, RELEASE and ROLLBACK TO work inside a transaction; BEGIN
+/// inside one is an error that leaves it open; transaction control outside
+/// one points to the transaction API.
+#[test]
+fn savepoints_inside_a_transaction() {
+    let d = Daemon::start(&[]);
+    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    c.execute("CREATE TABLE t(x INTEGER)", params![])
+        .expect("create");
+    let tx = c.transaction().expect("begin");
+    tx.execute("INSERT INTO t VALUES (1)", params![])
+        .expect("insert");
+    tx.execute("SAVEPOINT s", params![]).expect("savepoint");
+    tx.execute("INSERT INTO t VALUES (2)", params![])
+        .expect("insert");
+    tx.execute("ROLLBACK TO s", params![]).expect("rollback to");
+    tx.execute("INSERT INTO t VALUES (3)", params![])
+        .expect("insert");
+    tx.execute("RELEASE s", params![]).expect("release");
+    let e = tx.execute("BEGIN", params![]).expect_err("nested BEGIN");
+    assert!(e.as_sql().expect("sql").refused, "{e}");
+    assert!(e.to_string().contains("SAVEPOINT"), "{e}");
+    let e = tx.execute("COMMIT", params![]).expect_err("COMMIT as SQL");
+    assert!(e.as_sql().is_some_and(|s| s.refused), "{e:?}");
+    tx.commit().expect("commit");
+    let rows = c
+        .query("SELECT x FROM t ORDER BY x", params![])
+        .expect("rows");
+    let xs: Vec<i64> = rows.iter().map(|r| r.get(0).expect("x")).collect();
+    assert_eq!(xs, vec![1, 3]);
+    let e = c.execute("SAVEPOINT s", params![]).expect_err("outside");
+    assert!(e.to_string().contains("Client::transaction()"), "{e}");
+}
+
+/// kill -9 of the daemon while transactions run from 4 processes: after a
+/// restart every acknowledged commit is there whole, no transaction is
+/// there in part, and integrity_check says ok.
+#[test]
+fn transactions_survive_a_daemon_kill_whole_or_not_at_all() {
+    let mut d = Daemon::start(&[]);
+    rt().block_on(async {
+        client(&d)
+            .await
+            .execute(
+                "CREATE TABLE pairs(id INTEGER, half INTEGER, PRIMARY KEY(id, half))",
+                params![],
+            )
+            .await
+            .expect("create")
+    });
+    let acked = Arc::new(Mutex::new(Vec::<i64>::new()));
+    let mut readers = Vec::new();
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let mut child = spawn_worker(&[
+            s("txn-stream"),
+            d.socket().display().to_string(),
+            s(w),
+            s(4),
+        ]);
+        let stdout = child.stdout.take().expect("stdout");
+        let acked = acked.clone();
+        readers.push(std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(id) = line.strip_prefix("committed ") {
+                    acked.lock().expect("lock").push(id.parse().expect("an id"));
+                }
+            }
+        }));
+        workers.push(child);
+    }
+    assert!(
+        wait_until(LONG, || acked.lock().expect("lock").len() >= 300),
+        "the workers made no progress"
+    );
+    d.kill9();
+    for mut w in workers {
+        let _ = w.wait();
+    }
+    for r in readers {
+        let _ = r.join();
+    }
+    d.restart();
+    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    let acked = acked.lock().expect("lock").clone();
+    assert!(acked.len() >= 300);
+    for id in &acked {
+        let n = c
+            .query("SELECT count(*) FROM pairs WHERE id = ?1", params![*id])
+            .expect("count")
+            .get(0)
+            .expect("row")
+            .get::<i64>(0)
+            .expect("n");
+        assert_eq!(n, 2, "committed transaction {id} is not whole");
+    }
+    assert_eq!(
+        count(
+            &c,
+            "SELECT count(*) FROM (SELECT id FROM pairs GROUP BY id HAVING count(*) != 2)"
+        ),
+        0,
+        "a transaction is there in part"
+    );
+    assert_eq!(c.integrity_check(false).expect("integrity"), "ok");
+}
+
+/// Operators see open transactions (ctl transactions, status, clients) and
+/// can roll one back by id; its client learns it on its next request.
+#[test]
+fn operators_list_and_roll_back_transactions() {
+    let d = Daemon::start(&[]);
+    rt().block_on(async {
+        let app = Client::connect_with(
+            d.socket(),
+            nexusd_client::ClientOptions {
+                client_name: "the-app".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("connect");
+        app.execute("CREATE TABLE t(x INTEGER)", params![])
+            .await
+            .expect("create");
+        let tx = app.deferred_transaction().await.expect("begin");
+        tx.query("SELECT count(*) FROM t", params![])
+            .await
+            .expect("read");
+        let ctl = |args: &[&str]| {
+            Command::new(nexusd_bin())
+                .arg("ctl")
+                .arg("--socket")
+                .arg(d.socket())
+                .args(args)
+                .output()
+                .expect("ctl")
+        };
+        let out = ctl(&["transactions"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("the-app"), "{text}");
+        assert!(text.contains("deferred"), "{text}");
+        assert!(text.contains("snapshot"), "{text}");
+        for cmd in ["status", "clients"] {
+            let out = ctl(&[cmd]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(text.contains("transactions"), "{cmd}: {text}");
+            assert!(text.contains("the-app"), "{cmd}: {text}");
+        }
+        let out = ctl(&["rollback", &tx.id().to_string()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let e = tx
+            .query("SELECT 1", params![])
+            .await
+            .expect_err("rolled back");
+        assert!(e.is_transaction_expired(), "{e}");
+        assert!(e.to_string().contains("by an operator"), "{e}");
+        let out = ctl(&["rollback", "987654"]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no transaction 987654"));
+    });
+}
+
+/// The authorizer runs at prepare time, so a client statement with the
+/// exact text of one the daemon runs itself (and keeps prepared) must not
+/// reuse the daemon's: every one is refused, after the daemon has used
+/// them all, and the writes around them stay whole.
+#[test]
+fn the_daemon_s_own_statements_cannot_be_borrowed_from_its_cache() {
+    let d = Daemon::start(&[]);
+    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    c.execute("CREATE TABLE t(x INTEGER)", params![])
+        .expect("create");
+    // Group commits, a failed request (ROLLBACK TO), a transaction and a
+    // batch inside one: the daemon has prepared each of its statements.
+    c.execute("INSERT INTO t VALUES (1)", params![])
+        .expect("insert");
+    let _ = c.execute("INSERT INTO nope VALUES (1)", params![]);
+    let tx = c.transaction().expect("begin");
+    tx.batch(vec![nexusd_client::Statement::new(
+        "INSERT INTO t VALUES (2)",
+        params![],
+    )])
+    .expect("batch");
+    tx.rollback().expect("rollback");
+    for sql in [
+        "COMMIT",
+        "BEGIN IMMEDIATE",
+        "ROLLBACK",
+        "SAVEPOINT req",
+        "RELEASE req",
+        "ROLLBACK TO req",
+        "SAVEPOINT nexusd_batch",
+    ] {
+        let e = c.execute(sql, params![]).expect_err(sql);
+        assert!(e.as_sql().is_some_and(|s| s.refused), "{sql}: {e:?}");
+    }
+    c.execute("INSERT INTO t VALUES (3)", params![])
+        .expect("insert");
+    let rows = c
+        .query("SELECT x FROM t ORDER BY x", params![])
+        .expect("rows");
+    let xs: Vec<i64> = rows.iter().map(|r| r.get(0).expect("x")).collect();
+    assert_eq!(xs, vec![1, 3]);
+}
