@@ -391,8 +391,9 @@ impl Client {
     }
 
     /// Begins an interactive transaction that holds the writer from the
-    /// start (SQLite's `BEGIN IMMEDIATE`): it returns once no other write
-    /// can come between, so no conflict is possible. Other clients' writes
+    /// start (SQLite's `BEGIN IMMEDIATE`): its statements run when the
+    /// writer takes it up, in queue order, and from then on no other write
+    /// comes between, so no conflict is possible. Other clients' writes
     /// wait meanwhile, so keep it short; the daemon rolls back a
     /// transaction idle longer than its `txn-idle-timeout-ms` (5 s by
     /// default) or open longer than `txn-max-ms` (30 s).

@@ -93,6 +93,46 @@ fn examples() -> Vec<(&'static str, Vec<u8>)> {
             }),
         ),
         (
+            "begin",
+            frame(&Request {
+                id: 5,
+                db: "main".into(),
+                timeout_ms: 0,
+                body: RequestBody::Begin(TxnMode::Deferred),
+            }),
+        ),
+        (
+            "begun",
+            frame(&Response {
+                id: 5,
+                body: ResponseBody::Begun(7),
+            }),
+        ),
+        (
+            "in-transaction",
+            frame(&Request {
+                id: 6,
+                db: "main".into(),
+                timeout_ms: 0,
+                body: RequestBody::Transaction {
+                    txn: 7,
+                    op: TxnOp::Query(Statement::new("SELECT 1", Params::Positional(vec![]))),
+                },
+            }),
+        ),
+        (
+            "commit",
+            frame(&Request {
+                id: 7,
+                db: "main".into(),
+                timeout_ms: 0,
+                body: RequestBody::Transaction {
+                    txn: 7,
+                    op: TxnOp::Commit,
+                },
+            }),
+        ),
+        (
             "error-io",
             frame(&Response {
                 id: 4,

@@ -230,3 +230,74 @@ fn a_rejected_reload_is_its_own_error() {
         "{settings:?}"
     );
 }
+
+fn send_and_static<T: Send + 'static>(_: &T) {}
+
+/// The blocking client has the transaction API too; a transaction is
+/// `Send`, outlives the `Client` that made it, and rolls back when dropped
+/// unfinished, without blocking.
+#[test]
+fn transactions_from_both_clients_and_dropped_ones_roll_back() {
+    let d = Daemon::start(&[]);
+    let b = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    b.execute("CREATE TABLE t(x INTEGER)", params![])
+        .expect("create");
+
+    // Blocking: each kind, committed, rolled back, and dropped.
+    let tx = b.transaction().expect("begin");
+    send_and_static(&tx);
+    tx.execute("INSERT INTO t VALUES (1)", params![])
+        .expect("insert");
+    tx.commit().expect("commit");
+    let tx = b.deferred_transaction().expect("begin deferred");
+    tx.execute("INSERT INTO t VALUES (2)", params![])
+        .expect("insert");
+    tx.rollback().expect("rollback");
+    let tx = b.read_transaction().expect("begin read");
+    let n: i64 = tx
+        .query("SELECT count(*) FROM t", params![])
+        .expect("count")
+        .get(0)
+        .expect("row")
+        .get(0)
+        .expect("n");
+    assert_eq!(n, 1);
+    drop(tx);
+    let tx = b.transaction().expect("begin");
+    tx.execute("INSERT INTO t VALUES (3)", params![])
+        .expect("insert");
+    let started = std::time::Instant::now();
+    drop(tx);
+    assert!(started.elapsed() < std::time::Duration::from_millis(100));
+
+    // Async: a transaction outlives its client, and moves between threads.
+    let rt = rt();
+    let tx = rt.block_on(async {
+        let c = client(&d).await;
+        c.transaction().await.expect("begin")
+    });
+    send_and_static(&tx);
+    rt.block_on(async move {
+        tokio::spawn(async move {
+            tx.execute("INSERT INTO t VALUES (4)", params![])
+                .await
+                .expect("insert");
+            tx.commit().await.expect("commit");
+        })
+        .await
+        .expect("task");
+    });
+
+    assert!(
+        nexusd_tests::wait_until(std::time::Duration::from_secs(10), || b
+            .transactions()
+            .expect("list")
+            .is_empty()),
+        "the dropped transactions were not rolled back"
+    );
+    let rows = b
+        .query("SELECT x FROM t ORDER BY x", params![])
+        .expect("rows");
+    let xs: Vec<i64> = rows.iter().map(|r| r.get(0).expect("x")).collect();
+    assert_eq!(xs, vec![1, 4]);
+}

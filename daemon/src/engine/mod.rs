@@ -11,6 +11,7 @@ mod guard;
 mod maintenance;
 mod readers;
 mod statement;
+mod syncer;
 mod transactions;
 mod writer;
 
@@ -148,8 +149,9 @@ impl Engine {
 
 impl Engine {
     /// Opens an interactive transaction for `owner`; answers `Begun`. An
-    /// immediate one answers once it holds the writer; the others once
-    /// their snapshot is taken.
+    /// immediate one answers once it is queued for the writer (its
+    /// statements run when the writer takes it up, in queue order); the
+    /// others once their snapshot is taken.
     pub(crate) async fn begin(
         &self,
         mode: TxnMode,
@@ -177,15 +179,21 @@ impl Engine {
                     snapshot_seq: None,
                     first: None,
                 };
-                let body = self
+                // Answered once queued: the client's first statement then
+                // waits on the transaction's channel, and the writer finds
+                // it there, instead of waiting a round trip for it.
+                match self
                     .writer
-                    .submit_transaction(start, arrived, deadline)
-                    .await;
-                if !matches!(body, ResponseBody::Begun(_)) {
-                    txn.end(End::NotStarted);
-                    self.transactions.forget(txn.id);
+                    .enqueue_transaction(start, arrived, deadline)
+                    .await
+                {
+                    Ok(()) => ResponseBody::Begun(txn.id),
+                    Err(body) => {
+                        txn.end(End::NotStarted);
+                        self.transactions.forget(txn.id);
+                        body
+                    }
                 }
-                body
             }
             TxnMode::Deferred | TxnMode::ReadOnly => {
                 // Read before the snapshot begins: a commit in between makes

@@ -154,8 +154,7 @@ fn run(
     only: Only,
 ) -> Result<ReadOnly, ErrorBody> {
     guard.client(limits.deadline, scope, || {
-        run_guarded(conn, guard, st, want, limits, only)
-            .or_else(|e| error_body(e, guard, limits))
+        run_guarded(conn, guard, st, want, limits, only).or_else(|e| error_body(e, guard, limits))
     })
 }
 

@@ -25,6 +25,7 @@ use super::CheckpointGate;
 use super::db::{self, Synchronous, epoch};
 use super::guard::{Guard, Scope};
 use super::statement::{self, Output, StatementLimits, Want, own_statement_error};
+use super::syncer::{Ack, Syncer};
 use super::transactions::{End, Txn, TxnMsg, conflict};
 use crate::histogram::Histogram;
 use nexusd_protocol::TxnOp;
@@ -203,6 +204,39 @@ impl WriterHandle {
         self.send(Work::Transaction(start), arrived, deadline).await
     }
 
+    /// Queues an immediate transaction for the writer without waiting for
+    /// the writer to reach it: its requests wait on its channel meanwhile,
+    /// so the writer finds the first one there when it does. `Err` (a
+    /// timeout, or the writer gone) when it could not even be queued.
+    pub(crate) async fn enqueue_transaction(
+        &self,
+        start: TxnStart,
+        arrived: Instant,
+        deadline: Instant,
+    ) -> Result<(), ResponseBody> {
+        // Nobody waits for this reply: a failure reaches the transaction's
+        // requests as its end.
+        let (reply, _) = oneshot::channel();
+        let job = WriteJob {
+            work: Work::Transaction(start),
+            arrived,
+            deadline,
+            reply,
+        };
+        match tokio::time::timeout_at(deadline.into(), self.tx.send(job)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(writer_gone()),
+            Err(_) => Err(ResponseBody::Error(ErrorBody::new(
+                ErrorKind::Timeout,
+                format!(
+                    "timed out after {} ms waiting for room in the writer queue; the \
+                     transaction was not begun. The daemon is saturated: retry later",
+                    arrived.elapsed().as_millis()
+                ),
+            ))),
+        }
+    }
+
     /// The writer's commit count (see `WriterStats::commit_seq`).
     pub(crate) fn commit_seq(&self) -> u64 {
         self.stats.commit_seq.load(Ordering::SeqCst)
@@ -292,9 +326,23 @@ pub fn spawn(
                     Ok(())
                 }))?;
                 let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
-                Ok((conn, guard, u64::try_from(page_size).unwrap_or(4096)))
+                // FULL is NORMAL plus a sync of the WAL after each commit;
+                // the syncer does that sync, off this thread.
+                let syncer = match config.synchronous {
+                    Synchronous::Full => {
+                        conn.pragma_update(None, "synchronous", 1)?;
+                        Some(Syncer::spawn(&config.path)?)
+                    }
+                    Synchronous::Normal => None,
+                };
+                Ok((
+                    conn,
+                    guard,
+                    u64::try_from(page_size).unwrap_or(4096),
+                    syncer,
+                ))
             });
-            let (conn, guard, page_size) = match opened {
+            let (conn, guard, page_size, syncer) = match opened {
                 Ok(c) => {
                     let _ = opened_tx.send(Ok(()));
                     c
@@ -305,6 +353,7 @@ pub fn spawn(
                 }
             };
             let mut writer = Writer {
+                syncer,
                 own: own_statements(),
                 gate,
                 wal_frames,
@@ -328,6 +377,9 @@ pub fn spawn(
 }
 
 struct Writer {
+    /// Sends replies once their commit is durable; `None` under
+    /// `synchronous=normal`, where a reply goes as soon as COMMIT returns.
+    syncer: Option<Syncer>,
     /// The daemon's own statements, by their plain text.
     own: HashMap<&'static str, String>,
     gate: CheckpointGate,
@@ -372,7 +424,11 @@ impl Writer {
                 match job.work {
                     Work::Admin(admin) => {
                         let body = self.run_admin(admin);
-                        let _ = job.reply.send(body);
+                        if matches!(admin, WriterAdmin::Vacuum | WriterAdmin::Optimize) {
+                            self.ack(vec![(job.reply, body)]);
+                        } else {
+                            let _ = job.reply.send(body);
+                        }
                         continue;
                     }
                     Work::Transaction(start) => {
@@ -563,9 +619,7 @@ impl Writer {
                 self.stats
                     .commit_seconds
                     .observe_duration(started.elapsed());
-                for d in done {
-                    let _ = d.job.reply.send(d.body);
-                }
+                self.ack(done.into_iter().map(|d| (d.job.reply, d.body)).collect());
             }
             Err(e) => {
                 tracing::error!(error = %e, requests = done.len(), "COMMIT failed; the batch is rolled back");
@@ -670,6 +724,19 @@ impl Writer {
             }
         }
         Ok(ResponseBody::Batch(results))
+    }
+
+    /// Sends the replies of what just committed: at once under
+    /// `synchronous=normal`, else once the syncer has made it durable.
+    fn ack(&self, acks: Vec<Ack>) {
+        match &self.syncer {
+            Some(syncer) => syncer.after_sync(acks),
+            None => {
+                for (reply, body) in acks {
+                    let _ = reply.send(body);
+                }
+            }
+        }
     }
 
     /// Counts a COMMIT that may have changed the database. Returns "" so it
@@ -805,7 +872,7 @@ impl Writer {
                             .commit_seconds
                             .observe_duration(started.elapsed());
                         txn.end(End::Committed);
-                        let _ = reply.send(ResponseBody::Ok);
+                        self.ack(vec![(reply, ResponseBody::Ok)]);
                         return false;
                     }
                     Err(e) => {
@@ -881,7 +948,11 @@ impl Writer {
     }
 
     /// Checkpoints and truncates the WAL so the file stands alone.
-    fn close(self) {
+    fn close(mut self) {
+        // The replies still waiting for a sync go first.
+        if let Some(syncer) = self.syncer.take() {
+            syncer.finish();
+        }
         match self
             .conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {

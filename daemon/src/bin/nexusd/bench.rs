@@ -37,6 +37,13 @@ pub(crate) enum Workload {
     /// One client streams inserts flat out (256 in flight); the others do
     /// one insert at a time, and the report is their latency.
     BulkInteractive,
+    /// pgbench's default TPC-B-like script, scale 1: an interactive
+    /// transaction of UPDATE accounts, SELECT the balance, UPDATE tellers,
+    /// UPDATE branches, INSERT into history. An op is one transaction. One
+    /// more process does single inserts throughout, and the report gives
+    /// their latency apart ("probe"): how long other writes wait while
+    /// transactions run.
+    Tpcb,
 }
 
 #[derive(Debug, Args)]
@@ -124,6 +131,79 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS bench(id INTEGER PRIMARY KEY, p
 const PRELOAD: &str = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1) \
                        INSERT OR IGNORE INTO bench(id, payload) SELECT i, randomblob(100) FROM n";
 const INSERT: &str = "INSERT INTO bench(payload) VALUES (?1)";
+/// pgbench's tables at scale 1, filled as `pgbench -i` fills them.
+const TPCB_SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS pgbench_branches(bid INTEGER PRIMARY KEY, bbalance INTEGER, filler TEXT)",
+    "CREATE TABLE IF NOT EXISTS pgbench_tellers(tid INTEGER PRIMARY KEY, bid INTEGER, tbalance INTEGER, filler TEXT)",
+    "CREATE TABLE IF NOT EXISTS pgbench_accounts(aid INTEGER PRIMARY KEY, bid INTEGER, abalance INTEGER, filler TEXT)",
+    "CREATE TABLE IF NOT EXISTS pgbench_history(tid INTEGER, bid INTEGER, aid INTEGER, delta INTEGER, mtime TEXT, filler TEXT)",
+    "INSERT OR IGNORE INTO pgbench_branches VALUES (1, 0, NULL)",
+    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10) \
+     INSERT OR IGNORE INTO pgbench_tellers SELECT i, 1, 0, NULL FROM n",
+    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000) \
+     INSERT OR IGNORE INTO pgbench_accounts SELECT i, 1, 0, printf('%84s', '') FROM n",
+];
+const TPCB_ACCOUNTS: u64 = 100_000;
+const TPCB_TELLERS: u64 = 10;
+const TPCB_UPDATE_ACCOUNT: &str =
+    "UPDATE pgbench_accounts SET abalance = abalance + ?1 WHERE aid = ?2";
+const TPCB_SELECT: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = ?1";
+const TPCB_UPDATE_TELLER: &str =
+    "UPDATE pgbench_tellers SET tbalance = tbalance + ?1 WHERE tid = ?2";
+const TPCB_UPDATE_BRANCH: &str =
+    "UPDATE pgbench_branches SET bbalance = bbalance + ?1 WHERE bid = ?2";
+const TPCB_INSERT_HISTORY: &str = "INSERT INTO pgbench_history(tid, bid, aid, delta, mtime) \
+                                   VALUES (?1, ?2, ?3, ?4, CURRENT_TIMESTAMP)";
+
+/// One transaction's random choices: (aid, bid, tid, delta), as pgbench's
+/// script draws them.
+fn tpcb_args(rng: &mut Rng) -> (i64, i64, i64, i64) {
+    let aid = (rng.next() % TPCB_ACCOUNTS) as i64 + 1;
+    let tid = (rng.next() % TPCB_TELLERS) as i64 + 1;
+    let delta = (rng.next() % 10_001) as i64 - 5_000;
+    (aid, 1, tid, delta)
+}
+
+/// One TPC-B-like transaction through the daemon, each statement a round
+/// trip inside it.
+async fn tpcb_daemon(client: &Client, rng: &mut Rng) -> nexusd_client::Result<()> {
+    let (aid, bid, tid, delta) = tpcb_args(rng);
+    let tx = client.transaction().await?;
+    tx.execute(TPCB_UPDATE_ACCOUNT, params![delta, aid]).await?;
+    tx.query(TPCB_SELECT, params![aid]).await?;
+    tx.execute(TPCB_UPDATE_TELLER, params![delta, tid]).await?;
+    tx.execute(TPCB_UPDATE_BRANCH, params![delta, bid]).await?;
+    tx.execute(TPCB_INSERT_HISTORY, params![tid, bid, aid, delta])
+        .await?;
+    tx.commit().await
+}
+
+/// The same statements on a connection of the caller's, inside whatever
+/// transaction it has open.
+fn tpcb_statements(conn: &rusqlite::Connection, rng: &mut Rng) -> rusqlite::Result<()> {
+    let (aid, bid, tid, delta) = tpcb_args(rng);
+    conn.prepare_cached(TPCB_UPDATE_ACCOUNT)?
+        .execute(rusqlite::params![delta, aid])?;
+    let _: i64 = conn
+        .prepare_cached(TPCB_SELECT)?
+        .query_row([aid], |r| r.get(0))?;
+    conn.prepare_cached(TPCB_UPDATE_TELLER)?
+        .execute(rusqlite::params![delta, tid])?;
+    conn.prepare_cached(TPCB_UPDATE_BRANCH)?
+        .execute(rusqlite::params![delta, bid])?;
+    conn.prepare_cached(TPCB_INSERT_HISTORY)?
+        .execute(rusqlite::params![tid, bid, aid, delta])?;
+    Ok(())
+}
+
+/// One TPC-B-like transaction directly, as an app without a daemon runs
+/// it: BEGIN IMMEDIATE, the statements, COMMIT.
+fn tpcb_direct(conn: &mut rusqlite::Connection, rng: &mut Rng) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tpcb_statements(&tx, rng)?;
+    tx.commit()
+}
+
 const READ: &str = "SELECT payload FROM bench WHERE id = ?1";
 
 /// Log-linear latency histogram: buckets 2% wide from 1 µs to ~100 s.
@@ -221,6 +301,8 @@ struct Report {
     errors: u64,
     hist: Histogram,
     bulk_ops: u64,
+    /// tpcb: the latency of single writes made while the transactions ran.
+    probe: Option<Histogram>,
     daemon_cpu_s: Option<f64>,
     daemon_peak_rss_mib: Option<f64>,
 }
@@ -232,9 +314,11 @@ impl Report {
 
     fn json(&self) -> String {
         let opt = |v: Option<f64>| v.map_or("null".to_owned(), |v| format!("{v:.3}"));
+        let probe = |q: f64| opt(self.probe.as_ref().map(|h| h.quantile_ms(q)));
         format!(
             "{{\"setup\":\"{}\",\"seconds\":{:.3},\"ops\":{},\"ops_per_sec\":{:.1},\"errors\":{},\
              \"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"bulk_ops\":{},\
+             \"probe_p50_ms\":{},\"probe_p99_ms\":{},\
              \"daemon_cpu_s\":{},\"daemon_peak_rss_mib\":{}}}",
             self.setup,
             self.seconds,
@@ -246,6 +330,8 @@ impl Report {
             self.hist.quantile_ms(0.99),
             self.hist.quantile_ms(1.0),
             self.bulk_ops,
+            probe(0.50),
+            probe(0.99),
             opt(self.daemon_cpu_s),
             opt(self.daemon_peak_rss_mib),
         )
@@ -272,6 +358,15 @@ impl Report {
             self.hist.quantile_ms(0.99),
             self.hist.quantile_ms(1.0)
         );
+        if let Some(p) = &self.probe {
+            println!(
+                "  single writes meanwhile ({} of them) p50 {:.3}  p99 {:.3}  max {:.3} ms",
+                p.total(),
+                p.quantile_ms(0.50),
+                p.quantile_ms(0.99),
+                p.quantile_ms(1.0)
+            );
+        }
         println!("  errors        {}", self.errors);
         if let (Some(cpu), Some(rss)) = (self.daemon_cpu_s, self.daemon_peak_rss_mib) {
             println!("  daemon        {cpu:.2} s CPU, peak RSS {rss:.1} MiB");
@@ -429,6 +524,11 @@ fn run_nexusd(exe: &Path, args: &BenchArgs, dir: &Path) -> anyhow::Result<Report
         if matches!(args.workload, Workload::PointRead | Workload::Mixed) {
             c.execute(PRELOAD, params![READ_ROWS]).await?;
         }
+        if args.workload == Workload::Tpcb {
+            for sql in TPCB_SCHEMA {
+                c.execute(sql, params![]).await?;
+            }
+        }
         anyhow::Ok(c.status().await?.pid)
     })?;
     let report = run_processes(exe, args, Target::Daemon(&socket), Some(pid))?;
@@ -448,6 +548,11 @@ fn prepare_direct(db: &Path, workload: Workload) -> anyhow::Result<()> {
     if matches!(workload, Workload::PointRead | Workload::Mixed) {
         conn.execute(PRELOAD, [READ_ROWS])?;
     }
+    if workload == Workload::Tpcb {
+        for sql in TPCB_SCHEMA {
+            conn.execute(sql, [])?;
+        }
+    }
     Ok(())
 }
 
@@ -465,12 +570,16 @@ fn run_processes(
     };
     let cpu_before = daemon_pid.map(cpu_seconds);
     let bulk_procs = usize::from(args.workload == Workload::BulkInteractive);
+    // tpcb's probe of single writes runs beside the clients, in a process
+    // of its own.
+    let probe_procs = usize::from(args.workload == Workload::Tpcb);
     let client_procs = args.processes - bulk_procs;
     let interactive = args.clients - bulk_procs;
+    let bulk_procs = bulk_procs + probe_procs;
     let started = Instant::now();
     let mut children = Vec::new();
     let mut first_client = 0;
-    for p in 0..args.processes {
+    for p in 0..args.processes + probe_procs {
         let bulk = p < bulk_procs;
         let idx = p - bulk_procs.min(p);
         let share = if bulk {
@@ -500,7 +609,7 @@ fn run_processes(
         if bulk {
             cmd.arg("--bulk");
         }
-        if let Some(total) = args.requests {
+        if let Some(total) = args.requests.filter(|_| !bulk) {
             let quota: u64 = (first_client..first_client + share)
                 .map(|i| split(total, args.clients, i))
                 .sum();
@@ -537,12 +646,18 @@ fn run_processes(
     }
     let seconds = started.elapsed().as_secs_f64();
     progress.stop();
+    let (bulk_ops, probe) = if probe_procs > 0 {
+        (0, Some(bulk_hist))
+    } else {
+        (bulk_hist.total(), None)
+    };
     Ok(Report {
         setup,
         seconds,
-        ops: hist.total() + bulk_hist.total(),
+        ops: hist.total() + bulk_ops,
         errors,
-        bulk_ops: bulk_hist.total(),
+        bulk_ops,
+        probe,
         hist,
         // VmHWM is the daemon's peak RSS over its whole life.
         daemon_cpu_s: daemon_pid.zip(cpu_before).map(|(p, b)| cpu_seconds(p) - b),
@@ -558,12 +673,12 @@ fn run_ceiling(db: &Path, args: &BenchArgs) -> anyhow::Result<Report> {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.duration);
-    // A `batch` op is `--batch-size` statements; the transaction holds as
-    // many whole ops as fit in 1,000 statements.
-    let per_op = if args.workload == Workload::Batch {
-        args.batch_size
-    } else {
-        1
+    // A `batch` op is `--batch-size` statements, a `tpcb` op 5; the
+    // transaction holds as many whole ops as fit in 1,000 statements.
+    let per_op = match args.workload {
+        Workload::Batch => args.batch_size,
+        Workload::Tpcb => 5,
+        _ => 1,
     };
     let ops_per_txn = (CEILING_BATCH / per_op).max(1);
     let done = |hist: &Histogram| match args.requests {
@@ -577,7 +692,12 @@ fn run_ceiling(db: &Path, args: &BenchArgs) -> anyhow::Result<Report> {
             ops_per_txn.min((n - hist.total()) as usize)
         });
         conn.execute_batch("BEGIN IMMEDIATE")?;
-        for _ in 0..ops * per_op {
+        if args.workload == Workload::Tpcb {
+            for _ in 0..ops {
+                tpcb_statements(&conn, &mut rng)?;
+            }
+        }
+        for _ in 0..ops * per_op * usize::from(args.workload != Workload::Tpcb) {
             if is_read(args.workload, &mut rng) {
                 let id = (rng.next() % READ_ROWS as u64) as i64 + 1;
                 let mut st = conn.prepare_cached(READ)?;
@@ -601,6 +721,7 @@ fn run_ceiling(db: &Path, args: &BenchArgs) -> anyhow::Result<Report> {
         ops: hist.total(),
         errors: 0,
         bulk_ops: 0,
+        probe: None,
         hist,
         daemon_cpu_s: None,
         daemon_peak_rss_mib: None,
@@ -679,6 +800,7 @@ fn workload_name(w: Workload) -> &'static str {
         Workload::Mixed => "mixed",
         Workload::Batch => "batch",
         Workload::BulkInteractive => "bulk-interactive",
+        Workload::Tpcb => "tpcb",
     }
 }
 
@@ -697,7 +819,7 @@ fn is_read(w: Workload, rng: &mut Rng) -> bool {
     match w {
         Workload::PointRead => true,
         Workload::Mixed => !rng.next().is_multiple_of(10),
-        Workload::Insert | Workload::Batch | Workload::BulkInteractive => false,
+        Workload::Insert | Workload::Batch | Workload::BulkInteractive | Workload::Tpcb => false,
     }
 }
 
@@ -756,10 +878,12 @@ async fn work_daemon(args: &WorkerArgs) -> anyhow::Result<(u64, Histogram)> {
     let deadline = worker_deadline(args);
     let errors = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    let (clients, per_client) = if args.bulk {
-        (1, BULK_IN_FLIGHT)
-    } else {
-        (args.clients, 1)
+    // tpcb's probe is one client doing one insert at a time.
+    let probe = args.bulk && args.workload == Workload::Tpcb;
+    let (clients, per_client) = match (args.bulk, probe) {
+        (true, false) => (1, BULK_IN_FLIGHT),
+        (true, true) => (1, 1),
+        (false, _) => (args.clients, 1),
     };
     let batch: Vec<Statement> = (0..args.batch_size)
         .map(|_| Statement::new(INSERT, params![&PAYLOAD[..]]))
@@ -790,6 +914,8 @@ async fn work_daemon(args: &WorkerArgs) -> anyhow::Result<(u64, Histogram)> {
                     let r = if read {
                         let id = (rng.next() % READ_ROWS as u64) as i64 + 1;
                         client.query(READ, params![id]).await.map(|_| ())
+                    } else if workload == Workload::Tpcb && !probe {
+                        tpcb_daemon(&client, &mut rng).await
                     } else if workload == Workload::Batch {
                         client.batch(batch.clone()).await.map(|_| ())
                     } else {
@@ -850,6 +976,7 @@ fn work_direct(db: &Path, args: &WorkerArgs) -> anyhow::Result<(u64, Histogram)>
         let quota = args
             .requests
             .map_or(u64::MAX, |n| split(n, args.clients, c));
+        let tpcb = workload == Workload::Tpcb && !args.bulk;
         threads.push(std::thread::spawn(move || {
             let mut hist = Histogram::new();
             let mut attempts = 0u64;
@@ -861,6 +988,8 @@ fn work_direct(db: &Path, args: &WorkerArgs) -> anyhow::Result<(u64, Histogram)>
                     conn.prepare_cached(READ)
                         .and_then(|mut st| st.query_row([id], |r| r.get::<_, Vec<u8>>(0)))
                         .map(|_| ())
+                } else if tpcb {
+                    tpcb_direct(&mut conn, &mut rng)
                 } else if workload == Workload::Batch {
                     direct_batch(&mut conn, batch_size)
                 } else {

@@ -1,0 +1,113 @@
+//! Durability off the writer's path: with `synchronous=full` the writer
+//! commits under SQLite's `synchronous=NORMAL` (no fsync inside COMMIT) and
+//! hands the replies of what it committed to the syncer, which `fdatasync`s
+//! the WAL file and only then sends them. That is the one extra sync FULL
+//! adds in WAL mode, done on another thread: the writer goes on with the
+//! next batch or transaction meanwhile, and one sync covers every commit
+//! that landed while the last one ran (pipelined group commit).
+//!
+//! A reply is sent only after a sync that began after its COMMIT returned,
+//! so an acknowledged write survives power loss, as under FULL.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use anyhow::Context;
+use nexusd_protocol::{ErrorBody, ErrorKind, ResponseBody};
+use tokio::sync::oneshot;
+
+/// Batches of replies waiting for a sync.
+const QUEUE: usize = 1024;
+
+/// A reply to send once what it answers is durable.
+pub(crate) type Ack = (oneshot::Sender<ResponseBody>, ResponseBody);
+
+pub(crate) struct Syncer {
+    tx: flume::Sender<Vec<Ack>>,
+    thread: JoinHandle<()>,
+}
+
+impl Syncer {
+    /// Starts the syncer for the WAL of the database at `db_path`.
+    pub(crate) fn spawn(db_path: &Path) -> anyhow::Result<Syncer> {
+        let mut wal = db_path.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
+        let (tx, rx) = flume::bounded::<Vec<Ack>>(QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("nexusd-syncer".into())
+            .spawn(move || run(&wal, rx))
+            .context("could not start the syncer thread")?;
+        Ok(Syncer { tx, thread })
+    }
+
+    /// Sends `acks` once the WAL holding their commit is on disk. Blocks
+    /// only when the syncer is a full queue behind.
+    pub(crate) fn after_sync(&self, acks: Vec<Ack>) {
+        if acks.is_empty() {
+            return;
+        }
+        if let Err(flume::SendError(acks)) = self.tx.send(acks) {
+            // The syncer is gone (it panicked): nobody can vouch for these.
+            let body = ResponseBody::Error(ErrorBody::new(
+                ErrorKind::Internal,
+                "the commit happened, but the syncer that makes it durable has stopped; it may \
+                 not survive a power loss. The daemon needs a restart",
+            ));
+            for (reply, _) in acks {
+                let _ = reply.send(body.clone());
+            }
+        }
+    }
+
+    /// Sends what is still waiting, then stops.
+    pub(crate) fn finish(self) {
+        drop(self.tx);
+        if self.thread.join().is_err() {
+            tracing::error!("the syncer thread panicked");
+        }
+    }
+}
+
+fn run(wal: &Path, rx: flume::Receiver<Vec<Ack>>) {
+    let mut file: Option<File> = None;
+    while let Ok(mut acks) = rx.recv() {
+        // Everything that queued up while the last sync ran rides on this
+        // one.
+        while let Ok(more) = rx.try_recv() {
+            acks.extend(more);
+        }
+        let synced = sync(wal, &mut file);
+        if let Err(e) = &synced {
+            tracing::error!(wal = %wal.display(), error = %e, "fsync of the WAL failed");
+        }
+        for (reply, body) in acks {
+            let body = match &synced {
+                Ok(()) => body,
+                Err(e) => ResponseBody::Error(ErrorBody::new(
+                    ErrorKind::Io,
+                    format!(
+                        "the write committed, but making it durable failed: fsync of {} \
+                         returned {e}. Reads see it, but it may not survive a power loss; the \
+                         disk under the database needs attention",
+                        wal.display()
+                    ),
+                )),
+            };
+            let _ = reply.send(body);
+        }
+    }
+}
+
+/// `fdatasync` of the WAL: it flushes what SQLite wrote through its own
+/// descriptor, as the file's data is the inode's.
+fn sync(wal: &Path, file: &mut Option<File>) -> std::io::Result<()> {
+    if file.is_none() {
+        *file = Some(OpenOptions::new().read(true).write(true).open(wal)?);
+    }
+    match file {
+        Some(f) => f.sync_data(),
+        None => Ok(()),
+    }
+}
