@@ -11,8 +11,14 @@
 #                   (fsync=on, synchronous_commit=on), over a Unix socket
 #   dqlite          dqlite-benchmark kvwrite, one node, $CLIENTS workers
 #
-# Usage: bench/compare.sh [--duration SECONDS] [--clients N]
-#                         [--processes P] [--out DIR]
+# With --workload tpcb, the workload is pgbench's default TPC-B-like script
+# at scale 1 instead: nexusd runs it as interactive transactions (nexusd
+# bench --workload tpcb, with direct and in-process baselines) beside
+# pgbench's builtin tpcb-like on the same clients; dqlite is left out (it
+# has no such benchmark).
+#
+# Usage: bench/compare.sh [--workload insert|tpcb] [--duration SECONDS]
+#                         [--clients N] [--processes P] [--out DIR]
 # Installs postgresql and go-dqlite through apt when they are missing
 # (as root, or through sudo). Prints one table; --out also keeps the raw
 # results, compare.json (the input of bench/chart.py) and compare.md.
@@ -22,16 +28,22 @@ DURATION=10
 CLIENTS=64
 PROCESSES=8
 OUT=""
+WORKLOAD=insert
 while [ $# -gt 0 ]; do
     case "$1" in
+        --workload) WORKLOAD="$2"; shift 2 ;;
         --duration) DURATION="$2"; shift 2 ;;
         --clients) CLIENTS="$2"; shift 2 ;;
         --processes) PROCESSES="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
-        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "compare.sh: unknown argument '$1'; see --help" >&2; exit 2 ;;
     esac
 done
+case "$WORKLOAD" in
+    insert|tpcb) ;;
+    *) echo "compare.sh: --workload '$WORKLOAD' is not one of insert, tpcb" >&2; exit 2 ;;
+esac
 for v in DURATION CLIENTS PROCESSES; do
     if ! [[ "${!v}" =~ ^[1-9][0-9]*$ ]]; then
         echo "compare.sh: --${v,,} '${!v}' must be a positive whole number" >&2
@@ -44,7 +56,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 missing=()
 command -v pgbench >/dev/null || missing+=(postgresql)
-command -v dqlite-benchmark >/dev/null || missing+=(go-dqlite)
+[ "$WORKLOAD" = tpcb ] || command -v dqlite-benchmark >/dev/null || missing+=(go-dqlite)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "compare.sh: installing ${missing[*]} through apt" >&2
     as_root apt-get update -qq
@@ -73,7 +85,7 @@ run_pg() {
 }
 
 echo "compare.sh: nexusd, direct and in-process ($DURATION s each)" >&2
-"$nexusd" bench --workload insert --clients "$CLIENTS" --processes "$PROCESSES" \
+"$nexusd" bench --workload "$WORKLOAD" --clients "$CLIENTS" --processes "$PROCESSES" \
     --duration "$DURATION" --baseline --json --dir "$work/nexusd" >"$work/nexusd.json"
 
 echo "compare.sh: PostgreSQL pgbench ($DURATION s)" >&2
@@ -89,21 +101,29 @@ psql_ -d bench -c "CREATE TABLE bench(id bigserial PRIMARY KEY, payload bytea)" 
 psql_ -d bench -Atc "SHOW fsync; SHOW synchronous_commit; SHOW server_version" >"$work/pg/settings"
 echo "INSERT INTO bench(payload) VALUES (decode(repeat('ab', 100), 'hex'));" >"$work/pg/insert.sql"
 [ "$(id -u)" = 0 ] && chown postgres "$work/pg/insert.sql"
-(cd "$work/pg/log" && run_pg pgbench -n -h "$work/pg/sock" -U bench -c "$CLIENTS" -j "$PROCESSES" \
-    -T "$DURATION" -f "$work/pg/insert.sql" -l --log-prefix="$work/pg/log/pgbench_log" bench) >"$work/pg/pgbench.out" 2>&1
+if [ "$WORKLOAD" = tpcb ]; then
+    run_pg pgbench -i -s 1 -q -h "$work/pg/sock" -U bench bench >/dev/null 2>&1
+    script=(-b tpcb-like)
+else
+    script=(-n -f "$work/pg/insert.sql")
+fi
+(cd "$work/pg/log" && run_pg pgbench "${script[@]}" -h "$work/pg/sock" -U bench -c "$CLIENTS" -j "$PROCESSES" \
+    -T "$DURATION" -l --log-prefix="$work/pg/log/pgbench_log" bench) >"$work/pg/pgbench.out" 2>&1
 run_pg "$pgbin/pg_ctl" -D "$work/pg/data" -m fast stop >/dev/null
 pg_started=""
 
-echo "compare.sh: dqlite-benchmark ($DURATION s)" >&2
-port=$((20000 + RANDOM % 20000))
-dqlite-benchmark --db "127.0.0.1:$port" --driver --cluster "127.0.0.1:$port" \
-    --dir "$work/dqlite" --duration "$DURATION" --workers "$CLIENTS" \
-    --key-size 16 --value-size 100 >"$work/dqlite.out" 2>&1
+if [ "$WORKLOAD" = insert ]; then
+    echo "compare.sh: dqlite-benchmark ($DURATION s)" >&2
+    port=$((20000 + RANDOM % 20000))
+    dqlite-benchmark --db "127.0.0.1:$port" --driver --cluster "127.0.0.1:$port" \
+        --dir "$work/dqlite" --duration "$DURATION" --workers "$CLIENTS" \
+        --key-size 16 --value-size 100 >"$work/dqlite.out" 2>&1
+fi
 
-python3 - "$work" "$DURATION" "$CLIENTS" "$PROCESSES" "${OUT:-}" <<'PY'
+python3 - "$work" "$DURATION" "$CLIENTS" "$PROCESSES" "${OUT:-}" "$WORKLOAD" <<'PY'
 import glob, json, os, re, shutil, sys
 
-work, duration, clients, processes, out = sys.argv[1:6]
+work, duration, clients, processes, out, workload = sys.argv[1:7]
 duration = float(duration)
 
 def quantiles(lat_ms):
@@ -119,7 +139,7 @@ for r in bench["runs"]:
     name = r["setup"].split(":")[0]
     runs.append({"setup": name, "detail": r["setup"] if ":" in r["setup"] else "nexusd: nexusd bench, the clients of a process share one connection", "ops_per_sec": r["ops_per_sec"],
                  "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "max_ms": r["max_ms"],
-                 "errors": r["errors"]})
+                 "errors": r["errors"], "probe_p99_ms": r.get("probe_p99_ms")})
 # The in-process row has no per-request latency; it commits 1,000 at a time.
 runs[-1].update(p50_ms=None, p99_ms=None, max_ms=None)
 
@@ -136,13 +156,15 @@ for f in glob.glob(os.path.join(work, "pg", "log", "pgbench_log*")):
             lat.append(int(parts[2]) / 1000.0)
 p50, p99, mx = quantiles(lat)
 settings = open(os.path.join(work, "pg", "settings")).read().split()
-runs.append({"setup": "PostgreSQL", "detail": f"PostgreSQL: {settings[2]}, pgbench, fsync={settings[0]}, synchronous_commit={settings[1]}",
+what = "pgbench -b tpcb-like, scale 1" if workload == "tpcb" else "pgbench"
+runs.append({"setup": "PostgreSQL", "detail": f"PostgreSQL: {settings[2]}, {what}, fsync={settings[0]}, synchronous_commit={settings[1]}",
              "ops_per_sec": float(tps.group(1)), "p50_ms": p50, "p99_ms": p99, "max_ms": mx,
              "errors": int(failed.group(1)) if failed else 0})
 
 n = n_err = 0
 lat = []
-for f in glob.glob(os.path.join(work, "dqlite", "*", "results", "*")):
+dqlite_files = glob.glob(os.path.join(work, "dqlite", "*", "results", "*")) if workload == "insert" else []
+for f in dqlite_files:
     in_measurements = False
     for line in open(f):
         parts = line.split()
@@ -156,16 +178,20 @@ for f in glob.glob(os.path.join(work, "dqlite", "*", "results", "*")):
             in_measurements = False
         elif in_measurements and len(parts) == 2:
             lat.append(float(parts[1]))
-if n == 0 and n_err == 0:
-    sys.exit("compare.sh: dqlite-benchmark left no results:\n" + open(os.path.join(work, "dqlite.out")).read())
-p50, p99, mx = quantiles(lat)
-runs.append({"setup": "dqlite", "detail": "dqlite: dqlite-benchmark kvwrite (INSERT OR REPLACE of a 100-byte value), one node; its workers do not retry 'database is locked'",
-             "ops_per_sec": n / duration, "p50_ms": p50, "p99_ms": p99, "max_ms": mx, "errors": n_err})
+if workload == "insert":
+    if n == 0 and n_err == 0:
+        sys.exit("compare.sh: dqlite-benchmark left no results:\n" + open(os.path.join(work, "dqlite.out")).read())
+    p50, p99, mx = quantiles(lat)
+    runs.append({"setup": "dqlite", "detail": "dqlite: dqlite-benchmark kvwrite (INSERT OR REPLACE of a 100-byte value), one node; its workers do not retry 'database is locked'",
+                 "ops_per_sec": n / duration, "p50_ms": p50, "p99_ms": p99, "max_ms": mx, "errors": n_err})
 
 base = runs[0]["ops_per_sec"]
 fmt = lambda v: "" if v is None else f"{v:.2f}"
-lines = [f"single-row durable inserts, {clients} clients, {duration:g} s each, {os.cpu_count()} cores", "",
-         "| setup | inserts/s | p50 ms | p99 ms | max ms | errors | nexusd is |",
+title = ("TPC-B-like transactions (pgbench's script, scale 1)" if workload == "tpcb"
+         else "single-row durable inserts")
+unit = "transactions/s" if workload == "tpcb" else "inserts/s"
+lines = [f"{title}, {clients} clients, {duration:g} s each, {os.cpu_count()} cores", "",
+         f"| setup | {unit} | p50 ms | p99 ms | max ms | errors | nexusd is |",
          "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
 for r in runs:
     ratio = "" if r is runs[0] else f"{base / max(r['ops_per_sec'], 1e-9):.2f}x"
@@ -174,16 +200,20 @@ for r in runs:
 lines.append("")
 for r in runs:
     lines.append(f"- {r['detail']}")
+if runs[0].get("probe_p99_ms") is not None:
+    lines.append(f"- single writes from another process while nexusd ran the transactions: p99 {runs[0]['probe_p99_ms']:.2f} ms")
 table = "\n".join(lines)
 print(table)
 if out:
     os.makedirs(out, exist_ok=True)
-    summary = {"workload": "insert (compare.sh)", "clients": int(clients), "processes": int(processes),
+    summary = {"workload": f"{workload} (compare.sh)", "clients": int(clients), "processes": int(processes),
                "duration_s": duration, "cores": os.cpu_count(),
                "runs": [{"setup": r["setup"], "ops_per_sec": r["ops_per_sec"], "p50_ms": r["p50_ms"],
                          "p99_ms": r["p99_ms"], "max_ms": r["max_ms"], "errors": r["errors"]} for r in runs]}
-    json.dump(summary, open(os.path.join(out, "compare.json"), "w"), indent=1)
-    open(os.path.join(out, "compare.md"), "w").write(table + "\n")
-    shutil.copy(os.path.join(work, "nexusd.json"), os.path.join(out, "nexusd-bench.json"))
-    shutil.copy(os.path.join(work, "pg", "pgbench.out"), os.path.join(out, "pgbench.out"))
+    stem = "compare" if workload == "insert" else f"compare-{workload}"
+    json.dump(summary, open(os.path.join(out, f"{stem}.json"), "w"), indent=1)
+    open(os.path.join(out, f"{stem}.md"), "w").write(table + "\n")
+    prefix = "" if workload == "insert" else f"{stem}-"
+    shutil.copy(os.path.join(work, "nexusd.json"), os.path.join(out, f"{prefix}nexusd-bench.json"))
+    shutil.copy(os.path.join(work, "pg", "pgbench.out"), os.path.join(out, f"{prefix}pgbench.out"))
 PY

@@ -82,6 +82,53 @@ fn bench_batch_workload_by_request_count() {
     );
 }
 
+/// The tpcb workload end to end, small: interactive transactions from two
+/// processes, and the baselines, each exactly 40 transactions with no
+/// error; the daemon's history table holds one row per transaction.
+#[test]
+fn bench_tpcb_runs_interactive_transactions() {
+    let bin = env!("CARGO_BIN_EXE_nexusd");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(bin)
+        .args([
+            "bench",
+            "--workload",
+            "tpcb",
+            "--clients",
+            "4",
+            "--processes",
+            "2",
+            "--requests",
+            "40",
+            "--baseline",
+            "--json",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("run nexusd bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.matches("\"ops\":40,").count(), 3, "{stdout}");
+    assert_eq!(stdout.matches("\"errors\":0,").count(), 3, "{stdout}");
+    let conn = rusqlite::Connection::open(dir.path().join("nexusd.db")).expect("open");
+    let history: i64 = conn
+        .query_row("SELECT count(*) FROM pgbench_history", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(history, 40);
+    let branch: i64 = conn
+        .query_row("SELECT bbalance FROM pgbench_branches", [], |r| r.get(0))
+        .expect("branch");
+    let deltas: i64 = conn
+        .query_row("SELECT sum(delta) FROM pgbench_history", [], |r| r.get(0))
+        .expect("deltas");
+    assert_eq!(branch, deltas, "every transaction applied whole");
+}
+
 /// Text mode into a pipe (as `nexusd bench ... | cat`): the report, and no
 /// progress line drawn with carriage returns on either stream.
 #[test]

@@ -257,3 +257,51 @@ fn admin_suite_metrics_and_shell() {
     assert!(text.contains("OK: 1 row affected"), "{text}");
     assert!(err.contains("syntax error"), "{err}");
 }
+
+/// BEGIN, COMMIT and ROLLBACK typed at the shell open and end a
+/// transaction: its statements see each other, a rolled-back one leaves
+/// nothing, and a committed one is there for everyone.
+#[test]
+fn the_shell_runs_transactions() {
+    use std::io::Write;
+    let d = Daemon::start(&[]);
+    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    c.execute("CREATE TABLE t(x INTEGER)", params![])
+        .expect("create");
+    let mut shell = Command::new(nexusd_bin())
+        .arg("ctl")
+        .arg("--socket")
+        .arg(d.socket())
+        .arg("shell")
+        .env("HOME", &d.dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the shell");
+    shell
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(
+            b"BEGIN;\nINSERT INTO t VALUES (1);\nSELECT count(*) FROM t;\nROLLBACK;\n\
+              BEGIN IMMEDIATE;\nINSERT INTO t VALUES (2);\nBEGIN;\nCOMMIT;\nCOMMIT;\n.quit\n",
+        )
+        .expect("write");
+    let out = shell.wait_with_output().expect("shell output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}{err}");
+    assert!(text.contains("deferred)"), "{text}");
+    assert!(text.contains("immediate)"), "{text}");
+    assert!(
+        text.contains(" 1\n(1 row)"),
+        "its own write, seen inside: {text}"
+    );
+    assert!(text.contains("ROLLBACK"), "{text}");
+    assert!(err.contains("is already open"), "{err}");
+    assert!(err.contains("no transaction is open"), "{err}");
+    let rows = c.query("SELECT x FROM t", params![]).expect("rows");
+    let xs: Vec<i64> = rows.iter().map(|r| r.get(0).expect("x")).collect();
+    assert_eq!(xs, vec![2]);
+}

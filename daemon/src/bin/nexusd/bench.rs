@@ -571,8 +571,8 @@ fn run_processes(
     let cpu_before = daemon_pid.map(cpu_seconds);
     let bulk_procs = usize::from(args.workload == Workload::BulkInteractive);
     // tpcb's probe of single writes runs beside the clients, in a process
-    // of its own.
-    let probe_procs = usize::from(args.workload == Workload::Tpcb);
+    // of its own, for as long as they run (so not under --requests).
+    let probe_procs = usize::from(args.workload == Workload::Tpcb && args.requests.is_none());
     let client_procs = args.processes - bulk_procs;
     let interactive = args.clients - bulk_procs;
     let bulk_procs = bulk_procs + probe_procs;
@@ -609,7 +609,7 @@ fn run_processes(
         if bulk {
             cmd.arg("--bulk");
         }
-        if let Some(total) = args.requests.filter(|_| !bulk) {
+        if let Some(total) = args.requests {
             let quota: u64 = (first_client..first_client + share)
                 .map(|i| split(total, args.clients, i))
                 .sum();
