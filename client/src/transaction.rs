@@ -1,7 +1,7 @@
 //! An interactive transaction: statements that read, let the caller decide,
 //! and write, applied together by `commit` or not at all.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use nexusd_protocol::{RequestBody, ResponseBody, TxnOp};
 
@@ -24,6 +24,10 @@ pub struct Transaction {
     conn: Arc<Connection>,
     id: u64,
     finished: bool,
+    /// Set once the daemon said the transaction is over (expired, or a
+    /// conflict), with its words: later calls answer from it without a
+    /// round trip.
+    over: Mutex<Option<Over>>,
 }
 
 impl std::fmt::Debug for Transaction {
@@ -39,6 +43,7 @@ impl Transaction {
             conn,
             id,
             finished: false,
+            over: Mutex::new(None),
         }
     }
 
@@ -47,7 +52,33 @@ impl Transaction {
         self.id
     }
 
+    /// The error that ended it, again, if it is over.
+    fn over(&self) -> Option<Error> {
+        match self.over.lock().ok()?.as_ref()? {
+            Over::Conflict(m) => Some(Error::Conflict(m.clone())),
+            Over::Expired(m) => Some(Error::TransactionExpired(m.clone())),
+        }
+    }
+
     async fn call(&self, op: TxnOp) -> Result<ResponseBody> {
+        if let Some(e) = self.over() {
+            return Err(e);
+        }
+        let result = self.send(op).await;
+        let ended = match &result {
+            Err(Error::Conflict(m)) => Some(Over::Conflict(m.clone())),
+            Err(Error::TransactionExpired(m)) => Some(Over::Expired(m.clone())),
+            _ => None,
+        };
+        if let Some(ended) = ended
+            && let Ok(mut over) = self.over.lock()
+        {
+            *over = Some(ended);
+        }
+        result
+    }
+
+    async fn send(&self, op: TxnOp) -> Result<ResponseBody> {
         if !self.conn.is_alive() {
             return Err(Error::TransactionExpired(format!(
                 "the connection that held transaction {} closed, so the daemon rolled it back; \
@@ -99,15 +130,22 @@ impl Transaction {
             Ok(ResponseBody::Ok) => Ok(()),
             Ok(other) => Err(unexpected(&other)),
             // Already over, so already rolled back: that is what was asked.
-            Err(Error::TransactionExpired(_)) => Ok(()),
+            Err(Error::TransactionExpired(_) | Error::Conflict(_)) => Ok(()),
             Err(e) => Err(e),
         }
     }
 }
 
+/// How the daemon ended a transaction, as it said it.
+enum Over {
+    Expired(String),
+    Conflict(String),
+}
+
 impl Drop for Transaction {
     fn drop(&mut self) {
-        if self.finished || !self.conn.is_alive() {
+        let over = self.over.lock().map(|o| o.is_some()).unwrap_or(false);
+        if self.finished || over || !self.conn.is_alive() {
             return;
         }
         let req = self.client.request(RequestBody::Transaction {
