@@ -312,19 +312,33 @@ async fn service_manager(ctx: Arc<Context>) {
             ctx.notifier.status(&admin::status_line(&ctx));
             continue;
         };
-        let answer = ctx
-            .engine
-            .writer
-            .maintain(WriterAdmin::Ping, Instant::now() + period / 2)
-            .await;
         // While it holds an interactive transaction the writer takes no
-        // queued job, but it shows a heartbeat.
+        // queued job (a ping would only pile up behind it), but it shows a
+        // heartbeat. Otherwise it must answer a ping; the ping's deadline
+        // bounds only its wait for queue room, so the wait for its answer
+        // is bounded here.
         let holding = ctx
             .engine
             .writer
             .heartbeat_age()
             .is_some_and(|age| age < period / 2);
-        if matches!(answer, ResponseBody::Ok) || holding {
+        let answered = holding
+            || matches!(
+                tokio::time::timeout(
+                    period / 2,
+                    ctx.engine
+                        .writer
+                        .maintain(WriterAdmin::Ping, Instant::now() + period / 2),
+                )
+                .await,
+                Ok(ResponseBody::Ok)
+            )
+            || ctx
+                .engine
+                .writer
+                .heartbeat_age()
+                .is_some_and(|age| age < period / 2);
+        if answered {
             ctx.notifier.watchdog(&admin::status_line(&ctx));
         } else {
             tracing::error!(

@@ -171,3 +171,61 @@ fn serves_a_socket_passed_by_socket_activation() {
         "nexusd unlinked a socket it inherited from the service manager"
     );
 }
+
+/// While an interactive transaction holds the writer, the writer takes no
+/// job from its queue (the watchdog's ping included) but shows a
+/// heartbeat: WATCHDOG=1 keeps coming, so systemd does not kill a healthy
+/// daemon whose client is merely thinking.
+#[test]
+fn the_watchdog_is_fed_while_a_transaction_holds_the_writer() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let notify_path = tmp.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let socket = tmp.path().join("n.sock");
+    let mut child = Command::new(nexusd_bin())
+        .arg("serve")
+        .arg("--db")
+        .arg(tmp.path().join("n.db"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--txn-idle-timeout-ms", "60000"])
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "300000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nexusd");
+    let mut buf = [0u8; 4096];
+    let mut recv = || {
+        let n = notify.recv(&mut buf).expect("a notification within 20 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(recv().starts_with("READY=1\n"));
+    let rt = rt();
+    let c = rt.block_on(Client::connect(&socket)).expect("connect");
+    rt.block_on(c.execute("CREATE TABLE t(x)", params![]))
+        .expect("create");
+    let tx = rt.block_on(c.transaction()).expect("begin");
+    rt.block_on(tx.execute("INSERT INTO t VALUES (1)", params![]))
+        .expect("the writer holds the transaction now");
+    // Held for over six watchdog periods, the pings keep coming.
+    let held = Instant::now();
+    let mut pings = 0;
+    while held.elapsed() < Duration::from_secs(2) {
+        if recv().starts_with("WATCHDOG=1") {
+            pings += 1;
+        }
+    }
+    assert!(
+        pings >= 10,
+        "only {pings} WATCHDOG=1 in 2 s with a transaction open"
+    );
+    rt.block_on(tx.commit()).expect("commit");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().expect("wait").success());
+}
