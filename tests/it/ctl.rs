@@ -4,27 +4,19 @@
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nexusd_client::{Client, params};
 use nexusd_tests::{Daemon, nexusd_bin, wait_until};
 
-use crate::{rt, run, spawn_worker};
+use crate::{ctl, rt, run, shell, spawn_worker};
 
 #[test]
 fn ctl_prints_status_and_tables_and_fails_non_zero() {
     let d = Daemon::start(&[]);
-    let ctl = |args: &[&str]| {
-        Command::new(nexusd_bin())
-            .arg("ctl")
-            .arg("--socket")
-            .arg(d.socket())
-            .args(args)
-            .output()
-            .expect("ctl")
-    };
+    let ctl = |args: &[&str]| ctl(&d, args);
     let out = ctl(&["status"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
@@ -230,24 +222,10 @@ fn admin_suite_metrics_and_shell() {
     assert!(body.contains("nexusd_commits_total"), "{body}");
 
     // The shell, fed from a pipe.
-    let mut shell = Command::new(nexusd_bin())
-        .arg("ctl")
-        .arg("--socket")
-        .arg(d.socket())
-        .arg("shell")
-        .env("HOME", &d.dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the shell");
-    shell
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b".tables\n.schema t\nSELECT count(*)\n  FROM t;\nINSERT INTO t VALUES (99);\nSELEC 1;\n.quit\n")
-        .expect("write");
-    let out = shell.wait_with_output().expect("shell output");
+    let out = shell(
+        &d,
+        b".tables\n.schema t\nSELECT count(*)\n  FROM t;\nINSERT INTO t VALUES (99);\nSELEC 1;\n.quit\n",
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}{err}");
@@ -263,32 +241,15 @@ fn admin_suite_metrics_and_shell() {
 /// nothing, and a committed one is there for everyone.
 #[test]
 fn the_shell_runs_transactions() {
-    use std::io::Write;
     let d = Daemon::start(&[]);
     let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
     c.execute("CREATE TABLE t(x INTEGER)", params![])
         .expect("create");
-    let mut shell = Command::new(nexusd_bin())
-        .arg("ctl")
-        .arg("--socket")
-        .arg(d.socket())
-        .arg("shell")
-        .env("HOME", &d.dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the shell");
-    shell
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(
-            b"BEGIN;\nINSERT INTO t VALUES (1);\nSELECT count(*) FROM t;\nROLLBACK;\n\
-              BEGIN IMMEDIATE;\nINSERT INTO t VALUES (2);\nBEGIN;\nCOMMIT;\nCOMMIT;\n.quit\n",
-        )
-        .expect("write");
-    let out = shell.wait_with_output().expect("shell output");
+    let out = shell(
+        &d,
+        b"BEGIN;\nINSERT INTO t VALUES (1);\nSELECT count(*) FROM t;\nROLLBACK;\n\
+          BEGIN IMMEDIATE;\nINSERT INTO t VALUES (2);\nBEGIN;\nCOMMIT;\nCOMMIT;\n.quit\n",
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}{err}");

@@ -14,12 +14,13 @@ mod transactions;
 mod wal;
 
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use nexusd_client::Client;
-use nexusd_tests::Daemon;
+use nexusd_tests::{Daemon, nexusd_bin};
 
 pub const WORKER: &str = env!("CARGO_BIN_EXE_nexusd-test-worker");
 
@@ -94,4 +95,37 @@ pub fn run(cmd: &mut Command) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+/// `nexusd ctl --socket <the daemon's> ARGS`, run to its end.
+pub fn ctl(d: &Daemon, args: &[&str]) -> Output {
+    Command::new(nexusd_bin())
+        .arg("ctl")
+        .arg("--socket")
+        .arg(d.socket())
+        .args(args)
+        .output()
+        .expect("run nexusd ctl")
+}
+
+/// `nexusd ctl shell` against the daemon, fed `input` from a pipe.
+pub fn shell(d: &Daemon, input: &[u8]) -> Output {
+    let mut shell = Command::new(nexusd_bin())
+        .arg("ctl")
+        .arg("--socket")
+        .arg(d.socket())
+        .arg("shell")
+        .env("HOME", &d.dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the shell");
+    shell
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write to the shell");
+    shell.wait_with_output().expect("shell output")
 }

@@ -26,6 +26,33 @@ fn units_in(dir: &Path) -> PathBuf {
     dir.join("nexusd.service")
 }
 
+/// `nexusd serve` in `dir` with a NOTIFY_SOCKET the test reads (20 s read
+/// timeout) and a 300 ms watchdog; returns the child, that socket, and the
+/// daemon's socket path.
+fn serve_notified(dir: &Path, extra: &[&str]) -> (std::process::Child, UnixDatagram, PathBuf) {
+    let notify_path = dir.join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let socket = dir.join("n.sock");
+    let child = Command::new(nexusd_bin())
+        .arg("serve")
+        .arg("--db")
+        .arg(dir.join("n.db"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(extra)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "300000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nexusd");
+    (child, notify, socket)
+}
+
 #[test]
 fn units_verify_and_score_ok_on_systemd_analyze_security() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -63,25 +90,7 @@ fn units_verify_and_score_ok_on_systemd_analyze_security() {
 #[test]
 fn notifies_ready_watchdog_and_stopping_on_notify_socket() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let notify_path = tmp.path().join("notify.sock");
-    let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
-    notify
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    let socket = tmp.path().join("n.sock");
-    let mut child = Command::new(nexusd_bin())
-        .arg("serve")
-        .arg("--db")
-        .arg(tmp.path().join("n.db"))
-        .arg("--socket")
-        .arg(&socket)
-        .env("NOTIFY_SOCKET", &notify_path)
-        .env("WATCHDOG_USEC", "300000")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start nexusd");
+    let (mut child, notify, socket) = serve_notified(tmp.path(), &[]);
     let mut buf = [0u8; 4096];
     let mut recv = || {
         let n = notify.recv(&mut buf).expect("a notification within 20 s");
@@ -179,26 +188,8 @@ fn serves_a_socket_passed_by_socket_activation() {
 #[test]
 fn the_watchdog_is_fed_while_a_transaction_holds_the_writer() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let notify_path = tmp.path().join("notify.sock");
-    let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
-    notify
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    let socket = tmp.path().join("n.sock");
-    let mut child = Command::new(nexusd_bin())
-        .arg("serve")
-        .arg("--db")
-        .arg(tmp.path().join("n.db"))
-        .arg("--socket")
-        .arg(&socket)
-        .args(["--txn-idle-timeout-ms", "60000"])
-        .env("NOTIFY_SOCKET", &notify_path)
-        .env("WATCHDOG_USEC", "300000")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start nexusd");
+    let (mut child, notify, socket) =
+        serve_notified(tmp.path(), &["--txn-idle-timeout-ms", "60000"]);
     let mut buf = [0u8; 4096];
     let mut recv = || {
         let n = notify.recv(&mut buf).expect("a notification within 20 s");

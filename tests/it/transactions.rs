@@ -4,14 +4,13 @@
 //! conflicts, savepoints, and the operator's view.
 
 use std::io::{BufRead, BufReader};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nexusd_client::{Client, params};
-use nexusd_tests::{Daemon, nexusd_bin, wait_until};
+use nexusd_tests::{Daemon, wait_until};
 
-use crate::{LONG, client, finish_worker, rt, s, spawn_worker};
+use crate::{LONG, client, ctl, finish_worker, rt, s, spawn_worker};
 
 fn count(c: &nexusd_client::blocking::Client, sql: &str) -> i64 {
     c.query(sql, params![])
@@ -420,15 +419,7 @@ fn operators_list_and_roll_back_transactions() {
         tx.query("SELECT count(*) FROM t", params![])
             .await
             .expect("read");
-        let ctl = |args: &[&str]| {
-            Command::new(nexusd_bin())
-                .arg("ctl")
-                .arg("--socket")
-                .arg(d.socket())
-                .args(args)
-                .output()
-                .expect("ctl")
-        };
+        let ctl = |args: &[&str]| ctl(&d, args);
         let out = ctl(&["transactions"]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(out.status.success(), "{text}");
