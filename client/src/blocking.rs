@@ -105,6 +105,11 @@ impl Transaction {
         self.runtime.block_on(self.inner.query(sql, params))
     }
 
+    /// Blocking [`crate::Transaction::run`].
+    pub fn run(&self, sql: &str, params: Params) -> Result<StatementResult> {
+        self.runtime.block_on(self.inner.run(sql, params))
+    }
+
     /// Blocking [`crate::Transaction::batch`].
     pub fn batch(&self, statements: Vec<Statement>) -> Result<Vec<StatementResult>> {
         self.runtime.block_on(self.inner.batch(statements))
@@ -139,6 +144,7 @@ macro_rules! blocking_methods {
 blocking_methods! {
     fn execute(&self, sql: &str, params: Params) -> Executed;
     fn query(&self, sql: &str, params: Params) -> Rows;
+    fn run(&self, sql: &str, params: Params) -> StatementResult;
     fn batch(&self, statements: Vec<Statement>) -> Vec<StatementResult>;
     fn ping(&self) -> ();
     fn status(&self) -> Status;

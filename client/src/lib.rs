@@ -234,6 +234,18 @@ impl Client {
         )
     }
 
+    /// Runs one statement of any kind and returns what it produced: rows
+    /// when it returns columns (a SELECT, or RETURNING), else its changes.
+    /// Read-only statements go to the reader pool, the rest to the writer,
+    /// as with [`Client::query`]. Drivers that cannot tell a query from a
+    /// write ahead of time (a DB-API cursor) use this.
+    pub async fn run(&self, sql: &str, params: Params) -> Result<StatementResult> {
+        into_statement_result(
+            self.call(RequestBody::Query(Statement::new(sql, params)))
+                .await?,
+        )
+    }
+
     /// Runs the statements atomically, in order: all apply, or none do and
     /// the error's `statement_index` names the one that failed.
     ///
@@ -511,6 +523,14 @@ pub(crate) fn into_rows(body: ResponseBody) -> Result<Rows> {
     match body {
         ResponseBody::Rows(r) => Ok(Rows::from_wire(r)),
         ResponseBody::Executed(_) => Ok(Rows::default()),
+        other => Err(unexpected(&other)),
+    }
+}
+
+pub(crate) fn into_statement_result(body: ResponseBody) -> Result<StatementResult> {
+    match body {
+        ResponseBody::Rows(r) => Ok(StatementResult::Rows(Rows::from_wire(r))),
+        ResponseBody::Executed(e) => Ok(StatementResult::Executed(e)),
         other => Err(unexpected(&other)),
     }
 }

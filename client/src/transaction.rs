@@ -8,7 +8,7 @@ use nexusd_protocol::{RequestBody, ResponseBody, TxnOp};
 use crate::connection::Connection;
 use crate::{
     Client, Error, Executed, Params, Result, Rows, Statement, StatementResult, into_batch,
-    into_executed, into_rows, unexpected,
+    into_executed, into_rows, into_statement_result, unexpected,
 };
 
 /// An open transaction, from [`Client::transaction`],
@@ -104,6 +104,12 @@ impl Transaction {
     /// [`Client::query`].
     pub async fn query(&self, sql: &str, params: Params) -> Result<Rows> {
         into_rows(self.call(TxnOp::Query(Statement::new(sql, params))).await?)
+    }
+
+    /// Runs one statement of any kind in the transaction, as
+    /// [`Client::run`].
+    pub async fn run(&self, sql: &str, params: Params) -> Result<StatementResult> {
+        into_statement_result(self.call(TxnOp::Query(Statement::new(sql, params))).await?)
     }
 
     /// Runs the statements in order, all or nothing within the transaction

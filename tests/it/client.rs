@@ -301,3 +301,44 @@ fn transactions_from_both_clients_and_dropped_ones_roll_back() {
     let xs: Vec<i64> = rows.iter().map(|r| r.get(0).expect("x")).collect();
     assert_eq!(xs, vec![1, 4]);
 }
+
+/// `run` takes any statement and answers what it produced: changes for a
+/// write, rows for a read or RETURNING, inside a transaction too.
+#[test]
+fn run_answers_rows_or_changes() {
+    let d = Daemon::start(&[]);
+    let b = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    b.execute("CREATE TABLE t(x INTEGER)", params![])
+        .expect("create");
+    let done = b
+        .run("INSERT INTO t VALUES (7)", params![])
+        .expect("insert");
+    let e = done.executed().expect("a write answers its changes");
+    assert_eq!((e.rows_affected, e.last_insert_rowid), (1, 1));
+    let rows = b.run("SELECT x FROM t", params![]).expect("select");
+    assert_eq!(rows.rows().expect("rows").len(), 1);
+    let ret = b
+        .run("INSERT INTO t VALUES (8) RETURNING x * 2", params![])
+        .expect("returning");
+    let got: i64 = ret
+        .rows()
+        .expect("rows")
+        .get(0)
+        .expect("row")
+        .get(0)
+        .expect("x");
+    assert_eq!(got, 16);
+    let tx = b.transaction().expect("begin");
+    let e = tx.run("UPDATE t SET x = x + 1", params![]).expect("update");
+    assert_eq!(e.executed().expect("changes").rows_affected, 2);
+    let r = tx.run("SELECT sum(x) FROM t", params![]).expect("sum");
+    let sum: i64 = r
+        .rows()
+        .expect("rows")
+        .get(0)
+        .expect("row")
+        .get(0)
+        .expect("s");
+    assert_eq!(sum, 17);
+    tx.commit().expect("commit");
+}

@@ -657,8 +657,10 @@ impl Writer {
             WriteOp::Execute(st) => self
                 .run_one(st, Scope::Request, Want::Changes, &limits)
                 .map(Into::into),
+            // A query that writes answers its rows if it has columns
+            // (RETURNING), else its changes.
             WriteOp::Query(st) => self
-                .run_one(st, Scope::Request, Want::Rows, &limits)
+                .run_one(st, Scope::Request, Want::Either, &limits)
                 .map(Into::into),
             WriteOp::Batch(stmts) => self.run_statements(stmts, Scope::Request, &limits),
         };
@@ -860,7 +862,9 @@ impl Writer {
             TxnOp::Execute(st) => self
                 .run_one(st, scope, Want::Changes, &limits)
                 .map(Into::into),
-            TxnOp::Query(st) => self.run_one(st, scope, Want::Rows, &limits).map(Into::into),
+            TxnOp::Query(st) => self
+                .run_one(st, scope, Want::Either, &limits)
+                .map(Into::into),
             TxnOp::Batch(stmts) => self.txn_batch(stmts, &limits),
             TxnOp::Commit => {
                 let started = Instant::now();
