@@ -429,9 +429,9 @@ impl Client {
 
     /// Begins a deferred transaction (SQLite's `BEGIN`): it reads from a
     /// snapshot and holds nothing until its first write. That write fails
-    /// with [`Error::Conflict`] if another write committed after the
-    /// snapshot began; then retry the transaction, or use
-    /// [`Client::transaction`].
+    /// with [`Error::Conflict`] if another write committed after its first
+    /// read (never when it has read nothing); then retry the transaction,
+    /// or use [`Client::transaction`].
     pub async fn deferred_transaction(&self) -> Result<Transaction> {
         self.begin(TxnMode::Deferred).await
     }

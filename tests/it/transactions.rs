@@ -287,6 +287,19 @@ fn a_deferred_transaction_conflicts_only_when_a_commit_came_between() {
         tx.commit().await.expect("commit");
         let rows = a.query("SELECT x FROM t", params![]).await.expect("rows");
         assert_eq!(rows.len(), 2);
+
+        // As in SQLite, the snapshot begins at the first read, not at
+        // BEGIN: one whose first statement writes never conflicts.
+        let tx = a.deferred_transaction().await.expect("begin");
+        b.execute("INSERT INTO t VALUES (3)", params![])
+            .await
+            .expect("b commits after the BEGIN");
+        tx.execute("INSERT INTO t VALUES (4)", params![])
+            .await
+            .expect("a first write is no conflict");
+        tx.commit().await.expect("commit");
+        let rows = a.query("SELECT x FROM t", params![]).await.expect("rows");
+        assert_eq!(rows.len(), 4);
     });
 }
 

@@ -98,8 +98,13 @@ pub(crate) fn open(
         max_result_bytes: writer.max_result_bytes,
         max_read_ms,
     };
-    let transactions = Arc::new(Transactions::new(db_path.clone(), writer.max_result_bytes));
+    let max_result_bytes = writer.max_result_bytes;
     let (writer, writer_thread) = writer::spawn(writer, gate.clone())?;
+    let transactions = Arc::new(Transactions::new(
+        db_path.clone(),
+        max_result_bytes,
+        writer.stats.clone(),
+    ));
     let (readers, reader_threads) = readers::spawn(reader_config, gate)?;
     Ok((
         Engine {
@@ -196,12 +201,9 @@ impl Engine {
                 }
             }
             TxnMode::Deferred | TxnMode::ReadOnly => {
-                // Read before the snapshot begins: a commit in between makes
-                // a later move to the writer a conflict, never a lost one.
-                let seq = self.writer.commit_seq();
                 let txns = self.transactions.clone();
                 blocking(move || {
-                    txns.begin_snapshot(owner, mode, seq)
+                    txns.begin_snapshot(owner, mode)
                         .map(|t| ResponseBody::Begun(t.id))
                 })
                 .await
@@ -251,7 +253,7 @@ impl Engine {
                 let start = TxnStart {
                     txn,
                     rx,
-                    snapshot_seq: Some(seq),
+                    snapshot_seq: seq,
                     first: Some(op),
                 };
                 self.writer

@@ -32,6 +32,7 @@ use tokio::sync::oneshot;
 use super::db::{self, epoch};
 use super::guard::{Guard, Scope};
 use super::statement::{self, ReadOnly, StatementLimits, Want};
+use super::writer::WriterStats;
 
 /// Requests one transaction may have queued for the writer.
 const TXN_CHANNEL: usize = 64;
@@ -164,9 +165,12 @@ enum State {
 pub(crate) struct Snapshot {
     conn: Connection,
     guard: Guard,
-    /// The writer's commit count before the snapshot began: a deferred
-    /// transaction may move to the writer only while it is unchanged.
-    seq: u64,
+    /// The writer's commit count before the snapshot began, set by the
+    /// first statement that ran (SQLite takes the snapshot at the first
+    /// read, not at BEGIN): a deferred transaction may move to the writer
+    /// only while the count is unchanged. `None` while nothing was read,
+    /// so a transaction whose first statement writes never conflicts.
+    seq: Option<u64>,
 }
 
 /// One interactive transaction.
@@ -261,13 +265,15 @@ pub(crate) enum Route {
     MoveToWriter {
         txn: Arc<Txn>,
         rx: flume::Receiver<TxnMsg>,
-        seq: u64,
+        seq: Option<u64>,
         op: TxnOp,
     },
 }
 
 /// Every open transaction, by id.
 pub(crate) struct Transactions {
+    /// The writer's counters: its commit count dates a snapshot.
+    writer: Arc<WriterStats>,
     open: Mutex<HashMap<u64, Arc<Txn>>>,
     next_id: AtomicU64,
     pub(crate) stats: TxnStats,
@@ -286,8 +292,13 @@ pub(crate) struct Leases {
 }
 
 impl Transactions {
-    pub(crate) fn new(db_path: PathBuf, max_result_bytes: usize) -> Transactions {
+    pub(crate) fn new(
+        db_path: PathBuf,
+        max_result_bytes: usize,
+        writer: Arc<WriterStats>,
+    ) -> Transactions {
         Transactions {
+            writer,
             open: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             stats: TxnStats::default(),
@@ -348,14 +359,12 @@ impl Transactions {
         )
     }
 
-    /// Opens a snapshot for a read-only or deferred transaction, on a
-    /// read-only connection of its own. `commit_seq` is the writer's commit
-    /// count, read before the snapshot begins.
+    /// Opens a read-only or deferred transaction on a read-only connection
+    /// of its own; its snapshot begins at its first read.
     pub(crate) fn begin_snapshot(
         &self,
         owner: Owner,
         mode: TxnMode,
-        commit_seq: u64,
     ) -> Result<Arc<Txn>, ErrorBody> {
         let (conn, guard) = db::open_reader(&self.db_path).map_err(|e| {
             ErrorBody::new(
@@ -366,14 +375,14 @@ impl Transactions {
                 ),
             )
         })?;
-        // BEGIN, then a read: the WAL snapshot is taken at the first read,
-        // and from here on every read in the transaction sees it.
-        conn.execute_batch("BEGIN DEFERRED; SELECT count(*) FROM sqlite_schema;")
+        // The WAL snapshot is taken at the first read, and from then on
+        // every read in the transaction sees it.
+        conn.execute_batch("BEGIN DEFERRED")
             .map_err(|e| statement::own_statement_error("BEGIN (snapshot)", &e))?;
         let snapshot = Snapshot {
             conn,
             guard,
-            seq: commit_seq,
+            seq: None,
         };
         Ok(self.register(owner, mode, State::Snapshot(Arc::new(Mutex::new(snapshot)))))
     }
@@ -448,7 +457,7 @@ impl Transactions {
             Ok(State::Ended(end)) => return Route::Done(ResponseBody::Error(end.error(id))),
             Err(_) => return Route::Done(poisoned()),
         };
-        let snapshot = match state.lock() {
+        let mut snapshot = match state.lock() {
             Ok(s) => s,
             Err(_) => return Route::Done(poisoned()),
         };
@@ -472,12 +481,12 @@ impl Transactions {
                 } else {
                     Want::Rows
                 };
-                match self.run_read(&txn, &snapshot, st, want, &limits) {
+                match self.run_read(&txn, &mut snapshot, st, want, &limits) {
                     Ok(answer) => answer,
                     Err(e) => Some(ResponseBody::Error(e)),
                 }
             }
-            TxnOp::Batch(stmts) => self.batch_read(&txn, &snapshot, stmts, &limits),
+            TxnOp::Batch(stmts) => self.batch_read(&txn, &mut snapshot, stmts, &limits),
         };
         match answer {
             Some(body) => Route::Done(body),
@@ -496,7 +505,7 @@ impl Transactions {
     fn batch_read(
         &self,
         txn: &Txn,
-        snapshot: &Snapshot,
+        snapshot: &mut Snapshot,
         stmts: &[Statement],
         limits: &StatementLimits,
     ) -> Option<ResponseBody> {
@@ -522,7 +531,7 @@ impl Transactions {
     fn run_read(
         &self,
         txn: &Txn,
-        snapshot: &Snapshot,
+        snapshot: &mut Snapshot,
         st: &Statement,
         want: Want,
         limits: &StatementLimits,
@@ -531,8 +540,15 @@ impl Transactions {
             TxnMode::ReadOnly => Scope::Transaction,
             _ => Scope::Snapshot,
         };
-        match statement::run_if_read_only(&snapshot.conn, &snapshot.guard, scope, st, want, limits)?
-        {
+        // Read before the statement can take the snapshot: a commit in
+        // between makes a later move a conflict, never a lost one.
+        let seq = self.writer.commit_seq.load(Ordering::SeqCst);
+        let ran =
+            statement::run_if_read_only(&snapshot.conn, &snapshot.guard, scope, st, want, limits);
+        if matches!(ran, Ok(ReadOnly::Ran(_)) | Err(_)) && snapshot.seq.is_none() {
+            snapshot.seq = Some(seq);
+        }
+        match ran? {
             ReadOnly::Ran(out) => Ok(Some(out.into())),
             ReadOnly::NotReadOnly if txn.mode == TxnMode::ReadOnly => Err(ErrorBody {
                 kind: ErrorKind::Refused,
@@ -551,7 +567,7 @@ impl Transactions {
 
     /// Swaps a deferred transaction's snapshot (and with it its read
     /// connection) for a channel to the writer.
-    fn move_to_writer(&self, txn: Arc<Txn>, seq: u64, op: TxnOp) -> Route {
+    fn move_to_writer(&self, txn: Arc<Txn>, seq: Option<u64>, op: TxnOp) -> Route {
         let (tx, rx) = flume::bounded(TXN_CHANNEL);
         match txn.state.lock() {
             Ok(mut state) => *state = State::Writer(tx),

@@ -237,11 +237,6 @@ impl WriterHandle {
         }
     }
 
-    /// The writer's commit count (see `WriterStats::commit_seq`).
-    pub(crate) fn commit_seq(&self) -> u64 {
-        self.stats.commit_seq.load(Ordering::SeqCst)
-    }
-
     /// How long since the writer last showed it was alive while holding an
     /// interactive transaction; `None` if it is not holding one.
     pub(crate) fn heartbeat_age(&self) -> Option<Duration> {

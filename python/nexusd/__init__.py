@@ -1,0 +1,742 @@
+"""nexusd: a DB-API 2.0 driver for a nexusd daemon, in the shape of sqlite3.
+
+A program that used ``sqlite3.connect("app.db")`` changes that line to
+``nexusd.connect()`` and keeps the rest: cursors, parameters in qmark and
+named styles, ``with conn:``, ``Row``, the exception classes, and the
+transaction control of Python 3.12's sqlite3 (``autocommit`` and
+``isolation_level``). Transactions are the daemon's interactive ones, so
+"database is locked" never happens: a write waits its turn instead.
+
+Every Connection object in a process shares one socket to the daemon, so a
+connection per thread or per request costs no file descriptor and needs no
+pool. The GIL is released while a call waits on the daemon. After a fork,
+the child's first call opens its own connection.
+
+>>> import nexusd
+>>> conn = nexusd.connect()                                 # doctest: +SKIP
+>>> with conn:                                              # doctest: +SKIP
+...     conn.execute("INSERT INTO users(name) VALUES (?)", ("ada",))
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import datetime
+import os
+import re
+import sqlite3 as _sqlite3
+import threading
+import time
+from typing import Any, Iterator, Optional, Sequence
+
+from . import _nexusd
+
+__all__ = [
+    "apilevel", "threadsafety", "paramstyle", "connect", "Connection", "Cursor", "Row",
+    "LEGACY_TRANSACTION_CONTROL", "Warning", "Error", "InterfaceError", "DatabaseError",
+    "DataError", "OperationalError", "IntegrityError", "InternalError", "ProgrammingError",
+    "NotSupportedError", "Timeout", "Overloaded", "TransactionExpired", "Conflict",
+    "OutcomeUnknown", "Date", "Time", "Timestamp", "DateFromTicks", "TimeFromTicks",
+    "TimestampFromTicks", "Binary", "STRING", "BINARY", "NUMBER", "DATETIME", "ROWID",
+    "default_socket_path",
+]
+
+__version__ = _nexusd.__version__
+
+apilevel = "2.0"
+#: Threads may share the module and connections, but not cursors.
+threadsafety = 2
+paramstyle = "qmark"
+
+#: ``autocommit``'s default, as in Python 3.12's sqlite3: ``isolation_level``
+#: decides the implicit BEGIN before INSERT, UPDATE, DELETE and REPLACE.
+LEGACY_TRANSACTION_CONTROL = -1
+
+
+# --- Exceptions, PEP 249's hierarchy -------------------------------------
+
+class Warning(Exception):  # noqa: A001 - PEP 249's name
+    pass
+
+
+class Error(Exception):
+    """Base of every nexusd error. ``sqlite_errorcode`` and
+    ``sqlite_errorname`` are set when SQLite's code is known."""
+
+    sqlite_errorcode: Optional[int] = None
+    sqlite_errorname: Optional[str] = None
+
+
+class InterfaceError(Error):
+    pass
+
+
+class DatabaseError(Error):
+    pass
+
+
+class DataError(DatabaseError):
+    pass
+
+
+class OperationalError(DatabaseError):
+    pass
+
+
+class IntegrityError(DatabaseError):
+    pass
+
+
+class InternalError(DatabaseError):
+    pass
+
+
+class ProgrammingError(DatabaseError):
+    pass
+
+
+class NotSupportedError(DatabaseError):
+    pass
+
+
+class Timeout(OperationalError):
+    """The request ran out of time before it started, or was interrupted and
+    rolled back: nothing was applied; retry later."""
+
+
+class Overloaded(OperationalError):
+    """The daemon is at a limit (connections, transactions): nothing was
+    applied; retry later."""
+
+
+class TransactionExpired(OperationalError):
+    """The transaction is over (its lease ran out, an operator or SQLite
+    rolled it back): nothing in it was applied; run it again."""
+
+
+class Conflict(OperationalError):
+    """A deferred transaction's first write came after another commit:
+    nothing in it was applied; retry it, or use isolation_level
+    "IMMEDIATE"."""
+
+
+class OutcomeUnknown(OperationalError):
+    """The connection died with the request out: it may or may not have been
+    applied. Check before you retry."""
+
+
+_EXCEPTIONS = (
+    Warning, Error, InterfaceError, DatabaseError, DataError, OperationalError,
+    IntegrityError, InternalError, ProgrammingError, NotSupportedError,
+)
+
+# SQLite's result code names, from the sqlite3 module's own constants.
+_ERROR_NAMES = {
+    value: name
+    for name, value in vars(_sqlite3).items()
+    if name.startswith("SQLITE_") and isinstance(value, int)
+    and not name.startswith(("SQLITE_CREATE", "SQLITE_DROP", "SQLITE_ALTER", "SQLITE_LIMIT"))
+    and name not in {
+        "SQLITE_DENY", "SQLITE_IGNORE", "SQLITE_OK", "SQLITE_ANALYZE", "SQLITE_ATTACH",
+        "SQLITE_DETACH", "SQLITE_DELETE", "SQLITE_INSERT", "SQLITE_PRAGMA", "SQLITE_READ",
+        "SQLITE_SELECT", "SQLITE_TRANSACTION", "SQLITE_UPDATE", "SQLITE_REINDEX",
+        "SQLITE_FUNCTION", "SQLITE_SAVEPOINT", "SQLITE_RECURSIVE",
+    }
+}
+
+
+def _by_code(code: int) -> type:
+    """sqlite3's mapping of a primary result code to an exception class."""
+    if code in (19, 20):  # CONSTRAINT, MISMATCH
+        return IntegrityError
+    if code in (21, 25):  # MISUSE, RANGE
+        return ProgrammingError
+    if code == 18:  # TOOBIG
+        return DataError
+    if code in (2, 12):  # INTERNAL, NOTFOUND
+        return InternalError
+    if code in (11, 26):  # CORRUPT, NOTADB
+        return DatabaseError
+    return OperationalError
+
+
+_BY_KIND = {
+    "timeout": Timeout,
+    "overloaded": Overloaded,
+    "transaction_expired": TransactionExpired,
+    "conflict": Conflict,
+    "outcome_unknown": OutcomeUnknown,
+    "too_large": DataError,
+    "programming": ProgrammingError,
+    "invalid_argument": ProgrammingError,
+    "protocol": InterfaceError,
+    "internal": InternalError,
+}
+
+
+def _translate(e: _nexusd.NativeError) -> Error:
+    kind, code, extended, message, index = e.args
+    if kind == "sql":
+        cls = _by_code(code)
+    else:
+        cls = _BY_KIND.get(kind, OperationalError)
+    err = cls(message)
+    if extended or code:
+        err.sqlite_errorcode = extended or code
+        err.sqlite_errorname = _ERROR_NAMES.get(extended) or _ERROR_NAMES.get(code)
+    err.statement_index = index
+    return err
+
+
+# --- Types, PEP 249's objects and constructors -----------------------------
+
+Date = datetime.date
+Time = datetime.time
+Timestamp = datetime.datetime
+Binary = bytes
+
+
+def DateFromTicks(ticks: float) -> datetime.date:
+    return Date(*time.localtime(ticks)[:3])
+
+
+def TimeFromTicks(ticks: float) -> datetime.time:
+    return Time(*time.localtime(ticks)[3:6])
+
+
+def TimestampFromTicks(ticks: float) -> datetime.datetime:
+    return Timestamp(*time.localtime(ticks)[:6])
+
+
+class _DBAPITypeObject:
+    def __init__(self, *names: str) -> None:
+        self.names = frozenset(names)
+
+    def __eq__(self, other: object) -> bool:
+        return other in self.names
+
+    def __hash__(self) -> int:
+        return hash(self.names)
+
+
+STRING = _DBAPITypeObject("TEXT")
+BINARY = _DBAPITypeObject("BLOB")
+NUMBER = _DBAPITypeObject("INTEGER", "REAL", "NUMERIC")
+DATETIME = _DBAPITypeObject("TIMESTAMP", "DATETIME", "DATE")
+ROWID = _DBAPITypeObject("ROWID", "INTEGER")
+
+
+# --- Rows -------------------------------------------------------------------
+
+class Row:
+    """A row that works like sqlite3.Row: by index, or by column name
+    (case-insensitive); ``keys()``, ``len()``, iteration, equality."""
+
+    __slots__ = ("_description", "_values")
+
+    def __init__(self, cursor: "Cursor", values: tuple) -> None:
+        self._description = cursor.description
+        self._values = values
+
+    def keys(self) -> list:
+        return [d[0] for d in self._description or ()]
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, (int, slice)):
+            return self._values[key]
+        if isinstance(key, str):
+            wanted = key.lower()
+            for i, d in enumerate(self._description or ()):
+                if d[0].lower() == wanted:
+                    return self._values[i]
+            raise IndexError(f"No item with key {key!r}")
+        raise IndexError(f"Index must be int or str, not {type(key).__name__}")
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._values)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Row):
+            return NotImplemented
+        return self.keys() == other.keys() and self._values == other._values
+
+    def __hash__(self) -> int:
+        return hash((tuple(self.keys()), self._values))
+
+    def __repr__(self) -> str:
+        return f"<nexusd.Row {dict(zip(self.keys(), self._values))!r}>"
+
+
+# --- The daemon connection each process shares ------------------------------
+
+_clients: dict = {}
+_clients_lock = threading.Lock()
+
+
+def _shared_client(socket: Optional[str], client_name: str, timeout: Optional[float]):
+    """This process's client for (socket, name, timeout). After a fork the
+    parent's is never used (nor dropped: its threads are the parent's)."""
+    key = (socket, client_name, timeout)
+    pid = os.getpid()
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None or client.pid != pid:
+            try:
+                client = _nexusd.Client(socket, client_name, timeout)
+            except _nexusd.NativeError as e:
+                raise _translate(e) from None
+            _clients[key] = client
+        return client
+
+
+def _forget_clients_after_fork() -> None:
+    global _clients_lock
+    _clients_lock = threading.Lock()
+    _clients.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_clients_after_fork)
+
+
+def default_socket_path() -> str:
+    """Where the daemon's socket is when none is given: ``$NEXUSD_SOCKET``,
+    ``$XDG_RUNTIME_DIR/nexusd.sock``, else ``/tmp/nexusd-<uid>.sock``."""
+    return str(_nexusd.default_socket_path())
+
+
+# --- Statements -------------------------------------------------------------
+
+_COMMENTS = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*", re.S)
+
+
+def _words(sql: str, n: int = 3) -> list:
+    """The first ``n`` keywords of ``sql``, upper-cased, after comments."""
+    head = sql[_COMMENTS.match(sql).end():]
+    return re.findall(r"[A-Za-z]+", head[:64])[:n] if head else []
+
+
+def _control(sql: str) -> Optional[tuple]:
+    """BEGIN [DEFERRED|IMMEDIATE|EXCLUSIVE] [TRANSACTION], COMMIT/END
+    [TRANSACTION] or ROLLBACK [TRANSACTION] as ("begin", mode) / ("commit",)
+    / ("rollback",); ROLLBACK TO and SAVEPOINT are not."""
+    words = [w.upper() for w in _words(sql, 4)]
+    if not words:
+        return None
+    rest = words[1:]
+    if words[0] == "BEGIN":
+        mode = "DEFERRED"
+        if rest and rest[0] in ("DEFERRED", "IMMEDIATE", "EXCLUSIVE"):
+            mode, rest = rest[0], rest[1:]
+        if rest in ([], ["TRANSACTION"]):
+            return ("begin", mode)
+        return None
+    if words[0] in ("COMMIT", "END") and rest in ([], ["TRANSACTION"]):
+        return ("commit",)
+    if words[0] == "ROLLBACK" and rest in ([], ["TRANSACTION"]):
+        return ("rollback",)
+    return None
+
+
+_DML = frozenset(("INSERT", "UPDATE", "DELETE", "REPLACE"))
+
+
+def _is_dml(sql: str) -> bool:
+    words = _words(sql, 1)
+    return bool(words) and words[0].upper() in _DML
+
+
+def _split_script(script: str) -> list:
+    """A script's statements, cut where sqlite3.complete_statement says one
+    ends."""
+    statements, current = [], ""
+    for piece in re.split(r"(;)", script):
+        current += piece
+        if piece == ";" and _sqlite3.complete_statement(current):
+            if current.strip(" \t\r\n;"):
+                statements.append(current.strip())
+            current = ""
+    if current.strip():
+        statements.append(current.strip())
+    return statements
+
+
+# --- Connection --------------------------------------------------------------
+
+_MODES = {"": "deferred", "DEFERRED": "deferred", "IMMEDIATE": "immediate",
+          "EXCLUSIVE": "immediate"}
+
+
+class Connection:
+    """A DB-API connection. Many may share one socket; a transaction belongs
+    to one Connection."""
+
+    Warning = Warning
+    Error = Error
+    InterfaceError = InterfaceError
+    DatabaseError = DatabaseError
+    DataError = DataError
+    OperationalError = OperationalError
+    IntegrityError = IntegrityError
+    InternalError = InternalError
+    ProgrammingError = ProgrammingError
+    NotSupportedError = NotSupportedError
+
+    def __init__(
+        self,
+        socket: Optional[str] = None,
+        *,
+        timeout: Optional[float] = None,
+        autocommit: Any = LEGACY_TRANSACTION_CONTROL,
+        isolation_level: Optional[str] = "",
+        client_name: Optional[str] = None,
+        check_same_thread: bool = False,
+    ) -> None:
+        if autocommit not in (True, False, LEGACY_TRANSACTION_CONTROL):
+            raise ProgrammingError(
+                "autocommit must be True, False, or nexusd.LEGACY_TRANSACTION_CONTROL")
+        self._socket = os.fspath(socket) if socket is not None else None
+        self._timeout = timeout
+        self._client_name = client_name or f"python {os.path.basename(_argv0())}"
+        self._autocommit = autocommit
+        self.isolation_level = isolation_level
+        self.row_factory = None
+        self.text_factory = str
+        self._txn = None
+        self._pid = os.getpid()
+        self._closed = False
+        self._lock = threading.RLock()
+        # Connect now, so a missing daemon is an error here, as with sqlite3.
+        self._client()
+
+    # -- state ------------------------------------------------------------
+
+    def _client(self):
+        if self._closed:
+            raise ProgrammingError("Cannot operate on a closed database.")
+        if self._pid != os.getpid():
+            # Forked: the parent's transaction is not this process's.
+            self._pid = os.getpid()
+            self._txn = None
+        return _shared_client(self._socket, self._client_name, self._timeout)
+
+    @property
+    def isolation_level(self) -> Optional[str]:
+        return self._isolation_level
+
+    @isolation_level.setter
+    def isolation_level(self, value: Optional[str]) -> None:
+        if value is not None and value.upper() not in _MODES:
+            raise ValueError(
+                f"isolation_level string must be '', 'DEFERRED', 'IMMEDIATE', or "
+                f"'EXCLUSIVE', not {value!r}")
+        # As sqlite3: setting None commits a pending transaction.
+        if value is None and getattr(self, "_txn", None) is not None \
+                and self._autocommit == LEGACY_TRANSACTION_CONTROL:
+            self.commit()
+        self._isolation_level = value
+
+    @property
+    def autocommit(self) -> Any:
+        return self._autocommit
+
+    @autocommit.setter
+    def autocommit(self, value: Any) -> None:
+        if value not in (True, False, LEGACY_TRANSACTION_CONTROL):
+            raise ProgrammingError(
+                "autocommit must be True, False, or nexusd.LEGACY_TRANSACTION_CONTROL")
+        if value is True and self._txn is not None:
+            self.commit()
+        self._autocommit = value
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._txn is not None and self._pid == os.getpid()
+
+    # -- transactions -------------------------------------------------------
+
+    def _begin(self, mode: str) -> None:
+        client = self._client()
+        try:
+            self._txn = client.begin(mode)
+        except _nexusd.NativeError as e:
+            raise _translate(e) from None
+
+    def _target(self, sql: Optional[str]):
+        """Where a statement runs: the open transaction, one opened for it
+        as the transaction mode says, or the daemon directly."""
+        client = self._client()
+        if self._txn is None:
+            if self._autocommit is False:
+                self._begin("deferred")
+            elif (self._autocommit == LEGACY_TRANSACTION_CONTROL
+                  and self._isolation_level is not None
+                  and sql is not None and _is_dml(sql)):
+                self._begin(_MODES[self._isolation_level.upper()])
+        return self._txn if self._txn is not None else client
+
+    def _end(self, commit: bool) -> None:
+        txn, self._txn = self._txn, None
+        if txn is None:
+            return
+        try:
+            txn.commit() if commit else txn.rollback()
+        except _nexusd.NativeError as e:
+            raise _translate(e) from None
+
+    def commit(self) -> None:
+        """Commits the open transaction, if any; returns once it is durable.
+        With ``autocommit=True`` there is none to commit."""
+        with self._lock:
+            self._client()
+            if self._autocommit is True:
+                return
+            self._end(True)
+
+    def rollback(self) -> None:
+        with self._lock:
+            self._client()
+            if self._autocommit is True:
+                return
+            self._end(False)
+
+    def close(self) -> None:
+        """Closes the connection; a transaction still open is rolled back."""
+        with self._lock:
+            if self._closed:
+                return
+            if self._txn is not None and self._pid == os.getpid():
+                try:
+                    self._end(False)
+                except Error:
+                    pass
+            self._txn = None
+            self._closed = True
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.rollback()
+        return False
+
+    def __del__(self) -> None:
+        txn = getattr(self, "_txn", None)
+        if txn is not None and getattr(self, "_pid", None) == os.getpid():
+            # Dropped unfinished: the native side queues a rollback.
+            self._txn = None
+
+    # -- statements -----------------------------------------------------------
+
+    def cursor(self, factory: Any = None) -> "Cursor":
+        self._client()
+        return (factory or Cursor)(self)
+
+    def execute(self, sql: str, parameters: Any = ()) -> "Cursor":
+        return self.cursor().execute(sql, parameters)
+
+    def executemany(self, sql: str, seq_of_parameters: Any) -> "Cursor":
+        return self.cursor().executemany(sql, seq_of_parameters)
+
+    def executescript(self, script: str) -> "Cursor":
+        return self.cursor().executescript(script)
+
+    def _run(self, sql: str, parameters: Any):
+        with self._lock:
+            control = _control(sql)
+            if control is not None:
+                return self._run_control(control)
+            target = self._target(sql)
+            try:
+                return target.run(sql, parameters)
+            except _nexusd.NativeError as e:
+                err = _translate(e)
+                if isinstance(err, (TransactionExpired, Conflict)):
+                    self._txn = None
+                raise err from None
+
+    def _run_control(self, control: tuple):
+        if control[0] == "begin":
+            if self._txn is not None:
+                raise OperationalError("cannot start a transaction within a transaction")
+            if self._autocommit is False:
+                raise OperationalError(
+                    "cannot start a transaction within a transaction (autocommit=False "
+                    "keeps one open)")
+            self._begin(_MODES[control[1]])
+        else:
+            if self._txn is None:
+                raise OperationalError(
+                    f"cannot {control[0]} - no transaction is active")
+            self._end(control[0] == "commit")
+        return ("executed", 0, 0)
+
+    def _run_many(self, sql: str, seq_of_parameters: Any):
+        with self._lock:
+            target = self._target(sql)
+            try:
+                return target.run_many(sql, seq_of_parameters)
+            except _nexusd.NativeError as e:
+                raise _translate(e) from None
+
+    def _run_script(self, script: str) -> None:
+        with self._lock:
+            if self._autocommit == LEGACY_TRANSACTION_CONTROL and self._txn is not None:
+                self._end(True)
+            statements = [s for s in _split_script(script) if _control(s) is None]
+            if not statements:
+                return
+            target = self._target(None)
+            try:
+                target.script(statements)
+            except _nexusd.NativeError as e:
+                raise _translate(e) from None
+
+
+def _argv0() -> str:
+    import sys
+
+    return (sys.argv[0] if sys.argv and sys.argv[0] else "python") or "python"
+
+
+# --- Cursor --------------------------------------------------------------------
+
+class Cursor:
+    """A DB-API cursor. Its results are fetched from memory: the daemon
+    answers each statement whole."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.arraysize = 1
+        self.description: Optional[tuple] = None
+        self.rowcount = -1
+        self.lastrowid: Optional[int] = None
+        self.row_factory = connection.row_factory
+        self._rows: list = []
+        self._next = 0
+        self._closed = False
+
+    def _check(self) -> None:
+        if self._closed:
+            raise ProgrammingError("Cannot operate on a closed cursor.")
+
+    def _load(self, result, sql: str) -> None:
+        if result[0] == "rows":
+            _, columns, rows = result
+            self.description = tuple((c, None, None, None, None, None, None) for c in columns)
+            self._rows = rows
+            self.rowcount = -1
+        else:
+            _, rowcount, lastrowid = result
+            self.description = None
+            self._rows = []
+            words = _words(sql, 1)
+            if words and words[0].upper() in ("INSERT", "REPLACE"):
+                self.lastrowid = lastrowid
+            self.rowcount = rowcount if _is_dml(sql) else -1
+        self._next = 0
+
+    def execute(self, sql: str, parameters: Any = ()) -> "Cursor":
+        self._check()
+        if not isinstance(sql, str):
+            raise ProgrammingError(f"execute() argument 1 must be str, not {type(sql).__name__}")
+        self._load(self.connection._run(sql, parameters), sql)
+        return self
+
+    def executemany(self, sql: str, seq_of_parameters: Any) -> "Cursor":
+        """Runs ``sql`` once per parameter set, all in one request."""
+        self._check()
+        if not _is_dml(sql):
+            raise ProgrammingError("executemany() can only execute DML statements.")
+        if not isinstance(seq_of_parameters, (list, tuple)):
+            seq_of_parameters = list(seq_of_parameters)
+        self.description = None
+        self._rows, self._next = [], 0
+        if not seq_of_parameters:
+            self.rowcount = 0
+            return self
+        rowcount, lastrowid = self.connection._run_many(sql, seq_of_parameters)
+        self.rowcount = rowcount
+        self.lastrowid = lastrowid
+        return self
+
+    def executescript(self, sql_script: str) -> "Cursor":
+        """Runs the script's statements as one atomic batch (after
+        committing a pending transaction, as sqlite3 does)."""
+        self._check()
+        self.connection._run_script(sql_script)
+        self.description, self._rows, self._next, self.rowcount = None, [], 0, -1
+        return self
+
+    def _make(self, values: tuple) -> Any:
+        factory = self.row_factory
+        return factory(self, values) if factory is not None else values
+
+    def fetchone(self) -> Any:
+        self._check()
+        if self._next >= len(self._rows):
+            return None
+        row = self._rows[self._next]
+        self._next += 1
+        return self._make(row)
+
+    def fetchmany(self, size: Optional[int] = None) -> list:
+        self._check()
+        n = self.arraysize if size is None else size
+        rows = self._rows[self._next:self._next + max(n, 0)]
+        self._next += len(rows)
+        return [self._make(r) for r in rows]
+
+    def fetchall(self) -> list:
+        self._check()
+        rows = self._rows[self._next:]
+        self._next = len(self._rows)
+        return [self._make(r) for r in rows]
+
+    def __iter__(self) -> "Cursor":
+        return self
+
+    def __next__(self) -> Any:
+        row = self.fetchone()
+        if row is None:
+            raise StopIteration
+        return row
+
+    def close(self) -> None:
+        self._closed = True
+        self._rows = []
+
+    def setinputsizes(self, sizes: Any) -> None:
+        pass
+
+    def setoutputsize(self, size: Any, column: Any = None) -> None:
+        pass
+
+
+def connect(
+    socket: Optional[str] = None,
+    *,
+    timeout: Optional[float] = None,
+    autocommit: Any = LEGACY_TRANSACTION_CONTROL,
+    isolation_level: Optional[str] = "",
+    client_name: Optional[str] = None,
+    factory: Any = None,
+    **ignored: Any,
+) -> Connection:
+    """Connects to the daemon at ``socket`` (default: as the Rust client
+    resolves it). ``timeout`` is each request's time limit in seconds
+    (default: the daemon's). ``autocommit`` and ``isolation_level`` work as
+    in Python 3.12's sqlite3."""
+    return (factory or Connection)(
+        socket,
+        timeout=timeout,
+        autocommit=autocommit,
+        isolation_level=isolation_level,
+        client_name=client_name,
+    )

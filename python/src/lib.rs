@@ -1,0 +1,520 @@
+//! `nexusd._nexusd`: the thin native layer of the Python package. It wraps
+//! the Rust client crate (one codec, one connection implementation for
+//! Rust and Python alike); `nexusd/__init__.py` gives it DB-API's shape.
+//!
+//! - Every wait on the daemon runs with the GIL released.
+//! - One tokio runtime per process, made on first use. After a fork the
+//!   child makes its own and never touches the parent's threads or socket:
+//!   what it inherited is leaked, not dropped.
+//! - Errors cross as `NativeError(kind, code, extended_code, message,
+//!   statement_index)`; the Python layer maps them onto DB-API's classes.
+
+use std::mem::ManuallyDrop;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use nexusd_client::{
+    ClientOptions, Error, Executed, Params, Rows, Statement, StatementResult, Value,
+};
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyOverflowError};
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PyTuple};
+
+create_exception!(
+    _nexusd,
+    NativeError,
+    PyException,
+    "An error from the daemon or the client."
+);
+
+/// This process's runtime, and the pid that made it.
+static RUNTIME: Mutex<Option<(u32, &'static tokio::runtime::Runtime)>> = Mutex::new(None);
+
+/// The runtime of this process; after a fork, a new one (the parent's is
+/// leaked: its threads do not exist here).
+fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
+    let pid = std::process::id();
+    let mut slot = RUNTIME.lock().map_err(|_| {
+        native(
+            "internal",
+            0,
+            0,
+            "the runtime lock is poisoned".into(),
+            None,
+        )
+    })?;
+    if let Some((owner, rt)) = *slot
+        && owner == pid
+    {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("nexusd-py")
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            native(
+                "connect",
+                0,
+                0,
+                format!("could not start the client's runtime: {e}"),
+                None,
+            )
+        })?;
+    let rt: &'static tokio::runtime::Runtime = Box::leak(Box::new(rt));
+    *slot = Some((pid, rt));
+    Ok(rt)
+}
+
+fn native(
+    kind: &str,
+    code: i32,
+    extended: i32,
+    message: String,
+    statement_index: Option<usize>,
+) -> PyErr {
+    NativeError::new_err((kind.to_owned(), code, extended, message, statement_index))
+}
+
+fn to_py_err(e: Error) -> PyErr {
+    let message = e.to_string();
+    match e {
+        Error::Sql(s) => {
+            let kind = if s.refused { "refused" } else { "sql" };
+            native(kind, s.code, s.extended_code, s.message, s.statement_index)
+        }
+        Error::Timeout(m) => native("timeout", 0, 0, m, None),
+        Error::Overloaded(m) => native("overloaded", 0, 0, m, None),
+        Error::TooLarge(m) => native("too_large", 0, 0, m, None),
+        Error::ShuttingDown(m) => native("shutting_down", 0, 0, m, None),
+        Error::Forbidden(m) => native("forbidden", 0, 0, m, None),
+        Error::Connect { .. } => native("connect", 0, 0, message, None),
+        Error::Disconnected {
+            outcome_unknown: true,
+            ..
+        } => native("outcome_unknown", 0, 0, message, None),
+        Error::Disconnected { .. } => native("disconnected", 0, 0, message, None),
+        Error::Protocol(m) => native("protocol", 0, 0, m, None),
+        Error::Server(m) => native("server", 0, 0, m, None),
+        Error::Io(m) => native("io", 0, 0, m, None),
+        Error::ConfigRejected(m) => native("config_rejected", 0, 0, m, None),
+        Error::InvalidArgument(m) => native("invalid_argument", 0, 0, m, None),
+        Error::TransactionExpired(m) => native("transaction_expired", 0, 0, m, None),
+        Error::Conflict(m) => native("conflict", 0, 0, m, None),
+        other => native("internal", 0, 0, other.to_string(), None),
+    }
+}
+
+/// A Python value as SQLite stores it; `index` names it in errors.
+fn to_value(v: &Bound<'_, PyAny>, index: &str) -> PyResult<Value> {
+    if v.is_none() {
+        return Ok(Value::Null);
+    }
+    if let Ok(b) = v.downcast::<pyo3::types::PyBool>() {
+        return Ok(Value::Integer(i64::from(b.is_true())));
+    }
+    if v.is_instance_of::<pyo3::types::PyInt>() {
+        return v.extract::<i64>().map(Value::Integer).map_err(|_| {
+            PyOverflowError::new_err(format!(
+                "parameter {index} is {} , which is too large for SQLite's 64-bit INTEGER; \
+                 store it as text or a blob",
+                v.str().map(|s| s.to_string()).unwrap_or_default()
+            ))
+        });
+    }
+    if v.is_instance_of::<pyo3::types::PyFloat>() {
+        return Ok(Value::Real(v.extract::<f64>()?));
+    }
+    if v.is_instance_of::<pyo3::types::PyString>() {
+        return Ok(Value::Text(v.extract::<String>()?));
+    }
+    if let Ok(b) = v.downcast::<PyBytes>() {
+        return Ok(Value::Blob(b.as_bytes().to_vec()));
+    }
+    if let Ok(b) = v.downcast::<PyByteArray>() {
+        return Ok(Value::Blob(b.to_vec()));
+    }
+    if v.is_instance_of::<PyMemoryView>() {
+        let bytes = v.call_method0("tobytes")?;
+        return Ok(Value::Blob(
+            bytes.downcast::<PyBytes>()?.as_bytes().to_vec(),
+        ));
+    }
+    let type_name = v
+        .get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into());
+    Err(native(
+        "programming",
+        0,
+        0,
+        format!(
+            "Error binding parameter {index}: type '{type_name}' is not supported; pass int, \
+             float, str, bytes or None"
+        ),
+        None,
+    ))
+}
+
+/// Parameters as `sqlite3` takes them: a sequence for qmark style, a
+/// mapping for named style (a name without its `:`, `@` or `$` gets `:`).
+fn to_params(params: Option<&Bound<'_, PyAny>>) -> PyResult<Params> {
+    let Some(params) = params.filter(|p| !p.is_none()) else {
+        return Ok(Params::Positional(Vec::new()));
+    };
+    if let Ok(map) = params.downcast::<PyDict>() {
+        let mut named = Vec::with_capacity(map.len());
+        for (k, v) in map.iter() {
+            let name: String = k.extract()?;
+            let value = to_value(
+                &v,
+                &format!(":{}", name.trim_start_matches([':', '@', '$'])),
+            )?;
+            let name = if name.starts_with([':', '@', '$']) {
+                name
+            } else {
+                format!(":{name}")
+            };
+            named.push((name, value));
+        }
+        return Ok(Params::Named(named));
+    }
+    if params.is_instance_of::<pyo3::types::PyString>() || params.is_instance_of::<PyBytes>() {
+        return Err(native(
+            "programming",
+            0,
+            0,
+            "parameters must be a sequence or a mapping, not a string".into(),
+            None,
+        ));
+    }
+    let mut values = Vec::new();
+    for (i, v) in params.try_iter()?.enumerate() {
+        values.push(to_value(&v?, &(i + 1).to_string())?);
+    }
+    Ok(Params::Positional(values))
+}
+
+fn value_to_py(py: Python<'_>, v: Value) -> PyResult<PyObject> {
+    Ok(match v {
+        Value::Null => py.None(),
+        Value::Integer(i) => i.into_pyobject(py)?.into_any().unbind(),
+        Value::Real(f) => f.into_pyobject(py)?.into_any().unbind(),
+        Value::Text(s) => s.into_pyobject(py)?.into_any().unbind(),
+        Value::Blob(b) => PyBytes::new(py, &b).into_any().unbind(),
+    })
+}
+
+fn rows_to_py(py: Python<'_>, rows: Rows) -> PyResult<(Vec<String>, PyObject)> {
+    let (columns, values) = rows.into_parts();
+    let list = PyList::empty(py);
+    for row in values {
+        let values: Vec<PyObject> = row
+            .into_iter()
+            .map(|v| value_to_py(py, v))
+            .collect::<PyResult<_>>()?;
+        list.append(PyTuple::new(py, values)?)?;
+    }
+    Ok((columns, list.into_any().unbind()))
+}
+
+/// `("rows", columns, rows)` or `("executed", rowcount, lastrowid)`.
+fn result_to_py(py: Python<'_>, r: StatementResult) -> PyResult<PyObject> {
+    match r {
+        StatementResult::Rows(rows) => {
+            let (columns, list) = rows_to_py(py, rows)?;
+            Ok(("rows", columns, list)
+                .into_pyobject(py)?
+                .into_any()
+                .unbind())
+        }
+        StatementResult::Executed(Executed {
+            rows_affected,
+            last_insert_rowid,
+        }) => Ok(("executed", rows_affected, last_insert_rowid)
+            .into_pyobject(py)?
+            .into_any()
+            .unbind()),
+    }
+}
+
+/// Statements for a batch: one SQL with many parameter sets, or many SQL
+/// texts without parameters.
+fn many(sql: &str, seq_of_params: &Bound<'_, PyAny>) -> PyResult<Vec<Statement>> {
+    let mut out = Vec::new();
+    for params in seq_of_params.try_iter()? {
+        out.push(Statement::new(sql, to_params(Some(&params?))?));
+    }
+    Ok(out)
+}
+
+/// `(rowcount, lastrowid)` of a batch: changes summed, the last rowid.
+fn batch_totals(results: &[StatementResult]) -> (u64, i64) {
+    results.iter().fold((0, 0), |(n, last), r| match r {
+        StatementResult::Executed(e) => (n + e.rows_affected, e.last_insert_rowid),
+        StatementResult::Rows(_) => (n, last),
+    })
+}
+
+/// A connection to the daemon; clones of the Rust client inside share
+/// one socket, so Python connections share one too.
+#[pyclass(frozen, module = "nexusd._nexusd")]
+struct Client {
+    inner: ManuallyDrop<nexusd_client::Client>,
+    pid: u32,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // In a forked child the parent's connection belongs to threads that
+        // do not exist here: leave it alone.
+        if std::process::id() == self.pid {
+            // SAFETY: dropped once, here, and never used again.
+            unsafe { ManuallyDrop::drop(&mut self.inner) };
+        }
+    }
+}
+
+#[pymethods]
+impl Client {
+    #[new]
+    #[pyo3(signature = (socket=None, client_name=None, timeout=None))]
+    fn new(
+        py: Python<'_>,
+        socket: Option<PathBuf>,
+        client_name: Option<String>,
+        timeout: Option<f64>,
+    ) -> PyResult<Self> {
+        let rt = runtime()?;
+        let path = socket.unwrap_or_else(nexusd_client::default_socket_path);
+        let mut options = ClientOptions::default();
+        if let Some(name) = client_name {
+            options.client_name = name;
+        }
+        if let Some(t) = timeout.filter(|t| *t > 0.0) {
+            options.request_timeout = Some(Duration::from_secs_f64(t));
+        }
+        let inner = py
+            .allow_threads(|| rt.block_on(nexusd_client::Client::connect_with(path, options)))
+            .map_err(to_py_err)?;
+        Ok(Client {
+            inner: ManuallyDrop::new(inner),
+            pid: std::process::id(),
+        })
+    }
+
+    /// The process that made this client.
+    #[getter]
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Runs one statement of any kind.
+    #[pyo3(signature = (sql, params=None))]
+    fn run(
+        &self,
+        py: Python<'_>,
+        sql: &str,
+        params: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyObject> {
+        let params = to_params(params)?;
+        let rt = runtime()?;
+        let client = (*self.inner).clone();
+        let r = py
+            .allow_threads(|| rt.block_on(client.run(sql, params)))
+            .map_err(to_py_err)?;
+        result_to_py(py, r)
+    }
+
+    /// One SQL with many parameter sets, as one atomic batch request.
+    /// Returns `(rowcount, lastrowid)`.
+    fn run_many(
+        &self,
+        py: Python<'_>,
+        sql: &str,
+        seq_of_params: &Bound<'_, PyAny>,
+    ) -> PyResult<(u64, i64)> {
+        let statements = many(sql, seq_of_params)?;
+        let rt = runtime()?;
+        let client = (*self.inner).clone();
+        let results = py
+            .allow_threads(|| rt.block_on(client.batch(statements)))
+            .map_err(to_py_err)?;
+        Ok(batch_totals(&results))
+    }
+
+    /// Statements without parameters, as one atomic batch (executescript).
+    fn script(&self, py: Python<'_>, statements: Vec<String>) -> PyResult<()> {
+        let statements = statements
+            .into_iter()
+            .map(|s| Statement::new(s, Params::default()))
+            .collect();
+        let rt = runtime()?;
+        let client = (*self.inner).clone();
+        py.allow_threads(|| rt.block_on(client.batch(statements)))
+            .map_err(to_py_err)?;
+        Ok(())
+    }
+
+    /// Opens an interactive transaction: "deferred", "immediate" or
+    /// "read".
+    fn begin(&self, py: Python<'_>, mode: &str) -> PyResult<Transaction> {
+        let rt = runtime()?;
+        let client = (*self.inner).clone();
+        let mode = mode.to_owned();
+        let tx = py
+            .allow_threads(|| {
+                rt.block_on(async {
+                    match mode.as_str() {
+                        "immediate" | "exclusive" => client.transaction().await,
+                        "read" => client.read_transaction().await,
+                        _ => client.deferred_transaction().await,
+                    }
+                })
+            })
+            .map_err(to_py_err)?;
+        Ok(Transaction {
+            inner: Mutex::new(Some(tx)),
+            pid: std::process::id(),
+        })
+    }
+}
+
+/// An open interactive transaction.
+#[pyclass(frozen, module = "nexusd._nexusd")]
+struct Transaction {
+    inner: Mutex<Option<nexusd_client::Transaction>>,
+    pid: u32,
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        if std::process::id() != self.pid
+            && let Ok(mut slot) = self.inner.lock()
+            && let Some(tx) = slot.take()
+        {
+            // The parent's transaction; not this process's to roll back.
+            std::mem::forget(tx);
+        }
+    }
+}
+
+impl Transaction {
+    fn with<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&nexusd_client::Transaction) -> nexusd_client::Result<T> + Send,
+    ) -> PyResult<T> {
+        let slot = self
+            .inner
+            .lock()
+            .map_err(|_| native("internal", 0, 0, "transaction lock poisoned".into(), None))?;
+        let Some(tx) = slot.as_ref() else {
+            return Err(native(
+                "programming",
+                0,
+                0,
+                "the transaction is already committed or rolled back".into(),
+                None,
+            ));
+        };
+        py.allow_threads(|| f(tx)).map_err(to_py_err)
+    }
+
+    fn take(&self) -> PyResult<Option<nexusd_client::Transaction>> {
+        Ok(self
+            .inner
+            .lock()
+            .map_err(|_| native("internal", 0, 0, "transaction lock poisoned".into(), None))?
+            .take())
+    }
+}
+
+#[pymethods]
+impl Transaction {
+    #[getter]
+    fn id(&self) -> PyResult<Option<u64>> {
+        Ok(self
+            .inner
+            .lock()
+            .map_err(|_| native("internal", 0, 0, "transaction lock poisoned".into(), None))?
+            .as_ref()
+            .map(|t| t.id()))
+    }
+
+    #[pyo3(signature = (sql, params=None))]
+    fn run(
+        &self,
+        py: Python<'_>,
+        sql: &str,
+        params: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyObject> {
+        let params = to_params(params)?;
+        let rt = runtime()?;
+        let r = self.with(py, |tx| rt.block_on(tx.run(sql, params)))?;
+        result_to_py(py, r)
+    }
+
+    fn run_many(
+        &self,
+        py: Python<'_>,
+        sql: &str,
+        seq_of_params: &Bound<'_, PyAny>,
+    ) -> PyResult<(u64, i64)> {
+        let statements = many(sql, seq_of_params)?;
+        let rt = runtime()?;
+        let results = self.with(py, |tx| rt.block_on(tx.batch(statements)))?;
+        Ok(batch_totals(&results))
+    }
+
+    fn script(&self, py: Python<'_>, statements: Vec<String>) -> PyResult<()> {
+        let statements: Vec<Statement> = statements
+            .into_iter()
+            .map(|s| Statement::new(s, Params::default()))
+            .collect();
+        let rt = runtime()?;
+        self.with(py, |tx| rt.block_on(tx.batch(statements)))?;
+        Ok(())
+    }
+
+    /// Applies it; returns once it is durable. Ending one twice is a no-op.
+    fn commit(&self, py: Python<'_>) -> PyResult<()> {
+        let Some(tx) = self.take()? else {
+            return Ok(());
+        };
+        let rt = runtime()?;
+        py.allow_threads(|| rt.block_on(tx.commit()))
+            .map_err(to_py_err)
+    }
+
+    fn rollback(&self, py: Python<'_>) -> PyResult<()> {
+        let Some(tx) = self.take()? else {
+            return Ok(());
+        };
+        let rt = runtime()?;
+        py.allow_threads(|| rt.block_on(tx.rollback()))
+            .map_err(to_py_err)
+    }
+}
+
+/// The socket a client uses when given none, as the Rust client resolves
+/// it (`$NEXUSD_SOCKET`, `$XDG_RUNTIME_DIR/nexusd.sock`, else
+/// `/tmp/nexusd-<uid>.sock`).
+#[pyfunction]
+fn default_socket_path() -> PathBuf {
+    nexusd_client::default_socket_path()
+}
+
+#[pymodule]
+fn _nexusd(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Client>()?;
+    m.add_class::<Transaction>()?;
+    m.add_function(wrap_pyfunction!(default_socket_path, m)?)?;
+    m.add("NativeError", m.py().get_type::<NativeError>())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

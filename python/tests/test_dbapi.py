@@ -1,0 +1,143 @@
+"""PEP 249 and sqlite3's shape: module globals, cursors, parameters,
+values, rows, errors, executemany and executescript."""
+
+import datetime
+
+import pytest
+
+import nexusd
+
+
+@pytest.fixture
+def conn(daemon):
+    c = nexusd.connect(daemon.socket)
+    c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT UNIQUE, n, b BLOB)")
+    c.commit()
+    yield c
+    c.close()
+
+
+def test_module_globals_and_types():
+    assert nexusd.apilevel == "2.0"
+    assert nexusd.threadsafety in (1, 2, 3)
+    assert nexusd.paramstyle == "qmark"
+    for name in ("Warning", "Error", "InterfaceError", "DatabaseError", "DataError",
+                 "OperationalError", "IntegrityError", "InternalError", "ProgrammingError",
+                 "NotSupportedError"):
+        assert issubclass(getattr(nexusd, name), Exception)
+    assert issubclass(nexusd.IntegrityError, nexusd.DatabaseError)
+    assert issubclass(nexusd.DatabaseError, nexusd.Error)
+    for sub in (nexusd.Timeout, nexusd.Overloaded, nexusd.TransactionExpired,
+                nexusd.Conflict, nexusd.OutcomeUnknown):
+        assert issubclass(sub, nexusd.OperationalError)
+    assert nexusd.Date(2024, 1, 2) == datetime.date(2024, 1, 2)
+    assert isinstance(nexusd.TimestampFromTicks(0), datetime.datetime)
+    assert nexusd.Binary(b"x") == b"x"
+    assert nexusd.STRING == "TEXT" and nexusd.NUMBER == "INTEGER"
+
+
+def test_execute_fetch_description_rowcount_lastrowid(conn):
+    cur = conn.cursor()
+    cur.execute("INSERT INTO t(name, n) VALUES (?, ?)", ("ada", 1))
+    assert cur.rowcount == 1
+    assert cur.lastrowid == 1
+    cur.execute("INSERT INTO t(name, n) VALUES (:name, :n)", {"name": "bob", "n": 2})
+    assert cur.lastrowid == 2
+    cur.execute("INSERT INTO t(name, n) VALUES (:name, :n)", {":name": "cy", ":n": 3})
+    cur.execute("UPDATE t SET n = n + 10 WHERE n > 1")
+    assert cur.rowcount == 2
+    cur.execute("SELECT id, name, n FROM t ORDER BY id")
+    assert [d[0] for d in cur.description] == ["id", "name", "n"]
+    assert cur.rowcount == -1
+    assert cur.fetchone() == (1, "ada", 1)
+    cur.arraysize = 2
+    assert cur.fetchmany() == [(2, "bob", 12), (3, "cy", 13)]
+    assert cur.fetchone() is None
+    assert list(conn.execute("SELECT name FROM t WHERE id > ?", [1])) == [("bob",), ("cy",)]
+    cur.setinputsizes([10])
+    cur.setoutputsize(10)
+    cur.close()
+    with pytest.raises(nexusd.ProgrammingError):
+        cur.fetchall()
+
+
+def test_values_round_trip(conn):
+    values = [0, -1, 2**63 - 1, 1.5, "", "text ✓", b"\x00\xff", None]
+    for v in values:
+        row = conn.execute("SELECT ?", (v,)).fetchone()
+        assert row == (v,), v
+    assert conn.execute("SELECT ?", (bytearray(b"ab"),)).fetchone() == (b"ab",)
+    assert conn.execute("SELECT ?", (memoryview(b"cd"),)).fetchone() == (b"cd",)
+    assert conn.execute("SELECT ?, ?", (True, False)).fetchone() == (1, 0)
+    with pytest.raises(OverflowError, match="too large"):
+        conn.execute("SELECT ?", (2**64,))
+    with pytest.raises(nexusd.ProgrammingError, match="not supported"):
+        conn.execute("SELECT ?", (object(),))
+
+
+def test_row_factory(conn):
+    conn.execute("INSERT INTO t(name, n) VALUES ('ada', 7)")
+    conn.row_factory = nexusd.Row
+    row = conn.execute("SELECT name, n FROM t").fetchone()
+    assert row["name"] == "ada" and row["N"] == 7 and row[1] == 7
+    assert row.keys() == ["name", "n"]
+    assert len(row) == 2 and tuple(row) == ("ada", 7)
+    assert row == conn.execute("SELECT name, n FROM t").fetchone()
+    with pytest.raises(IndexError):
+        row["nope"]
+
+
+def test_errors_map_as_sqlite3_maps_them(conn):
+    conn.execute("INSERT INTO t(name) VALUES ('ada')")
+    with pytest.raises(nexusd.IntegrityError) as e:
+        conn.execute("INSERT INTO t(name) VALUES ('ada')")
+    assert e.value.sqlite_errorcode == 2067
+    assert e.value.sqlite_errorname == "SQLITE_CONSTRAINT_UNIQUE"
+    with pytest.raises(nexusd.OperationalError, match="syntax error"):
+        conn.execute("SELEKT 1")
+    with pytest.raises(nexusd.OperationalError, match="no such table"):
+        conn.execute("SELECT * FROM nope")
+    with pytest.raises(nexusd.ProgrammingError):
+        conn.execute("SELECT ?, ?", (1,))
+    assert conn.IntegrityError is nexusd.IntegrityError
+    assert conn.Error is nexusd.Error
+
+
+def test_executemany_is_one_atomic_request(conn):
+    cur = conn.executemany("INSERT INTO t(name, n) VALUES (?, ?)",
+                           [(f"u{i}", i) for i in range(100)])
+    assert cur.rowcount == 100
+    conn.commit()
+    with pytest.raises(nexusd.IntegrityError):
+        conn.executemany("INSERT INTO t(name) VALUES (?)", [("new",), ("u5",)])
+    conn.rollback()
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (100,)
+    with pytest.raises(nexusd.ProgrammingError):
+        conn.executemany("SELECT ?", [(1,)])
+
+
+def test_executescript_is_one_atomic_batch(conn):
+    conn.executescript("""
+        BEGIN;
+        CREATE TABLE s(x);
+        INSERT INTO s VALUES (1); -- a comment; with a semicolon
+        INSERT INTO s VALUES ('a;b');
+        COMMIT;
+    """)
+    assert conn.execute("SELECT x FROM s ORDER BY rowid").fetchall() == [(1,), ("a;b",)]
+    with pytest.raises(nexusd.OperationalError):
+        conn.executescript("INSERT INTO s VALUES (2); INSERT INTO nope VALUES (3);")
+    assert conn.execute("SELECT count(*) FROM s").fetchone() == (2,)
+
+
+def test_closed_connection_refuses(daemon):
+    c = nexusd.connect(daemon.socket)
+    c.close()
+    with pytest.raises(nexusd.ProgrammingError, match="closed"):
+        c.execute("SELECT 1")
+    c.close()
+
+
+def test_connect_to_nothing_is_a_clear_error(tmp_path):
+    with pytest.raises(nexusd.OperationalError, match="is the daemon running"):
+        nexusd.connect(str(tmp_path / "absent.sock"))

@@ -1,0 +1,158 @@
+"""Threads, the GIL, fork and interpreter exit, from several processes."""
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import nexusd
+
+
+def _insert_worker(args):
+    """One process: 8 threads, each with its own Connection (all sharing one
+    socket), inserting one row per transaction."""
+    socket, worker, per_thread = args
+    errors, acked = [], []
+    lock = threading.Lock()
+
+    def thread(t):
+        conn = nexusd.connect(socket)
+        for i in range(per_thread):
+            key = f"{worker}-{t}-{i}"
+            try:
+                with conn:
+                    conn.execute("INSERT INTO w(k) VALUES (?)", (key,))
+                with lock:
+                    acked.append(key)
+            except Exception as e:  # noqa: BLE001 - counted, then asserted
+                with lock:
+                    errors.append(repr(e))
+
+    threads = [threading.Thread(target=thread, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return acked, errors
+
+
+def test_8_processes_by_8_threads_insert_without_errors(daemon):
+    c = nexusd.connect(daemon.socket, autocommit=True)
+    c.execute("CREATE TABLE w(k TEXT PRIMARY KEY)")
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(8) as pool:
+        results = pool.map(_insert_worker, [(daemon.socket, w, 25) for w in range(8)])
+    acked = [k for a, _ in results for k in a]
+    errors = [e for _, es in results for e in es]
+    assert errors == []
+    assert len(acked) == 8 * 8 * 25
+    present = {r[0] for r in c.execute("SELECT k FROM w")}
+    assert present == set(acked)
+
+
+def test_a_thread_blocked_on_a_slow_query_does_not_stall_others(daemon):
+    slow_done = threading.Event()
+
+    def slow():
+        conn = nexusd.connect(daemon.socket)
+        conn.execute(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+            "LIMIT 3000000) SELECT count(*) FROM c"
+        ).fetchone()
+        slow_done.set()
+
+    t = threading.Thread(target=slow)
+    t.start()
+    conn = nexusd.connect(daemon.socket)
+    fast = 0
+    while not slow_done.is_set() and fast < 200:
+        conn.execute("SELECT 1").fetchone()
+        fast += 1
+    t.join()
+    assert fast >= 50, f"only {fast} quick queries ran while the slow one did"
+
+
+def test_threads_share_one_connection(daemon):
+    conn = nexusd.connect(daemon.socket, autocommit=True)
+    conn.execute("CREATE TABLE s(x)")
+
+    def work(i):
+        for j in range(20):
+            conn.execute("INSERT INTO s VALUES (?)", (i * 100 + j,))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert conn.execute("SELECT count(*) FROM s").fetchone() == (160,)
+
+
+def _child_uses_inherited(conn_and_socket):
+    conn, _ = conn_and_socket
+    conn.execute("INSERT INTO f VALUES (?)", (os.getpid(),))
+    conn.commit()
+    return conn.execute("SELECT count(*) FROM f WHERE x = ?", (os.getpid(),)).fetchone()[0]
+
+
+_INHERITED = {}
+
+
+def _child_fork(_):
+    conn = _INHERITED["conn"]
+    conn.execute("INSERT INTO f VALUES (?)", (os.getpid(),))
+    conn.commit()
+    return conn.execute("SELECT count(*) FROM f WHERE x = ?", (os.getpid(),)).fetchone()[0]
+
+
+def _child_forkserver(socket):
+    conn = nexusd.connect(socket)
+    conn.execute("INSERT INTO f VALUES (?)", (os.getpid(),))
+    conn.commit()
+    return conn.execute("SELECT count(*) FROM f WHERE x = ?", (os.getpid(),)).fetchone()[0]
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_fork_then_use(daemon, method):
+    parent = nexusd.connect(daemon.socket)
+    parent.execute("CREATE TABLE IF NOT EXISTS f(x INTEGER)")
+    parent.commit()
+    # The parent has a live socket and an open transaction when it forks.
+    parent.execute("INSERT INTO f VALUES (-1)")
+    assert parent.in_transaction
+    _INHERITED["conn"] = parent
+    ctx = multiprocessing.get_context(method)
+    with ctx.Pool(4) as pool:
+        if method == "fork":
+            got = pool.map(_child_fork, range(8), chunksize=1)
+        else:
+            got = pool.map(_child_forkserver, [daemon.socket] * 8, chunksize=1)
+    assert got == [1] * 8
+    # The parent is unaffected: its transaction is still its own.
+    assert parent.in_transaction
+    parent.commit()
+    assert parent.execute("SELECT count(*) FROM f").fetchone() == (9,)
+
+
+def test_interpreter_exit_with_connections_open_neither_hangs_nor_loses(daemon):
+    script = f"""
+import nexusd
+a = nexusd.connect({daemon.socket!r}, autocommit=True)
+a.execute("CREATE TABLE IF NOT EXISTS e(x)")
+a.execute("INSERT INTO e VALUES ('acked')")
+b = nexusd.connect({daemon.socket!r})
+b.execute("INSERT INTO e VALUES ('never committed')")
+print("done", flush=True)
+"""
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "done" in out.stdout
+    assert time.monotonic() - started < 20
+    c = nexusd.connect(daemon.socket)
+    assert c.execute("SELECT x FROM e").fetchall() == [("acked",)]

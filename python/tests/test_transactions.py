@@ -1,0 +1,132 @@
+"""Transactions as Python 3.12's sqlite3 defines them, on the daemon's
+interactive transactions."""
+
+import time
+
+import pytest
+
+import nexusd
+
+
+def count(conn, table="t"):
+    return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+@pytest.fixture
+def setup(daemon):
+    c = nexusd.connect(daemon.socket, autocommit=True)
+    c.execute("CREATE TABLE t(x INTEGER)")
+    c.close()
+    return daemon
+
+
+def test_legacy_implicit_begin_commit_and_rollback(setup):
+    a = nexusd.connect(setup.socket)
+    b = nexusd.connect(setup.socket)
+    assert a.autocommit == nexusd.LEGACY_TRANSACTION_CONTROL
+    a.execute("SELECT 1")
+    assert not a.in_transaction, "a SELECT opens no transaction"
+    a.execute("INSERT INTO t VALUES (1)")
+    assert a.in_transaction
+    assert count(a) == 1, "a transaction sees its own write"
+    assert count(b) == 0, "others do not see it before commit"
+    a.commit()
+    assert not a.in_transaction
+    assert count(b) == 1
+    a.execute("INSERT INTO t VALUES (2)")
+    a.rollback()
+    assert count(b) == 1
+
+
+def test_with_connection_commits_or_rolls_back(setup):
+    c = nexusd.connect(setup.socket)
+    with c:
+        c.execute("INSERT INTO t VALUES (1)")
+    assert count(c) == 1
+    with pytest.raises(ZeroDivisionError):
+        with c:
+            c.execute("INSERT INTO t VALUES (2)")
+            1 / 0
+    assert count(c) == 1
+    assert not c.in_transaction
+
+
+def test_isolation_level_none_is_autocommit(setup):
+    c = nexusd.connect(setup.socket, isolation_level=None)
+    c.execute("INSERT INTO t VALUES (1)")
+    assert not c.in_transaction
+    # Explicit transaction control still works, as in sqlite3.
+    c.execute("BEGIN")
+    assert c.in_transaction
+    c.execute("INSERT INTO t VALUES (2)")
+    c.execute("ROLLBACK")
+    assert not c.in_transaction
+    assert count(c) == 1
+    with pytest.raises(nexusd.OperationalError, match="no transaction is active"):
+        c.execute("COMMIT")
+
+
+def test_autocommit_true_and_false(setup):
+    a = nexusd.connect(setup.socket, autocommit=True)
+    a.execute("INSERT INTO t VALUES (1)")
+    a.commit()  # nothing to do
+    a.execute("BEGIN IMMEDIATE")
+    a.execute("INSERT INTO t VALUES (2)")
+    a.execute("COMMIT")
+    assert count(a) == 2
+
+    f = nexusd.connect(setup.socket, autocommit=False)
+    f.execute("INSERT INTO t VALUES (3)")
+    assert f.in_transaction
+    f.rollback()
+    assert count(a) == 2
+    f.execute("INSERT INTO t VALUES (4)")
+    f.commit()
+    assert count(a) == 3
+    with pytest.raises(nexusd.OperationalError, match="within a transaction"):
+        f.execute("BEGIN")
+    f.execute("INSERT INTO t VALUES (5)")
+    f.close()  # rolls back what is open
+    assert count(a) == 3
+
+
+def test_savepoints_inside_a_transaction(setup):
+    c = nexusd.connect(setup.socket)
+    c.execute("INSERT INTO t VALUES (1)")
+    c.execute("SAVEPOINT s")
+    c.execute("INSERT INTO t VALUES (2)")
+    c.execute("ROLLBACK TO s")
+    c.execute("RELEASE s")
+    c.commit()
+    assert c.execute("SELECT x FROM t").fetchall() == [(1,)]
+
+
+def test_deferred_conflict_and_immediate(setup):
+    a = nexusd.connect(setup.socket, autocommit=False)
+    b = nexusd.connect(setup.socket, autocommit=True)
+    assert count(a) == 0  # a's snapshot begins
+    b.execute("INSERT INTO t VALUES (1)")
+    with pytest.raises(nexusd.Conflict, match="retry"):
+        a.execute("INSERT INTO t VALUES (2)")
+    assert not a.in_transaction
+    a.execute("INSERT INTO t VALUES (3)")  # a new transaction, no conflict
+    a.commit()
+    i = nexusd.connect(setup.socket, isolation_level="IMMEDIATE")
+    i.execute("INSERT INTO t VALUES (4)")
+    i.commit()
+    assert sorted(r[0] for r in b.execute("SELECT x FROM t")) == [1, 3, 4]
+
+
+def test_an_expired_transaction_says_so(make_daemon):
+    d = make_daemon("--txn-idle-timeout-ms", "200")
+    c = nexusd.connect(d.socket)
+    c.execute("CREATE TABLE t(x)")
+    c.commit()
+    c.execute("INSERT INTO t VALUES (1)")
+    time.sleep(0.6)
+    with pytest.raises(nexusd.TransactionExpired, match="nothing in it was applied"):
+        c.execute("INSERT INTO t VALUES (2)")
+    assert not c.in_transaction
+    c.execute("INSERT INTO t VALUES (3)")
+    c.commit()
+    assert c.execute("SELECT x FROM t").fetchall() == [(3,)]
