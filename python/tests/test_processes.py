@@ -92,37 +92,35 @@ def test_threads_share_one_connection(daemon):
     assert conn.execute("SELECT count(*) FROM s").fetchone() == (160,)
 
 
-def _child_uses_inherited(conn_and_socket):
-    conn, _ = conn_and_socket
-    conn.execute("INSERT INTO f VALUES (?)", (os.getpid(),))
-    conn.commit()
-    return conn.execute("SELECT count(*) FROM f WHERE x = ?", (os.getpid(),)).fetchone()[0]
-
-
 _INHERITED = {}
 
 
-def _child_fork(_):
-    conn = _INHERITED["conn"]
-    conn.execute("INSERT INTO f VALUES (?)", (os.getpid(),))
+def _child_fork(task):
+    """Uses the Connection object the parent made before it forked."""
+    conn = _INHERITED["conn"]  # autocommit=False: a transaction is always open
+    conn.execute("INSERT INTO f VALUES (?)", (task,))
     conn.commit()
-    return conn.execute("SELECT count(*) FROM f WHERE x = ?", (os.getpid(),)).fetchone()[0]
+    n = conn.execute("SELECT count(*) FROM f WHERE x = ?", (task,)).fetchone()[0]
+    conn.commit()
+    return n
 
 
-def _child_forkserver(socket):
+def _child_forkserver(args):
+    socket, task = args
     conn = nexusd.connect(socket)
-    conn.execute("INSERT INTO f VALUES (?)", (os.getpid(),))
+    conn.execute("INSERT INTO f VALUES (?)", (task,))
     conn.commit()
-    return conn.execute("SELECT count(*) FROM f WHERE x = ?", (os.getpid(),)).fetchone()[0]
+    return conn.execute("SELECT count(*) FROM f WHERE x = ?", (task,)).fetchone()[0]
 
 
 @pytest.mark.parametrize("method", ["fork", "forkserver"])
 def test_fork_then_use(daemon, method):
-    parent = nexusd.connect(daemon.socket)
-    parent.execute("CREATE TABLE IF NOT EXISTS f(x INTEGER)")
-    parent.commit()
-    # The parent has a live socket and an open transaction when it forks.
-    parent.execute("INSERT INTO f VALUES (-1)")
+    setup = nexusd.connect(daemon.socket, autocommit=True)
+    setup.execute("CREATE TABLE IF NOT EXISTS f(x INTEGER)")
+    # The parent has a live socket and an open transaction (a read, which
+    # holds no writer) when it forks.
+    parent = nexusd.connect(daemon.socket, autocommit=False)
+    assert parent.execute("SELECT count(*) FROM f").fetchone() == (0,)
     assert parent.in_transaction
     _INHERITED["conn"] = parent
     ctx = multiprocessing.get_context(method)
@@ -130,12 +128,15 @@ def test_fork_then_use(daemon, method):
         if method == "fork":
             got = pool.map(_child_fork, range(8), chunksize=1)
         else:
-            got = pool.map(_child_forkserver, [daemon.socket] * 8, chunksize=1)
+            got = pool.map(_child_forkserver, [(daemon.socket, t) for t in range(8)],
+                           chunksize=1)
     assert got == [1] * 8
-    # The parent is unaffected: its transaction is still its own.
+    # The parent is unaffected: its transaction is still its own, and its
+    # snapshot still sees the table as it was.
     assert parent.in_transaction
+    assert parent.execute("SELECT count(*) FROM f").fetchone() == (0,)
     parent.commit()
-    assert parent.execute("SELECT count(*) FROM f").fetchone() == (9,)
+    assert parent.execute("SELECT count(*) FROM f").fetchone() == (8,)
 
 
 def test_interpreter_exit_with_connections_open_neither_hangs_nor_loses(daemon):

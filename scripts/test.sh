@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The whole test suite, Rust and Python, and one closing line for both:
+#
+#   1. cargo test --workspace: unit, property, integration (the real daemon
+#      from several processes) and doc tests;
+#   2. the Python package built from python/ (maturin, fetched by pip as its
+#      build backend) and installed, then its pytest suite against the same
+#      daemon binary.
+#
+# Prints "tests: N passed, M failed" last; exits non-zero if anything failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+
+echo "== cargo test --workspace"
+cargo test --workspace 2>&1 | tee "$logs/rust"
+rust_status=${PIPESTATUS[0]}
+
+echo "== the Python package and its tests"
+py_status=0
+python3 -m pip install --quiet --root-user-action=ignore ./python 2>&1 | tee "$logs/pip"
+if [ "${PIPESTATUS[0]}" != 0 ]; then
+    echo "test.sh: could not build and install the Python package from python/" >&2
+    py_status=1
+fi
+if [ "$py_status" = 0 ]; then
+    # From outside the source tree, so that the installed package is tested.
+    (cd "$logs" && NEXUSD_BIN="$OLDPWD/target/debug/nexusd" \
+        python3 -m pytest -q -p no:cacheprovider "$OLDPWD/python/tests") 2>&1 | tee "$logs/python"
+    py_status=${PIPESTATUS[0]}
+fi
+
+# cargo prints a summary per test binary; pytest one line at the end.
+rust_count() { awk -v w="$1" '/^test result:/ { for (i = 1; i < NF; i++) if ($(i + 1) ~ "^" w) n += $i } END { print n + 0 }' "$logs/rust"; }
+py_count() { grep -Eo "[0-9]+ $1" "$logs/python" 2>/dev/null | tail -1 | awk '{ print $1 + 0 }'; }
+passed=$(( $(rust_count passed) + $(py_count passed || echo 0) ))
+failed=$(( $(rust_count failed) + $(py_count failed || echo 0) + $(py_count error || echo 0) ))
+if [ "$py_status" != 0 ] && [ "$failed" = 0 ]; then
+    failed=1  # the Python suite did not run to a verdict
+fi
+echo "tests: ${passed} passed, ${failed} failed"
+if [ "$rust_status" != 0 ] || [ "$py_status" != 0 ]; then
+    exit 1
+fi
