@@ -11,7 +11,7 @@
 
 use std::mem::ManuallyDrop;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nexusd_client::{
@@ -377,24 +377,125 @@ impl Client {
                 })
             })
             .map_err(to_py_err)?;
-        Ok(Transaction {
-            inner: Mutex::new(Some(tx)),
-            pid: std::process::id(),
+        Ok(Transaction::new(tx))
+    }
+
+    /// `run`, for asyncio: returns an `asyncio.Future` of the running loop
+    /// that `resolve(future, "set_result" | "set_exception", value)` settles
+    /// from the runtime (a cancelled future is left alone).
+    #[pyo3(signature = (resolve, sql, params=None))]
+    fn run_async<'py>(
+        &self,
+        py: Python<'py>,
+        resolve: PyObject,
+        sql: String,
+        params: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let params = to_params(params)?;
+        let client = (*self.inner).clone();
+        spawn_future(py, resolve, async move {
+            client.run(&sql, params).await.map(Answer::Result)
+        })
+    }
+
+    /// `run_many`, for asyncio; settles to `(rowcount, lastrowid)`.
+    fn run_many_async<'py>(
+        &self,
+        py: Python<'py>,
+        resolve: PyObject,
+        sql: String,
+        seq_of_params: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let statements = many(&sql, seq_of_params)?;
+        let client = (*self.inner).clone();
+        spawn_future(py, resolve, async move {
+            client
+                .batch(statements)
+                .await
+                .map(|r| Answer::Totals(batch_totals(&r)))
+        })
+    }
+
+    /// `begin`, for asyncio; settles to a `Transaction`.
+    fn begin_async<'py>(
+        &self,
+        py: Python<'py>,
+        resolve: PyObject,
+        mode: String,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let client = (*self.inner).clone();
+        spawn_future(py, resolve, async move {
+            let tx = match mode.as_str() {
+                "immediate" | "exclusive" => client.transaction().await,
+                "read" => client.read_transaction().await,
+                _ => client.deferred_transaction().await,
+            }?;
+            Ok(Answer::Transaction(tx))
         })
     }
 }
 
-/// An open interactive transaction.
+/// What an async call settles to.
+enum Answer {
+    Result(StatementResult),
+    Totals((u64, i64)),
+    Transaction(nexusd_client::Transaction),
+    Done,
+}
+
+impl Answer {
+    fn into_py(self, py: Python<'_>) -> PyResult<PyObject> {
+        match self {
+            Answer::Result(r) => result_to_py(py, r),
+            Answer::Totals(t) => Ok(t.into_pyobject(py)?.into_any().unbind()),
+            Answer::Transaction(tx) => Ok(Py::new(py, Transaction::new(tx))?.into_any()),
+            Answer::Done => Ok(py.None()),
+        }
+    }
+}
+
+/// Runs `work` on the runtime and returns a future of the caller's running
+/// asyncio loop, settled through `resolve` on that loop's thread. Nothing
+/// holds a thread while it waits; a cancelled future is simply not settled,
+/// and the connection stays usable.
+fn spawn_future<'py, F>(py: Python<'py>, resolve: PyObject, work: F) -> PyResult<Bound<'py, PyAny>>
+where
+    F: std::future::Future<Output = nexusd_client::Result<Answer>> + Send + 'static,
+{
+    let rt = runtime()?;
+    let event_loop = py.import("asyncio")?.call_method0("get_running_loop")?;
+    let future = event_loop.call_method0("create_future")?;
+    let (loop_ref, future_ref) = (event_loop.unbind(), future.clone().unbind());
+    rt.spawn(async move {
+        let answer = work.await;
+        Python::with_gil(|py| {
+            let (method, value) = match answer.map_err(to_py_err).and_then(|a| a.into_py(py)) {
+                Ok(v) => ("set_result", v),
+                Err(e) => ("set_exception", e.into_value(py).into_any()),
+            };
+            // A closed loop has nobody left to tell.
+            let _ = loop_ref.call_method1(
+                py,
+                "call_soon_threadsafe",
+                (resolve, future_ref, method, value),
+            );
+        });
+    });
+    Ok(future)
+}
+
+/// An open interactive transaction. Its requests go one at a time (the
+/// lock), from threads or from asyncio tasks alike.
 #[pyclass(frozen, module = "nexusd._nexusd")]
 struct Transaction {
-    inner: Mutex<Option<nexusd_client::Transaction>>,
+    inner: Arc<tokio::sync::Mutex<Option<nexusd_client::Transaction>>>,
     pid: u32,
 }
 
 impl Drop for Transaction {
     fn drop(&mut self) {
         if std::process::id() != self.pid
-            && let Ok(mut slot) = self.inner.lock()
+            && let Ok(mut slot) = self.inner.try_lock()
             && let Some(tx) = slot.take()
         {
             // The parent's transaction; not this process's to roll back.
@@ -403,47 +504,37 @@ impl Drop for Transaction {
     }
 }
 
+fn ended() -> Error {
+    Error::InvalidArgument("the transaction is already committed or rolled back".into())
+}
+
 impl Transaction {
-    fn with<T: Send>(
-        &self,
-        py: Python<'_>,
-        f: impl FnOnce(&nexusd_client::Transaction) -> nexusd_client::Result<T> + Send,
-    ) -> PyResult<T> {
-        let slot = self
-            .inner
-            .lock()
-            .map_err(|_| native("internal", 0, 0, "transaction lock poisoned".into(), None))?;
-        let Some(tx) = slot.as_ref() else {
-            return Err(native(
-                "programming",
-                0,
-                0,
-                "the transaction is already committed or rolled back".into(),
-                None,
-            ));
-        };
-        py.allow_threads(|| f(tx)).map_err(to_py_err)
+    fn new(tx: nexusd_client::Transaction) -> Transaction {
+        Transaction {
+            inner: Arc::new(tokio::sync::Mutex::new(Some(tx))),
+            pid: std::process::id(),
+        }
     }
 
-    fn take(&self) -> PyResult<Option<nexusd_client::Transaction>> {
-        Ok(self
-            .inner
-            .lock()
-            .map_err(|_| native("internal", 0, 0, "transaction lock poisoned".into(), None))?
-            .take())
+    /// Runs `f` on the open transaction, with the GIL released.
+    fn with<T, F, Fut>(&self, py: Python<'_>, f: F) -> PyResult<T>
+    where
+        T: Send,
+        F: FnOnce(Arc<tokio::sync::Mutex<Option<nexusd_client::Transaction>>>) -> Fut + Send,
+        Fut: std::future::Future<Output = nexusd_client::Result<T>>,
+    {
+        let rt = runtime()?;
+        let inner = self.inner.clone();
+        py.allow_threads(|| rt.block_on(f(inner)))
+            .map_err(to_py_err)
     }
 }
 
 #[pymethods]
 impl Transaction {
     #[getter]
-    fn id(&self) -> PyResult<Option<u64>> {
-        Ok(self
-            .inner
-            .lock()
-            .map_err(|_| native("internal", 0, 0, "transaction lock poisoned".into(), None))?
-            .as_ref()
-            .map(|t| t.id()))
+    fn id(&self) -> Option<u64> {
+        self.inner.try_lock().ok()?.as_ref().map(|t| t.id())
     }
 
     #[pyo3(signature = (sql, params=None))]
@@ -454,8 +545,12 @@ impl Transaction {
         params: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyObject> {
         let params = to_params(params)?;
-        let rt = runtime()?;
-        let r = self.with(py, |tx| rt.block_on(tx.run(sql, params)))?;
+        let r = self.with(py, |inner| async move {
+            match inner.lock().await.as_ref() {
+                Some(tx) => tx.run(sql, params).await,
+                None => Err(ended()),
+            }
+        })?;
         result_to_py(py, r)
     }
 
@@ -466,8 +561,12 @@ impl Transaction {
         seq_of_params: &Bound<'_, PyAny>,
     ) -> PyResult<(u64, i64)> {
         let statements = many(sql, seq_of_params)?;
-        let rt = runtime()?;
-        let results = self.with(py, |tx| rt.block_on(tx.batch(statements)))?;
+        let results = self.with(py, |inner| async move {
+            match inner.lock().await.as_ref() {
+                Some(tx) => tx.batch(statements).await,
+                None => Err(ended()),
+            }
+        })?;
         Ok(batch_totals(&results))
     }
 
@@ -476,28 +575,105 @@ impl Transaction {
             .into_iter()
             .map(|s| Statement::new(s, Params::default()))
             .collect();
-        let rt = runtime()?;
-        self.with(py, |tx| rt.block_on(tx.batch(statements)))?;
-        Ok(())
+        self.with(py, |inner| async move {
+            match inner.lock().await.as_ref() {
+                Some(tx) => tx.batch(statements).await.map(|_| ()),
+                None => Err(ended()),
+            }
+        })
     }
 
     /// Applies it; returns once it is durable. Ending one twice is a no-op.
     fn commit(&self, py: Python<'_>) -> PyResult<()> {
-        let Some(tx) = self.take()? else {
-            return Ok(());
-        };
-        let rt = runtime()?;
-        py.allow_threads(|| rt.block_on(tx.commit()))
-            .map_err(to_py_err)
+        self.with(py, |inner| end(inner, true))
     }
 
     fn rollback(&self, py: Python<'_>) -> PyResult<()> {
-        let Some(tx) = self.take()? else {
-            return Ok(());
-        };
-        let rt = runtime()?;
-        py.allow_threads(|| rt.block_on(tx.rollback()))
-            .map_err(to_py_err)
+        self.with(py, |inner| end(inner, false))
+    }
+
+    /// `run`, for asyncio (see `Client.run_async`).
+    #[pyo3(signature = (resolve, sql, params=None))]
+    fn run_async<'py>(
+        &self,
+        py: Python<'py>,
+        resolve: PyObject,
+        sql: String,
+        params: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let params = to_params(params)?;
+        let inner = self.inner.clone();
+        spawn_future(py, resolve, async move {
+            match inner.lock().await.as_ref() {
+                Some(tx) => tx.run(&sql, params).await.map(Answer::Result),
+                None => Err(ended()),
+            }
+        })
+    }
+
+    fn run_many_async<'py>(
+        &self,
+        py: Python<'py>,
+        resolve: PyObject,
+        sql: String,
+        seq_of_params: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let statements = many(&sql, seq_of_params)?;
+        let inner = self.inner.clone();
+        spawn_future(py, resolve, async move {
+            match inner.lock().await.as_ref() {
+                Some(tx) => tx
+                    .batch(statements)
+                    .await
+                    .map(|r| Answer::Totals(batch_totals(&r))),
+                None => Err(ended()),
+            }
+        })
+    }
+
+    fn commit_async<'py>(&self, py: Python<'py>, resolve: PyObject) -> PyResult<Bound<'py, PyAny>> {
+        let inner = self.inner.clone();
+        spawn_future(py, resolve, async move {
+            end(inner, true).await.map(|()| Answer::Done)
+        })
+    }
+
+    fn rollback_async<'py>(
+        &self,
+        py: Python<'py>,
+        resolve: PyObject,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let inner = self.inner.clone();
+        spawn_future(py, resolve, async move {
+            end(inner, false).await.map(|()| Answer::Done)
+        })
+    }
+
+    /// Rolls back without waiting for the answer (a cancelled task's
+    /// transaction): the rollback is queued, and this returns at once.
+    fn abandon(&self) {
+        if let Ok(rt) = runtime() {
+            let inner = self.inner.clone();
+            rt.spawn(async move {
+                let _ = end(inner, false).await;
+            });
+        }
+    }
+}
+
+/// Commits or rolls back the transaction in `inner`, once; later calls are
+/// no-ops.
+async fn end(
+    inner: Arc<tokio::sync::Mutex<Option<nexusd_client::Transaction>>>,
+    commit: bool,
+) -> nexusd_client::Result<()> {
+    let Some(tx) = inner.lock().await.take() else {
+        return Ok(());
+    };
+    if commit {
+        tx.commit().await
+    } else {
+        tx.rollback().await
     }
 }
 

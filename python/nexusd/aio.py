@@ -1,0 +1,346 @@
+"""nexusd.aio: the asyncio API, in aiosqlite's shape.
+
+>>> async with nexusd.aio.connect() as db:                  # doctest: +SKIP
+...     await db.execute("INSERT INTO t VALUES (?)", (1,))
+...     await db.commit()
+...     async with db.execute("SELECT x FROM t") as cursor:
+...         async for row in cursor:
+...             print(row)
+
+The requests run on the native layer's runtime, not on a thread per call:
+each ``await`` is an asyncio future that the runtime settles on the loop's
+thread. Many tasks may share one connection. A cancelled ``await`` leaves
+the connection usable; a transaction whose statement was cancelled is
+rolled back, since nobody can know where it stood.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any, AsyncIterator, Optional
+
+from . import (
+    LEGACY_TRANSACTION_CONTROL,
+    _MODES,
+    Conflict,
+    Error,
+    OperationalError,
+    ProgrammingError,
+    TransactionExpired,
+    _control,
+    _is_dml,
+    _nexusd,
+    _shared_client,
+    _split_script,
+    _translate,
+    _words,
+)
+
+__all__ = ["connect", "Connection", "Cursor"]
+
+
+def _resolve(future: asyncio.Future, method: str, value: Any) -> None:
+    """Settles ``future`` on its loop's thread, unless it was cancelled."""
+    if not future.done():
+        getattr(future, method)(value)
+
+
+async def _wait(future: asyncio.Future) -> Any:
+    try:
+        return await future
+    except _nexusd.NativeError as e:
+        raise _translate(e) from None
+
+
+class Connection:
+    """An asyncio connection; ``await connect(...)`` or ``async with
+    connect(...) as db``."""
+
+    def __init__(
+        self,
+        socket: Optional[str] = None,
+        *,
+        timeout: Optional[float] = None,
+        autocommit: Any = LEGACY_TRANSACTION_CONTROL,
+        isolation_level: Optional[str] = "",
+        client_name: Optional[str] = None,
+    ) -> None:
+        if autocommit not in (True, False, LEGACY_TRANSACTION_CONTROL):
+            raise ProgrammingError(
+                "autocommit must be True, False, or nexusd.LEGACY_TRANSACTION_CONTROL")
+        if isolation_level is not None and isolation_level.upper() not in _MODES:
+            raise ValueError(f"isolation_level {isolation_level!r} is not valid")
+        self._socket = os.fspath(socket) if socket is not None else None
+        self._timeout = timeout
+        self._client_name = client_name or "python asyncio"
+        self.autocommit = autocommit
+        self.isolation_level = isolation_level
+        self.row_factory = None
+        self._client = None
+        self._txn = None
+        self._closed = False
+        self._lock: Optional[asyncio.Lock] = None
+
+    async def _connect(self) -> "Connection":
+        if self._client is None:
+            # Made once per process and socket; the first time it opens the
+            # socket, off the loop's thread.
+            self._client = await asyncio.get_running_loop().run_in_executor(
+                None, _shared_client, self._socket, self._client_name, self._timeout)
+            self._lock = asyncio.Lock()
+        return self
+
+    def __await__(self):
+        return self._connect().__await__()
+
+    async def __aenter__(self) -> "Connection":
+        return await self._connect()
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        await self.close()
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._txn is not None
+
+    def _check(self):
+        if self._closed:
+            raise ProgrammingError("Cannot operate on a closed database.")
+        if self._client is None:
+            raise ProgrammingError("await the connection (or use async with) before using it")
+        if self._client.pid != os.getpid():
+            raise ProgrammingError(
+                "this asyncio connection was made in another process; connect again here")
+        return self._client
+
+    async def _begin(self, mode: str) -> None:
+        client = self._check()
+        self._txn = await _wait(client.begin_async(_resolve, mode))
+
+    async def _target(self, sql: Optional[str]):
+        client = self._check()
+        if self._txn is None:
+            if self.autocommit is False:
+                await self._begin("deferred")
+            elif (self.autocommit == LEGACY_TRANSACTION_CONTROL
+                  and self.isolation_level is not None
+                  and sql is not None and _is_dml(sql)):
+                await self._begin(_MODES[self.isolation_level.upper()])
+        return self._txn if self._txn is not None else client
+
+    async def _end(self, commit: bool) -> None:
+        txn, self._txn = self._txn, None
+        if txn is not None:
+            method = txn.commit_async if commit else txn.rollback_async
+            await _wait(method(_resolve))
+
+    async def _call(self, make, sql: Optional[str]) -> Any:
+        """Runs one request where the transaction mode puts it. A cancelled
+        request inside a transaction rolls the transaction back."""
+        self._check()
+        async with self._lock:
+            target = await self._target(sql)
+        try:
+            return await _wait(make(target))
+        except asyncio.CancelledError:
+            if target is self._txn and self._txn is not None:
+                self._txn = None
+                target.abandon()
+            raise
+        except (TransactionExpired, Conflict):
+            if target is self._txn:
+                self._txn = None
+            raise
+
+    def execute(self, sql: str, parameters: Any = ()) -> "_CursorResult":
+        """``await db.execute(...)`` gives the cursor; so does ``async with
+        db.execute(...) as cursor``, which closes it after."""
+        return _CursorResult(Cursor(self).execute(sql, parameters))
+
+    def executemany(self, sql: str, seq_of_parameters: Any) -> "_CursorResult":
+        return _CursorResult(Cursor(self).executemany(sql, seq_of_parameters))
+
+    def executescript(self, script: str) -> "_CursorResult":
+        return _CursorResult(Cursor(self).executescript(script))
+
+    async def cursor(self) -> "Cursor":
+        self._check()
+        return Cursor(self)
+
+    async def commit(self) -> None:
+        self._check()
+        if self.autocommit is True:
+            return
+        async with self._lock:
+            await self._end(True)
+
+    async def rollback(self) -> None:
+        self._check()
+        if self.autocommit is True:
+            return
+        async with self._lock:
+            await self._end(False)
+
+    async def close(self) -> None:
+        """Closes; a transaction still open is rolled back."""
+        if self._closed:
+            return
+        if self._txn is not None and self._client is not None:
+            try:
+                await self._end(False)
+            except Error:
+                pass
+        self._closed = True
+
+    async def _run_control(self, control: tuple):
+        async with self._lock:
+            if control[0] == "begin":
+                if self._txn is not None or self.autocommit is False:
+                    raise OperationalError("cannot start a transaction within a transaction")
+                await self._begin(_MODES[control[1]])
+            else:
+                if self._txn is None:
+                    raise OperationalError(f"cannot {control[0]} - no transaction is active")
+                await self._end(control[0] == "commit")
+        return ("executed", 0, 0)
+
+
+class _CursorResult:
+    """What ``execute`` returns: awaitable, and an async context manager."""
+
+    def __init__(self, coro) -> None:
+        self._coro = coro
+        self._cursor: Optional["Cursor"] = None
+
+    def __await__(self):
+        return self._coro.__await__()
+
+    async def __aenter__(self) -> "Cursor":
+        self._cursor = await self._coro
+        return self._cursor
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        if self._cursor is not None:
+            await self._cursor.close()
+
+
+class Cursor:
+    """An asyncio cursor: ``await`` its methods; ``async for`` its rows."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.arraysize = 1
+        self.description = None
+        self.rowcount = -1
+        self.lastrowid = None
+        self.row_factory = connection.row_factory
+        self._rows: list = []
+        self._next = 0
+
+    async def __aenter__(self) -> "Cursor":
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        await self.close()
+
+    def _load(self, result, sql: str) -> None:
+        if result[0] == "rows":
+            _, columns, rows = result
+            self.description = tuple((c, None, None, None, None, None, None) for c in columns)
+            self._rows, self.rowcount = rows, -1
+        else:
+            _, rowcount, lastrowid = result
+            self.description, self._rows = None, []
+            words = _words(sql, 1)
+            if words and words[0].upper() in ("INSERT", "REPLACE"):
+                self.lastrowid = lastrowid
+            self.rowcount = rowcount if _is_dml(sql) else -1
+        self._next = 0
+
+    async def execute(self, sql: str, parameters: Any = ()) -> "Cursor":
+        control = _control(sql)
+        if control is not None:
+            result = await self.connection._run_control(control)
+        else:
+            result = await self.connection._call(
+                lambda target: target.run_async(_resolve, sql, parameters), sql)
+        self._load(result, sql)
+        return self
+
+    async def executemany(self, sql: str, seq_of_parameters: Any) -> "Cursor":
+        if not _is_dml(sql):
+            raise ProgrammingError("executemany() can only execute DML statements.")
+        seq = list(seq_of_parameters)
+        self.description, self._rows, self._next = None, [], 0
+        if not seq:
+            self.rowcount = 0
+            return self
+        self.rowcount, self.lastrowid = await self.connection._call(
+            lambda target: target.run_many_async(_resolve, sql, seq), sql)
+        return self
+
+    async def executescript(self, script: str) -> "Cursor":
+        conn = self.connection
+        if conn.autocommit == LEGACY_TRANSACTION_CONTROL and conn._txn is not None:
+            await conn.commit()
+        statements = [s for s in _split_script(script) if _control(s) is None]
+        if statements:
+            loop = asyncio.get_running_loop()
+            target = await conn._target(None)
+            # A script is one batch; the native call is quick to queue, so it
+            # runs in the default executor rather than holding the loop.
+            try:
+                await loop.run_in_executor(None, target.script, statements)
+            except _nexusd.NativeError as e:
+                raise _translate(e) from None
+        self.description, self._rows, self._next, self.rowcount = None, [], 0, -1
+        return self
+
+    def _make(self, values: tuple) -> Any:
+        return self.row_factory(self, values) if self.row_factory is not None else values
+
+    async def fetchone(self) -> Any:
+        if self._next >= len(self._rows):
+            return None
+        row = self._rows[self._next]
+        self._next += 1
+        return self._make(row)
+
+    async def fetchmany(self, size: Optional[int] = None) -> list:
+        n = self.arraysize if size is None else size
+        rows = self._rows[self._next:self._next + max(n, 0)]
+        self._next += len(rows)
+        return [self._make(r) for r in rows]
+
+    async def fetchall(self) -> list:
+        rows = self._rows[self._next:]
+        self._next = len(self._rows)
+        return [self._make(r) for r in rows]
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterate()
+
+    async def _iterate(self):
+        while True:
+            row = await self.fetchone()
+            if row is None:
+                return
+            yield row
+
+    async def close(self) -> None:
+        self._rows = []
+
+
+def connect(
+    socket: Optional[str] = None,
+    *,
+    timeout: Optional[float] = None,
+    autocommit: Any = LEGACY_TRANSACTION_CONTROL,
+    isolation_level: Optional[str] = "",
+    client_name: Optional[str] = None,
+) -> Connection:
+    """``db = await nexusd.aio.connect(...)``, or ``async with
+    nexusd.aio.connect(...) as db``; arguments as ``nexusd.connect``."""
+    return Connection(socket, timeout=timeout, autocommit=autocommit,
+                      isolation_level=isolation_level, client_name=client_name)

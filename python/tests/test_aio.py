@@ -1,0 +1,112 @@
+"""nexusd.aio: aiosqlite's shape, many tasks on one connection, and
+cancellation."""
+
+import asyncio
+
+import pytest
+
+import nexusd
+import nexusd.aio
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_connect_execute_iterate_commit(daemon):
+    async def main():
+        async with nexusd.aio.connect(daemon.socket) as db:
+            await db.execute("CREATE TABLE t(x INTEGER, s TEXT)")
+            await db.commit()
+            cur = await db.execute("INSERT INTO t VALUES (?, ?)", (1, "one"))
+            assert cur.rowcount == 1 and cur.lastrowid == 1
+            assert db.in_transaction
+            await db.commit()
+            await db.executemany("INSERT INTO t VALUES (?, ?)", [(2, "two"), (3, "three")])
+            await db.rollback()
+            rows = []
+            async with db.execute("SELECT x, s FROM t ORDER BY x") as cursor:
+                async for row in cursor:
+                    rows.append(row)
+            assert rows == [(1, "one")]
+            db.row_factory = nexusd.Row
+            row = await (await db.execute("SELECT s FROM t")).fetchone()
+            assert row["s"] == "one"
+            with pytest.raises(nexusd.OperationalError, match="no such table"):
+                await db.execute("SELECT * FROM nope")
+            assert (await (await db.execute("SELECT count(*) FROM t")).fetchone())[0] == 1
+
+    run(main())
+
+
+def test_64_tasks_share_one_connection(daemon):
+    async def main():
+        db = await nexusd.aio.connect(daemon.socket, autocommit=True)
+        await db.execute("CREATE TABLE t(task INTEGER, i INTEGER)")
+
+        async def task(n):
+            for i in range(10):
+                await db.execute("INSERT INTO t VALUES (?, ?)", (n, i))
+            cur = await db.execute("SELECT count(*) FROM t WHERE task = ?", (n,))
+            return (await cur.fetchone())[0]
+
+        counts = await asyncio.gather(*(task(n) for n in range(64)))
+        assert counts == [10] * 64
+        cur = await db.execute("SELECT count(*) FROM t")
+        assert await cur.fetchone() == (640,)
+        await db.close()
+
+    run(main())
+
+
+def test_cancellation_leaves_the_connection_usable_and_rolls_back(daemon):
+    async def main():
+        db = await nexusd.aio.connect(daemon.socket)
+        await db.execute("CREATE TABLE t(x)")
+        await db.commit()
+        slow = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+                "LIMIT 2000000) SELECT count(*) FROM c")
+        # Outside a transaction: cancel a slow read, then go on.
+        task = asyncio.ensure_future(db.execute(slow))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await (await db.execute("SELECT 1")).fetchone() == (1,)
+        # Inside one: its write, then a cancelled statement: rolled back.
+        await db.execute("INSERT INTO t VALUES (1)")
+        assert db.in_transaction
+        task = asyncio.ensure_future(db.execute(slow))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not db.in_transaction
+        for _ in range(100):
+            cur = await db.execute("SELECT count(*) FROM t")
+            if await cur.fetchone() == (0,):
+                break
+            await asyncio.sleep(0.02)
+        assert await (await db.execute("SELECT count(*) FROM t")).fetchone() == (0,)
+        await db.execute("INSERT INTO t VALUES (2)")
+        await db.commit()
+        assert await (await db.execute("SELECT x FROM t")).fetchall() == [(2,)]
+        await db.close()
+
+    run(main())
+
+
+def test_deferred_conflict_is_its_own_error(daemon):
+    async def main():
+        a = await nexusd.aio.connect(daemon.socket, autocommit=False)
+        b = await nexusd.aio.connect(daemon.socket, autocommit=True)
+        await b.execute("CREATE TABLE t(x)")
+        await (await a.execute("SELECT count(*) FROM t")).fetchone()
+        await b.execute("INSERT INTO t VALUES (1)")
+        with pytest.raises(nexusd.Conflict):
+            await a.execute("INSERT INTO t VALUES (2)")
+        assert not a.in_transaction
+        await a.close()
+        await b.close()
+
+    run(main())
