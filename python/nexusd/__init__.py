@@ -20,8 +20,8 @@ the child's first call opens its own connection.
 
 from __future__ import annotations
 
-import collections.abc
 import datetime
+import functools
 import os
 import re
 import sqlite3 as _sqlite3
@@ -344,9 +344,17 @@ def _control(sql: str) -> Optional[tuple]:
 _DML = frozenset(("INSERT", "UPDATE", "DELETE", "REPLACE"))
 
 
-def _is_dml(sql: str) -> bool:
+@functools.lru_cache(maxsize=1024)
+def _classify(sql: str) -> tuple:
+    """(transaction control, is DML, is INSERT or REPLACE) of a statement;
+    remembered, as an app runs the same few texts over and over."""
     words = _words(sql, 1)
-    return bool(words) and words[0].upper() in _DML
+    first = words[0].upper() if words else ""
+    return (_control(sql), first in _DML, first in ("INSERT", "REPLACE"))
+
+
+def _is_dml(sql: str) -> bool:
+    return _classify(sql)[1]
 
 
 def _split_script(script: str) -> list:
@@ -409,6 +417,7 @@ class Connection:
         self._pid = os.getpid()
         self._closed = False
         self._lock = threading.RLock()
+        self._shared = None
         # Connect now, so a missing daemon is an error here, as with sqlite3.
         self._client()
 
@@ -417,11 +426,15 @@ class Connection:
     def _client(self):
         if self._closed:
             raise ProgrammingError("Cannot operate on a closed database.")
+        shared = self._shared
+        if shared is not None and shared.pid == self._pid == os.getpid():
+            return shared
         if self._pid != os.getpid():
             # Forked: the parent's transaction is not this process's.
             self._pid = os.getpid()
             self._txn = None
-        return _shared_client(self._socket, self._client_name, self._timeout)
+        self._shared = _shared_client(self._socket, self._client_name, self._timeout)
+        return self._shared
 
     @property
     def isolation_level(self) -> Optional[str]:
@@ -549,7 +562,7 @@ class Connection:
 
     def _run(self, sql: str, parameters: Any):
         with self._lock:
-            control = _control(sql)
+            control = _classify(sql)[0]
             if control is not None:
                 return self._run_control(control)
             target = self._target(sql)
@@ -636,10 +649,10 @@ class Cursor:
             _, rowcount, lastrowid = result
             self.description = None
             self._rows = []
-            words = _words(sql, 1)
-            if words and words[0].upper() in ("INSERT", "REPLACE"):
+            _, dml, insert = _classify(sql)
+            if insert:
                 self.lastrowid = lastrowid
-            self.rowcount = rowcount if _is_dml(sql) else -1
+            self.rowcount = rowcount if dml else -1
         self._next = 0
 
     def execute(self, sql: str, parameters: Any = ()) -> "Cursor":

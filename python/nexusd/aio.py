@@ -28,13 +28,13 @@ from . import (
     OperationalError,
     ProgrammingError,
     TransactionExpired,
+    _classify,
     _control,
     _is_dml,
     _nexusd,
     _shared_client,
     _split_script,
     _translate,
-    _words,
 )
 
 __all__ = ["connect", "Connection", "Cursor"]
@@ -252,14 +252,14 @@ class Cursor:
         else:
             _, rowcount, lastrowid = result
             self.description, self._rows = None, []
-            words = _words(sql, 1)
-            if words and words[0].upper() in ("INSERT", "REPLACE"):
+            _, dml, insert = _classify(sql)
+            if insert:
                 self.lastrowid = lastrowid
-            self.rowcount = rowcount if _is_dml(sql) else -1
+            self.rowcount = rowcount if dml else -1
         self._next = 0
 
     async def execute(self, sql: str, parameters: Any = ()) -> "Cursor":
-        control = _control(sql)
+        control = _classify(sql)[0]
         if control is not None:
             result = await self.connection._run_control(control)
         else:

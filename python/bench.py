@@ -1,0 +1,257 @@
+"""The Python driver under load, beside sqlite3 directly, in one run.
+
+    python3 python/bench.py [--duration 5] [--processes 8] [--threads 8]
+                            [--tasks 64] [--nexusd target/release/nexusd] [--json]
+
+For each workload (single-row durable inserts of a 100-byte blob, and
+point reads by primary key) it runs, one after the other:
+
+- nexusd:  PROCESSES x THREADS, each thread a Connection of its own (they
+           share one socket per process), autocommit;
+- sqlite3: the same processes and threads, each thread its own sqlite3
+           connection: WAL, synchronous=FULL, busy_timeout 5000 ms;
+- aio:     one process, TASKS asyncio tasks on one nexusd.aio connection.
+
+Then the binding's cost per call: one thread doing point reads one at a
+time through nexusd (Python), against `nexusd bench` doing the same through
+the Rust client, on the same daemon.
+
+It starts its own daemon on a temp dir (synchronous=full) and prints a
+table, or JSON with --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import pathlib
+import socket as socketlib
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+# Run from a checkout, this file's folder holds the package's sources
+# without the built native module: use the installed package instead.
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+
+ROWS = 10_000
+PAYLOAD = b"\xab" * 100
+
+
+def _quantiles(lat: list) -> tuple:
+    if not lat:
+        return (None, None, None)
+    lat.sort()
+    q = lambda f: lat[min(len(lat) - 1, int(f * len(lat)))] * 1000.0  # noqa: E731
+    return (q(0.50), q(0.99), lat[-1] * 1000.0)
+
+
+def _worker(args) -> tuple:
+    """One process: THREADS threads doing the workload until the deadline."""
+    kind, target, workload, threads, deadline, seed = args
+    import random
+
+    import nexusd
+
+    lat, errors, lock = [], [0], threading.Lock()
+
+    def thread(t):
+        rng = random.Random(seed * 1000 + t)
+        if kind == "nexusd":
+            conn = nexusd.connect(target, isolation_level=None)
+        else:
+            conn = sqlite3.connect(target, timeout=5.0, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA synchronous=FULL")
+        mine, bad = [], 0
+        while time.time() < deadline:
+            t0 = time.perf_counter()
+            try:
+                if workload == "insert":
+                    conn.execute("INSERT INTO bench(payload) VALUES (?)", (PAYLOAD,))
+                else:
+                    conn.execute("SELECT payload FROM bench WHERE id = ?",
+                                 (rng.randrange(1, ROWS + 1),)).fetchone()
+                mine.append(time.perf_counter() - t0)
+            except Exception:  # noqa: BLE001 - "database is locked" is the point
+                bad += 1
+        with lock:
+            lat.extend(mine)
+            errors[0] += bad
+
+    ts = [threading.Thread(target=thread, args=(t,)) for t in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return lat, errors[0]
+
+
+def run_processes(kind, target, workload, processes, threads, duration) -> dict:
+    ctx = multiprocessing.get_context("spawn")
+    deadline = time.time() + duration + 1.0  # the pool's start-up is not measured
+    with ctx.Pool(processes) as pool:
+        results = pool.map(_worker, [(kind, target, workload, threads, deadline, p)
+                                     for p in range(processes)])
+    lat = [x for r in results for x in r[0]]
+    errors = sum(r[1] for r in results)
+    p50, p99, mx = _quantiles(lat)
+    return {"setup": kind, "ops": len(lat), "ops_per_sec": len(lat) / duration, "errors": errors,
+            "p50_ms": p50, "p99_ms": p99, "max_ms": mx}
+
+
+def run_aio(socket, workload, tasks, duration) -> dict:
+    import random
+
+    import nexusd.aio
+
+    async def main():
+        db = await nexusd.aio.connect(socket, autocommit=True)
+        deadline = time.time() + duration
+        lat, errors = [], 0
+
+        async def task(n):
+            nonlocal errors
+            rng = random.Random(n)
+            while time.time() < deadline:
+                t0 = time.perf_counter()
+                try:
+                    if workload == "insert":
+                        await db.execute("INSERT INTO bench(payload) VALUES (?)", (PAYLOAD,))
+                    else:
+                        cur = await db.execute("SELECT payload FROM bench WHERE id = ?",
+                                               (rng.randrange(1, ROWS + 1),))
+                        await cur.fetchone()
+                    lat.append(time.perf_counter() - t0)
+                except Exception:  # noqa: BLE001
+                    errors += 1
+
+        await asyncio.gather(*(task(n) for n in range(tasks)))
+        await db.close()
+        return lat, errors
+
+    lat, errors = asyncio.run(main())
+    p50, p99, mx = _quantiles(lat)
+    return {"setup": "aio", "ops": len(lat), "ops_per_sec": len(lat) / duration,
+            "errors": errors, "p50_ms": p50, "p99_ms": p99, "max_ms": mx}
+
+
+def per_call(socket, nexusd_bin, calls=3000) -> dict:
+    """One thread, one call at a time: Python's mean round trip against the
+    Rust client's (`nexusd bench`), on the same daemon."""
+    import nexusd
+
+    conn = nexusd.connect(socket, isolation_level=None)
+    for i in range(200):
+        conn.execute("SELECT payload FROM bench WHERE id = ?", (i + 1,)).fetchone()
+    t0 = time.perf_counter()
+    for i in range(calls):
+        conn.execute("SELECT payload FROM bench WHERE id = ?", (i % ROWS + 1,)).fetchone()
+    py_us = (time.perf_counter() - t0) / calls * 1e6
+    out = subprocess.run(
+        [nexusd_bin, "bench", "--socket", socket, "--workload", "point-read", "--clients", "1",
+         "--processes", "1", "--requests", str(calls), "--json"],
+        capture_output=True, text=True, check=True)
+    rust = json.loads(out.stdout.strip().splitlines()[-1])["runs"][0]
+    rust_us = rust["seconds"] / max(rust["ops"], 1) * 1e6
+    return {"python_us": py_us, "rust_us": rust_us, "overhead_us": py_us - rust_us}
+
+
+def start_daemon(nexusd_bin, workdir: pathlib.Path):
+    sock = str(workdir / "bench.sock")
+    proc = subprocess.Popen([nexusd_bin, "serve", "--db", str(workdir / "nexusd.db"),
+                             "--socket", sock, "--log-level", "warn"],
+                            stdin=subprocess.DEVNULL)
+    for _ in range(2000):
+        try:
+            s = socketlib.socket(socketlib.AF_UNIX)
+            s.connect(sock)
+            s.close()
+            return proc, sock
+        except OSError:
+            time.sleep(0.01)
+    proc.kill()
+    raise SystemExit("bench.py: the daemon did not start")
+
+
+def prepare(kind, target):
+    if kind == "nexusd":
+        import nexusd
+
+        conn = nexusd.connect(target, isolation_level=None)
+    else:
+        conn = sqlite3.connect(target, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("DROP TABLE IF EXISTS bench")
+    conn.execute("CREATE TABLE bench(id INTEGER PRIMARY KEY, payload BLOB)")
+    conn.execute(
+        f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {ROWS}) "
+        "INSERT INTO bench(id, payload) SELECT i, randomblob(100) FROM n")
+    conn.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--processes", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=8)
+    ap.add_argument("--tasks", type=int, default=64)
+    root = pathlib.Path(__file__).resolve().parents[1]
+    ap.add_argument("--nexusd", default=os.environ.get("NEXUSD_BIN")
+                    or str(root / "target" / "release" / "nexusd"))
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    results = {"machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]},
+               "processes": args.processes, "threads": args.threads, "tasks": args.tasks,
+               "duration_s": args.duration, "workloads": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        proc, sock = start_daemon(args.nexusd, tmp)
+        direct_db = str(tmp / "direct.db")
+        try:
+            for workload in ("insert", "point-read"):
+                runs = []
+                prepare("nexusd", sock)
+                runs.append(run_processes("nexusd", sock, workload, args.processes,
+                                          args.threads, args.duration))
+                prepare("sqlite3", direct_db)
+                runs.append(run_processes("sqlite3", direct_db, workload, args.processes,
+                                          args.threads, args.duration))
+                prepare("nexusd", sock)
+                runs.append(run_aio(sock, workload, args.tasks, args.duration))
+                results["workloads"][workload] = runs
+            prepare("nexusd", sock)
+            results["per_call"] = per_call(sock, args.nexusd)
+        finally:
+            proc.kill()
+            proc.wait()
+
+    if args.json:
+        print(json.dumps(results))
+        return
+    fmt = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
+    print(f"{args.processes} processes x {args.threads} threads, {args.tasks} asyncio tasks, "
+          f"{args.duration:g} s each, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    for workload, runs in results["workloads"].items():
+        direct = next(r for r in runs if r["setup"] == "sqlite3")["ops_per_sec"]
+        print(f"\n{workload}\n| setup | ops/s | p50 ms | p99 ms | max ms | errors | vs sqlite3 |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for r in runs:
+            print(f"| {r['setup']} | {r['ops_per_sec']:,.0f} | {fmt(r['p50_ms'])} | "
+                  f"{fmt(r['p99_ms'])} | {fmt(r['max_ms'])} | {r['errors']} | "
+                  f"{r['ops_per_sec'] / max(direct, 1e-9):.2f}x |")
+    pc = results["per_call"]
+    print(f"\nper call, one at a time: Python {pc['python_us']:.1f} us, Rust client "
+          f"{pc['rust_us']:.1f} us: the binding adds {pc['overhead_us']:.1f} us")
+
+
+if __name__ == "__main__":
+    main()
