@@ -27,7 +27,7 @@ import re
 import sqlite3 as _sqlite3
 import threading
 import time
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional
 
 from . import _nexusd
 
@@ -372,6 +372,29 @@ def _split_script(script: str) -> list:
     return statements
 
 
+def _check_autocommit(value: Any) -> None:
+    if value not in (True, False, LEGACY_TRANSACTION_CONTROL):
+        raise ProgrammingError(
+            "autocommit must be True, False, or nexusd.LEGACY_TRANSACTION_CONTROL")
+
+
+def _load(cursor: Any, result: tuple, sql: str) -> None:
+    """Puts one statement's result on a cursor (sync or asyncio): rows and
+    their description, or rowcount and lastrowid as sqlite3 sets them."""
+    if result[0] == "rows":
+        _, columns, rows = result
+        cursor.description = tuple((c, None, None, None, None, None, None) for c in columns)
+        cursor._rows, cursor.rowcount = rows, -1
+    else:
+        _, rowcount, lastrowid = result
+        cursor.description, cursor._rows = None, []
+        _, dml, insert = _classify(sql)
+        if insert:
+            cursor.lastrowid = lastrowid
+        cursor.rowcount = rowcount if dml else -1
+    cursor._next = 0
+
+
 # --- Connection --------------------------------------------------------------
 
 _MODES = {"": "deferred", "DEFERRED": "deferred", "IMMEDIATE": "immediate",
@@ -403,9 +426,7 @@ class Connection:
         client_name: Optional[str] = None,
         check_same_thread: bool = False,
     ) -> None:
-        if autocommit not in (True, False, LEGACY_TRANSACTION_CONTROL):
-            raise ProgrammingError(
-                "autocommit must be True, False, or nexusd.LEGACY_TRANSACTION_CONTROL")
+        _check_autocommit(autocommit)
         self._socket = os.fspath(socket) if socket is not None else None
         self._timeout = timeout
         self._client_name = client_name or f"python {os.path.basename(_argv0())}"
@@ -458,9 +479,7 @@ class Connection:
 
     @autocommit.setter
     def autocommit(self, value: Any) -> None:
-        if value not in (True, False, LEGACY_TRANSACTION_CONTROL):
-            raise ProgrammingError(
-                "autocommit must be True, False, or nexusd.LEGACY_TRANSACTION_CONTROL")
+        _check_autocommit(value)
         if value is True and self._txn is not None:
             self.commit()
         self._autocommit = value
@@ -639,27 +658,11 @@ class Cursor:
         if self._closed:
             raise ProgrammingError("Cannot operate on a closed cursor.")
 
-    def _load(self, result, sql: str) -> None:
-        if result[0] == "rows":
-            _, columns, rows = result
-            self.description = tuple((c, None, None, None, None, None, None) for c in columns)
-            self._rows = rows
-            self.rowcount = -1
-        else:
-            _, rowcount, lastrowid = result
-            self.description = None
-            self._rows = []
-            _, dml, insert = _classify(sql)
-            if insert:
-                self.lastrowid = lastrowid
-            self.rowcount = rowcount if dml else -1
-        self._next = 0
-
     def execute(self, sql: str, parameters: Any = ()) -> "Cursor":
         self._check()
         if not isinstance(sql, str):
             raise ProgrammingError(f"execute() argument 1 must be str, not {type(sql).__name__}")
-        self._load(self.connection._run(sql, parameters), sql)
+        _load(self, self.connection._run(sql, parameters), sql)
         return self
 
     def executemany(self, sql: str, seq_of_parameters: Any) -> "Cursor":

@@ -28,8 +28,10 @@ from . import (
     OperationalError,
     ProgrammingError,
     TransactionExpired,
+    _check_autocommit,
     _classify,
     _control,
+    _load,
     _is_dml,
     _nexusd,
     _shared_client,
@@ -66,9 +68,7 @@ class Connection:
         isolation_level: Optional[str] = "",
         client_name: Optional[str] = None,
     ) -> None:
-        if autocommit not in (True, False, LEGACY_TRANSACTION_CONTROL):
-            raise ProgrammingError(
-                "autocommit must be True, False, or nexusd.LEGACY_TRANSACTION_CONTROL")
+        _check_autocommit(autocommit)
         if isolation_level is not None and isolation_level.upper() not in _MODES:
             raise ValueError(f"isolation_level {isolation_level!r} is not valid")
         self._socket = os.fspath(socket) if socket is not None else None
@@ -244,20 +244,6 @@ class Cursor:
     async def __aexit__(self, exc_type, exc, tb) -> None:
         await self.close()
 
-    def _load(self, result, sql: str) -> None:
-        if result[0] == "rows":
-            _, columns, rows = result
-            self.description = tuple((c, None, None, None, None, None, None) for c in columns)
-            self._rows, self.rowcount = rows, -1
-        else:
-            _, rowcount, lastrowid = result
-            self.description, self._rows = None, []
-            _, dml, insert = _classify(sql)
-            if insert:
-                self.lastrowid = lastrowid
-            self.rowcount = rowcount if dml else -1
-        self._next = 0
-
     async def execute(self, sql: str, parameters: Any = ()) -> "Cursor":
         control = _classify(sql)[0]
         if control is not None:
@@ -265,7 +251,7 @@ class Cursor:
         else:
             result = await self.connection._call(
                 lambda target: target.run_async(_resolve, sql, parameters), sql)
-        self._load(result, sql)
+        _load(self, result, sql)
         return self
 
     async def executemany(self, sql: str, seq_of_parameters: Any) -> "Cursor":

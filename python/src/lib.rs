@@ -367,15 +367,7 @@ impl Client {
         let client = (*self.inner).clone();
         let mode = mode.to_owned();
         let tx = py
-            .allow_threads(|| {
-                rt.block_on(async {
-                    match mode.as_str() {
-                        "immediate" | "exclusive" => client.transaction().await,
-                        "read" => client.read_transaction().await,
-                        _ => client.deferred_transaction().await,
-                    }
-                })
-            })
+            .allow_threads(|| rt.block_on(begin(&client, &mode)))
             .map_err(to_py_err)?;
         Ok(Transaction::new(tx))
     }
@@ -425,13 +417,21 @@ impl Client {
     ) -> PyResult<Bound<'py, PyAny>> {
         let client = (*self.inner).clone();
         spawn_future(py, resolve, async move {
-            let tx = match mode.as_str() {
-                "immediate" | "exclusive" => client.transaction().await,
-                "read" => client.read_transaction().await,
-                _ => client.deferred_transaction().await,
-            }?;
-            Ok(Answer::Transaction(tx))
+            begin(&client, &mode).await.map(Answer::Transaction)
         })
+    }
+}
+
+/// Opens a transaction: "immediate" (or "exclusive"), "read", else
+/// deferred, as sqlite3's isolation levels name them.
+async fn begin(
+    client: &nexusd_client::Client,
+    mode: &str,
+) -> nexusd_client::Result<nexusd_client::Transaction> {
+    match mode {
+        "immediate" | "exclusive" => client.transaction().await,
+        "read" => client.read_transaction().await,
+        _ => client.deferred_transaction().await,
     }
 }
 

@@ -1,7 +1,6 @@
 """Threads, the GIL, fork and interpreter exit, from several processes."""
 
 import multiprocessing
-import os
 import subprocess
 import sys
 import threading
