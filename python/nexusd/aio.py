@@ -8,8 +8,9 @@
 ...             print(row)
 
 The requests run on the native layer's runtime, not on a thread per call:
-each ``await`` is an asyncio future that the runtime settles on the loop's
-thread. Many tasks may share one connection. A cancelled ``await`` leaves
+each ``await`` is an asyncio future. The runtime queues finished calls and
+rings an eventfd the loop watches; the loop's thread settles every finished
+one in one go, so the runtime's threads never wait for the GIL. Many tasks may share one connection. A cancelled ``await`` leaves
 the connection usable; a transaction whose statement was cancelled is
 rolled back, since nobody can know where it stood.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import weakref
 from typing import Any, AsyncIterator, Optional
 
 from . import (
@@ -42,10 +44,19 @@ from . import (
 __all__ = ["connect", "Connection", "Cursor"]
 
 
-def _resolve(future: asyncio.Future, method: str, value: Any) -> None:
-    """Settles ``future`` on its loop's thread, unless it was cancelled."""
-    if not future.done():
-        getattr(future, method)(value)
+# One completion queue per event loop: the native runtime queues finished
+# calls there and rings its eventfd; the loop settles them all in one go.
+_completions: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _queue() -> "_nexusd.Completions":
+    loop = asyncio.get_running_loop()
+    completions = _completions.get(loop)
+    if completions is None:
+        completions = _nexusd.Completions()
+        loop.add_reader(completions.fd, completions.drain)
+        _completions[loop] = completions
+    return completions
 
 
 async def _wait(future: asyncio.Future) -> Any:
@@ -116,7 +127,7 @@ class Connection:
 
     async def _begin(self, mode: str) -> None:
         client = self._check()
-        self._txn = await _wait(client.begin_async(_resolve, mode))
+        self._txn = await _wait(client.begin_async(_queue(), mode))
 
     async def _target(self, sql: Optional[str]):
         client = self._check()
@@ -133,7 +144,7 @@ class Connection:
         txn, self._txn = self._txn, None
         if txn is not None:
             method = txn.commit_async if commit else txn.rollback_async
-            await _wait(method(_resolve))
+            await _wait(method(_queue()))
 
     async def _call(self, make, sql: Optional[str]) -> Any:
         """Runs one request where the transaction mode puts it. A cancelled
@@ -250,7 +261,7 @@ class Cursor:
             result = await self.connection._run_control(control)
         else:
             result = await self.connection._call(
-                lambda target: target.run_async(_resolve, sql, parameters), sql)
+                lambda target: target.run_async(_queue(), sql, parameters), sql)
         _load(self, result, sql)
         return self
 
@@ -263,7 +274,7 @@ class Cursor:
             self.rowcount = 0
             return self
         self.rowcount, self.lastrowid = await self.connection._call(
-            lambda target: target.run_many_async(_resolve, sql, seq), sql)
+            lambda target: target.run_many_async(_queue(), sql, seq), sql)
         return self
 
     async def executescript(self, script: str) -> "Cursor":

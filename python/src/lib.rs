@@ -372,20 +372,19 @@ impl Client {
         Ok(Transaction::new(tx))
     }
 
-    /// `run`, for asyncio: returns an `asyncio.Future` of the running loop
-    /// that `resolve(future, "set_result" | "set_exception", value)` settles
-    /// from the runtime (a cancelled future is left alone).
-    #[pyo3(signature = (resolve, sql, params=None))]
+    /// `run`, for asyncio: returns an `asyncio.Future` of the running loop,
+    /// settled by `completions.drain()` on the loop's thread.
+    #[pyo3(signature = (completions, sql, params=None))]
     fn run_async<'py>(
         &self,
         py: Python<'py>,
-        resolve: PyObject,
+        completions: &Bound<'py, Completions>,
         sql: String,
         params: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let params = to_params(params)?;
         let client = (*self.inner).clone();
-        spawn_future(py, resolve, async move {
+        spawn_future(py, completions, async move {
             client.run(&sql, params).await.map(Answer::Result)
         })
     }
@@ -394,13 +393,13 @@ impl Client {
     fn run_many_async<'py>(
         &self,
         py: Python<'py>,
-        resolve: PyObject,
+        completions: &Bound<'py, Completions>,
         sql: String,
         seq_of_params: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let statements = many(&sql, seq_of_params)?;
         let client = (*self.inner).clone();
-        spawn_future(py, resolve, async move {
+        spawn_future(py, completions, async move {
             client
                 .batch(statements)
                 .await
@@ -412,11 +411,11 @@ impl Client {
     fn begin_async<'py>(
         &self,
         py: Python<'py>,
-        resolve: PyObject,
+        completions: &Bound<'py, Completions>,
         mode: String,
     ) -> PyResult<Bound<'py, PyAny>> {
         let client = (*self.inner).clone();
-        spawn_future(py, resolve, async move {
+        spawn_future(py, completions, async move {
             begin(&client, &mode).await.map(Answer::Transaction)
         })
     }
@@ -454,32 +453,124 @@ impl Answer {
     }
 }
 
+/// Where finished async calls wait for their event loop: a queue, and an
+/// eventfd the loop watches (`loop.add_reader(fd, drain)`). The runtime's
+/// threads never take the GIL to settle a future; the loop's thread
+/// settles every finished one in one `drain`, one wakeup for many.
+struct CompletionQueue {
+    fd: std::os::fd::OwnedFd,
+    done: Mutex<Vec<(PyObject, nexusd_client::Result<Answer>)>>,
+}
+
+impl CompletionQueue {
+    fn push(&self, future: PyObject, answer: nexusd_client::Result<Answer>) {
+        let Ok(mut done) = self.done.lock() else {
+            return;
+        };
+        let was_empty = done.is_empty();
+        done.push((future, answer));
+        drop(done);
+        if was_empty {
+            // One wakeup covers everything queued until the loop drains.
+            let one: u64 = 1;
+            // SAFETY: writing 8 bytes from a local to our own eventfd.
+            unsafe {
+                libc::write(
+                    std::os::fd::AsRawFd::as_raw_fd(&self.fd),
+                    (&one as *const u64).cast(),
+                    8,
+                )
+            };
+        }
+    }
+}
+
+/// One event loop's completions (made by `nexusd.aio`, one per loop).
+#[pyclass(frozen, module = "nexusd._nexusd")]
+struct Completions {
+    queue: Arc<CompletionQueue>,
+}
+
+#[pymethods]
+impl Completions {
+    #[new]
+    fn new() -> PyResult<Self> {
+        // SAFETY: eventfd(2) with flags; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(native(
+                "internal",
+                0,
+                0,
+                format!("eventfd failed: {}", std::io::Error::last_os_error()),
+                None,
+            ));
+        }
+        // SAFETY: a descriptor we just opened and own alone.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        Ok(Completions {
+            queue: Arc::new(CompletionQueue {
+                fd,
+                done: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// The descriptor the loop watches.
+    #[getter]
+    fn fd(&self) -> i32 {
+        std::os::fd::AsRawFd::as_raw_fd(&self.queue.fd)
+    }
+
+    /// Settles every finished call (on the loop's thread). A cancelled
+    /// future is left alone: its request finished, nobody waits for it.
+    fn drain(&self, py: Python<'_>) -> PyResult<()> {
+        let mut buf = 0u64;
+        // SAFETY: reading 8 bytes into a local from our own eventfd.
+        unsafe {
+            libc::read(
+                std::os::fd::AsRawFd::as_raw_fd(&self.queue.fd),
+                (&mut buf as *mut u64).cast(),
+                8,
+            )
+        };
+        let done = match self.queue.done.lock() {
+            Ok(mut d) => std::mem::take(&mut *d),
+            Err(_) => return Ok(()),
+        };
+        for (future, answer) in done {
+            let future = future.bind(py);
+            if future.call_method0("done")?.is_truthy()? {
+                continue;
+            }
+            match answer.map_err(to_py_err).and_then(|a| a.into_py(py)) {
+                Ok(v) => future.call_method1("set_result", (v,))?,
+                Err(e) => future.call_method1("set_exception", (e.into_value(py),))?,
+            };
+        }
+        Ok(())
+    }
+}
+
 /// Runs `work` on the runtime and returns a future of the caller's running
-/// asyncio loop, settled through `resolve` on that loop's thread. Nothing
-/// holds a thread while it waits; a cancelled future is simply not settled,
-/// and the connection stays usable.
-fn spawn_future<'py, F>(py: Python<'py>, resolve: PyObject, work: F) -> PyResult<Bound<'py, PyAny>>
+/// asyncio loop, settled through `completions` on that loop's thread.
+/// Nothing holds a thread while it waits; a cancelled future is simply not
+/// settled, and the connection stays usable.
+fn spawn_future<'py, F>(
+    py: Python<'py>,
+    completions: &Bound<'py, Completions>,
+    work: F,
+) -> PyResult<Bound<'py, PyAny>>
 where
     F: std::future::Future<Output = nexusd_client::Result<Answer>> + Send + 'static,
 {
     let rt = runtime()?;
     let event_loop = py.import("asyncio")?.call_method0("get_running_loop")?;
     let future = event_loop.call_method0("create_future")?;
-    let (loop_ref, future_ref) = (event_loop.unbind(), future.clone().unbind());
+    let queue = completions.get().queue.clone();
+    let future_ref = future.clone().unbind();
     rt.spawn(async move {
-        let answer = work.await;
-        Python::with_gil(|py| {
-            let (method, value) = match answer.map_err(to_py_err).and_then(|a| a.into_py(py)) {
-                Ok(v) => ("set_result", v),
-                Err(e) => ("set_exception", e.into_value(py).into_any()),
-            };
-            // A closed loop has nobody left to tell.
-            let _ = loop_ref.call_method1(
-                py,
-                "call_soon_threadsafe",
-                (resolve, future_ref, method, value),
-            );
-        });
+        queue.push(future_ref, work.await);
     });
     Ok(future)
 }
@@ -593,17 +684,17 @@ impl Transaction {
     }
 
     /// `run`, for asyncio (see `Client.run_async`).
-    #[pyo3(signature = (resolve, sql, params=None))]
+    #[pyo3(signature = (completions, sql, params=None))]
     fn run_async<'py>(
         &self,
         py: Python<'py>,
-        resolve: PyObject,
+        completions: &Bound<'py, Completions>,
         sql: String,
         params: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let params = to_params(params)?;
         let inner = self.inner.clone();
-        spawn_future(py, resolve, async move {
+        spawn_future(py, completions, async move {
             match inner.lock().await.as_ref() {
                 Some(tx) => tx.run(&sql, params).await.map(Answer::Result),
                 None => Err(ended()),
@@ -614,13 +705,13 @@ impl Transaction {
     fn run_many_async<'py>(
         &self,
         py: Python<'py>,
-        resolve: PyObject,
+        completions: &Bound<'py, Completions>,
         sql: String,
         seq_of_params: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let statements = many(&sql, seq_of_params)?;
         let inner = self.inner.clone();
-        spawn_future(py, resolve, async move {
+        spawn_future(py, completions, async move {
             match inner.lock().await.as_ref() {
                 Some(tx) => tx
                     .batch(statements)
@@ -631,9 +722,9 @@ impl Transaction {
         })
     }
 
-    fn commit_async<'py>(&self, py: Python<'py>, resolve: PyObject) -> PyResult<Bound<'py, PyAny>> {
+    fn commit_async<'py>(&self, py: Python<'py>, completions: &Bound<'py, Completions>) -> PyResult<Bound<'py, PyAny>> {
         let inner = self.inner.clone();
-        spawn_future(py, resolve, async move {
+        spawn_future(py, completions, async move {
             end(inner, true).await.map(|()| Answer::Done)
         })
     }
@@ -641,10 +732,10 @@ impl Transaction {
     fn rollback_async<'py>(
         &self,
         py: Python<'py>,
-        resolve: PyObject,
+        completions: &Bound<'py, Completions>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let inner = self.inner.clone();
-        spawn_future(py, resolve, async move {
+        spawn_future(py, completions, async move {
             end(inner, false).await.map(|()| Answer::Done)
         })
     }
@@ -689,6 +780,7 @@ fn default_socket_path() -> PathBuf {
 fn _nexusd(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Client>()?;
     m.add_class::<Transaction>()?;
+    m.add_class::<Completions>()?;
     m.add_function(wrap_pyfunction!(default_socket_path, m)?)?;
     m.add("NativeError", m.py().get_type::<NativeError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
