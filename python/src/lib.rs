@@ -722,7 +722,11 @@ impl Transaction {
         })
     }
 
-    fn commit_async<'py>(&self, py: Python<'py>, completions: &Bound<'py, Completions>) -> PyResult<Bound<'py, PyAny>> {
+    fn commit_async<'py>(
+        &self,
+        py: Python<'py>,
+        completions: &Bound<'py, Completions>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let inner = self.inner.clone();
         spawn_future(py, completions, async move {
             end(inner, true).await.map(|()| Answer::Done)
