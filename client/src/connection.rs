@@ -29,6 +29,10 @@ const WRITE_BUFFER_SOFT_LIMIT: usize = 256 * 1024;
 pub(crate) struct Connection {
     /// Encoded frames for the write task.
     outgoing: mpsc::Sender<BytesMut>,
+    /// The socket's write half: the write task holds it per batch; a
+    /// caller that finds it free and nothing queued writes its own frame
+    /// (one wakeup fewer per request: the caller need not wake the task).
+    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     max_frame: u32,
     /// `None` once the connection is dead: nobody may wait on it any more.
     waiting: Arc<Mutex<Option<HashMap<u64, Waiter>>>>,
@@ -95,7 +99,8 @@ impl Connection {
             Arc::new(Mutex::new(Some(HashMap::new())));
         let dead = CancellationToken::new();
         let (outgoing, rx) = mpsc::channel(OUTGOING_QUEUE);
-        tokio::spawn(write_loop(wr, rx, dead.clone()));
+        let writer = Arc::new(tokio::sync::Mutex::new(wr));
+        tokio::spawn(write_loop(writer.clone(), rx, dead.clone()));
         let read_waiting = waiting.clone();
         let read_dead = dead.clone();
         tokio::spawn(async move {
@@ -144,6 +149,7 @@ impl Connection {
         });
         Ok(Connection {
             outgoing,
+            writer,
             max_frame: welcome.max_frame_bytes,
             waiting,
             dead,
@@ -178,9 +184,26 @@ impl Connection {
             };
             map.insert(id, tx);
         }
-        if self.outgoing.send(frame).await.is_err() {
-            self.forget(id);
-            return Err(not_sent());
+        let idle = self.outgoing.capacity() == self.outgoing.max_capacity();
+        match self.writer.try_lock() {
+            Ok(mut wr) if idle => {
+                // Cancelled half-way, this future would leave half a frame
+                // on the wire: the guard then kills the connection.
+                let guard = KillUnlessDone(&self.dead, false);
+                let written = wr.write_all(&frame).await;
+                guard.done();
+                if written.is_err() {
+                    self.forget(id);
+                    self.dead.cancel();
+                    return Err(not_sent());
+                }
+            }
+            _ => {
+                if self.outgoing.send(frame).await.is_err() {
+                    self.forget(id);
+                    return Err(not_sent());
+                }
+            }
         }
         match tokio::time::timeout(wait, rx).await {
             Ok(Ok(result)) => result,
@@ -235,8 +258,25 @@ fn not_sent() -> Error {
     }
 }
 
+/// Cancels the connection when dropped before `done`.
+struct KillUnlessDone<'a>(&'a CancellationToken, bool);
+
+impl KillUnlessDone<'_> {
+    fn done(mut self) {
+        self.1 = true;
+    }
+}
+
+impl Drop for KillUnlessDone<'_> {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.cancel();
+        }
+    }
+}
+
 async fn write_loop(
-    mut wr: OwnedWriteHalf,
+    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     mut rx: mpsc::Receiver<BytesMut>,
     dead: CancellationToken,
 ) {
@@ -253,11 +293,11 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
-        if wr.write_all(&buf).await.is_err() {
+        if writer.lock().await.write_all(&buf).await.is_err() {
             break;
         }
         buf.clear();
     }
     dead.cancel();
-    let _ = wr.shutdown().await;
+    let _ = writer.lock().await.shutdown().await;
 }
