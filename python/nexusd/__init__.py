@@ -43,6 +43,11 @@ __all__ = [
 
 __version__ = _nexusd.__version__
 
+#: The oldest SQLite a nexusd daemon runs (it refuses older ones); SQL
+#: features are at least this version's.
+sqlite_version_info = (3, 51, 3)
+sqlite_version = "3.51.3"
+
 apilevel = "2.0"
 #: Threads may share the module and connections, but not cursors.
 threadsafety = 2

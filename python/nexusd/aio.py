@@ -175,7 +175,11 @@ class Connection:
     def executescript(self, script: str) -> "_CursorResult":
         return _CursorResult(Cursor(self).executescript(script))
 
-    async def cursor(self) -> "Cursor":
+    def cursor(self) -> "_CursorResult":
+        """``await db.cursor()``, or ``async with db.cursor() as cursor``."""
+        return _CursorResult(self._new_cursor())
+
+    async def _new_cursor(self) -> "Cursor":
         self._check()
         return Cursor(self)
 
@@ -327,6 +331,12 @@ class Cursor:
 
     async def close(self) -> None:
         self._rows = []
+
+    async def setinputsizes(self, *sizes: Any) -> None:
+        pass
+
+    async def setoutputsize(self, size: Any, column: Any = None) -> None:
+        pass
 
 
 def connect(

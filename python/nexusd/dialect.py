@@ -1,0 +1,195 @@
+"""SQLAlchemy dialects for nexusd: ``sqlite+nexusd://`` and, for
+``create_async_engine``, ``sqlite+nexusd_async://``.
+
+They build on SQLAlchemy's SQLite dialect, so DDL, reflection, types and the
+ORM behave as on SQLite; what changes is underneath:
+
+- ``?socket=/path`` picks the daemon (default: as ``nexusd.connect()``);
+  ``?timeout=SECONDS`` and ``?client_name=NAME`` pass through.
+- SQLAlchemy's transactions are the daemon's interactive ones: the dialect
+  emits BEGIN itself (deferred, or ``BEGIN IMMEDIATE`` with
+  ``?begin=immediate`` in the URL, which holds the writer from the first
+  statement and so never conflicts), so ``begin_nested()`` runs on real
+  savepoints, and ``isolation_level="AUTOCOMMIT"`` works at the engine and
+  the connection level.
+- The pool never runs dry: its overflow is unbounded, since a pooled
+  connection costs no socket (every connection of a process shares one).
+- REGEXP and the other Python functions pysqlite registers on each
+  connection are not there: statements run in the daemon.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import pool
+from sqlalchemy.connectors.asyncio import (
+    AsyncAdapt_dbapi_connection,
+    AsyncAdapt_dbapi_cursor,
+    AsyncAdapt_dbapi_module,
+)
+from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
+from sqlalchemy.util.concurrency import await_
+
+import nexusd
+
+#: The oldest SQLite a nexusd daemon runs on (it refuses older ones).
+SQLITE_VERSION_INFO = (3, 51, 3)
+
+
+class NexusdPool(pool.QueuePool):
+    """A QueuePool that never makes a caller wait for a connection."""
+
+    def __init__(self, creator: Any, pool_size: int = 8, max_overflow: int = -1,
+                 **kw: Any) -> None:
+        super().__init__(creator, pool_size=pool_size, max_overflow=max_overflow, **kw)
+
+
+class NexusdAsyncPool(pool.AsyncAdaptedQueuePool):
+    def __init__(self, creator: Any, pool_size: int = 8, max_overflow: int = -1,
+                 **kw: Any) -> None:
+        super().__init__(creator, pool_size=pool_size, max_overflow=max_overflow, **kw)
+
+
+def _connect_args(url) -> dict:
+    query = dict(url.query)
+    query.pop("begin", None)  # the dialect's own
+    args: dict = {}
+    if "socket" in query:
+        args["socket"] = query.pop("socket")
+    if "timeout" in query:
+        args["timeout"] = float(query.pop("timeout"))
+    if "client_name" in query:
+        args["client_name"] = query.pop("client_name")
+    if query:
+        raise ValueError(
+            f"unknown nexusd URL parameters {sorted(query)}; "
+            "use socket=, timeout=, client_name= or begin=immediate")
+    if url.database or url.host or url.username:
+        raise ValueError(
+            f"{url} names a database file or host; nexusd serves the daemon's own database: "
+            "use sqlite+nexusd:// with ?socket=/path to pick the daemon")
+    return args
+
+
+class NexusdDialect(SQLiteDialect_pysqlite):
+    """``sqlite+nexusd://``: SQLAlchemy's SQLite dialect over nexusd."""
+
+    driver = "nexusd"
+    supports_statement_cache = True
+    _isolation_lookup = {"SERIALIZABLE", "AUTOCOMMIT"}
+
+    @classmethod
+    def import_dbapi(cls) -> Any:
+        return nexusd
+
+    @classmethod
+    def get_pool_class(cls, url: Any) -> type:
+        return NexusdPool
+
+    def create_connect_args(self, url: Any) -> Any:
+        begin = url.query.get("begin", "deferred").upper()
+        if begin not in ("DEFERRED", "IMMEDIATE", "EXCLUSIVE"):
+            raise ValueError(f"begin={begin.lower()} is not deferred, immediate or exclusive")
+        self._begin = f"BEGIN {begin}"
+        return ([], _connect_args(url))
+
+    def _get_server_version_info(self, connection: Any) -> Any:
+        return SQLITE_VERSION_INFO
+
+    def on_connect(self) -> Any:
+        def setup(dbapi_connection: Any) -> None:
+            # SQLAlchemy says when a transaction begins (do_begin).
+            dbapi_connection.isolation_level = None
+            dbapi_connection._sa_autocommit = False
+        return setup
+
+    def do_begin(self, dbapi_connection: Any) -> None:
+        if not getattr(dbapi_connection, "_sa_autocommit", False):
+            dbapi_connection.execute(getattr(self, "_begin", "BEGIN"))
+
+    def get_isolation_level(self, dbapi_connection: Any) -> str:
+        return "AUTOCOMMIT" if getattr(dbapi_connection, "_sa_autocommit", False) \
+            else "SERIALIZABLE"
+
+    def get_default_isolation_level(self, dbapi_conn: Any) -> str:
+        return "SERIALIZABLE"
+
+    def set_isolation_level(self, dbapi_connection: Any, level: str) -> None:
+        autocommit = level == "AUTOCOMMIT"
+        if autocommit and dbapi_connection.in_transaction:
+            dbapi_connection.commit()
+        dbapi_connection._sa_autocommit = autocommit
+
+    def detect_autocommit_setting(self, dbapi_conn: Any) -> bool:
+        return getattr(dbapi_conn, "_sa_autocommit", False)
+
+    def is_disconnect(self, e: Any, connection: Any, cursor: Any) -> bool:
+        return isinstance(e, nexusd.OutcomeUnknown) or (
+            isinstance(e, nexusd.OperationalError)
+            and "disconnected from nexusd" in str(e))
+
+
+# --- asyncio -----------------------------------------------------------------
+
+
+class AsyncAdapt_nexusd_cursor(AsyncAdapt_dbapi_cursor):
+    __slots__ = ()
+    # nexusd.aio's Cursor.close is a coroutine.
+    _awaitable_cursor_close = True
+
+
+class AsyncAdapt_nexusd_connection(AsyncAdapt_dbapi_connection):
+    # No __slots__: the dialect keeps its autocommit flag on the connection.
+    _cursor_cls = AsyncAdapt_nexusd_cursor
+
+    @property
+    def isolation_level(self) -> Any:
+        return self._connection.isolation_level
+
+    @isolation_level.setter
+    def isolation_level(self, value: Any) -> None:
+        self._connection.isolation_level = value
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._connection.in_transaction
+
+
+class AsyncAdapt_nexusd_dbapi(AsyncAdapt_dbapi_module):
+    def __init__(self) -> None:
+        import nexusd.aio
+
+        super().__init__(nexusd.aio, dbapi_module=nexusd)
+        self.paramstyle = "qmark"
+        for name in ("Warning", "Error", "InterfaceError", "DatabaseError", "DataError",
+                     "OperationalError", "IntegrityError", "InternalError",
+                     "ProgrammingError", "NotSupportedError", "OutcomeUnknown", "Binary",
+                     "sqlite_version", "sqlite_version_info"):
+            setattr(self, name, getattr(nexusd, name))
+
+    def connect(self, *args: Any, **kw: Any) -> AsyncAdapt_nexusd_connection:
+        import nexusd.aio
+
+        connection = nexusd.aio.connect(*args, **kw)
+        return AsyncAdapt_nexusd_connection(self, await_(connection._connect()))
+
+
+class NexusdAsyncDialect(NexusdDialect):
+    """``sqlite+nexusd_async://``, for ``create_async_engine``: truly async,
+    on ``nexusd.aio``."""
+
+    driver = "nexusd_async"
+    is_async = True
+    supports_statement_cache = True
+
+    @classmethod
+    def import_dbapi(cls) -> Any:
+        return AsyncAdapt_nexusd_dbapi()
+
+    @classmethod
+    def get_pool_class(cls, url: Any) -> type:
+        return NexusdAsyncPool
+
+    def get_driver_connection(self, connection: Any) -> Any:
+        return connection._connection

@@ -1,0 +1,178 @@
+"""The SQLAlchemy dialects against the real daemon: Core, the ORM,
+transactions and savepoints, AUTOCOMMIT, the pool, and asyncio."""
+
+import asyncio
+import threading
+
+import pytest
+
+sqlalchemy = pytest.importorskip("sqlalchemy")
+
+from sqlalchemy import (  # noqa: E402
+    Column, ForeignKey, Integer, String, create_engine, event, inspect, select, text,
+)
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine  # noqa: E402
+from sqlalchemy.orm import DeclarativeBase, Session, relationship  # noqa: E402
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class User(Base):
+    __tablename__ = "users"
+    id = Column(Integer, primary_key=True)
+    name = Column(String(50), unique=True, nullable=False)
+    posts = relationship("Post", back_populates="author")
+
+
+class Post(Base):
+    __tablename__ = "posts"
+    id = Column(Integer, primary_key=True)
+    title = Column(String(100))
+    user_id = Column(ForeignKey("users.id"))
+    author = relationship("User", back_populates="posts")
+
+
+@pytest.fixture
+def engine(daemon):
+    e = create_engine(f"sqlite+nexusd://?socket={daemon.socket}")
+    Base.metadata.create_all(e)
+    yield e
+    e.dispose()
+
+
+def test_orm_round_trip_and_reflection(engine):
+    with Session(engine) as s:
+        ada = User(name="ada", posts=[Post(title="notes"), Post(title="engine")])
+        s.add(ada)
+        s.commit()
+        assert ada.id == 1
+    with Session(engine) as s:
+        user = s.scalars(select(User).where(User.name == "ada")).one()
+        assert sorted(p.title for p in user.posts) == ["engine", "notes"]
+    insp = inspect(engine)
+    assert set(insp.get_table_names()) >= {"users", "posts"}
+    assert [c["name"] for c in insp.get_columns("users")] == ["id", "name"]
+    assert insp.get_foreign_keys("posts")[0]["referred_table"] == "users"
+
+
+def test_rollback_and_integrity_error(engine):
+    with Session(engine) as s:
+        s.add(User(name="bob"))
+        s.commit()
+        s.add(User(name="bob"))
+        with pytest.raises(sqlalchemy.exc.IntegrityError):
+            s.commit()
+        s.rollback()
+        s.add(User(name="cy"))
+        s.rollback()
+        assert s.scalars(select(User.name).order_by(User.name)).all() == ["bob"]
+
+
+def test_begin_nested_uses_real_savepoints(engine):
+    with Session(engine) as s:
+        s.add(User(name="outer"))
+        nested = s.begin_nested()
+        s.add(User(name="inner"))
+        nested.rollback()
+        s.add(User(name="after"))
+        s.commit()
+        assert s.scalars(select(User.name).order_by(User.name)).all() == ["after", "outer"]
+
+
+def test_autocommit_at_engine_and_connection_level(engine, daemon):
+    auto = engine.execution_options(isolation_level="AUTOCOMMIT")
+    with auto.connect() as conn:
+        conn.execute(text("INSERT INTO users(name) VALUES ('auto')"))
+        # No commit: AUTOCOMMIT applied it already.
+    with engine.connect() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM users WHERE name = 'auto'")) == 1
+    with engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.execute(text("INSERT INTO users(name) VALUES ('auto2')"))
+    e2 = create_engine(f"sqlite+nexusd://?socket={daemon.socket}", isolation_level="AUTOCOMMIT")
+    with e2.connect() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM users")) == 2
+    e2.dispose()
+
+
+def test_many_threads_never_exhaust_the_pool(engine):
+    errors = []
+
+    def work(i):
+        try:
+            with Session(engine) as s:
+                s.add(User(name=f"t{i}"))
+                s.commit()
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with engine.connect() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM users")) == 64
+
+
+def test_the_url_says_what_is_wrong(daemon):
+    with pytest.raises(ValueError, match="names a database file"):
+        create_engine("sqlite+nexusd:///app.db").connect()
+
+
+def test_async_engine_orm_and_concurrency(daemon):
+    async def main():
+        engine = create_async_engine(f"sqlite+nexusd_async://?socket={daemon.socket}")
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+
+        async def add(i):
+            async with AsyncSession(engine) as s:
+                s.add(User(name=f"a{i}"))
+                await s.commit()
+
+        await asyncio.gather(*(add(i) for i in range(50)))
+        async with AsyncSession(engine) as s:
+            names = (await s.scalars(select(User.name))).all()
+            assert len(names) == 50
+            nested = await s.begin_nested()
+            s.add(User(name="gone"))
+            await nested.rollback()
+            await s.commit()
+            assert await s.scalar(select(sqlalchemy.func.count()).select_from(User)) == 50
+        await engine.dispose()
+
+    asyncio.run(main())
+
+
+def test_begin_immediate_from_the_url(daemon):
+    """?begin=immediate: a read-then-write session never conflicts, even
+    with other writers committing in between."""
+    e = create_engine(f"sqlite+nexusd://?socket={daemon.socket}&begin=immediate")
+    Base.metadata.create_all(e)
+    other = create_engine(f"sqlite+nexusd://?socket={daemon.socket}",
+                          isolation_level="AUTOCOMMIT")
+    with Session(e) as s:
+        assert s.scalar(select(sqlalchemy.func.count()).select_from(User)) == 0
+        done = threading.Event()
+
+        def write_meanwhile():
+            with other.connect() as conn:
+                conn.execute(text("INSERT INTO users(name) VALUES ('other')"))
+            done.set()
+
+        t = threading.Thread(target=write_meanwhile)
+        t.start()
+        s.add(User(name="mine"))
+        s.commit()
+        t.join()
+    assert done.is_set()
+    with e.connect() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM users")) == 2
+    with pytest.raises(ValueError, match="begin=sometimes"):
+        create_engine(f"sqlite+nexusd://?socket={daemon.socket}&begin=sometimes").connect()
+    e.dispose()
+    other.dispose()
