@@ -9,7 +9,7 @@ import pytest
 sqlalchemy = pytest.importorskip("sqlalchemy")
 
 from sqlalchemy import (  # noqa: E402
-    Column, ForeignKey, Integer, String, create_engine, event, inspect, select, text,
+    Column, ForeignKey, Integer, String, create_engine, inspect, select, text,
 )
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine  # noqa: E402
 from sqlalchemy.orm import DeclarativeBase, Session, relationship  # noqa: E402
