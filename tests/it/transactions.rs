@@ -300,6 +300,14 @@ fn a_deferred_transaction_conflicts_only_when_a_commit_came_between() {
         tx.commit().await.expect("commit");
         let rows = a.query("SELECT x FROM t", params![]).await.expect("rows");
         assert_eq!(rows.len(), 4);
+        // Each end is counted once, where it happened.
+        let metrics = a.metrics().await.expect("metrics");
+        for line in [
+            "nexusd_transactions_total{end=\"conflict\"} 1",
+            "nexusd_transactions_total{end=\"commit\"} 2",
+        ] {
+            assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+        }
     });
 }
 

@@ -222,11 +222,7 @@ impl Engine {
     ) -> ResponseBody {
         let txns = &self.transactions;
         txns.busy(id, true);
-        let ending = match op {
-            TxnOp::Commit => Some(true),
-            TxnOp::Rollback => Some(false),
-            _ => None,
-        };
+        let ending = matches!(op, TxnOp::Commit | TxnOp::Rollback);
         let mut route = txns.route(id, client_id, op);
         if let Route::Snapshot(op) = route {
             // Blocking: SQLite runs on the transaction's own connection.
@@ -262,7 +258,7 @@ impl Engine {
             }
         };
         txns.busy(id, false);
-        self.count_txn_answer(id, ending, &body);
+        self.forget_if_over(id, ending, &body);
         body
     }
 
@@ -304,32 +300,18 @@ impl Engine {
             .unwrap_or_else(|_| ResponseBody::Error(self.transactions.end_reason(id)))
     }
 
-    /// Counts how a transaction's request ended it, and forgets a
-    /// transaction that is over.
-    fn count_txn_answer(&self, id: u64, ending: Option<bool>, body: &ResponseBody) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let stats = &self.transactions.stats;
-        match body {
-            ResponseBody::Error(e) if e.kind == ErrorKind::Conflict => {
-                stats.conflicts.fetch_add(1, Relaxed);
-                self.transactions.forget(id);
+    /// Forgets a transaction its request ended: committed, rolled back,
+    /// or over (its end was counted where it ended).
+    fn forget_if_over(&self, id: u64, ending: bool, body: &ResponseBody) {
+        let over = match body {
+            ResponseBody::Error(e) => {
+                matches!(e.kind, ErrorKind::Conflict | ErrorKind::TransactionExpired)
             }
-            ResponseBody::Error(e) if e.kind == ErrorKind::TransactionExpired => {
-                if e.message.contains("rolled back by SQLite") {
-                    stats.aborted.fetch_add(1, Relaxed);
-                }
-                self.transactions.forget(id);
-            }
-            ResponseBody::Ok if ending.is_some() => {
-                let counter = if ending == Some(true) {
-                    &stats.commits
-                } else {
-                    &stats.rollbacks
-                };
-                counter.fetch_add(1, Relaxed);
-                self.transactions.forget(id);
-            }
-            _ => {}
+            ResponseBody::Ok => ending,
+            _ => false,
+        };
+        if over {
+            self.transactions.forget(id);
         }
     }
 }

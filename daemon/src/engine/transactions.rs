@@ -81,13 +81,30 @@ pub(crate) enum End {
     Conflict,
     /// Its first write waited for the writer past its deadline.
     NotStarted,
+    /// Its connection closed; nobody is left to ask why.
+    ConnectionClosed,
+}
+
+impl End {
+    /// The counter of `nexusd_transactions_total{end}` this end adds to.
+    fn counter<'s>(&self, stats: &'s TxnStats) -> &'s AtomicU64 {
+        match self {
+            End::Committed => &stats.commits,
+            End::RolledBack => &stats.rollbacks,
+            End::Expired { .. } | End::NotStarted => &stats.expired,
+            End::ByOperator => &stats.by_operator,
+            End::Aborted(_) => &stats.aborted,
+            End::Conflict => &stats.conflicts,
+            End::ConnectionClosed => &stats.closed,
+        }
+    }
 }
 
 impl End {
     /// The error for a request on a transaction that ended this way.
     pub(crate) fn error(&self, id: u64) -> ErrorBody {
         match self {
-            End::Committed | End::RolledBack => ErrorBody::new(
+            End::Committed | End::RolledBack | End::ConnectionClosed => ErrorBody::new(
                 ErrorKind::InvalidArgument,
                 format!(
                     "transaction {id} has already {}; begin a new one",
@@ -188,6 +205,8 @@ pub(crate) struct Txn {
     /// True once the writer holds it (immediate, or moved over).
     holding_writer: AtomicBool,
     state: Mutex<State>,
+    /// Where its end is counted, whoever ends it.
+    stats: Arc<TxnStats>,
 }
 
 impl Txn {
@@ -202,8 +221,8 @@ impl Txn {
         self.touch();
     }
 
-    /// Ends it, unless it already ended. Dropping its connection or its
-    /// channel rolls back whatever it holds.
+    /// Ends it, unless it already ended, and counts how. Dropping its
+    /// connection or its channel rolls back whatever it holds.
     pub(crate) fn end(&self, end: End) -> bool {
         let Ok(mut state) = self.state.lock() else {
             return false;
@@ -211,6 +230,7 @@ impl Txn {
         if matches!(*state, State::Ended(_)) {
             return false;
         }
+        end.counter(&self.stats).fetch_add(1, Ordering::Relaxed);
         *state = State::Ended(end);
         true
     }
@@ -276,7 +296,7 @@ pub(crate) struct Transactions {
     writer: Arc<WriterStats>,
     open: Mutex<HashMap<u64, Arc<Txn>>>,
     next_id: AtomicU64,
-    pub(crate) stats: TxnStats,
+    pub(crate) stats: Arc<TxnStats>,
     db_path: PathBuf,
     max_result_bytes: usize,
 }
@@ -301,7 +321,7 @@ impl Transactions {
             writer,
             open: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
-            stats: TxnStats::default(),
+            stats: Arc::default(),
             db_path,
             max_result_bytes,
         }
@@ -342,6 +362,7 @@ impl Transactions {
             statements: AtomicU64::new(0),
             holding_writer: AtomicBool::new(false),
             state: Mutex::new(state),
+            stats: self.stats.clone(),
         });
         if let Ok(mut open) = self.open.lock() {
             open.insert(txn.id, txn.clone());
@@ -623,8 +644,7 @@ impl Transactions {
             Err(_) => Vec::new(),
         };
         for txn in mine {
-            if txn.end(End::RolledBack) {
-                self.stats.closed.fetch_add(1, Ordering::Relaxed);
+            if txn.end(End::ConnectionClosed) {
                 tracing::info!(
                     txn = txn.id,
                     client = txn.owner.client_name,
@@ -639,7 +659,6 @@ impl Transactions {
         let txn = self.open.lock().ok().and_then(|m| m.get(&id).cloned());
         match txn {
             Some(txn) if txn.end(End::ByOperator) => {
-                self.stats.by_operator.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     txn = id,
                     client = txn.owner.client_name,
@@ -692,7 +711,6 @@ impl Transactions {
                 continue;
             };
             if txn.end(end.clone()) {
-                self.stats.expired.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     txn = txn.id,
                     client = txn.owner.client_name,

@@ -6,7 +6,7 @@
 //! one `COMMIT`. A request is answered only after that COMMIT returned, so an
 //! acknowledged write is durable. A lone request waits for nothing.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,33 +63,67 @@ pub(crate) enum WriterAdmin {
 
 /// The daemon's own statements. Each runs as its text plus a comment with a
 /// nonce drawn at start (see `own_statements`).
-const OWN_STATEMENTS: &[&str] = &[
-    "BEGIN IMMEDIATE",
-    "COMMIT",
-    "ROLLBACK",
-    "SAVEPOINT req",
-    "RELEASE req",
-    "ROLLBACK TO req",
-    "SAVEPOINT nexusd_batch",
-    "RELEASE nexusd_batch",
-    "ROLLBACK TO nexusd_batch",
-    "VACUUM",
-    "PRAGMA optimize",
-];
+#[derive(Debug, Clone, Copy)]
+enum Own {
+    Begin,
+    Commit,
+    Rollback,
+    Savepoint,
+    Release,
+    RollbackTo,
+    BatchSavepoint,
+    BatchRelease,
+    BatchRollbackTo,
+    Vacuum,
+    Optimize,
+}
+
+impl Own {
+    const ALL: [Own; 11] = [
+        Own::Begin,
+        Own::Commit,
+        Own::Rollback,
+        Own::Savepoint,
+        Own::Release,
+        Own::RollbackTo,
+        Own::BatchSavepoint,
+        Own::BatchRelease,
+        Own::BatchRollbackTo,
+        Own::Vacuum,
+        Own::Optimize,
+    ];
+
+    fn sql(self) -> &'static str {
+        match self {
+            Own::Begin => "BEGIN IMMEDIATE",
+            Own::Commit => "COMMIT",
+            Own::Rollback => "ROLLBACK",
+            Own::Savepoint => "SAVEPOINT req",
+            Own::Release => "RELEASE req",
+            Own::RollbackTo => "ROLLBACK TO req",
+            Own::BatchSavepoint => "SAVEPOINT nexusd_batch",
+            Own::BatchRelease => "RELEASE nexusd_batch",
+            Own::BatchRollbackTo => "ROLLBACK TO nexusd_batch",
+            Own::Vacuum => "VACUUM",
+            Own::Optimize => "PRAGMA optimize",
+        }
+    }
+}
 
 /// The authorizer runs when a statement is prepared, and the prepared
 /// statement cache is keyed by text: a client statement with the same text
 /// as one of the daemon's own would reuse the daemon's, authorized when the
 /// daemon prepared it, and could COMMIT a group from inside it. So the
-/// daemon's own texts carry a random nonce no client can send.
-fn own_statements() -> HashMap<&'static str, String> {
+/// daemon's own texts carry a random nonce no client can send. Indexed by
+/// `Own`.
+fn own_statements() -> Vec<String> {
     use std::hash::{BuildHasher, Hasher};
     let nonce = std::collections::hash_map::RandomState::new()
         .build_hasher()
         .finish();
-    OWN_STATEMENTS
+    Own::ALL
         .iter()
-        .map(|sql| (*sql, format!("{sql} /* nexusd {nonce:016x} */")))
+        .map(|own| format!("{} /* nexusd {nonce:016x} */", own.sql()))
         .collect()
 }
 
@@ -375,8 +409,8 @@ struct Writer {
     /// Sends replies once their commit is durable; `None` under
     /// `synchronous=normal`, where a reply goes as soon as COMMIT returns.
     syncer: Option<Syncer>,
-    /// The daemon's own statements, by their plain text.
-    own: HashMap<&'static str, String>,
+    /// The daemon's own statements' texts, indexed by `Own`.
+    own: Vec<String>,
     gate: CheckpointGate,
     /// Frames in the WAL after the last commit (from SQLite's WAL hook);
     /// reset when a checkpoint starts the WAL over.
@@ -449,7 +483,7 @@ impl Writer {
             },
             WriterAdmin::Vacuum => {
                 let before = db::file_size(&self.config.path);
-                match self.exec_own("VACUUM") {
+                match self.exec_own(Own::Vacuum) {
                     Ok(()) => ResponseBody::Text(format!(
                         "{}vacuumed: database file {} -> {} bytes (the WAL holds the change \
                          until the next checkpoint)",
@@ -460,7 +494,7 @@ impl Writer {
                     Err(e) => ResponseBody::Error(own_statement_error("VACUUM", &e)),
                 }
             }
-            WriterAdmin::Optimize => match self.exec_own("PRAGMA optimize") {
+            WriterAdmin::Optimize => match self.exec_own(Own::Optimize) {
                 Ok(()) => ResponseBody::Text(format!(
                     "{}optimized (PRAGMA optimize)",
                     self.bump_commit_seq()
@@ -555,7 +589,7 @@ impl Writer {
     /// the transaction time limit.
     fn run_batch(&mut self) {
         let started = Instant::now();
-        if let Err(e) = self.exec_own("BEGIN IMMEDIATE") {
+        if let Err(e) = self.exec_own(Own::Begin) {
             let body = not_applied(own_statement_error("BEGIN IMMEDIATE", &e));
             tracing::error!(error = %e, "could not begin a write transaction");
             for job in self.pending.drain(..) {
@@ -601,7 +635,7 @@ impl Writer {
                 }
             }
         }
-        match self.exec_own("COMMIT") {
+        match self.exec_own(Own::Commit) {
             Ok(()) => {
                 if !done.is_empty() {
                     self.bump_commit_seq();
@@ -619,7 +653,7 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, requests = done.len(), "COMMIT failed; the batch is rolled back");
                 if !self.conn.is_autocommit() {
-                    let _ = self.exec_own("ROLLBACK");
+                    let _ = self.exec_own(Own::Rollback);
                 }
                 let body = not_applied(own_statement_error("COMMIT", &e));
                 for d in done {
@@ -631,7 +665,7 @@ impl Writer {
 
     /// Runs one job inside a savepoint of its own.
     fn run_job(&mut self, job: &WriteJob) -> Result<ResponseBody, ErrorBody> {
-        self.exec_own("SAVEPOINT req").map_err(|e| {
+        self.exec_own(Own::Savepoint).map_err(|e| {
             let mut body = own_statement_error("SAVEPOINT", &e);
             body.message.push_str("; this request was not run");
             body
@@ -665,11 +699,11 @@ impl Writer {
         }
         match &result {
             Ok(_) => self
-                .exec_own("RELEASE req")
+                .exec_own(Own::Release)
                 .map_err(|e| own_statement_error("RELEASE", &e))?,
             Err(_) => {
-                self.exec_own("ROLLBACK TO req")
-                    .and_then(|()| self.exec_own("RELEASE req"))
+                self.exec_own(Own::RollbackTo)
+                    .and_then(|()| self.exec_own(Own::Release))
                     .map_err(|e| own_statement_error("ROLLBACK TO", &e))?;
             }
         }
@@ -778,7 +812,7 @@ impl Writer {
             let _ = reply.send(ResponseBody::Error(conflict(txn.id)));
             return;
         }
-        if let Err(e) = self.exec_own("BEGIN IMMEDIATE") {
+        if let Err(e) = self.exec_own(Own::Begin) {
             let body = not_applied(own_statement_error("BEGIN IMMEDIATE", &e));
             txn.end(End::Aborted(body.message.clone()));
             let _ = reply.send(ResponseBody::Error(body));
@@ -810,7 +844,7 @@ impl Writer {
                     // Ended from outside: its lease, its connection, or an
                     // operator. Whoever ended it recorded why.
                     if !self.conn.is_autocommit() {
-                        let _ = self.exec_own("ROLLBACK");
+                        let _ = self.exec_own(Own::Rollback);
                     }
                     open = false;
                 }
@@ -863,7 +897,7 @@ impl Writer {
             TxnOp::Batch(stmts) => self.txn_batch(stmts, &limits),
             TxnOp::Commit => {
                 let started = Instant::now();
-                match self.exec_own("COMMIT") {
+                match self.exec_own(Own::Commit) {
                     Ok(()) => {
                         self.bump_commit_seq();
                         self.stats.writes_committed.fetch_add(1, Ordering::Relaxed);
@@ -876,7 +910,7 @@ impl Writer {
                     }
                     Err(e) => {
                         if !self.conn.is_autocommit() {
-                            let _ = self.exec_own("ROLLBACK");
+                            let _ = self.exec_own(Own::Rollback);
                         }
                         let body = not_applied(own_statement_error("COMMIT", &e));
                         txn.end(End::Aborted(body.message.clone()));
@@ -886,7 +920,7 @@ impl Writer {
                 }
             }
             TxnOp::Rollback => {
-                let _ = self.exec_own("ROLLBACK");
+                let _ = self.exec_own(Own::Rollback);
                 txn.end(End::RolledBack);
                 let _ = reply.send(ResponseBody::Ok);
                 return false;
@@ -920,17 +954,17 @@ impl Writer {
         stmts: &[Statement],
         limits: &StatementLimits,
     ) -> Result<ResponseBody, ErrorBody> {
-        self.exec_own("SAVEPOINT nexusd_batch")
+        self.exec_own(Own::BatchSavepoint)
             .map_err(|e| own_statement_error("SAVEPOINT", &e))?;
         let result = self.run_statements(stmts, Scope::Transaction, limits);
         if self.conn.is_autocommit() {
             return result;
         }
         let end = match &result {
-            Ok(_) => self.exec_own("RELEASE nexusd_batch"),
+            Ok(_) => self.exec_own(Own::BatchRelease),
             Err(_) => self
-                .exec_own("ROLLBACK TO nexusd_batch")
-                .and_then(|()| self.exec_own("RELEASE nexusd_batch")),
+                .exec_own(Own::BatchRollbackTo)
+                .and_then(|()| self.exec_own(Own::BatchRelease)),
         };
         end.map_err(|e| own_statement_error("closing the batch's savepoint", &e))?;
         result
@@ -938,12 +972,11 @@ impl Writer {
 
     /// Runs one of the daemon's own statements, outside the guard, from
     /// the statement cache under its nonced text.
-    fn exec_own(&self, sql: &'static str) -> rusqlite::Result<()> {
-        match self.own.get(sql) {
-            Some(text) => self.conn.prepare_cached(text)?.execute([]).map(|_| ()),
-            // Not in the list: prepared afresh, so never shared.
-            None => self.conn.execute_batch(sql),
-        }
+    fn exec_own(&self, own: Own) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached(&self.own[own as usize])?
+            .execute([])
+            .map(|_| ())
     }
 
     /// Checkpoints and truncates the WAL so the file stands alone.
