@@ -5,7 +5,9 @@
 #      from several processes) and doc tests;
 #   2. the Python package built from python/ (maturin, fetched by pip as its
 #      build backend) and installed, then its pytest suite against the same
-#      daemon binary.
+#      daemon binary;
+#   3. SQLAlchemy's dialect compliance suite, against a daemon per dialect
+#      (python/compliance/run.sh).
 #
 # Prints "tests: N passed, M failed" last; exits non-zero if anything failed.
 set -uo pipefail
@@ -32,22 +34,38 @@ if [ "${PIPESTATUS[0]}" != 0 ]; then
     echo "test.sh: could not build and install the Python package from python/" >&2
     py_status=1
 fi
+installed=0
 if [ "$py_status" = 0 ]; then
+    installed=1
     # From outside the source tree, so that the installed package is tested.
     (cd "$logs" && NEXUSD_BIN="$OLDPWD/target/debug/nexusd" \
         python3 -m pytest -q -p no:cacheprovider "$OLDPWD/python/tests") 2>&1 | tee "$logs/python"
     py_status=${PIPESTATUS[0]}
 fi
 
+echo "== SQLAlchemy's dialect compliance suite, both dialects"
+: > "$logs/compliance"
+if [ "$installed" = 1 ]; then
+    NEXUSD_BIN="$PWD/target/debug/nexusd" bash python/compliance/run.sh 2>&1 | tee "$logs/compliance"
+    compliance_status=${PIPESTATUS[0]}
+else
+    compliance_status=1
+fi
+
 # cargo prints a summary per test binary; pytest one line at the end.
 rust_count() { awk -v w="$1" '/^test result:/ { for (i = 1; i < NF; i++) if ($(i + 1) ~ "^" w) n += $i } END { print n + 0 }' "$logs/rust"; }
 py_count() { grep -Eo "[0-9]+ $1" "$logs/python" 2>/dev/null | tail -1 | awk '{ print $1 + 0 }'; }
-passed=$(( $(rust_count passed) + $(py_count passed || echo 0) ))
-failed=$(( $(rust_count failed) + $(py_count failed || echo 0) + $(py_count error || echo 0) ))
+# run.sh prints "compliance <dialect>: N passed, N skipped, N failed".
+suite_count() { awk -v w="$1" '/^compliance / { for (i = 1; i < NF; i++) if ($(i + 1) ~ "^" w) n += $i } END { print n + 0 }' "$logs/compliance"; }
+passed=$(( $(rust_count passed) + $(py_count passed || echo 0) + $(suite_count passed) ))
+failed=$(( $(rust_count failed) + $(py_count failed || echo 0) + $(py_count error || echo 0) + $(suite_count failed) ))
 if [ "$py_status" != 0 ] && [ "$failed" = 0 ]; then
     failed=1  # the Python suite did not run to a verdict
 fi
+if [ "$compliance_status" != 0 ] && [ "$(suite_count failed)" = 0 ]; then
+    failed=$((failed + 1))  # the compliance suite did not run to a verdict
+fi
 echo "tests: ${passed} passed, ${failed} failed"
-if [ "$rust_status" != 0 ] || [ "$py_status" != 0 ]; then
+if [ "$rust_status" != 0 ] || [ "$py_status" != 0 ] || [ "$compliance_status" != 0 ]; then
     exit 1
 fi

@@ -7,11 +7,15 @@ ORM behave as on SQLite; what changes is underneath:
 - ``?socket=/path`` picks the daemon (default: as ``nexusd.connect()``);
   ``?timeout=SECONDS`` and ``?client_name=NAME`` pass through.
 - SQLAlchemy's transactions are the daemon's interactive ones: the dialect
-  emits BEGIN itself (deferred, or ``BEGIN IMMEDIATE`` with
-  ``?begin=immediate`` in the URL, which holds the writer from the first
-  statement and so never conflicts), so ``begin_nested()`` runs on real
-  savepoints, and ``isolation_level="AUTOCOMMIT"`` works at the engine and
-  the connection level.
+  sends BEGIN itself, with a transaction's first statement. By default it
+  is ``BEGIN IMMEDIATE``: the transaction holds the writer from its first
+  statement, so a read-then-write (check-then-insert) is serialized and
+  never fails with a conflict. ``?begin=deferred`` reads from a snapshot
+  until the first write instead, as SQLite's default does, and a write
+  after another client's commit then fails with ``nexusd.Conflict``.
+  ``begin_nested()`` runs on real savepoints, and
+  ``isolation_level="AUTOCOMMIT"`` works at the engine and the connection
+  level.
 - The pool never runs dry: its overflow is unbounded, since a pooled
   connection costs no socket (every connection of a process shares one).
 - REGEXP and the other Python functions pysqlite registers on each
@@ -51,6 +55,11 @@ class NexusdAsyncPool(pool.AsyncAdaptedQueuePool):
         super().__init__(creator, pool_size=pool_size, max_overflow=max_overflow, **kw)
 
 
+def _raw(connection: Any) -> Any:
+    """The DB-API connection under a pool's proxy."""
+    return getattr(connection, "dbapi_connection", None) or connection
+
+
 def _connect_args(url) -> dict:
     query = dict(url.query)
     query.pop("begin", None)  # the dialect's own
@@ -88,7 +97,7 @@ class NexusdDialect(SQLiteDialect_pysqlite):
         return NexusdPool
 
     def create_connect_args(self, url: Any) -> Any:
-        begin = url.query.get("begin", "deferred").upper()
+        begin = url.query.get("begin", "immediate").upper()
         if begin not in ("DEFERRED", "IMMEDIATE", "EXCLUSIVE"):
             raise ValueError(f"begin={begin.lower()} is not deferred, immediate or exclusive")
         self._begin = f"BEGIN {begin}"
@@ -104,9 +113,42 @@ class NexusdDialect(SQLiteDialect_pysqlite):
             dbapi_connection._sa_autocommit = False
         return setup
 
+    # SQLAlchemy begins a transaction when a connection is first used; the
+    # dialect sends BEGIN with the transaction's first statement instead, as
+    # pysqlite does, so that a transaction that has run nothing yet holds
+    # nothing: with BEGIN IMMEDIATE, a Session opened early must not keep
+    # the writer from another connection of the same thread.
+
     def do_begin(self, dbapi_connection: Any) -> None:
-        if not getattr(dbapi_connection, "_sa_autocommit", False):
-            dbapi_connection.execute(getattr(self, "_begin", "BEGIN"))
+        raw = _raw(dbapi_connection)
+        if not getattr(raw, "_sa_autocommit", False):
+            raw._sa_begin_pending = True
+
+    def _begin_pending(self, cursor: Any) -> None:
+        raw = getattr(cursor, "_adapt_connection", None) or cursor.connection
+        if getattr(raw, "_sa_begin_pending", False):
+            raw._sa_begin_pending = False
+            cursor.execute(getattr(self, "_begin", "BEGIN IMMEDIATE"))
+
+    def do_execute(self, cursor: Any, statement: Any, parameters: Any, context: Any = None) -> None:
+        self._begin_pending(cursor)
+        cursor.execute(statement, parameters)
+
+    def do_execute_no_params(self, cursor: Any, statement: Any, context: Any = None) -> None:
+        self._begin_pending(cursor)
+        cursor.execute(statement)
+
+    def do_executemany(self, cursor: Any, statement: Any, parameters: Any, context: Any = None) -> None:
+        self._begin_pending(cursor)
+        cursor.executemany(statement, parameters)
+
+    def do_commit(self, dbapi_connection: Any) -> None:
+        _raw(dbapi_connection)._sa_begin_pending = False
+        super().do_commit(dbapi_connection)
+
+    def do_rollback(self, dbapi_connection: Any) -> None:
+        _raw(dbapi_connection)._sa_begin_pending = False
+        super().do_rollback(dbapi_connection)
 
     def get_isolation_level(self, dbapi_connection: Any) -> str:
         return "AUTOCOMMIT" if getattr(dbapi_connection, "_sa_autocommit", False) \
@@ -120,6 +162,7 @@ class NexusdDialect(SQLiteDialect_pysqlite):
         if autocommit and dbapi_connection.in_transaction:
             dbapi_connection.commit()
         dbapi_connection._sa_autocommit = autocommit
+        dbapi_connection._sa_begin_pending = False
 
     def detect_autocommit_setting(self, dbapi_conn: Any) -> bool:
         return getattr(dbapi_conn, "_sa_autocommit", False)

@@ -141,3 +141,16 @@ def test_closed_connection_refuses(daemon):
 def test_connect_to_nothing_is_a_clear_error(tmp_path):
     with pytest.raises(nexusd.OperationalError, match="is the daemon running"):
         nexusd.connect(str(tmp_path / "absent.sock"))
+
+
+def test_temp_objects_are_refused_and_say_why(conn):
+    # Every client shares the daemon's connections: a TEMP table would be
+    # every client's. The refusal names the object and what to do instead.
+    for sql in ("CREATE TEMP TABLE scratch(a)", "CREATE TEMP VIEW v AS SELECT 1",
+                "CREATE TABLE temp.scratch(a)"):
+        with pytest.raises(nexusd.OperationalError) as e:
+            conn.execute(sql)
+        assert "is refused" in str(e.value) and "ordinary" in str(e.value), str(e.value)
+    with conn:
+        conn.execute("INSERT INTO t(name) VALUES ('still-usable')")
+    assert conn.execute("SELECT count(*) FROM sqlite_temp_master").fetchone() == (0,)

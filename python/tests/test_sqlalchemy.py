@@ -6,6 +6,8 @@ import threading
 
 import pytest
 
+import nexusd
+
 sqlalchemy = pytest.importorskip("sqlalchemy")
 
 from sqlalchemy import (  # noqa: E402
@@ -148,10 +150,11 @@ def test_async_engine_orm_and_concurrency(daemon):
     asyncio.run(main())
 
 
-def test_begin_immediate_from_the_url(daemon):
-    """?begin=immediate: a read-then-write session never conflicts, even
-    with other writers committing in between."""
-    e = create_engine(f"sqlite+nexusd://?socket={daemon.socket}&begin=immediate")
+def test_transactions_begin_immediate_by_default_and_deferred_on_request(daemon):
+    """The default: a read-then-write session never conflicts, even with
+    other writers committing in between. ?begin=deferred reads a snapshot,
+    and its write after another's commit is a Conflict."""
+    e = create_engine(f"sqlite+nexusd://?socket={daemon.socket}")
     Base.metadata.create_all(e)
     other = create_engine(f"sqlite+nexusd://?socket={daemon.socket}",
                           isolation_level="AUTOCOMMIT")
@@ -172,7 +175,34 @@ def test_begin_immediate_from_the_url(daemon):
     assert done.is_set()
     with e.connect() as conn:
         assert conn.scalar(text("SELECT count(*) FROM users")) == 2
+
+    deferred = create_engine(f"sqlite+nexusd://?socket={daemon.socket}&begin=deferred")
+    with Session(deferred) as s:
+        assert s.scalar(select(sqlalchemy.func.count()).select_from(User)) == 2
+        with other.connect() as conn:
+            conn.execute(text("INSERT INTO users(name) VALUES ('between')"))
+        s.add(User(name="late"))
+        with pytest.raises(sqlalchemy.exc.OperationalError) as err:
+            s.commit()
+        assert isinstance(err.value.orig, nexusd.Conflict)
     with pytest.raises(ValueError, match="begin=sometimes"):
         create_engine(f"sqlite+nexusd://?socket={daemon.socket}&begin=sometimes").connect()
+    for engine in (e, other, deferred):
+        engine.dispose()
+
+
+def test_a_transaction_holds_nothing_before_its_first_statement(daemon):
+    """SQLAlchemy begins when a connection is first used; BEGIN IMMEDIATE
+    goes out with the first statement, so a connection opened early does
+    not keep the writer from another connection of the same thread."""
+    e = create_engine(f"sqlite+nexusd://?socket={daemon.socket}&timeout=3")
+    Base.metadata.create_all(e)
+    with e.connect() as early:
+        early.begin()
+        with e.begin() as conn:  # would wait out the lease if early held the writer
+            conn.execute(text("INSERT INTO users(name) VALUES ('second')"))
+        early.execute(text("INSERT INTO users(name) VALUES ('first')"))
+        early.commit()
+    with e.connect() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM users")) == 2
     e.dispose()
-    other.dispose()

@@ -196,6 +196,28 @@ fn refusal(ctx: &AuthContext<'_>, scope: Scope) -> Option<Refusal> {
         AuthAction::Detach { database_name } => refused(format!(
             "DETACH {database_name} is refused: a nexusd daemon serves only its own database file"
         )),
+        // `CREATE TABLE temp.x` is authorized as an ordinary CREATE in
+        // database "temp".
+        AuthAction::CreateTable { table_name } if in_temp(ctx) => {
+            refused(temp_refusal("TABLE", table_name))
+        }
+        AuthAction::CreateView { view_name } if in_temp(ctx) => {
+            refused(temp_refusal("VIEW", view_name))
+        }
+        AuthAction::CreateTrigger { trigger_name, .. } if in_temp(ctx) => {
+            refused(temp_refusal("TRIGGER", trigger_name))
+        }
+        AuthAction::CreateIndex { index_name, .. } if in_temp(ctx) => {
+            refused(temp_refusal("INDEX", index_name))
+        }
+        AuthAction::CreateTempTable { table_name } => refused(temp_refusal("TABLE", table_name)),
+        AuthAction::CreateTempView { view_name } => refused(temp_refusal("VIEW", view_name)),
+        AuthAction::CreateTempTrigger { trigger_name, .. } => {
+            refused(temp_refusal("TRIGGER", trigger_name))
+        }
+        AuthAction::CreateTempIndex { index_name, .. } => {
+            refused(temp_refusal("INDEX", index_name))
+        }
         AuthAction::Pragma {
             pragma_name,
             pragma_value,
@@ -221,6 +243,21 @@ fn refusal(ctx: &AuthContext<'_>, scope: Scope) -> Option<Refusal> {
         }
         _ => None,
     }
+}
+
+fn in_temp(ctx: &AuthContext<'_>) -> bool {
+    ctx.database_name
+        .is_some_and(|db| db.eq_ignore_ascii_case("temp"))
+}
+
+/// Why a TEMP object is refused: the connection it would live on is shared.
+fn temp_refusal(kind: &str, name: &str) -> String {
+    format!(
+        "CREATE TEMP {kind} {name} is refused: every client shares the daemon's connections, so a \
+         temporary object would be seen by, and act on, every other client's statements, and \
+         vanish at the daemon's restart. Create an ordinary {kind} (and drop it when done), or \
+         use a WITH clause for a scratch result"
+    )
 }
 
 /// Reading pragmas whose argument would instead set something.

@@ -497,6 +497,81 @@ mod tests {
     }
 
     #[test]
+    fn refuses_temp_objects_in_every_client_scope() {
+        let (_dir, conn, guard) = open();
+        run_statement(
+            &conn,
+            &guard,
+            Scope::Request,
+            &stmt("CREATE TABLE t(a)"),
+            Want::Changes,
+            &limits(),
+        )
+        .expect("create");
+        for scope in [Scope::Request, Scope::Transaction] {
+            for (sql, kind) in [
+                ("CREATE TEMP TABLE scratch(a)", "TABLE scratch"),
+                (
+                    "CREATE TEMPORARY TABLE scratch AS SELECT 1",
+                    "TABLE scratch",
+                ),
+                ("CREATE TABLE temp.scratch(a)", "TABLE scratch"),
+                ("CREATE TEMP VIEW v AS SELECT 1", "VIEW v"),
+                (
+                    "CREATE TEMP TRIGGER tr AFTER INSERT ON t BEGIN SELECT 1; END",
+                    "TRIGGER tr",
+                ),
+            ] {
+                let err =
+                    match run_statement(&conn, &guard, scope, &stmt(sql), Want::Changes, &limits())
+                    {
+                        Err(e) => e,
+                        Ok(_) => panic!("{sql} was allowed in {scope:?}"),
+                    };
+                assert_eq!(err.kind, ErrorKind::Refused, "{sql}: {err:?}");
+                assert!(
+                    err.message
+                        .contains(&format!("CREATE TEMP {kind} is refused"))
+                        && err.message.contains("every client shares"),
+                    "{sql}: {}",
+                    err.message
+                );
+            }
+        }
+        let temps: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_temp_master", [], |r| r.get(0))
+            .expect("temp schema");
+        assert_eq!(temps, 0, "a refused TEMP object was created");
+    }
+
+    #[test]
+    fn has_sqlites_math_functions() {
+        // As the sqlite3 module of most Python builds has them (see
+        // .cargo/config.toml).
+        let (_dir, conn, guard) = open();
+        let out = run_statement(
+            &conn,
+            &guard,
+            Scope::Request,
+            &stmt("SELECT floor(5.52 / 2.4), sqrt(16.0), pow(2, 10)"),
+            Want::Rows,
+            &limits(),
+        )
+        .expect("math functions");
+        let Output::Rows(out) = out else {
+            panic!("not rows")
+        };
+        assert_eq!(
+            out.rows,
+            vec![vec![
+                Value::Real(2.0),
+                Value::Real(4.0),
+                Value::Real(1024.0)
+            ]]
+        );
+    }
+
+    #[test]
     fn allows_reading_pragmas() {
         let (_dir, conn, guard) = open();
         run_statement(
