@@ -23,11 +23,13 @@ rust_status=${PIPESTATUS[0]}
 echo "== the Python package and its tests"
 py_status=0
 # What the Python suite runs with: pytest, SQLAlchemy (with asyncio) for the
-# dialects, Alembic for the migration test. maturin comes in through pip as
-# the package's build backend.
-if ! python3 -c "import pytest, sqlalchemy, greenlet, alembic" >/dev/null 2>&1; then
+# dialects, Alembic for the migration test, FastAPI, uvicorn and aiosqlite
+# for the example apps. maturin comes in through pip as the package's build
+# backend.
+if ! python3 -c "import pytest, sqlalchemy, greenlet, alembic, fastapi, uvicorn, aiosqlite" \
+        >/dev/null 2>&1; then
     python3 -m pip install --quiet --root-user-action=ignore \
-        pytest "sqlalchemy[asyncio]>=2.0" alembic
+        pytest "sqlalchemy[asyncio]>=2.0" alembic fastapi uvicorn aiosqlite
 fi
 python3 -m pip install --quiet --root-user-action=ignore ./python 2>&1 | tee "$logs/pip"
 if [ "${PIPESTATUS[0]}" != 0 ]; then
