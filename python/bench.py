@@ -13,8 +13,9 @@ point reads by primary key) it runs, one after the other:
 - aio:     one process, TASKS asyncio tasks on one nexusd.aio connection.
 
 Then the binding's cost per call: one thread doing point reads one at a
-time through nexusd (Python), against `nexusd bench` doing the same through
-the Rust client, on the same daemon.
+time through nexusd (Python), against the blocking Rust client
+(client/examples/round_trip.rs, built with cargo) doing the same from one
+thread, interleaved on the same daemon; the async Rust client beside them.
 
 It starts its own daemon on a temp dir (synchronous=full) and prints a
 table, or JSON with --json.
@@ -143,25 +144,45 @@ def run_aio(socket, workload, tasks, duration) -> dict:
             "errors": errors, "p50_ms": p50, "p99_ms": p99, "max_ms": mx}
 
 
-def per_call(socket, nexusd_bin, calls=3000) -> dict:
-    """One thread, one call at a time: Python's mean round trip against the
-    Rust client's (`nexusd bench`), on the same daemon."""
+def _round_trip_example() -> str:
+    """Builds the blocking Rust client's round-trip example (client/examples)."""
+    root = pathlib.Path(_here).parent
+    subprocess.run(["cargo", "build", "--quiet", "--release", "-p", "nexusd-client",
+                    "--example", "round_trip"], cwd=root, check=True)
+    return str(root / "target" / "release" / "examples" / "round_trip")
+
+
+def per_call(socket, nexusd_bin, calls=10000, rounds=5) -> dict:
+    """One thread, one point read at a time: Python's mean round trip
+    against the blocking Rust client's (the same threading: the calling
+    thread waits and reads its own reply), interleaved over ROUNDS rounds
+    on the same daemon; the medians are compared. The async Rust client
+    (`nexusd bench`, one client) is reported beside them."""
     import nexusd
 
+    example = _round_trip_example()
     conn = nexusd.connect(socket, isolation_level=None)
+    sql = "SELECT payload FROM bench WHERE id = ?"
     for i in range(200):
-        conn.execute("SELECT payload FROM bench WHERE id = ?", (i + 1,)).fetchone()
-    t0 = time.perf_counter()
-    for i in range(calls):
-        conn.execute("SELECT payload FROM bench WHERE id = ?", (i % ROWS + 1,)).fetchone()
-    py_us = (time.perf_counter() - t0) / calls * 1e6
+        conn.execute(sql, (i + 1,)).fetchone()
+    py, rust = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for i in range(calls):
+            conn.execute(sql, (i % ROWS + 1,)).fetchone()
+        py.append((time.perf_counter() - t0) / calls * 1e6)
+        out = subprocess.run([example, socket, str(calls), str(ROWS)],
+                             capture_output=True, text=True, check=True)
+        rust.append(json.loads(out.stdout)["us_per_call"])
     out = subprocess.run(
         [nexusd_bin, "bench", "--socket", socket, "--workload", "point-read", "--clients", "1",
          "--processes", "1", "--requests", str(calls), "--json"],
         capture_output=True, text=True, check=True)
-    rust = json.loads(out.stdout.strip().splitlines()[-1])["runs"][0]
-    rust_us = rust["seconds"] / max(rust["ops"], 1) * 1e6
-    return {"python_us": py_us, "rust_us": rust_us, "overhead_us": py_us - rust_us}
+    run = json.loads(out.stdout.strip().splitlines()[-1])["runs"][0]
+    py_us, rust_us = sorted(py)[len(py) // 2], sorted(rust)[len(rust) // 2]
+    return {"python_us": py_us, "rust_us": rust_us, "overhead_us": py_us - rust_us,
+            "rust_async_us": run["seconds"] / max(run["ops"], 1) * 1e6,
+            "python_rounds_us": py, "rust_rounds_us": rust}
 
 
 def start_daemon(nexusd_bin, workdir: pathlib.Path):
@@ -249,8 +270,10 @@ def main() -> None:
                   f"{fmt(r['p99_ms'])} | {fmt(r['max_ms'])} | {r['errors']} | "
                   f"{r['ops_per_sec'] / max(direct, 1e-9):.2f}x |")
     pc = results["per_call"]
-    print(f"\nper call, one at a time: Python {pc['python_us']:.1f} us, Rust client "
-          f"{pc['rust_us']:.1f} us: the binding adds {pc['overhead_us']:.1f} us")
+    print(f"\nper call, one point read at a time (median of {len(pc['python_rounds_us'])} "
+          f"interleaved rounds): Python {pc['python_us']:.1f} us, blocking Rust client "
+          f"{pc['rust_us']:.1f} us: the binding adds {pc['overhead_us']:.1f} us "
+          f"(async Rust client, in its runtime: {pc['rust_async_us']:.1f} us)")
 
 
 if __name__ == "__main__":

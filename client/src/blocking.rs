@@ -36,9 +36,10 @@ impl Client {
 
     /// Connects with explicit options; see [`crate::Client::connect_with`].
     pub fn connect_with(path: impl AsRef<Path>, options: ClientOptions) -> Result<Client> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("nexusd-client")
+        // Current-thread: the thread that waits in a call drives the socket
+        // itself and reads its own reply, with no runtime thread to wake in
+        // between; threads waiting at once hand the driver to each other.
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| Error::Connect {
@@ -60,7 +61,7 @@ impl Client {
     fn wrap(&self, inner: Result<crate::Transaction>) -> Result<Transaction> {
         inner.map(|inner| Transaction {
             runtime: self.runtime.clone(),
-            inner,
+            inner: Some(inner),
         })
     }
 
@@ -82,47 +83,80 @@ impl Client {
 
 /// Blocking twin of [`crate::Transaction`]: `Send`, independent of the
 /// `Client` that made it, and rolled back when dropped unfinished (the
-/// drop does not block).
+/// drop sends the rollback and does not wait for its answer).
 #[derive(Debug)]
 pub struct Transaction {
     runtime: Arc<tokio::runtime::Runtime>,
-    inner: crate::Transaction,
+    /// `None` only once `commit` or `rollback` took it.
+    inner: Option<crate::Transaction>,
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        // `inner`'s own drop, which runs after this, queues the rollback of
+        // an unfinished transaction; this client's runtime runs only inside
+        // calls, so a runtime task must still write it. Queue it first,
+        // then let the runtime run.
+        let Some(inner) = self.inner.as_mut() else {
+            return;
+        };
+        inner.abandon();
+        if tokio::runtime::Handle::try_current().is_err() {
+            self.runtime.block_on(async {
+                for _ in 0..3 {
+                    tokio::task::yield_now().await;
+                }
+            });
+        }
+    }
 }
 
 impl Transaction {
     /// See [`crate::Transaction::id`].
     pub fn id(&self) -> u64 {
-        self.inner.id()
+        self.inner.as_ref().map_or(0, |t| t.id())
+    }
+
+    fn open(&self) -> Result<&crate::Transaction> {
+        self.inner.as_ref().ok_or_else(|| {
+            Error::InvalidArgument("the transaction is already committed or rolled back".into())
+        })
     }
 
     /// Blocking [`crate::Transaction::execute`].
     pub fn execute(&self, sql: &str, params: Params) -> Result<Executed> {
-        self.runtime.block_on(self.inner.execute(sql, params))
+        self.runtime.block_on(self.open()?.execute(sql, params))
     }
 
     /// Blocking [`crate::Transaction::query`].
     pub fn query(&self, sql: &str, params: Params) -> Result<Rows> {
-        self.runtime.block_on(self.inner.query(sql, params))
+        self.runtime.block_on(self.open()?.query(sql, params))
     }
 
     /// Blocking [`crate::Transaction::run`].
     pub fn run(&self, sql: &str, params: Params) -> Result<StatementResult> {
-        self.runtime.block_on(self.inner.run(sql, params))
+        self.runtime.block_on(self.open()?.run(sql, params))
     }
 
     /// Blocking [`crate::Transaction::batch`].
     pub fn batch(&self, statements: Vec<Statement>) -> Result<Vec<StatementResult>> {
-        self.runtime.block_on(self.inner.batch(statements))
+        self.runtime.block_on(self.open()?.batch(statements))
     }
 
     /// Blocking [`crate::Transaction::commit`].
-    pub fn commit(self) -> Result<()> {
-        self.runtime.block_on(self.inner.commit())
+    pub fn commit(mut self) -> Result<()> {
+        match self.inner.take() {
+            Some(t) => self.runtime.block_on(t.commit()),
+            None => Ok(()),
+        }
     }
 
     /// Blocking [`crate::Transaction::rollback`].
-    pub fn rollback(self) -> Result<()> {
-        self.runtime.block_on(self.inner.rollback())
+    pub fn rollback(mut self) -> Result<()> {
+        match self.inner.take() {
+            Some(t) => self.runtime.block_on(t.rollback()),
+            None => Ok(()),
+        }
     }
 }
 

@@ -148,17 +148,26 @@ enum Over {
     Conflict(String),
 }
 
-impl Drop for Transaction {
-    fn drop(&mut self) {
+impl Transaction {
+    /// Queues the rollback of an unfinished transaction, without waiting
+    /// (what dropping it does); afterwards it counts as finished.
+    pub(crate) fn abandon(&mut self) {
         let over = self.over.lock().map(|o| o.is_some()).unwrap_or(false);
         if self.finished || over || !self.conn.is_alive() {
             return;
         }
+        self.finished = true;
         let req = self.client.request(RequestBody::Transaction {
             txn: self.id,
             op: TxnOp::Rollback,
         });
         // If even that cannot be queued, the lease rolls it back.
         let _ = self.conn.send_detached(&req);
+    }
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        self.abandon();
     }
 }

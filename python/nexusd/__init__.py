@@ -281,29 +281,43 @@ _clients: dict = {}
 _clients_lock = threading.Lock()
 
 
-def _shared_client(socket: Optional[str], client_name: str, timeout: Optional[float]):
-    """This process's client for (socket, name, timeout). After a fork the
-    parent's is never used (nor dropped: its threads are the parent's)."""
-    key = (socket, client_name, timeout)
+def _shared_client(socket: Optional[str], client_name: str, timeout: Optional[float],
+                   asyncio: bool = False):
+    """This process's client for (socket, name, timeout): one for blocking
+    calls, whose waiting thread reads its own reply, and one for asyncio,
+    on a runtime of its own. After a fork the parent's is never used (nor
+    dropped: its threads are the parent's)."""
+    key = (socket, client_name, timeout, asyncio)
     pid = os.getpid()
     with _clients_lock:
         client = _clients.get(key)
         if client is None or client.pid != pid:
             try:
-                client = _nexusd.Client(socket, client_name, timeout)
+                client = _nexusd.Client(socket, client_name, timeout, asyncio)
             except _nexusd.NativeError as e:
                 raise _translate(e) from None
             _clients[key] = client
         return client
 
 
+#: This process's pid, kept current across forks, so that the check on
+#: every call costs no system call.
+_pid = os.getpid()
+
+
+def _current_pid() -> int:
+    return _pid if _at_fork else os.getpid()
+
+
 def _forget_clients_after_fork() -> None:
-    global _clients_lock
+    global _clients_lock, _pid
+    _pid = os.getpid()
     _clients_lock = threading.Lock()
     _clients.clear()
 
 
-if hasattr(os, "register_at_fork"):
+_at_fork = hasattr(os, "register_at_fork")
+if _at_fork:
     os.register_at_fork(after_in_child=_forget_clients_after_fork)
 
 
@@ -453,11 +467,12 @@ class Connection:
         if self._closed:
             raise ProgrammingError("Cannot operate on a closed database.")
         shared = self._shared
-        if shared is not None and shared.pid == self._pid == os.getpid():
+        pid = _current_pid()
+        if shared is not None and self._pid == pid:
             return shared
-        if self._pid != os.getpid():
+        if self._pid != pid:
             # Forked: the parent's transaction is not this process's.
-            self._pid = os.getpid()
+            self._pid = pid
             self._txn = None
         self._shared = _shared_client(self._socket, self._client_name, self._timeout)
         return self._shared
@@ -491,7 +506,7 @@ class Connection:
 
     @property
     def in_transaction(self) -> bool:
-        return self._txn is not None and self._pid == os.getpid()
+        return self._txn is not None and self._pid == _current_pid()
 
     # -- transactions -------------------------------------------------------
 
@@ -545,7 +560,7 @@ class Connection:
         with self._lock:
             if self._closed:
                 return
-            if self._txn is not None and self._pid == os.getpid():
+            if self._txn is not None and self._pid == _current_pid():
                 try:
                     self._end(False)
                 except Error:
@@ -565,7 +580,7 @@ class Connection:
 
     def __del__(self) -> None:
         txn = getattr(self, "_txn", None)
-        if txn is not None and getattr(self, "_pid", None) == os.getpid():
+        if txn is not None and getattr(self, "_pid", None) == _current_pid():
             # Dropped unfinished: the native side queues a rollback.
             self._txn = None
 

@@ -16,6 +16,7 @@ class Client:
         socket: Optional[Union[str, PathLike]] = None,
         client_name: Optional[str] = None,
         timeout: Optional[float] = None,
+        asyncio: bool = False,
     ) -> None: ...
     @property
     def pid(self) -> int: ...

@@ -98,7 +98,7 @@ class Connection:
             # Made once per process and socket; the first time it opens the
             # socket, off the loop's thread.
             self._client = await asyncio.get_running_loop().run_in_executor(
-                None, _shared_client, self._socket, self._client_name, self._timeout)
+                None, _shared_client, self._socket, self._client_name, self._timeout, True)
             self._lock = asyncio.Lock()
         return self
 

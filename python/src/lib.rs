@@ -3,9 +3,11 @@
 //! Rust and Python alike); `nexusd/__init__.py` gives it DB-API's shape.
 //!
 //! - Every wait on the daemon runs with the GIL released.
-//! - One tokio runtime per process, made on first use. After a fork the
-//!   child makes its own and never touches the parent's threads or socket:
-//!   what it inherited is leaked, not dropped.
+//! - Two tokio runtimes per process, made on first use (see `Flavor`): a
+//!   current-thread one that blocking calls drive themselves, and a
+//!   multi-thread one for asyncio. After a fork the child makes its own and
+//!   never touches the parent's threads or socket: what it inherited is
+//!   leaked, not dropped.
 //! - Errors cross as `NativeError(kind, code, extended_code, message,
 //!   statement_index)`; the Python layer maps them onto DB-API's classes.
 
@@ -29,14 +31,32 @@ create_exception!(
     "An error from the daemon or the client."
 );
 
-/// This process's runtime, and the pid that made it.
-static RUNTIME: Mutex<Option<(u32, &'static tokio::runtime::Runtime)>> = Mutex::new(None);
+/// Which runtime a client's connection lives on.
+///
+/// - `Blocking`: a current-thread runtime, driven by whichever thread is
+///   waiting in a call (tokio hands the driver from one waiting thread to
+///   the next). The thread that waits reads the socket itself: no runtime
+///   thread wakes in between, which halves the context switches of a call.
+///   Between calls nothing runs: work queued then (a dropped transaction's
+///   rollback) goes out with the next call.
+/// - `Asyncio`: a multi-thread runtime that runs by itself, for
+///   `nexusd.aio`, whose futures settle with no Python thread waiting.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    Blocking,
+    Asyncio,
+}
 
-/// The runtime of this process; after a fork, a new one (the parent's is
-/// leaked: its threads do not exist here).
-fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
+type Runtimes = Mutex<[Option<(u32, &'static tokio::runtime::Runtime)>; 2]>;
+
+/// This process's runtimes, and the pid that made each.
+static RUNTIMES: Runtimes = Mutex::new([None, None]);
+
+/// The runtime of this flavor in this process; after a fork, a new one (the
+/// parent's is leaked: its threads do not exist here).
+fn runtime(flavor: Flavor) -> PyResult<&'static tokio::runtime::Runtime> {
     let pid = std::process::id();
-    let mut slot = RUNTIME.lock().map_err(|_| {
+    let mut slots = RUNTIMES.lock().map_err(|_| {
         native(
             "internal",
             0,
@@ -45,25 +65,31 @@ fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
             None,
         )
     })?;
+    let slot = &mut slots[flavor as usize];
     if let Some((owner, rt)) = *slot
         && owner == pid
     {
         return Ok(rt);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("nexusd-py")
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            native(
-                "connect",
-                0,
-                0,
-                format!("could not start the client's runtime: {e}"),
-                None,
-            )
-        })?;
+    let built = match flavor {
+        Flavor::Blocking => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Flavor::Asyncio => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("nexusd-py")
+            .enable_all()
+            .build(),
+    };
+    let rt = built.map_err(|e| {
+        native(
+            "connect",
+            0,
+            0,
+            format!("could not start the client's runtime: {e}"),
+            None,
+        )
+    })?;
     let rt: &'static tokio::runtime::Runtime = Box::leak(Box::new(rt));
     *slot = Some((pid, rt));
     Ok(rt)
@@ -266,6 +292,10 @@ fn batch_totals(results: &[StatementResult]) -> (u64, i64) {
 struct Client {
     inner: ManuallyDrop<nexusd_client::Client>,
     pid: u32,
+    flavor: Flavor,
+    /// This flavor's runtime in the process that made the client (a forked
+    /// child never uses the client: the Python layer makes a new one).
+    rt: &'static tokio::runtime::Runtime,
 }
 
 impl Drop for Client {
@@ -281,15 +311,23 @@ impl Drop for Client {
 
 #[pymethods]
 impl Client {
+    /// `asyncio=True` makes a client for `nexusd.aio` (its own socket, on a
+    /// runtime that runs by itself); else one for blocking calls.
     #[new]
-    #[pyo3(signature = (socket=None, client_name=None, timeout=None))]
+    #[pyo3(signature = (socket=None, client_name=None, timeout=None, asyncio=false))]
     fn new(
         py: Python<'_>,
         socket: Option<PathBuf>,
         client_name: Option<String>,
         timeout: Option<f64>,
+        asyncio: bool,
     ) -> PyResult<Self> {
-        let rt = runtime()?;
+        let flavor = if asyncio {
+            Flavor::Asyncio
+        } else {
+            Flavor::Blocking
+        };
+        let rt = runtime(flavor)?;
         let path = socket.unwrap_or_else(nexusd_client::default_socket_path);
         let mut options = ClientOptions::default();
         if let Some(name) = client_name {
@@ -304,6 +342,8 @@ impl Client {
         Ok(Client {
             inner: ManuallyDrop::new(inner),
             pid: std::process::id(),
+            flavor,
+            rt,
         })
     }
 
@@ -322,7 +362,7 @@ impl Client {
         params: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyObject> {
         let params = to_params(params)?;
-        let rt = runtime()?;
+        let rt = self.rt;
         let client = (*self.inner).clone();
         let r = py
             .allow_threads(|| rt.block_on(client.run(sql, params)))
@@ -339,7 +379,7 @@ impl Client {
         seq_of_params: &Bound<'_, PyAny>,
     ) -> PyResult<(u64, i64)> {
         let statements = many(sql, seq_of_params)?;
-        let rt = runtime()?;
+        let rt = self.rt;
         let client = (*self.inner).clone();
         let results = py
             .allow_threads(|| rt.block_on(client.batch(statements)))
@@ -353,7 +393,7 @@ impl Client {
             .into_iter()
             .map(|s| Statement::new(s, Params::default()))
             .collect();
-        let rt = runtime()?;
+        let rt = self.rt;
         let client = (*self.inner).clone();
         py.allow_threads(|| rt.block_on(client.batch(statements)))
             .map_err(to_py_err)?;
@@ -363,13 +403,13 @@ impl Client {
     /// Opens an interactive transaction: "deferred", "immediate" or
     /// "read".
     fn begin(&self, py: Python<'_>, mode: &str) -> PyResult<Transaction> {
-        let rt = runtime()?;
+        let rt = self.rt;
         let client = (*self.inner).clone();
         let mode = mode.to_owned();
         let tx = py
             .allow_threads(|| rt.block_on(begin(&client, &mode)))
             .map_err(to_py_err)?;
-        Ok(Transaction::new(tx))
+        Ok(Transaction::new(tx, self.flavor))
     }
 
     /// `run`, for asyncio: returns an `asyncio.Future` of the running loop,
@@ -384,7 +424,7 @@ impl Client {
     ) -> PyResult<Bound<'py, PyAny>> {
         let params = to_params(params)?;
         let client = (*self.inner).clone();
-        spawn_future(py, completions, async move {
+        spawn_future(py, self.flavor, completions, async move {
             client.run(&sql, params).await.map(Answer::Result)
         })
     }
@@ -399,7 +439,7 @@ impl Client {
     ) -> PyResult<Bound<'py, PyAny>> {
         let statements = many(&sql, seq_of_params)?;
         let client = (*self.inner).clone();
-        spawn_future(py, completions, async move {
+        spawn_future(py, self.flavor, completions, async move {
             client
                 .batch(statements)
                 .await
@@ -415,7 +455,7 @@ impl Client {
         mode: String,
     ) -> PyResult<Bound<'py, PyAny>> {
         let client = (*self.inner).clone();
-        spawn_future(py, completions, async move {
+        spawn_future(py, self.flavor, completions, async move {
             begin(&client, &mode).await.map(Answer::Transaction)
         })
     }
@@ -447,7 +487,9 @@ impl Answer {
         match self {
             Answer::Result(r) => result_to_py(py, r),
             Answer::Totals(t) => Ok(t.into_pyobject(py)?.into_any().unbind()),
-            Answer::Transaction(tx) => Ok(Py::new(py, Transaction::new(tx))?.into_any()),
+            Answer::Transaction(tx) => {
+                Ok(Py::new(py, Transaction::new(tx, Flavor::Asyncio))?.into_any())
+            }
             Answer::Done => Ok(py.None()),
         }
     }
@@ -558,13 +600,24 @@ impl Completions {
 /// settled, and the connection stays usable.
 fn spawn_future<'py, F>(
     py: Python<'py>,
+    flavor: Flavor,
     completions: &Bound<'py, Completions>,
     work: F,
 ) -> PyResult<Bound<'py, PyAny>>
 where
     F: std::future::Future<Output = nexusd_client::Result<Answer>> + Send + 'static,
 {
-    let rt = runtime()?;
+    if flavor != Flavor::Asyncio {
+        return Err(native(
+            "programming",
+            0,
+            0,
+            "this connection was made for blocking calls; use nexusd.aio.connect() for asyncio"
+                .into(),
+            None,
+        ));
+    }
+    let rt = runtime(flavor)?;
     let event_loop = py.import("asyncio")?.call_method0("get_running_loop")?;
     let future = event_loop.call_method0("create_future")?;
     let queue = completions.get().queue.clone();
@@ -581,17 +634,42 @@ where
 struct Transaction {
     inner: Arc<tokio::sync::Mutex<Option<nexusd_client::Transaction>>>,
     pid: u32,
+    /// The flavor of the client it was begun on: its connection's runtime.
+    flavor: Flavor,
 }
 
 impl Drop for Transaction {
     fn drop(&mut self) {
-        if std::process::id() != self.pid
-            && let Ok(mut slot) = self.inner.try_lock()
-            && let Some(tx) = slot.take()
-        {
+        let Ok(mut slot) = self.inner.try_lock() else {
+            return;
+        };
+        let Some(tx) = slot.take() else { return };
+        if std::process::id() != self.pid {
             // The parent's transaction; not this process's to roll back.
             std::mem::forget(tx);
+            return;
         }
+        // Dropped unfinished: the client queues its rollback. A blocking
+        // client's runtime runs only inside calls, so send it now rather
+        // than with the next call, or hold the writer until the lease ends.
+        drop(tx);
+        if self.flavor == Flavor::Blocking
+            && let Ok(rt) = runtime(Flavor::Blocking)
+        {
+            flush(rt);
+        }
+    }
+}
+
+/// Lets a current-thread runtime run what is ready (a queued frame's
+/// write), from outside any runtime.
+fn flush(rt: &tokio::runtime::Runtime) {
+    if tokio::runtime::Handle::try_current().is_err() {
+        rt.block_on(async {
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
+        });
     }
 }
 
@@ -600,10 +678,11 @@ fn ended() -> Error {
 }
 
 impl Transaction {
-    fn new(tx: nexusd_client::Transaction) -> Transaction {
+    fn new(tx: nexusd_client::Transaction, flavor: Flavor) -> Transaction {
         Transaction {
             inner: Arc::new(tokio::sync::Mutex::new(Some(tx))),
             pid: std::process::id(),
+            flavor,
         }
     }
 
@@ -614,7 +693,7 @@ impl Transaction {
         F: FnOnce(Arc<tokio::sync::Mutex<Option<nexusd_client::Transaction>>>) -> Fut + Send,
         Fut: std::future::Future<Output = nexusd_client::Result<T>>,
     {
-        let rt = runtime()?;
+        let rt = runtime(self.flavor)?;
         let inner = self.inner.clone();
         py.allow_threads(|| rt.block_on(f(inner)))
             .map_err(to_py_err)
@@ -694,7 +773,7 @@ impl Transaction {
     ) -> PyResult<Bound<'py, PyAny>> {
         let params = to_params(params)?;
         let inner = self.inner.clone();
-        spawn_future(py, completions, async move {
+        spawn_future(py, self.flavor, completions, async move {
             match inner.lock().await.as_ref() {
                 Some(tx) => tx.run(&sql, params).await.map(Answer::Result),
                 None => Err(ended()),
@@ -711,7 +790,7 @@ impl Transaction {
     ) -> PyResult<Bound<'py, PyAny>> {
         let statements = many(&sql, seq_of_params)?;
         let inner = self.inner.clone();
-        spawn_future(py, completions, async move {
+        spawn_future(py, self.flavor, completions, async move {
             match inner.lock().await.as_ref() {
                 Some(tx) => tx
                     .batch(statements)
@@ -728,7 +807,7 @@ impl Transaction {
         completions: &Bound<'py, Completions>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let inner = self.inner.clone();
-        spawn_future(py, completions, async move {
+        spawn_future(py, self.flavor, completions, async move {
             end(inner, true).await.map(|()| Answer::Done)
         })
     }
@@ -739,7 +818,7 @@ impl Transaction {
         completions: &Bound<'py, Completions>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let inner = self.inner.clone();
-        spawn_future(py, completions, async move {
+        spawn_future(py, self.flavor, completions, async move {
             end(inner, false).await.map(|()| Answer::Done)
         })
     }
@@ -747,7 +826,7 @@ impl Transaction {
     /// Rolls back without waiting for the answer (a cancelled task's
     /// transaction): the rollback is queued, and this returns at once.
     fn abandon(&self) {
-        if let Ok(rt) = runtime() {
+        if let Ok(rt) = runtime(self.flavor) {
             let inner = self.inner.clone();
             rt.spawn(async move {
                 let _ = end(inner, false).await;

@@ -1,6 +1,8 @@
 """Transactions as Python 3.12's sqlite3 defines them, on the daemon's
 interactive transactions."""
 
+import subprocess
+import sys
 import time
 
 import pytest
@@ -130,3 +132,25 @@ def test_an_expired_transaction_says_so(make_daemon):
     c.execute("INSERT INTO t VALUES (3)")
     c.commit()
     assert c.execute("SELECT x FROM t").fetchall() == [(3,)]
+
+
+def test_a_connection_dropped_mid_transaction_frees_the_writer_at_once(make_daemon):
+    # Blocking calls drive their runtime themselves, so nothing runs between
+    # calls; the dropped transaction's rollback must go out anyway, not wait
+    # for this process's next call or for its lease (20 s here). Another
+    # process's write shows it.
+    d = make_daemon("--txn-idle-timeout-ms", "20000")
+    setup_conn = nexusd.connect(d.socket, autocommit=True)
+    setup_conn.execute("CREATE TABLE t(x INTEGER)")
+    a = nexusd.connect(d.socket, isolation_level="IMMEDIATE")
+    a.execute("INSERT INTO t VALUES (1)")
+    assert a.in_transaction
+    del a  # never committed, never closed
+    started = time.monotonic()
+    subprocess.run(
+        [sys.executable, "-c",
+         "import nexusd, sys; nexusd.connect(sys.argv[1], autocommit=True)"
+         ".execute('INSERT INTO t VALUES (2)')", d.socket],
+        check=True, timeout=60)
+    assert time.monotonic() - started < 10, "the rollback of the dropped transaction was not sent"
+    assert count(setup_conn) == 1

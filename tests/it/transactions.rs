@@ -513,3 +513,29 @@ fn the_daemon_s_own_statements_cannot_be_borrowed_from_its_cache() {
     let xs: Vec<i64> = rows.iter().map(|r| r.get(0).expect("x")).collect();
     assert_eq!(xs, vec![1, 3]);
 }
+
+/// A blocking client's runtime runs only inside its calls, yet a
+/// transaction dropped unfinished is rolled back at once, not when its
+/// lease ends: another client's write gets the writer straight away.
+#[test]
+fn a_dropped_blocking_transaction_is_rolled_back_at_once() {
+    let d = Daemon::start(&["--txn-idle-timeout-ms", "20000"]);
+    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    c.execute("CREATE TABLE t(x)", params![]).expect("create");
+    let tx = c.transaction().expect("begin");
+    tx.execute("INSERT INTO t VALUES (1)", params![])
+        .expect("insert");
+    drop(tx);
+    let other = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    let started = Instant::now();
+    other
+        .execute("INSERT INTO t VALUES (2)", params![])
+        .expect("the writer is free again");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the other write waited {:?}: the rollback was not sent",
+        started.elapsed()
+    );
+    assert_eq!(count(&other, "SELECT count(*) FROM t"), 1);
+    assert_eq!(count(&other, "SELECT count(*) FROM t WHERE x = 1"), 0);
+}
