@@ -9,7 +9,8 @@ transaction control of Python 3.12's sqlite3 (``autocommit`` and
 
 Every Connection object in a process shares one socket to the daemon, so a
 connection per thread or per request costs no file descriptor and needs no
-pool. The GIL is released while a call waits on the daemon. After a fork,
+pool. The GIL is released while a call waits on the daemon, and the
+waiting thread reads its own reply (no runtime thread wakes in between). After a fork,
 the child's first call opens its own connection.
 
 >>> import nexusd
