@@ -39,6 +39,7 @@ mod context;
 mod dispatch;
 mod engine;
 mod histogram;
+mod io_threads;
 mod lifecycle;
 mod lockfile;
 mod logging;

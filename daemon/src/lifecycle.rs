@@ -29,6 +29,7 @@ use crate::admin;
 use crate::config::{Live, ServeConfig};
 use crate::context::Context;
 use crate::engine::{self, Engine, EngineThreads, Leases, WriterAdmin, WriterConfig};
+use crate::io_threads::IoThreads;
 use crate::lockfile::{LockFile, lock_path_for};
 use crate::logging::{self, LogReload};
 use crate::metrics_http;
@@ -196,9 +197,15 @@ fn run(
     listener: StdUnixListener,
     reload_rx: mpsc::Receiver<()>,
 ) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // Connections are served on I/O threads of their own; this runtime
+    // accepts them and runs the daemon's side tasks.
+    let io = IoThreads::start(
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    )?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .thread_name("nexusd-io")
         .build()
         .context("could not start the async runtime")?;
     let served = runtime.block_on(async {
@@ -225,9 +232,10 @@ fn run(
         );
         // The database is open and the socket is listening: ready.
         ctx.notifier.ready(&admin::status_line(&ctx));
-        server::run(listener, ctx.clone()).await;
+        server::run(listener, ctx.clone(), &io).await;
         anyhow::Ok(())
     });
+    io.stop();
     runtime.shutdown_timeout(Duration::from_secs(1));
     ctx.notifier.status("STATUS=closing the database");
     served

@@ -119,6 +119,8 @@ pub(crate) struct Snapshot<'a> {
     pub(crate) writer_queue_depth: u64,
     pub(crate) reader_queue_depth: u64,
     pub(crate) oldest_read: Duration,
+    /// Reads finished in place, and reads moved from there to the pool.
+    pub(crate) reads_in_place: (u64, u64),
     pub(crate) wal_bytes: u64,
     pub(crate) db_bytes: u64,
 }
@@ -185,6 +187,18 @@ pub(crate) fn render(s: &Snapshot<'_>) -> String {
         "nexusd_reader_queue_depth",
         "Read requests queued for the reader pool.",
         s.reader_queue_depth as f64,
+    );
+    counter(
+        &mut out,
+        "nexusd_reads_in_place_total",
+        "Reads run in place on a connection thread, skipping the reader pool.",
+        s.reads_in_place.0,
+    );
+    counter(
+        &mut out,
+        "nexusd_reads_moved_to_pool_total",
+        "Reads that ran out of the in-place budget (200 us) and went to the reader pool.",
+        s.reads_in_place.1,
     );
     gauge(
         &mut out,

@@ -13,12 +13,13 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::task::TaskTracker;
 
 use crate::context::Context;
+use crate::io_threads::IoThreads;
 use crate::session;
 
 /// How long to back off after a failed accept (EMFILE and friends).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-pub(crate) async fn run(listener: UnixListener, ctx: Arc<Context>) {
+pub(crate) async fn run(listener: UnixListener, ctx: Arc<Context>, io: &IoThreads) {
     let tracker = TaskTracker::new();
     let mut shutdown = ctx.shutdown.subscribe();
     loop {
@@ -44,11 +45,28 @@ pub(crate) async fn run(listener: UnixListener, ctx: Arc<Context>) {
         };
         match ctx.connections().try_admit() {
             Some(permit) => {
+                // Moved to the connection's own I/O thread: registered with
+                // that thread's runtime instead of this one's.
+                let stream = match stream.into_std() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not hand a connection to an I/O thread");
+                        continue;
+                    }
+                };
                 let ctx = ctx.clone();
-                tracker.spawn(async move {
-                    session::serve(stream, ctx.clone()).await;
-                    drop(permit);
-                });
+                tracker.spawn_on(
+                    async move {
+                        match UnixStream::from_std(stream) {
+                            Ok(stream) => session::serve(stream, ctx).await,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "could not take a connection on");
+                            }
+                        }
+                        drop(permit);
+                    },
+                    io.pick(),
+                );
             }
             None => {
                 ctx.metrics

@@ -342,3 +342,61 @@ fn run_answers_rows_or_changes() {
     assert_eq!(sum, 17);
     tx.commit().expect("commit");
 }
+
+/// The counter `name` in the daemon's Prometheus text.
+fn metric(c: &nexusd_client::blocking::Client, name: &str) -> u64 {
+    let text = c.metrics().expect("metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+/// Short reads run in place on the connection's thread and see every
+/// acknowledged write; a read that outlasts the in-place budget moves to
+/// the reader pool and still answers in full.
+#[test]
+fn short_reads_run_in_place_and_long_ones_move_to_the_pool() {
+    let d = Daemon::start(&[]);
+    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    c.execute("CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)", params![])
+        .expect("create");
+    let before = metric(&c, "nexusd_reads_in_place_total");
+    for k in 0..100i64 {
+        c.execute(
+            "INSERT INTO kv VALUES (?1, ?2)",
+            params![k, format!("v{k}")],
+        )
+        .expect("insert");
+        let rows = c
+            .query("SELECT v FROM kv WHERE k = ?1", params![k])
+            .expect("read");
+        let v: String = rows.get(0).expect("a row").get(0).expect("text");
+        assert_eq!(
+            v,
+            format!("v{k}"),
+            "a read must see the write acknowledged before it"
+        );
+    }
+    // Most, not all: a thread preempted mid-read on a busy machine runs
+    // out of the budget, and that read goes to the pool instead.
+    let in_place = metric(&c, "nexusd_reads_in_place_total") - before;
+    assert!(
+        in_place >= 50,
+        "only {in_place} of 100 point reads ran in place"
+    );
+    let moved = metric(&c, "nexusd_reads_moved_to_pool_total");
+    let rows = c
+        .query(
+            "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 1000000) \
+             SELECT count(*), max(x) FROM n",
+            params![],
+        )
+        .expect("a long read");
+    let row = rows.get(0).expect("a row");
+    assert_eq!(row.get::<i64>(0).expect("count"), 1_000_000);
+    assert_eq!(row.get::<i64>(1).expect("max"), 1_000_000);
+    assert!(
+        metric(&c, "nexusd_reads_moved_to_pool_total") > moved,
+        "the long read was not handed to the pool"
+    );
+}

@@ -16,6 +16,7 @@ pub(crate) fn metrics_text(ctx: &Context) -> String {
         writer_queue_depth: engine.writer.queue_depth() as u64,
         reader_queue_depth: engine.readers.queue_depth() as u64,
         oldest_read: engine.readers.oldest_read(),
+        reads_in_place: engine.readers.in_place_counts(),
         wal_bytes: engine.wal_bytes(),
         db_bytes: engine.db_bytes(),
     })

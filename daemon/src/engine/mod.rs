@@ -26,7 +26,7 @@ use nexusd_protocol::{ErrorBody, ErrorKind, ResponseBody, TxnMode, TxnOp};
 
 pub use db::Synchronous;
 pub(crate) use db::check_sqlite_version;
-pub(crate) use readers::{ReadOutcome, ReaderPool};
+pub(crate) use readers::{ReadOutcome, ReaderPool, allow_inline_reads};
 use transactions::{End, Route, TxnMsg};
 pub(crate) use transactions::{Leases, Owner, Transactions, TxnStats};
 use writer::TxnStart;

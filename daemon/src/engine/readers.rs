@@ -7,7 +7,16 @@
 //! (`sqlite3_stmt_readonly`); anything else is handed back for the writer.
 //! Each statement runs in its own implicit read transaction, so it sees
 //! every commit acknowledged before it started.
+//!
+//! Reads in place: a thread that serves connections (see `io_threads`)
+//! first runs a read on a read-only connection of its own, with a budget
+//! of `INLINE_BUDGET`. Most reads (a point read takes a few microseconds)
+//! finish there, and skip two thread wakeups: the hop to a reader thread
+//! and back. A read that runs out of budget is interrupted, having changed
+//! nothing, and goes to the pool as before, with its full time limit; so a
+//! slow query holds a connection thread up for at most the budget.
 
+use std::cell::RefCell;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +35,37 @@ use super::statement::{self, ReadOnly, StatementLimits, Want};
 
 /// How often a reader held at the checkpoint gate looks again.
 const GATE_POLL: Duration = Duration::from_millis(1);
+
+/// The longest a read runs in place on a connection thread before it is
+/// interrupted and handed to the pool.
+const INLINE_BUDGET: Duration = Duration::from_micros(200);
+
+thread_local! {
+    /// This thread's connection for reads in place, if it may have one.
+    static INLINE: RefCell<Inline> = const { RefCell::new(Inline::Off) };
+}
+
+enum Inline {
+    /// Not a connection thread: every read goes to the pool.
+    Off,
+    /// May read in place; the connection opens on the first read.
+    Allowed,
+    Open(Connection, Guard),
+}
+
+/// Lets this thread run reads in place (on a connection of its own, opened
+/// on first use and closed when the thread ends). Called by each I/O thread.
+pub(crate) fn allow_inline_reads() {
+    INLINE.with(|slot| *slot.borrow_mut() = Inline::Allowed);
+}
+
+/// What a read in place came to.
+enum InPlace {
+    Done(ResponseBody),
+    NotReadOnly,
+    /// Out of budget, or no connection here: the pool runs it.
+    ToPool,
+}
 
 #[derive(Debug, Clone)]
 pub(crate) struct ReaderConfig {
@@ -63,7 +103,14 @@ pub(crate) struct ReaderPool {
 
 /// What the pool's handles and threads share.
 struct PoolShared {
+    path: PathBuf,
+    max_result_bytes: usize,
+    gate: CheckpointGate,
     max_read_ms: AtomicU64,
+    /// Reads that finished in place, and reads that ran out of the budget
+    /// there and went to the pool.
+    in_place: AtomicU64,
+    to_pool: AtomicU64,
     /// Per reader: when its current read began, in nanoseconds since
     /// `epoch()`; 0 when idle. For `ctl stats`' oldest read.
     busy_since: Vec<AtomicU64>,
@@ -78,7 +125,12 @@ pub(crate) fn spawn(
     let count = config.count.max(1);
     let (tx, rx) = flume::bounded::<ReadJob>(config.queue_capacity.max(1));
     let shared = Arc::new(PoolShared {
+        path: config.path.clone(),
+        max_result_bytes: config.max_result_bytes,
+        gate: gate.clone(),
         max_read_ms: AtomicU64::new(config.max_read_ms),
+        in_place: AtomicU64::new(0),
+        to_pool: AtomicU64::new(0),
         busy_since: (0..count).map(|_| AtomicU64::new(0)).collect(),
     });
     let mut threads = Vec::with_capacity(count);
@@ -112,6 +164,11 @@ impl ReaderPool {
         arrived: Instant,
         deadline: Instant,
     ) -> ReadOutcome {
+        match self.in_place(&statement, arrived, deadline) {
+            InPlace::Done(body) => return ReadOutcome::Done(body),
+            InPlace::NotReadOnly => return ReadOutcome::NeedsWriter(statement),
+            InPlace::ToPool => {}
+        }
         let (reply, rx) = oneshot::channel();
         let job = ReadJob {
             statement,
@@ -137,9 +194,73 @@ impl ReaderPool {
             .unwrap_or_else(|_| ReadOutcome::Done(readers_gone()))
     }
 
+    /// Runs the read on this thread's own connection, if it has one and no
+    /// checkpoint is waiting for reads to leave the WAL, for at most
+    /// `INLINE_BUDGET`.
+    fn in_place(&self, statement: &Statement, arrived: Instant, deadline: Instant) -> InPlace {
+        if self.shared.gate.is_held() {
+            return InPlace::ToPool;
+        }
+        INLINE.with(|slot| {
+            let mut slot = slot.borrow_mut();
+            if matches!(*slot, Inline::Allowed) {
+                match db::open_reader(&self.shared.path) {
+                    Ok((conn, guard)) => *slot = Inline::Open(conn, guard),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no reads in place on this thread");
+                        *slot = Inline::Off;
+                    }
+                }
+            }
+            let Inline::Open(conn, guard) = &*slot else {
+                return InPlace::ToPool;
+            };
+            let now = Instant::now();
+            let budget = now + INLINE_BUDGET;
+            let mut limits =
+                StatementLimits::for_request(arrived, deadline, self.shared.max_result_bytes);
+            if budget < deadline {
+                limits.deadline = budget;
+            }
+            match statement::run_if_read_only(
+                conn,
+                guard,
+                Scope::Request,
+                statement,
+                Want::Rows,
+                &limits,
+            ) {
+                Ok(ReadOnly::Ran(out)) => {
+                    self.shared.in_place.fetch_add(1, Ordering::Relaxed);
+                    InPlace::Done(out.into())
+                }
+                Ok(ReadOnly::NotReadOnly) => InPlace::NotReadOnly,
+                // Interrupted at the budget, with time left: nothing was
+                // changed (a read), so the pool runs it again in full.
+                Err(e) if e.kind == ErrorKind::Timeout && budget < deadline => {
+                    self.shared.to_pool.fetch_add(1, Ordering::Relaxed);
+                    InPlace::ToPool
+                }
+                Err(e) => {
+                    self.shared.in_place.fetch_add(1, Ordering::Relaxed);
+                    InPlace::Done(ResponseBody::Error(e))
+                }
+            }
+        })
+    }
+
     /// Changes the cap on one read transaction for reads not yet started.
     pub(crate) fn set_max_read_ms(&self, ms: u64) {
         self.shared.max_read_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Reads that finished in place on a connection thread, and reads that
+    /// ran out of the budget there and went to the pool.
+    pub(crate) fn in_place_counts(&self) -> (u64, u64) {
+        (
+            self.shared.in_place.load(Ordering::Relaxed),
+            self.shared.to_pool.load(Ordering::Relaxed),
+        )
     }
 
     /// Read requests waiting for a reader.
