@@ -12,9 +12,10 @@
 //! first runs a read on a read-only connection of its own, with a budget
 //! of `INLINE_BUDGET`. Most reads (a point read takes a few microseconds)
 //! finish there, and skip two thread wakeups: the hop to a reader thread
-//! and back. A read that runs out of budget is interrupted, having changed
-//! nothing, and goes to the pool as before, with its full time limit; so a
-//! slow query holds a connection thread up for at most the budget.
+//! and back. A read that runs out of budget, or meets a lock (that
+//! connection never waits for one), is stopped, having changed nothing,
+//! and goes to the pool as before, with its full time limit; so a slow
+//! query holds a connection thread up for at most the budget.
 
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -204,7 +205,14 @@ impl ReaderPool {
         INLINE.with(|slot| {
             let mut slot = slot.borrow_mut();
             if matches!(*slot, Inline::Allowed) {
-                match db::open_reader(&self.shared.path) {
+                // No busy wait here: a read that meets a lock (a checkpoint
+                // restarting the WAL) goes to the pool, whose threads may
+                // wait, instead of stalling every connection on this thread.
+                let opened = db::open_reader(&self.shared.path).and_then(|(conn, guard)| {
+                    conn.busy_timeout(Duration::ZERO)?;
+                    Ok((conn, guard))
+                });
+                match opened {
                     Ok((conn, guard)) => *slot = Inline::Open(conn, guard),
                     Err(e) => {
                         tracing::warn!(error = %e, "no reads in place on this thread");
@@ -235,9 +243,13 @@ impl ReaderPool {
                     InPlace::Done(out.into())
                 }
                 Ok(ReadOnly::NotReadOnly) => InPlace::NotReadOnly,
-                // Interrupted at the budget, with time left: nothing was
-                // changed (a read), so the pool runs it again in full.
-                Err(e) if e.kind == ErrorKind::Timeout && budget < deadline => {
+                // Interrupted at the budget with time left, or locked out:
+                // nothing was changed (a read), so the pool runs it again
+                // in full.
+                Err(e)
+                    if (e.kind == ErrorKind::Timeout && budget < deadline)
+                        || e.code == rusqlite::ffi::SQLITE_BUSY =>
+                {
                     self.shared.to_pool.fetch_add(1, Ordering::Relaxed);
                     InPlace::ToPool
                 }
