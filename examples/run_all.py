@@ -103,6 +103,16 @@ def main() -> None:
         ]
         body += [f"- **{app}**: {what}" for app, what in WHAT.items()]
         body += ["", table(results), ""]
+        body += [
+            "How to read it: ok is the share of calls that succeeded, errors are",
+            "counted by message (an app's 500s also by the cause its server log",
+            "gives). On nexusd the SQLAlchemy apps run each request's transaction",
+            "with `BEGIN IMMEDIATE` (the dialect's default, docs/python.md), so",
+            "requests that write take the writer one at a time: a check-then-insert",
+            "cannot race, at the price of latency when many such requests arrive",
+            "at once. SQLite's own figures move from run to run on a shared VM.",
+            "",
+        ]
         args.markdown.write_text("\n".join(body))
 
 
