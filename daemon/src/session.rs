@@ -147,6 +147,10 @@ pub(crate) async fn serve(stream: UnixStream, ctx: Arc<Context>) {
     let mut draining = *shutdown.borrow_and_update();
     let mut drain_started = Instant::now();
     let mut last_frame = Instant::now();
+    // The frame and idle timeouts are looked at on a tick, not per frame.
+    let mut watch = tokio::time::interval(watch_tick(&config));
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut partial_since: Option<Instant> = None;
     loop {
         if draining
             && in_flight.available_permits() == max_in_flight
@@ -168,6 +172,52 @@ pub(crate) async fn serve(stream: UnixStream, ctx: Arc<Context>) {
             }
             _ = tokio::time::sleep(DRAIN_POLL), if draining => continue,
             r = next => r,
+            _ = watch.tick() => {
+                let config = ctx.config();
+                // Bytes of a frame not yet whole, while the daemon is ready
+                // to read (not held back by the in-flight limit).
+                let partial = !frames.read_buffer().is_empty() && in_flight.available_permits() > 0;
+                let stalled_for = if partial {
+                    partial_since.get_or_insert_with(Instant::now).elapsed()
+                } else {
+                    partial_since = None;
+                    Duration::ZERO
+                };
+                let why = if partial
+                    && config.frame_timeout_ms > 0
+                    && stalled_for >= Duration::from_millis(config.frame_timeout_ms)
+                {
+                    Some(format!(
+                        "closed: a frame was started but not finished within {} ms \
+                         (frame-timeout-ms); {} bytes of it arrived",
+                        config.frame_timeout_ms,
+                        frames.read_buffer().len()
+                    ))
+                } else if !partial
+                    && config.idle_timeout_ms > 0
+                    && frames.read_buffer().is_empty()
+                    && in_flight.available_permits() == max_in_flight
+                    && last_frame.elapsed() >= Duration::from_millis(config.idle_timeout_ms)
+                {
+                    Some(format!(
+                        "closed after {} ms with no request (idle-timeout-ms); connect again \
+                         to go on",
+                        last_frame.elapsed().as_millis()
+                    ))
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    if partial {
+                        tracing::warn!(client, reason = %why, "closing a stalled connection");
+                    } else {
+                        tracing::info!(client, reason = %why, "closing an idle connection");
+                    }
+                    let _ = out_tx.send(connection_error(why)).await;
+                    break;
+                }
+                continue;
+            }
         };
         let Ok(permit) = permit else { break };
         last_frame = Instant::now();
@@ -223,6 +273,17 @@ pub(crate) async fn serve(stream: UnixStream, ctx: Arc<Context>) {
     drop(frames);
     let _ = write_task.await;
     ctx.clients.unregister(entry.id);
+}
+
+/// How often a session looks at its frame and idle timeouts: often enough
+/// for the shorter of them, at most once a second.
+fn watch_tick(config: &crate::config::ServeConfig) -> Duration {
+    let shortest = [config.frame_timeout_ms, config.idle_timeout_ms]
+        .into_iter()
+        .filter(|&ms| ms > 0)
+        .min()
+        .unwrap_or(1_000);
+    Duration::from_millis((shortest / 4).clamp(10, 1_000))
 }
 
 /// Answers a handshake with a refusal, best effort: the connection is

@@ -40,6 +40,8 @@ impl Contained {
             "500",
             "--write-stall-timeout-ms",
             "1000",
+            "--frame-timeout-ms",
+            "500",
         ]);
         let rt = rt();
         let good = rt.block_on(client(&d));
@@ -406,4 +408,63 @@ fn error_kinds_a_client_did_not_announce_are_sent_as_older_ones() {
     }
     t.progress("error kinds by feature bit");
     t.finish();
+}
+
+/// A client that starts a frame after the handshake and never finishes it
+/// is closed after the frame timeout, with a reason, and its slot is free.
+#[test]
+fn a_client_that_stops_mid_frame_is_closed_after_the_frame_timeout() {
+    let t = Contained::start();
+    let mut s = handshaken(&t.d);
+    // A length prefix for 100 bytes, then 10 of them, then nothing.
+    s.write_all(&100u32.to_be_bytes()).expect("prefix");
+    s.write_all(&[0u8; 10]).expect("part of a frame");
+    let started = std::time::Instant::now();
+    let msg = connection_error(&mut s);
+    assert!(
+        msg.contains("not finished within 500 ms") && msg.contains("frame-timeout-ms"),
+        "{msg}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(450),
+        "closed too early"
+    );
+    expect_eof(&mut s);
+    t.progress("a client stalled mid-frame");
+    t.logged("frame-timeout-ms");
+    t.finish();
+}
+
+/// With an idle timeout set, a connection that sends nothing is closed
+/// with a reason; one that keeps sending is not. With none (the default),
+/// an idle connection stays.
+#[test]
+fn idle_connections_are_closed_only_when_an_idle_timeout_is_set() {
+    let d = Daemon::start(&["--idle-timeout-ms", "400"]);
+    let mut busy = handshaken(&d);
+    let mut idle = handshaken(&d);
+    for id in 1..=10u64 {
+        busy.write_all(&query(id, "SELECT 1")).expect("query");
+        read_frame(&mut busy).expect("an answer: a busy connection stays open");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let msg = connection_error(&mut idle);
+    assert!(msg.contains("idle-timeout-ms"), "{msg}");
+    expect_eof(&mut idle);
+
+    let d = Daemon::start(&[]);
+    let mut idle = handshaken(&d);
+    idle.set_read_timeout(Some(Duration::from_millis(1500)))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    match idle.read(&mut byte) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("an idle connection was closed by default: {other:?}"),
+    }
+    idle.write_all(&query(1, "SELECT 1")).expect("query");
+    assert!(read_frame(&mut idle).is_some(), "it still answers");
 }

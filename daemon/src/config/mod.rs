@@ -102,6 +102,16 @@ pub struct ServeConfig {
     #[arg(long, default_value_t = 30_000)]
     pub(crate) write_stall_timeout_ms: u64,
 
+    /// A client that starts a frame must finish it within this long, or
+    /// its connection is closed (so a stalled client cannot keep a slot).
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) frame_timeout_ms: u64,
+
+    /// A connection that sends nothing for this long is closed; 0 (the
+    /// default) never closes an idle one, so client pools stay connected.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) idle_timeout_ms: u64,
+
     /// How long a shutdown waits for queued requests to be answered.
     #[arg(long, default_value_t = 30_000)]
     pub(crate) drain_timeout_ms: u64,
@@ -178,6 +188,8 @@ struct FileConfig {
     max_request_timeout_ms: Option<u64>,
     handshake_timeout_ms: Option<u64>,
     write_stall_timeout_ms: Option<u64>,
+    frame_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
     drain_timeout_ms: Option<u64>,
     log_level: Option<String>,
     max_read_ms: Option<u64>,
@@ -215,6 +227,8 @@ reloadable!(
     max_request_timeout_ms,
     handshake_timeout_ms,
     write_stall_timeout_ms,
+    frame_timeout_ms,
+    idle_timeout_ms,
     drain_timeout_ms,
     max_read_ms,
     txn_idle_timeout_ms,
@@ -274,6 +288,8 @@ impl ServeConfig {
             max_request_timeout_ms,
             handshake_timeout_ms,
             write_stall_timeout_ms,
+            frame_timeout_ms,
+            idle_timeout_ms,
             drain_timeout_ms,
             log_level,
             max_read_ms,
@@ -324,6 +340,8 @@ impl ServeConfig {
                 "write-stall-timeout-ms",
                 self.write_stall_timeout_ms.to_string(),
             ),
+            ("frame-timeout-ms", self.frame_timeout_ms.to_string()),
+            ("idle-timeout-ms", self.idle_timeout_ms.to_string()),
             ("drain-timeout-ms", self.drain_timeout_ms.to_string()),
             ("log-level", self.log_level.clone()),
             ("max-read-ms", self.max_read_ms.to_string()),
