@@ -4,9 +4,10 @@
 //! methods: the connection limit and its semaphore, the settings and the
 //! side effects of reloading them.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -105,19 +106,42 @@ pub(crate) struct ConnectionLimit {
     max: AtomicUsize,
     permits: Arc<Semaphore>,
     open: Arc<AtomicU64>,
+    /// Open connections per uid.
+    per_uid: Arc<Mutex<HashMap<u32, usize>>>,
 }
 
 /// One open connection's place under the limit; dropping it frees it.
 pub(crate) struct ConnectionPermit {
     _permit: OwnedSemaphorePermit,
     open: Arc<AtomicU64>,
+    uid: u32,
+    per_uid: Arc<Mutex<HashMap<u32, usize>>>,
 }
 
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
         self.open.fetch_sub(1, Ordering::Relaxed);
+        if let Ok(mut counts) = self.per_uid.lock()
+            && let Some(n) = counts.get_mut(&self.uid)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.uid);
+            }
+        }
     }
 }
+
+/// Who asks for a connection, as admission sees it.
+pub(crate) struct Applicant {
+    pub(crate) uid: u32,
+    /// Root, or a uid with the admin role: not capped, and may use the
+    /// admin reserve.
+    pub(crate) privileged: bool,
+}
+
+/// Why a connection was not admitted; the message says what to do.
+pub(crate) struct Refused(pub(crate) String);
 
 impl ConnectionLimit {
     fn new(max: usize) -> ConnectionLimit {
@@ -125,16 +149,62 @@ impl ConnectionLimit {
             max: AtomicUsize::new(max),
             permits: Arc::new(Semaphore::new(max)),
             open: Arc::new(AtomicU64::new(0)),
+            per_uid: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
-    /// A place for one more connection, or `None` at the limit.
-    pub(crate) fn try_admit(&self) -> Option<ConnectionPermit> {
-        let permit = self.permits.clone().try_acquire_owned().ok()?;
+    /// A place for one more connection from `who`, or why not: the limit is
+    /// reached; or, for a client that is not privileged, only the admin
+    /// reserve is left (`reserve` slots), or its uid holds `per_uid` already
+    /// (0: no cap of its own).
+    pub(crate) fn try_admit(
+        &self,
+        who: &Applicant,
+        reserve: usize,
+        per_uid: usize,
+    ) -> Result<ConnectionPermit, Refused> {
+        let max = self.max();
+        let open = usize::try_from(self.open()).unwrap_or(usize::MAX);
+        let held = self
+            .per_uid
+            .lock()
+            .map(|c| c.get(&who.uid).copied().unwrap_or(0))
+            .unwrap_or(0);
+        if !who.privileged {
+            let reserve = reserve.min(max);
+            if open >= max - reserve {
+                return Err(Refused(format!(
+                    "nexusd is at its limit of {} client connections ({max} in all, the last \
+                     {reserve} kept for root and admins: admin-reserve-connections); retry later, \
+                     share one client per process (clones share a connection), or raise \
+                     --max-connections",
+                    max - reserve
+                )));
+            }
+            if per_uid > 0 && held >= per_uid {
+                return Err(Refused(format!(
+                    "uid {} already holds {held} connections, its cap \
+                     (max-connections-per-uid = {per_uid}); close some, share one client per \
+                     process, or raise the cap",
+                    who.uid
+                )));
+            }
+        }
+        let permit = self.permits.clone().try_acquire_owned().map_err(|_| {
+            Refused(format!(
+                "nexusd is at its limit of {max} connections; retry later, share one client per \
+                 process (clones share a connection), or raise --max-connections"
+            ))
+        })?;
         self.open.fetch_add(1, Ordering::Relaxed);
-        Some(ConnectionPermit {
+        if let Ok(mut counts) = self.per_uid.lock() {
+            *counts.entry(who.uid).or_insert(0) += 1;
+        }
+        Ok(ConnectionPermit {
             _permit: permit,
             open: self.open.clone(),
+            uid: who.uid,
+            per_uid: self.per_uid.clone(),
         })
     }
 

@@ -12,7 +12,8 @@ use nexusd_protocol::{ErrorBody, ErrorKind};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::task::TaskTracker;
 
-use crate::context::Context;
+use crate::access::{Peer, Role};
+use crate::context::{Applicant, Context, Refused};
 use crate::io_threads::IoThreads;
 use crate::session;
 
@@ -43,8 +44,14 @@ pub(crate) async fn run(listener: UnixListener, ctx: Arc<Context>, io: &IoThread
                 continue;
             }
         };
-        match ctx.connections().try_admit() {
-            Some(permit) => {
+        let applicant = applicant(&stream, &ctx);
+        let config = ctx.config();
+        match ctx.connections().try_admit(
+            &applicant,
+            config.admin_reserve_connections,
+            config.max_connections_per_uid,
+        ) {
+            Ok(permit) => {
                 // Moved to the connection's own I/O thread: registered with
                 // that thread's runtime instead of this one's.
                 let stream = match stream.into_std() {
@@ -68,13 +75,12 @@ pub(crate) async fn run(listener: UnixListener, ctx: Arc<Context>, io: &IoThread
                     io.pick(),
                 );
             }
-            None => {
+            Err(Refused(why)) => {
                 ctx.metrics
                     .connections_refused
                     .fetch_add(1, Ordering::Relaxed);
-                let max = ctx.connections().max();
-                tracing::warn!(max, "connection refused: at the connection limit");
-                tracker.spawn(refuse(stream, max, ctx.config().max_frame_bytes));
+                tracing::warn!(uid = applicant.uid, reason = %why, "connection refused");
+                tracker.spawn(refuse(stream, why, config.max_frame_bytes));
             }
         }
     }
@@ -96,13 +102,23 @@ pub(crate) async fn run(listener: UnixListener, ctx: Arc<Context>, io: &IoThread
     }
 }
 
-async fn refuse(mut stream: UnixStream, max: usize, max_frame: u32) {
-    let refusal = ErrorBody::new(
-        ErrorKind::Overloaded,
-        format!(
-            "nexusd is at its limit of {max} connections; retry later, share one client per \
-             process (clones share a connection), or raise --max-connections"
-        ),
-    );
+async fn refuse(mut stream: UnixStream, why: String, max_frame: u32) {
+    let refusal = ErrorBody::new(ErrorKind::Overloaded, why);
     session::send_refusal(&mut stream, refusal, max_frame).await;
+}
+
+/// Who is connecting: its uid, and whether it is root or an admin (who are
+/// not capped, and may use the admin reserve). Unknown credentials count as
+/// an ordinary client; the session refuses them anyway.
+fn applicant(stream: &UnixStream, ctx: &Context) -> Applicant {
+    let Ok(cred) = stream.peer_cred() else {
+        return Applicant {
+            uid: u32::MAX,
+            privileged: false,
+        };
+    };
+    let uid = cred.uid();
+    let privileged =
+        uid == 0 || ctx.role_of(&Peer::new(None, uid, cred.gid())) == Some(Role::Admin);
+    Applicant { uid, privileged }
 }

@@ -185,3 +185,166 @@ fn the_connection_limit_refuses_with_overloaded() {
         c.ping().await.expect("existing connections keep working");
     });
 }
+
+/// A `hold` worker, run as `uid` (setpriv; needs root), trying `n`
+/// connections: its process (stdin open: it holds them until that closes),
+/// and how many were admitted and refused, and the first refusal.
+fn hold_as(
+    uid: u32,
+    socket: &std::path::Path,
+    n: usize,
+) -> (std::process::Child, u64, u64, String) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .arg("--clear-groups")
+        .arg(crate::WORKER)
+        .arg("hold")
+        .arg(socket)
+        .arg(n.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("setpriv worker");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut why = String::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("a line");
+        if let Some(r) = line.strip_prefix("refusal: ") {
+            why = r.to_owned();
+        }
+        if let Some(counts) = line.strip_prefix("held=") {
+            let (held, refused) = counts.split_once(" refused=").expect("counts");
+            return (
+                child,
+                held.parse().expect("held"),
+                refused.parse().expect("refused"),
+                why,
+            );
+        }
+    }
+    panic!("the hold worker as uid {uid} ended without its counts");
+}
+
+/// One uid cannot take every slot: a per-uid cap, and a reserve that only
+/// root and admins may use, so `nexusd ctl` always gets in.
+#[test]
+fn a_per_uid_cap_and_an_admin_reserve() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("this test runs clients as other uids with setpriv, which needs root");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let config = tmp.path().join("nexusd.toml");
+    std::fs::write(
+        &config,
+        "socket-mode = \"0666\"\nmax-connections = 40\nmax-connections-per-uid = 10\n\
+         admin-reserve-connections = 5\n[access]\nwrite = [\"uid:2002\", \"uid:2003\"]\n",
+    )
+    .expect("config");
+    let d = Daemon::start(&["--config", config.to_str().expect("utf-8")]);
+
+    let (mut a, held, refused, why) = hold_as(2002, d.socket(), 15);
+    assert_eq!((held, refused), (10, 5), "uid 2002 is capped at 10: {why}");
+    assert!(
+        why.contains("uid 2002 already holds 10") && why.contains("max-connections-per-uid"),
+        "{why}"
+    );
+    let (mut b, held, _, why) = hold_as(2003, d.socket(), 10);
+    assert_eq!(held, 10, "the cap is per uid: {why}");
+    // 20 of 40 open. Lift the cap (a reload): clients may then fill every
+    // slot but the reserve's 5.
+    std::fs::write(
+        &config,
+        "socket-mode = \"0666\"\nmax-connections = 40\nmax-connections-per-uid = 0\n\
+         admin-reserve-connections = 5\n[access]\nwrite = [\"uid:2002\", \"uid:2003\"]\n",
+    )
+    .expect("config");
+    let out = crate::ctl(&d, &["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (mut c, held, refused, why) = hold_as(2003, d.socket(), 20);
+    assert_eq!((held, refused), (15, 5), "only the reserve is left: {why}");
+    assert!(why.contains("admin-reserve-connections"), "{why}");
+    // Root still gets in, into the reserve.
+    let out = crate::ctl(&d, &["status"]);
+    assert!(
+        out.status.success(),
+        "root must get into the reserve: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for child in [&mut a, &mut b, &mut c] {
+        drop(child.stdin.take());
+        let _ = child.wait();
+    }
+}
+
+/// 2,000 connections held open from 4 processes while a well-behaved client
+/// keeps writing: it meets no error, and the daemon's memory stays modest
+/// (printed; docs/operations.md has the figure).
+#[test]
+fn two_thousand_held_connections_do_not_stop_a_writer() {
+    let d = Daemon::start(&[]);
+    let rt = rt();
+    let good = rt.block_on(client(&d));
+    rt.block_on(async {
+        good.execute("CREATE TABLE w(n INTEGER)", params![])
+            .await
+            .expect("create")
+    });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (good, stop) = (good.clone(), stop.clone());
+        rt.spawn(async move {
+            let mut n = 0i64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                good.execute("INSERT INTO w VALUES (?1)", params![n])
+                    .await
+                    .expect("the good client's write");
+                n += 1;
+            }
+            n
+        })
+    };
+    let holders: Vec<_> = (0..4).map(|_| hold_as(0, d.socket(), 500)).collect();
+    let held: u64 = holders.iter().map(|h| h.1).sum();
+    assert_eq!(
+        held,
+        2000,
+        "every connection admitted: {:?}",
+        holders.iter().map(|h| &h.3).collect::<Vec<_>>()
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).expect("status");
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap_or("VmRSS: ?")
+        .to_owned();
+    println!("daemon with 2,000 connections held: {rss}");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let writes = rt.block_on(writer).expect("writer task");
+    assert!(writes > 0, "the good client made progress");
+    let rows: i64 = rt.block_on(async {
+        good.query("SELECT count(*) FROM w", params![])
+            .await
+            .expect("count")
+            .get(0)
+            .expect("row")
+            .get(0)
+            .expect("n")
+    });
+    assert_eq!(rows, writes);
+    for (mut child, ..) in holders {
+        drop(child.stdin.take());
+        let _ = child.wait();
+    }
+}

@@ -51,6 +51,16 @@ pub struct ServeConfig {
     #[arg(long, default_value_t = 4096)]
     pub(crate) max_connections: usize,
 
+    /// Connections one uid may hold; 0 means every slot but the admin
+    /// reserve. Root and uids with the admin role are not capped.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) max_connections_per_uid: usize,
+
+    /// Connection slots kept for root and admins, so `nexusd ctl` gets in
+    /// when clients have taken every other one.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) admin_reserve_connections: usize,
+
     /// Requests one connection may have outstanding; further frames wait
     /// unread until one is answered.
     #[arg(long, default_value_t = 256)]
@@ -177,6 +187,8 @@ struct FileConfig {
     socket: Option<PathBuf>,
     synchronous: Option<Synchronous>,
     max_connections: Option<usize>,
+    max_connections_per_uid: Option<usize>,
+    admin_reserve_connections: Option<usize>,
     max_in_flight: Option<u32>,
     max_frame_bytes: Option<u32>,
     max_result_bytes: Option<usize>,
@@ -222,6 +234,8 @@ macro_rules! reloadable {
 reloadable!(
     log_level,
     max_connections,
+    max_connections_per_uid,
+    admin_reserve_connections,
     max_in_flight,
     request_timeout_ms,
     max_request_timeout_ms,
@@ -277,6 +291,8 @@ impl ServeConfig {
         merge!(
             synchronous,
             max_connections,
+            max_connections_per_uid,
+            admin_reserve_connections,
             max_in_flight,
             max_frame_bytes,
             max_result_bytes,
@@ -320,6 +336,14 @@ impl ServeConfig {
                 format!("{:?}", self.synchronous).to_lowercase(),
             ),
             ("max-connections", self.max_connections.to_string()),
+            (
+                "max-connections-per-uid",
+                self.max_connections_per_uid.to_string(),
+            ),
+            (
+                "admin-reserve-connections",
+                self.admin_reserve_connections.to_string(),
+            ),
             ("max-in-flight", self.max_in_flight.to_string()),
             ("max-frame-bytes", self.max_frame_bytes.to_string()),
             ("max-result-bytes", self.max_result_bytes.to_string()),

@@ -10,6 +10,8 @@
 //!   worker genesis SOCKET WORKER CLIENTS
 //!   worker txn-hold SOCKET                   (prints "holding <txn>", then waits to be killed)
 //!   worker txn-stream SOCKET WORKER CLIENTS  (prints "committed <id>" per transaction until the daemon dies)
+//!   worker hold SOCKET N                     (opens N connections, prints "held=H refused=R"
+//!                                             and the first refusal, then waits for stdin to close)
 
 use std::io::Write;
 use std::sync::Arc;
@@ -65,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
         }
         "genesis" => genesis(&socket, arg(&args, 3, "WORKER")?, arg(&args, 4, "CLIENTS")?).await,
         "txn-hold" => txn_hold(&socket).await,
+        "hold" => hold(&socket, arg(&args, 3, "N")?).await,
         "txn-stream" => {
             txn_stream(&socket, arg(&args, 3, "WORKER")?, arg(&args, 4, "CLIENTS")?).await
         }
@@ -474,5 +477,43 @@ async fn txn_stream(socket: &str, worker: i64, clients: i64) -> anyhow::Result<(
         t.await?;
     }
     println!("done");
+    Ok(())
+}
+
+/// Opens N connections (a client each) and keeps those admitted open until
+/// stdin closes; prints how many were admitted and refused, and why the
+/// first refusal was.
+async fn hold(socket: &str, n: usize) -> anyhow::Result<()> {
+    let mut held = Vec::new();
+    let mut refused = 0;
+    let mut why = String::new();
+    for _ in 0..n {
+        let options = nexusd_client::ClientOptions {
+            reconnect_for: std::time::Duration::ZERO,
+            ..Default::default()
+        };
+        match Client::connect_with(socket, options).await {
+            Ok(c) => {
+                c.ping().await?;
+                held.push(c);
+            }
+            Err(e) => {
+                refused += 1;
+                if why.is_empty() {
+                    why = e.to_string();
+                }
+            }
+        }
+    }
+    println!("refusal: {why}");
+    println!("held={} refused={refused}", held.len());
+    std::io::stdout().flush()?;
+    // Until the test closes our stdin.
+    tokio::task::spawn_blocking(|| {
+        let mut sink = String::new();
+        let _ = std::io::stdin().read_line(&mut sink);
+    })
+    .await?;
+    drop(held);
     Ok(())
 }
