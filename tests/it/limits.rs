@@ -226,7 +226,9 @@ fn hold_as(
             );
         }
     }
-    panic!("the hold worker as uid {uid} ended without its counts");
+    let _ = child.kill();
+    let status = child.wait();
+    panic!("the hold worker as uid {uid} ended without its counts: {status:?}");
 }
 
 /// One uid cannot take every slot: a per-uid cap, and a reserve that only
