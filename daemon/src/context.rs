@@ -163,13 +163,15 @@ impl ConnectionLimit {
         reserve: usize,
         per_uid: usize,
     ) -> Result<ConnectionPermit, Refused> {
-        let max = self.max();
-        let open = usize::try_from(self.open()).unwrap_or(usize::MAX);
-        let held = self
+        // One admission at a time (I/O threads admit in parallel): the
+        // checks and the taking of the slot happen under this lock.
+        let mut counts = self
             .per_uid
             .lock()
-            .map(|c| c.get(&who.uid).copied().unwrap_or(0))
-            .unwrap_or(0);
+            .map_err(|_| Refused("the connection counts are poisoned by a panic".into()))?;
+        let max = self.max();
+        let open = usize::try_from(self.open()).unwrap_or(usize::MAX);
+        let held = counts.get(&who.uid).copied().unwrap_or(0);
         if !who.privileged {
             let reserve = reserve.min(max);
             if open >= max - reserve {
@@ -197,9 +199,8 @@ impl ConnectionLimit {
             ))
         })?;
         self.open.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut counts) = self.per_uid.lock() {
-            *counts.entry(who.uid).or_insert(0) += 1;
-        }
+        *counts.entry(who.uid).or_insert(0) += 1;
+        drop(counts);
         Ok(ConnectionPermit {
             _permit: permit,
             open: self.open.clone(),

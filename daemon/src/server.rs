@@ -44,45 +44,17 @@ pub(crate) async fn run(listener: UnixListener, ctx: Arc<Context>, io: &IoThread
                 continue;
             }
         };
-        let applicant = applicant(&stream, &ctx);
-        let config = ctx.config();
-        match ctx.connections().try_admit(
-            &applicant,
-            config.admin_reserve_connections,
-            config.max_connections_per_uid,
-        ) {
-            Ok(permit) => {
-                // Moved to the connection's own I/O thread: registered with
-                // that thread's runtime instead of this one's.
-                let stream = match stream.into_std() {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not hand a connection to an I/O thread");
-                        continue;
-                    }
-                };
-                let ctx = ctx.clone();
-                tracker.spawn_on(
-                    async move {
-                        match UnixStream::from_std(stream) {
-                            Ok(stream) => session::serve(stream, ctx).await,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "could not take a connection on");
-                            }
-                        }
-                        drop(permit);
-                    },
-                    io.pick(),
-                );
+        // On to an I/O thread (registered with its runtime instead of this
+        // one's), which looks the peer up, admits it or refuses it, and
+        // serves it: the accept loop never waits on a user database.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not hand a connection to an I/O thread");
+                continue;
             }
-            Err(Refused(why)) => {
-                ctx.metrics
-                    .connections_refused
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(uid = applicant.uid, reason = %why, "connection refused");
-                tracker.spawn(refuse(stream, why, config.max_frame_bytes));
-            }
-        }
+        };
+        tracker.spawn_on(admit(stream, ctx.clone()), io.pick());
     }
     drop(listener);
     tracing::info!(
@@ -102,23 +74,53 @@ pub(crate) async fn run(listener: UnixListener, ctx: Arc<Context>, io: &IoThread
     }
 }
 
+/// Admits a connection under the limits and serves it, or refuses it.
+async fn admit(stream: std::os::unix::net::UnixStream, ctx: Arc<Context>) {
+    let stream = match UnixStream::from_std(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not take a connection on");
+            return;
+        }
+    };
+    let peer = match stream.peer_cred() {
+        Ok(cred) => Peer::new(
+            cred.pid().and_then(|p| u32::try_from(p).ok()),
+            cred.uid(),
+            cred.gid(),
+        ),
+        Err(e) => {
+            // Without credentials there is no role to give.
+            tracing::warn!(error = %e, "could not read a peer's credentials; closing");
+            return;
+        }
+    };
+    let applicant = Applicant {
+        uid: peer.uid,
+        // Root and admins are not capped, and may use the reserve.
+        privileged: peer.uid == 0 || ctx.role_of(&peer) == Some(Role::Admin),
+    };
+    let config = ctx.config();
+    match ctx.connections().try_admit(
+        &applicant,
+        config.admin_reserve_connections,
+        config.max_connections_per_uid,
+    ) {
+        Ok(permit) => {
+            session::serve(stream, ctx, peer).await;
+            drop(permit);
+        }
+        Err(Refused(why)) => {
+            ctx.metrics
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(uid = applicant.uid, reason = %why, "connection refused");
+            refuse(stream, why, config.max_frame_bytes).await;
+        }
+    }
+}
+
 async fn refuse(mut stream: UnixStream, why: String, max_frame: u32) {
     let refusal = ErrorBody::new(ErrorKind::Overloaded, why);
     session::send_refusal(&mut stream, refusal, max_frame).await;
-}
-
-/// Who is connecting: its uid, and whether it is root or an admin (who are
-/// not capped, and may use the admin reserve). Unknown credentials count as
-/// an ordinary client; the session refuses them anyway.
-fn applicant(stream: &UnixStream, ctx: &Context) -> Applicant {
-    let Ok(cred) = stream.peer_cred() else {
-        return Applicant {
-            uid: u32::MAX,
-            privileged: false,
-        };
-    };
-    let uid = cred.uid();
-    let privileged =
-        uid == 0 || ctx.role_of(&Peer::new(None, uid, cred.gid())) == Some(Role::Admin);
-    Applicant { uid, privileged }
 }

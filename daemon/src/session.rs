@@ -46,23 +46,15 @@ const DRAIN_MAX: Duration = Duration::from_secs(2);
 
 /// Serves one accepted connection until the client leaves, the connection
 /// fails, or the drain ends it.
-pub(crate) async fn serve(stream: UnixStream, ctx: Arc<Context>) {
+/// Serves one connection, from the peer `server` read off its socket at
+/// admission (credentials and groups, looked up once).
+pub(crate) async fn serve(stream: UnixStream, ctx: Arc<Context>, peer_cred: Peer) {
     let config = ctx.config();
     let max_frame = config.max_frame_bytes;
-    let cred = match stream.peer_cred() {
-        Ok(c) => c,
-        Err(e) => {
-            // Without credentials there is no role to give.
-            tracing::warn!(error = %e, "could not read the peer's credentials; closing");
-            return;
-        }
-    };
-    let pid = cred.pid().and_then(|p| u32::try_from(p).ok());
-    let peer_cred = Peer::new(pid, cred.uid(), cred.gid());
     let peer = format!(
         "pid {} uid {}",
-        pid.map_or_else(|| "?".into(), |p| p.to_string()),
-        cred.uid()
+        peer_cred.pid.map_or_else(|| "?".into(), |p| p.to_string()),
+        peer_cred.uid
     );
     let (rd, mut wr) = stream.into_split();
     let mut frames = FramedRead::new(
@@ -101,7 +93,7 @@ pub(crate) async fn serve(stream: UnixStream, ctx: Arc<Context>) {
                  read role). An admin can grant one in the [access] table of {config} (user:NAME, \
                  group:NAME, uid:N or gid:N) and run `nexusd ctl reload`; by default the socket \
                  file's group may read and write",
-                cred.uid()
+                peer_cred.uid
             ),
         );
         send_refusal(&mut wr, refusal, max_frame).await;
