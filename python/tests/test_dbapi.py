@@ -154,3 +154,13 @@ def test_temp_objects_are_refused_and_say_why(conn):
     with conn:
         conn.execute("INSERT INTO t(name) VALUES ('still-usable')")
     assert conn.execute("SELECT count(*) FROM sqlite_temp_master").fetchone() == (0,)
+
+
+def test_vacuum_from_a_client_is_refused_with_the_ctl_commands_to_use(conn, tmp_path):
+    target = tmp_path / "copy.db"
+    for sql in ("VACUUM", f"VACUUM INTO '{target}'"):
+        with pytest.raises(nexusd.OperationalError) as e:
+            conn.execute(sql)
+        assert "nexusd ctl vacuum" in str(e.value) and "nexusd ctl backup" in str(e.value)
+    assert not target.exists()
+    conn.execute("INSERT INTO t(name) VALUES ('still-usable')")

@@ -400,6 +400,22 @@ fn sqlite_error_body(
             ),
         ));
     }
+    if message.starts_with("cannot VACUUM") {
+        // Every client statement runs inside the daemon's transaction, where
+        // SQLite never runs VACUUM: so VACUUM and VACUUM INTO from a client
+        // always end here, whatever their target.
+        return Err(ErrorBody {
+            kind: ErrorKind::Refused,
+            code: ffi::SQLITE_AUTH,
+            extended_code: ffi::SQLITE_AUTH,
+            message: "VACUUM is refused from clients: it would rebuild the database under every \
+                      other client, and VACUUM INTO would write a file wherever the statement \
+                      says. Run `nexusd ctl vacuum` to rebuild it, or `nexusd ctl backup PATH` \
+                      for a compact copy (what VACUUM INTO makes)"
+                .into(),
+            statement_index: None,
+        });
+    }
     let _ = code;
     Err(ErrorBody {
         kind: ErrorKind::Sql,
@@ -542,6 +558,38 @@ mod tests {
             .query_row("SELECT count(*) FROM sqlite_temp_master", [], |r| r.get(0))
             .expect("temp schema");
         assert_eq!(temps, 0, "a refused TEMP object was created");
+    }
+
+    #[test]
+    fn refuses_vacuum_and_vacuum_into_pointing_to_ctl() {
+        let (dir, conn, guard) = open();
+        let target = dir.path().join("copy.db");
+        for sql in [
+            "VACUUM".to_owned(),
+            format!("VACUUM INTO '{}'", target.display()),
+        ] {
+            // As the writer runs client statements: inside its transaction.
+            conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
+            let err = match run_statement(
+                &conn,
+                &guard,
+                Scope::Request,
+                &stmt(&sql),
+                Want::Changes,
+                &limits(),
+            ) {
+                Err(e) => e,
+                Ok(_) => panic!("{sql} was allowed"),
+            };
+            conn.execute_batch("ROLLBACK").expect("rollback");
+            assert_eq!(err.kind, ErrorKind::Refused, "{sql}: {err:?}");
+            assert!(
+                err.message.contains("nexusd ctl vacuum") && err.message.contains("ctl backup"),
+                "{sql}: {}",
+                err.message
+            );
+        }
+        assert!(!target.exists(), "VACUUM INTO wrote its file");
     }
 
     #[test]
