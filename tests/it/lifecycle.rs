@@ -233,3 +233,85 @@ fn client_reconnects_after_a_restart() {
         assert_eq!(rows.len(), 1);
     });
 }
+
+/// SIGSTOP under load: a client's call gives up by its own deadline with
+/// "outcome unknown", never with a false "not applied"; after SIGCONT the
+/// daemon goes on, and everything acknowledged is there.
+#[test]
+fn a_stopped_daemon_costs_clients_their_deadline_and_loses_nothing() {
+    let d = Daemon::start(&[]);
+    let rt = rt();
+    let options = nexusd_client::ClientOptions {
+        request_timeout: Some(Duration::from_millis(300)),
+        ..Default::default()
+    };
+    let c = rt
+        .block_on(nexusd_client::Client::connect_with(d.socket(), options))
+        .expect("connect");
+    rt.block_on(c.execute("CREATE TABLE s(n INTEGER PRIMARY KEY)", params![]))
+        .expect("create");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let outcomes = Arc::new(Mutex::new((Vec::new(), Vec::new(), Vec::new())));
+    let writer = {
+        let (c, stop, outcomes) = (c.clone(), stop.clone(), outcomes.clone());
+        rt.spawn(async move {
+            let mut n = 0i64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                let r = c.execute("INSERT INTO s VALUES (?1)", params![n]).await;
+                let mut o = outcomes.lock().expect("lock");
+                match r {
+                    Ok(_) => o.0.push(n),
+                    Err(Error::Disconnected {
+                        outcome_unknown: true,
+                        ..
+                    }) => o.1.push(n),
+                    Err(e) => {
+                        assert!(e.to_string().contains("not applied"), "{e}");
+                        o.2.push(n)
+                    }
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    d.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(6500));
+    d.signal(libc::SIGCONT);
+    let acked_before_resume = outcomes.lock().expect("lock").0.len();
+    assert!(
+        wait_until(Duration::from_secs(20), || outcomes
+            .lock()
+            .expect("lock")
+            .0
+            .len()
+            > acked_before_resume + 50),
+        "the daemon did not resume serving"
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    rt.block_on(writer).expect("writer");
+    let (acked, unknown, not_applied) = outcomes.lock().expect("lock").clone();
+    assert!(!unknown.is_empty(), "no call met the stop: it was not felt");
+    let present: HashSet<i64> = rt
+        .block_on(c.query("SELECT n FROM s", params![]))
+        .expect("read")
+        .iter()
+        .map(|r| r.get::<i64>(0).expect("n"))
+        .collect();
+    for n in &acked {
+        assert!(present.contains(n), "acknowledged write {n} is missing");
+    }
+    for n in &not_applied {
+        assert!(
+            !present.contains(n),
+            "write {n} was said not applied, yet it is there"
+        );
+    }
+    let ok = rt
+        .block_on(c.query("PRAGMA integrity_check", params![]))
+        .expect("integrity");
+    assert_eq!(
+        ok.get(0).expect("row").get::<String>(0).expect("text"),
+        "ok"
+    );
+}
