@@ -17,7 +17,13 @@
 # pgbench's builtin tpcb-like on the same clients; dqlite is left out (it
 # has no such benchmark).
 #
-# Usage: bench/compare.sh [--workload insert|tpcb] [--duration SECONDS]
+# With --workload point-read, the workload is reads of one row by primary
+# key from a table of 10,000 (nexusd bench --workload point-read, with its
+# baselines) beside pgbench running the same SELECT as a prepared statement
+# (-M prepared) over its Unix socket; dqlite is left out. Run it with
+# --clients 1 --processes 1 for one client's round trip.
+#
+# Usage: bench/compare.sh [--workload insert|tpcb|point-read] [--duration SECONDS]
 #                         [--clients N] [--processes P] [--out DIR]
 # Installs postgresql and go-dqlite through apt when they are missing
 # (as root, or through sudo). Prints one table; --out also keeps the raw
@@ -41,8 +47,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 case "$WORKLOAD" in
-    insert|tpcb) ;;
-    *) echo "compare.sh: --workload '$WORKLOAD' is not one of insert, tpcb" >&2; exit 2 ;;
+    insert|tpcb|point-read) ;;
+    *) echo "compare.sh: --workload '$WORKLOAD' is not one of insert, tpcb, point-read" >&2; exit 2 ;;
 esac
 for v in DURATION CLIENTS PROCESSES; do
     if ! [[ "${!v}" =~ ^[1-9][0-9]*$ ]]; then
@@ -56,7 +62,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 missing=()
 command -v pgbench >/dev/null || missing+=(postgresql)
-[ "$WORKLOAD" = tpcb ] || command -v dqlite-benchmark >/dev/null || missing+=(go-dqlite)
+[ "$WORKLOAD" != insert ] || command -v dqlite-benchmark >/dev/null || missing+=(go-dqlite)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "compare.sh: installing ${missing[*]} through apt" >&2
     as_root apt-get update -qq
@@ -104,6 +110,11 @@ echo "INSERT INTO bench(payload) VALUES (decode(repeat('ab', 100), 'hex'));" >"$
 if [ "$WORKLOAD" = tpcb ]; then
     run_pg pgbench -i -s 1 -q -h "$work/pg/sock" -U bench bench >/dev/null 2>&1
     script=(-b tpcb-like)
+elif [ "$WORKLOAD" = point-read ]; then
+    psql_ -d bench -c "INSERT INTO bench(payload) SELECT decode(repeat('ab', 100), 'hex') FROM generate_series(1, 10000)" >/dev/null
+    printf '%s\n' '\set id random(1, 10000)' 'SELECT payload FROM bench WHERE id = :id;' >"$work/pg/select.sql"
+    [ "$(id -u)" = 0 ] && chown postgres "$work/pg/select.sql"
+    script=(-n -M prepared -f "$work/pg/select.sql")
 else
     script=(-n -f "$work/pg/insert.sql")
 fi
@@ -156,7 +167,8 @@ for f in glob.glob(os.path.join(work, "pg", "log", "pgbench_log*")):
             lat.append(int(parts[2]) / 1000.0)
 p50, p99, mx = quantiles(lat)
 settings = open(os.path.join(work, "pg", "settings")).read().split()
-what = "pgbench -b tpcb-like, scale 1" if workload == "tpcb" else "pgbench"
+what = {"tpcb": "pgbench -b tpcb-like, scale 1",
+        "point-read": "pgbench -M prepared, SELECT payload FROM bench WHERE id = :id"}.get(workload, "pgbench")
 runs.append({"setup": "PostgreSQL", "detail": f"PostgreSQL: {settings[2]}, {what}, fsync={settings[0]}, synchronous_commit={settings[1]}",
              "ops_per_sec": float(tps.group(1)), "p50_ms": p50, "p99_ms": p99, "max_ms": mx,
              "errors": int(failed.group(1)) if failed else 0})
@@ -187,9 +199,9 @@ if workload == "insert":
 
 base = runs[0]["ops_per_sec"]
 fmt = lambda v: "" if v is None else f"{v:.2f}"
-title = ("TPC-B-like transactions (pgbench's script, scale 1)" if workload == "tpcb"
-         else "single-row durable inserts")
-unit = "transactions/s" if workload == "tpcb" else "inserts/s"
+title = {"tpcb": "TPC-B-like transactions (pgbench's script, scale 1)",
+         "point-read": "point reads by primary key (10,000 rows)"}.get(workload, "single-row durable inserts")
+unit = {"tpcb": "transactions/s", "point-read": "reads/s"}.get(workload, "inserts/s")
 lines = [f"{title}, {clients} clients, {duration:g} s each, {os.cpu_count()} cores", "",
          f"| setup | {unit} | p50 ms | p99 ms | max ms | errors | nexusd is |",
          "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
