@@ -315,3 +315,111 @@ fn a_stopped_daemon_costs_clients_their_deadline_and_loses_nothing() {
         "ok"
     );
 }
+
+/// An LD_PRELOAD shim that makes fsync and fdatasync of a `-wal` file fail
+/// with EIO while the file `$NEXUSD_TEST_FSYNC_FAILS_IF` exists.
+const FSYNC_SHIM: &str = r#"
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+static int failing(int fd) {
+    const char *trigger = getenv("NEXUSD_TEST_FSYNC_FAILS_IF");
+    if (!trigger || access(trigger, F_OK) != 0) return 0;
+    char link[64], path[4096];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, path, sizeof path - 1);
+    if (n < 0) return 0;
+    path[n] = 0;
+    return n > 4 && strcmp(path + n - 4, "-wal") == 0;
+}
+int fdatasync(int fd) {
+    static int (*real)(int);
+    if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+    if (failing(fd)) { errno = EIO; return -1; }
+    return real(fd);
+}
+int fsync(int fd) {
+    static int (*real)(int);
+    if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
+    if (failing(fd)) { errno = EIO; return -1; }
+    return real(fd);
+}
+"#;
+
+/// fsync of the WAL returns EIO: the write it held is answered with its
+/// outcome unknown (never acknowledged), the daemon exits with status 74
+/// rather than serve what may not be on disk, and restarted, it holds
+/// everything acknowledged before.
+#[test]
+fn a_failed_fsync_ends_the_daemon_and_loses_nothing_acknowledged() {
+    let shim_dir = tempfile::tempdir().expect("tempdir");
+    let src = shim_dir.path().join("fsync_shim.c");
+    let so = shim_dir.path().join("fsync_shim.so");
+    std::fs::write(&src, FSYNC_SHIM).expect("shim source");
+    let (ok, out) = crate::run(
+        Command::new("cc")
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(&so)
+            .arg(&src)
+            .arg("-ldl"),
+    );
+    assert!(ok, "could not build the fsync shim with cc: {out}");
+    let trigger = shim_dir.path().join("fail-now");
+    let mut d = Daemon::start_with_env(
+        &[],
+        &[
+            ("LD_PRELOAD", so.to_str().expect("utf-8")),
+            (
+                "NEXUSD_TEST_FSYNC_FAILS_IF",
+                trigger.to_str().expect("utf-8"),
+            ),
+        ],
+    );
+    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    c.execute("CREATE TABLE f(n INTEGER PRIMARY KEY)", params![])
+        .expect("create");
+    for n in 1..=50i64 {
+        c.execute("INSERT INTO f VALUES (?1)", params![n])
+            .expect("a write before the fault");
+    }
+    std::fs::write(&trigger, b"").expect("trigger");
+    let err = c
+        .execute("INSERT INTO f VALUES (51)", params![])
+        .expect_err("a write whose fsync failed must not be acknowledged");
+    assert!(
+        matches!(err, Error::Io(_))
+            || matches!(
+                err,
+                Error::Disconnected {
+                    outcome_unknown: true,
+                    ..
+                }
+            ),
+        "{err}"
+    );
+    if let Error::Io(m) = &err {
+        assert!(m.contains("outcome is unknown"), "{m}");
+    }
+    let status = d.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(74), "{}", d.log_text());
+    assert!(d.log_text().contains("fsync of the WAL failed"));
+
+    std::fs::remove_file(&trigger).expect("untrigger");
+    d.restart();
+    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect again");
+    let rows = c
+        .query("SELECT count(*) FROM f WHERE n <= 50", params![])
+        .expect("count");
+    assert_eq!(rows.get(0).expect("row").get::<i64>(0).expect("n"), 50);
+    let ok = c
+        .query("PRAGMA integrity_check", params![])
+        .expect("integrity");
+    assert_eq!(
+        ok.get(0).expect("row").get::<String>(0).expect("text"),
+        "ok"
+    );
+}

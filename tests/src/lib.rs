@@ -62,6 +62,7 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub log: PathBuf,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
     child: Option<Child>,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -69,6 +70,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts a daemon on a fresh temp dir, with extra `serve` flags.
     pub fn start(extra: &[&str]) -> Daemon {
+        Daemon::start_with_env(extra, &[])
+    }
+
+    /// `start`, with extra environment variables (kept for restarts).
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_owned();
         let mut d = Daemon {
@@ -77,6 +83,10 @@ impl Daemon {
             log: dir.join("nexusd.log"),
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
             _tmp: Some(tmp),
         };
@@ -122,6 +132,7 @@ impl Daemon {
             .arg("--socket")
             .arg(&self.socket)
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

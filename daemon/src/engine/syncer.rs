@@ -8,6 +8,14 @@
 //!
 //! A reply is sent only after a sync that began after its COMMIT returned,
 //! so an acknowledged write survives power loss, as under FULL.
+//!
+//! A failed sync ends the process. After an fsync error the kernel may
+//! have dropped the dirty pages or marked them clean, so neither a retry
+//! nor the page cache says what is on disk (PostgreSQL's "fsyncgate"
+//! lesson). The syncer answers the writes it could not make durable with
+//! `Io`, outcome unknown, gives the sessions a moment to send that, and
+//! exits with `EXIT_SYNC_FAILED` without serving anything more; systemd
+//! (`Restart=on-failure`) starts it again from what the disk holds.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -19,6 +27,12 @@ use tokio::sync::oneshot;
 
 /// Batches of replies waiting for a sync.
 const QUEUE: usize = 1024;
+
+/// The exit status after a failed sync of the WAL (EX_IOERR).
+pub(crate) const EXIT_SYNC_FAILED: i32 = 74;
+
+/// How long the sessions get to send the `Io` answers before the exit.
+const EXIT_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// A reply to send once what it answers is durable.
 pub(crate) type Ack = (oneshot::Sender<ResponseBody>, ResponseBody);
@@ -80,7 +94,13 @@ fn run(wal: &Path, rx: flume::Receiver<Vec<Ack>>) {
         }
         let synced = sync(wal, &mut file);
         if let Err(e) = &synced {
-            tracing::error!(wal = %wal.display(), error = %e, "fsync of the WAL failed");
+            tracing::error!(
+                wal = %wal.display(),
+                error = %e,
+                "fsync of the WAL failed: answering the writes it held, then exiting with status \
+                 {EXIT_SYNC_FAILED} so that nothing more is served from a file whose state on \
+                 disk is unknown; under systemd the daemon restarts from what the disk holds"
+            );
         }
         for (reply, body) in acks {
             let body = match &synced {
@@ -88,14 +108,19 @@ fn run(wal: &Path, rx: flume::Receiver<Vec<Ack>>) {
                 Err(e) => ResponseBody::Error(ErrorBody::new(
                     ErrorKind::Io,
                     format!(
-                        "the write committed, but making it durable failed: fsync of {} \
-                         returned {e}. Reads see it, but it may not survive a power loss; the \
-                         disk under the database needs attention",
+                        "the write's outcome is unknown: it committed, but the fsync of {} that \
+                         makes it durable returned {e}, so it may or may not be on disk. nexusd \
+                         exits now and restarts from what the disk holds; check for the write \
+                         before retrying it, and see to the disk under the database",
                         wal.display()
                     ),
                 )),
             };
             let _ = reply.send(body);
+        }
+        if synced.is_err() {
+            std::thread::sleep(EXIT_GRACE);
+            std::process::exit(EXIT_SYNC_FAILED);
         }
     }
 }
