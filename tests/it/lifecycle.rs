@@ -423,3 +423,91 @@ fn a_failed_fsync_ends_the_daemon_and_loses_nothing_acknowledged() {
         "ok"
     );
 }
+
+/// A tmpfs mounted for one test (needs root), unmounted when dropped.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            panic!("this test mounts a small tmpfs, which needs root");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ok, out) = crate::run(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o"])
+                .arg(format!("size={size}"))
+                .arg("tmpfs")
+                .arg(dir.path()),
+        );
+        assert!(ok, "could not mount a tmpfs: {out}");
+        SmallDisk(dir)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+/// On a full disk, writes fail with a clear error and nothing acknowledged
+/// is lost; once space is freed, writes go on without a restart.
+#[test]
+fn a_full_disk_fails_writes_clearly_and_they_resume_when_space_returns() {
+    let disk = SmallDisk::mount("6m");
+    let ballast = disk.0.path().join("ballast");
+    std::fs::write(&ballast, vec![0u8; 2 << 20]).expect("ballast");
+    let d = Daemon::start_in(disk.0.path(), &[]);
+    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    c.execute(
+        "CREATE TABLE big(n INTEGER PRIMARY KEY, blob BLOB)",
+        params![],
+    )
+    .expect("create");
+    let blob = vec![0x5au8; 64 * 1024];
+    let mut acked = 0i64;
+    let err = loop {
+        match c.execute(
+            "INSERT INTO big VALUES (?1, ?2)",
+            params![acked + 1, blob.clone()],
+        ) {
+            Ok(_) => acked += 1,
+            Err(e) => break e,
+        }
+        assert!(acked < 1000, "the 6 MiB disk never filled");
+    };
+    assert!(acked > 0, "no write fit at all");
+    let text = err.to_string();
+    println!("after {acked} writes, the full disk's answer: {text}");
+    assert!(
+        text.contains("full"),
+        "the error should say the disk is full: {text}"
+    );
+
+    std::fs::remove_file(&ballast).expect("free the space");
+    // The same key again: had the failed write been applied, this would
+    // fail on the primary key and never resume.
+    let resumed = wait_until(Duration::from_secs(10), || {
+        c.execute(
+            "INSERT INTO big VALUES (?1, ?2)",
+            params![acked + 1, vec![1u8; 16]],
+        )
+        .is_ok()
+    });
+    assert!(resumed, "writes did not resume once space was freed");
+    let rows = c
+        .query("SELECT count(*) FROM big WHERE n <= ?1", params![acked])
+        .expect("count");
+    assert_eq!(rows.get(0).expect("row").get::<i64>(0).expect("n"), acked);
+    let ok = c
+        .query("PRAGMA integrity_check", params![])
+        .expect("integrity");
+    assert_eq!(
+        ok.get(0).expect("row").get::<String>(0).expect("text"),
+        "ok"
+    );
+    drop(c);
+    drop(d);
+}

@@ -73,6 +73,23 @@ impl Daemon {
         Daemon::start_with_env(extra, &[])
     }
 
+    /// `start`, with the database, socket and log in `dir` (which the
+    /// caller keeps), e.g. on a filesystem of the test's choosing.
+    pub fn start_in(dir: &Path, extra: &[&str]) -> Daemon {
+        let mut d = Daemon {
+            db: dir.join("test.db"),
+            socket: dir.join("nexusd.sock"),
+            log: dir.join("nexusd.log"),
+            dir: dir.to_owned(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+            child: None,
+            _tmp: None,
+        };
+        d.restart();
+        d
+    }
+
     /// `start`, with extra environment variables (kept for restarts).
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let tmp = tempfile::tempdir().expect("tempdir");
