@@ -298,6 +298,21 @@ struct Client {
     rt: &'static tokio::runtime::Runtime,
 }
 
+impl Client {
+    /// Runs `f` on this client's runtime with the GIL released, and waits.
+    fn wait<T, F, Fut>(&self, py: Python<'_>, f: F) -> PyResult<T>
+    where
+        T: Send,
+        F: FnOnce(nexusd_client::Client) -> Fut + Send,
+        Fut: std::future::Future<Output = nexusd_client::Result<T>>,
+    {
+        let rt = self.rt;
+        let client = (*self.inner).clone();
+        py.allow_threads(|| rt.block_on(f(client)))
+            .map_err(to_py_err)
+    }
+}
+
 impl Drop for Client {
     fn drop(&mut self) {
         // In a forked child the parent's connection belongs to threads that
@@ -362,11 +377,7 @@ impl Client {
         params: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyObject> {
         let params = to_params(params)?;
-        let rt = self.rt;
-        let client = (*self.inner).clone();
-        let r = py
-            .allow_threads(|| rt.block_on(client.run(sql, params)))
-            .map_err(to_py_err)?;
+        let r = self.wait(py, |client| async move { client.run(sql, params).await })?;
         result_to_py(py, r)
     }
 
@@ -379,11 +390,7 @@ impl Client {
         seq_of_params: &Bound<'_, PyAny>,
     ) -> PyResult<(u64, i64)> {
         let statements = many(sql, seq_of_params)?;
-        let rt = self.rt;
-        let client = (*self.inner).clone();
-        let results = py
-            .allow_threads(|| rt.block_on(client.batch(statements)))
-            .map_err(to_py_err)?;
+        let results = self.wait(py, |client| async move { client.batch(statements).await })?;
         Ok(batch_totals(&results))
     }
 
@@ -393,23 +400,15 @@ impl Client {
             .into_iter()
             .map(|s| Statement::new(s, Params::default()))
             .collect();
-        let rt = self.rt;
-        let client = (*self.inner).clone();
-        py.allow_threads(|| rt.block_on(client.batch(statements)))
-            .map_err(to_py_err)?;
+        self.wait(py, |client| async move { client.batch(statements).await })?;
         Ok(())
     }
 
     /// Opens an interactive transaction: "deferred", "immediate" or
     /// "read".
     fn begin(&self, py: Python<'_>, mode: &str) -> PyResult<Transaction> {
-        let rt = self.rt;
-        let client = (*self.inner).clone();
-        let mode = mode.to_owned();
-        let tx = py
-            .allow_threads(|| rt.block_on(begin(&client, &mode)))
-            .map_err(to_py_err)?;
-        Ok(Transaction::new(tx, self.flavor))
+        let tx = self.wait(py, |client| async move { begin(&client, mode).await })?;
+        Ok(Transaction::new(tx, self.flavor, self.rt))
     }
 
     /// `run`, for asyncio: returns an `asyncio.Future` of the running loop,
@@ -488,7 +487,8 @@ impl Answer {
             Answer::Result(r) => result_to_py(py, r),
             Answer::Totals(t) => Ok(t.into_pyobject(py)?.into_any().unbind()),
             Answer::Transaction(tx) => {
-                Ok(Py::new(py, Transaction::new(tx, Flavor::Asyncio))?.into_any())
+                let rt = runtime(Flavor::Asyncio)?;
+                Ok(Py::new(py, Transaction::new(tx, Flavor::Asyncio, rt))?.into_any())
             }
             Answer::Done => Ok(py.None()),
         }
@@ -634,8 +634,10 @@ where
 struct Transaction {
     inner: Arc<tokio::sync::Mutex<Option<nexusd_client::Transaction>>>,
     pid: u32,
-    /// The flavor of the client it was begun on: its connection's runtime.
+    /// The flavor of the client it was begun on, and that flavor's runtime
+    /// (its connection's).
     flavor: Flavor,
+    rt: &'static tokio::runtime::Runtime,
 }
 
 impl Drop for Transaction {
@@ -653,10 +655,8 @@ impl Drop for Transaction {
         // client's runtime runs only inside calls, so send it now rather
         // than with the next call, or hold the writer until the lease ends.
         drop(tx);
-        if self.flavor == Flavor::Blocking
-            && let Ok(rt) = runtime(Flavor::Blocking)
-        {
-            flush(rt);
+        if self.flavor == Flavor::Blocking {
+            flush(self.rt);
         }
     }
 }
@@ -678,11 +678,16 @@ fn ended() -> Error {
 }
 
 impl Transaction {
-    fn new(tx: nexusd_client::Transaction, flavor: Flavor) -> Transaction {
+    fn new(
+        tx: nexusd_client::Transaction,
+        flavor: Flavor,
+        rt: &'static tokio::runtime::Runtime,
+    ) -> Transaction {
         Transaction {
             inner: Arc::new(tokio::sync::Mutex::new(Some(tx))),
             pid: std::process::id(),
             flavor,
+            rt,
         }
     }
 
@@ -693,7 +698,7 @@ impl Transaction {
         F: FnOnce(Arc<tokio::sync::Mutex<Option<nexusd_client::Transaction>>>) -> Fut + Send,
         Fut: std::future::Future<Output = nexusd_client::Result<T>>,
     {
-        let rt = runtime(self.flavor)?;
+        let rt = self.rt;
         let inner = self.inner.clone();
         py.allow_threads(|| rt.block_on(f(inner)))
             .map_err(to_py_err)
@@ -826,12 +831,10 @@ impl Transaction {
     /// Rolls back without waiting for the answer (a cancelled task's
     /// transaction): the rollback is queued, and this returns at once.
     fn abandon(&self) {
-        if let Ok(rt) = runtime(self.flavor) {
-            let inner = self.inner.clone();
-            rt.spawn(async move {
-                let _ = end(inner, false).await;
-            });
-        }
+        let inner = self.inner.clone();
+        self.rt.spawn(async move {
+            let _ = end(inner, false).await;
+        });
     }
 }
 

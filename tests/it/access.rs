@@ -1,7 +1,6 @@
 //! Roles from peer credentials: clients run as other uids (setpriv), each
 //! role checked both ways.
 
-use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;
 
@@ -14,12 +13,8 @@ use crate::{rt, run};
 /// ways. Needs root (CI runs as root).
 #[test]
 fn roles_from_peer_credentials_allow_and_refuse() {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        panic!("this test runs clients as other uids with setpriv, which needs root");
-    }
-    let tmp = tempfile::tempdir().expect("tempdir");
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    crate::require_root("runs clients as other uids with setpriv");
+    let tmp = crate::shared_tempdir();
     let config = tmp.path().join("nexusd.toml");
     std::fs::write(
         &config,

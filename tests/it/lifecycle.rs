@@ -429,10 +429,7 @@ struct SmallDisk(tempfile::TempDir);
 
 impl SmallDisk {
     fn mount(size: &str) -> SmallDisk {
-        // SAFETY: geteuid cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
-            panic!("this test mounts a small tmpfs, which needs root");
-        }
+        crate::require_root("mounts a small tmpfs");
         let dir = tempfile::tempdir().expect("tempdir");
         let (ok, out) = crate::run(
             Command::new("mount")

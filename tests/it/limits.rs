@@ -235,13 +235,8 @@ fn hold_as(
 /// root and admins may use, so `nexusd ctl` always gets in.
 #[test]
 fn a_per_uid_cap_and_an_admin_reserve() {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        panic!("this test runs clients as other uids with setpriv, which needs root");
-    }
-    use std::os::unix::fs::PermissionsExt;
-    let tmp = tempfile::tempdir().expect("tempdir");
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    crate::require_root("runs clients as other uids with setpriv");
+    let tmp = crate::shared_tempdir();
     let config = tmp.path().join("nexusd.toml");
     std::fs::write(
         &config,

@@ -129,3 +129,21 @@ pub fn shell(d: &Daemon, input: &[u8]) -> Output {
         .expect("write to the shell");
     shell.wait_with_output().expect("shell output")
 }
+
+/// Fails the test unless it runs as root, saying what it needs root for
+/// (CI runs as root).
+pub fn require_root(for_what: &str) {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("this test {for_what}, which needs root");
+    }
+}
+
+/// A temp dir that other uids may enter (mode 0755), for daemons their
+/// clients reach as other users.
+pub fn shared_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    tmp
+}
