@@ -33,6 +33,7 @@ fn writer_loop(c: &mut Criterion) {
             max_txn_time: Duration::from_millis(100),
             max_result_bytes: 15 << 20,
             checkpoint_wal_bytes: 4 << 20,
+            litestream_max_wal_bytes: None,
         },
         CheckpointGate::default(),
     )

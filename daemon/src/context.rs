@@ -17,6 +17,7 @@ use crate::clients::Clients;
 use crate::config::{Live, ServeConfig};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
+use crate::replica::ReplicaWatch;
 use crate::shutdown::Shutdown;
 use crate::systemd::Notifier;
 
@@ -29,6 +30,8 @@ pub(crate) struct Context {
     pub(crate) shutdown: Shutdown,
     pub(crate) notifier: Arc<Notifier>,
     pub(crate) socket_path: PathBuf,
+    /// Litestream mode: the replica as last seen.
+    pub(crate) replica: Option<Arc<ReplicaWatch>>,
     started: Instant,
 }
 
@@ -39,6 +42,7 @@ impl Context {
         shutdown: Shutdown,
         notifier: Arc<Notifier>,
         socket_path: PathBuf,
+        replica: Option<Arc<ReplicaWatch>>,
     ) -> Context {
         let max = config.current().max_connections;
         Context {
@@ -50,6 +54,7 @@ impl Context {
             shutdown,
             notifier,
             socket_path,
+            replica,
             started: Instant::now(),
         }
     }

@@ -26,6 +26,8 @@
 //!   `metrics_http` serves it on an optional loopback listener.
 //! - `shutdown`: signals, and the drain's fan-out.
 //! - `systemd`: sd_notify notices and the LISTEN_FDS socket.
+//! - `replica`: in Litestream mode, the replica as Litestream's control
+//!   socket reports it.
 //! - `lockfile`, `logging`.
 //!
 //! Everything is crate-private except what the binary and the criterion
@@ -45,6 +47,7 @@ mod lockfile;
 mod logging;
 mod metrics;
 mod metrics_http;
+mod replica;
 mod server;
 mod session;
 mod shutdown;

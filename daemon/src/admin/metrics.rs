@@ -19,5 +19,9 @@ pub(crate) fn metrics_text(ctx: &Context) -> String {
         reads_in_place: engine.readers.in_place_counts(),
         wal_bytes: engine.wal_bytes(),
         db_bytes: engine.db_bytes(),
+        litestream: ctx
+            .replica
+            .as_ref()
+            .map(|r| (ctx.config().litestream_max_wal_bytes, r.get())),
     })
 }

@@ -10,6 +10,14 @@ pub(crate) fn status(ctx: &Context) -> Status {
     let config = ctx.config();
     let mut settings = config.settings();
     settings.push(("access".to_owned(), ctx.describe_access()));
+    if let Some(replica) = &ctx.replica {
+        // Not a setting: the replica as last seen; `ctl status` shows it
+        // on a line of its own.
+        settings.push((
+            "replica".to_owned(),
+            replica.get().describe(replica.socket()),
+        ));
+    }
     Status {
         server_version: env!("CARGO_PKG_VERSION").to_owned(),
         sqlite_version: rusqlite::version().to_owned(),

@@ -157,6 +157,26 @@ pub struct ServeConfig {
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     pub(crate) checkpoint_wal_bytes: u64,
 
+    /// Litestream mode: Litestream (`litestream replicate`, run beside
+    /// nexusd) owns WAL checkpoints, so that it never has to take a new
+    /// full snapshot. nexusd then checkpoints only when the WAL reaches
+    /// --litestream-max-wal-bytes (Litestream down or stuck). See
+    /// docs/operations.md, "Replication with Litestream".
+    #[arg(long)]
+    pub(crate) litestream: bool,
+
+    /// Litestream's control socket (its config's `socket: path`), which
+    /// `ctl status` and the metrics read to show whether the replica is
+    /// attached and when it last synced. Only in Litestream mode.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) litestream_socket: Option<PathBuf>,
+
+    /// In Litestream mode, the WAL's hard bound, in bytes: past it nexusd
+    /// checkpoints the WAL itself (and Litestream takes a new snapshot when
+    /// it catches up). Keep it above Litestream's own truncate-page-n.
+    #[arg(long, default_value_t = 1024 * 1024 * 1024)]
+    pub(crate) litestream_max_wal_bytes: u64,
+
     /// Permission bits of the socket file, in octal. Connecting needs write
     /// permission; the access rules then decide the role.
     #[arg(long, default_value = "0660")]
@@ -209,6 +229,9 @@ struct FileConfig {
     txn_max_ms: Option<u64>,
     max_transactions: Option<usize>,
     checkpoint_wal_bytes: Option<u64>,
+    litestream: Option<bool>,
+    litestream_socket: Option<PathBuf>,
+    litestream_max_wal_bytes: Option<u64>,
     socket_mode: Option<String>,
     socket_group: Option<String>,
     metrics_listen: Option<String>,
@@ -313,6 +336,8 @@ impl ServeConfig {
             txn_max_ms,
             max_transactions,
             checkpoint_wal_bytes,
+            litestream,
+            litestream_max_wal_bytes,
             socket_mode,
         );
         macro_rules! merge_opt {
@@ -322,7 +347,7 @@ impl ServeConfig {
                 }
             )*};
         }
-        merge_opt!(db, socket, socket_group, metrics_listen);
+        merge_opt!(db, socket, socket_group, metrics_listen, litestream_socket);
         self.access = file.access.unwrap_or_default();
         Ok(self)
     }
@@ -375,6 +400,17 @@ impl ServeConfig {
             (
                 "checkpoint-wal-bytes",
                 self.checkpoint_wal_bytes.to_string(),
+            ),
+            ("litestream", self.litestream.to_string()),
+            (
+                "litestream-socket",
+                self.litestream_socket
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |p| p.display().to_string()),
+            ),
+            (
+                "litestream-max-wal-bytes",
+                self.litestream_max_wal_bytes.to_string(),
             ),
             ("socket-mode", self.socket_mode.clone()),
             ("socket-group", opt(&self.socket_group)),
@@ -478,6 +514,20 @@ impl ServeConfig {
         if self.max_read_ms == 0 {
             bail!("--max-read-ms 0 would interrupt every read; use at least 1");
         }
+        if self.litestream_socket.is_some() && !self.litestream {
+            bail!(
+                "litestream-socket is set but Litestream mode is off; add --litestream (or \
+                 `litestream = true` in the config file), or remove litestream-socket"
+            );
+        }
+        if self.litestream && self.litestream_max_wal_bytes < 1024 * 1024 {
+            bail!(
+                "--litestream-max-wal-bytes {} is under 1 MiB: nexusd would checkpoint before \
+                 Litestream does (at 1000 pages by default) and force a new snapshot each time; \
+                 keep it above Litestream's truncate-page-n pages (the default is 1 GiB)",
+                self.litestream_max_wal_bytes
+            );
+        }
         self.socket_mode_bits()?;
         self.metrics_addr()?;
         tracing_subscriber::EnvFilter::try_new(&self.log_level).map_err(|_| {
@@ -537,6 +587,7 @@ mod tests {
             match k.as_str() {
                 "socket-group" => *v = "nexusd".into(),
                 "metrics-listen" => *v = "127.0.0.1:9187".into(),
+                "litestream-socket" => *v = "/run/nexusd-litestream/litestream.sock".into(),
                 _ => {}
             }
         }

@@ -17,7 +17,7 @@ const MIN_SQLITE_VERSION: i32 = 3_051_003;
 const JOURNAL_MODE: &str = "wal";
 /// How long a connection waits on a lock held outside nexusd (a backup
 /// tool, say) before reporting SQLITE_BUSY.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE: usize = 256;
 

@@ -32,6 +32,9 @@ use nexusd_protocol::TxnOp;
 
 /// Least time between two checkpoints that hold writes back.
 const FORCED_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+/// Litestream mode: least time between two tries at a checkpoint over the
+/// WAL's bound (each failed try means a live Litestream holds the WAL).
+const LITESTREAM_FORCED_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Requests per commit.
 const BATCH_SIZE_BOUNDS: &[f64] = &[
@@ -173,6 +176,9 @@ pub struct WriterConfig {
     /// After a commit that leaves the WAL file at least this large, the
     /// writer runs a PASSIVE checkpoint before the next batch.
     pub checkpoint_wal_bytes: u64,
+    /// Litestream mode (`--litestream`): Litestream runs the checkpoints,
+    /// and the writer checkpoints only once the WAL holds this many bytes.
+    pub litestream_max_wal_bytes: Option<u64>,
 }
 
 /// Counters the writer keeps; read by `ctl status`, `stats` and `metrics`.
@@ -184,6 +190,9 @@ pub(crate) struct WriterStats {
     pub(crate) checkpoints: AtomicU64,
     pub(crate) checkpoints_busy: AtomicU64,
     pub(crate) checkpointed_frames: AtomicU64,
+    /// Litestream mode: checkpoints the writer ran itself because the WAL
+    /// reached its bound (each makes Litestream take a new snapshot).
+    pub(crate) forced_checkpoints: AtomicU64,
     /// COMMITs that changed the database, of any kind: a deferred
     /// transaction's snapshot is current while this is unchanged.
     pub(crate) commit_seq: AtomicU64,
@@ -204,6 +213,7 @@ impl Default for WriterStats {
             checkpoints: AtomicU64::new(0),
             checkpoints_busy: AtomicU64::new(0),
             checkpointed_frames: AtomicU64::new(0),
+            forced_checkpoints: AtomicU64::new(0),
             commit_seq: AtomicU64::new(0),
             txn_held_micros: AtomicU64::new(0),
             heartbeat: AtomicU64::new(0),
@@ -477,6 +487,20 @@ impl Writer {
     fn run_admin(&mut self, admin: WriterAdmin) -> ResponseBody {
         match admin {
             WriterAdmin::Ping => ResponseBody::Ok,
+            WriterAdmin::Checkpoint(mode)
+                if self.config.litestream_max_wal_bytes.is_some()
+                    && !matches!(mode, CheckpointMode::Passive) =>
+            {
+                ResponseBody::Error(ErrorBody::new(
+                    ErrorKind::Refused,
+                    format!(
+                        "a {} checkpoint starts the WAL over, which makes Litestream take a new \
+                         full snapshot; in Litestream mode Litestream runs the checkpoints. Use \
+                         `nexusd ctl checkpoint passive`, or let Litestream checkpoint",
+                        mode.as_sql()
+                    ),
+                ))
+            }
             WriterAdmin::Checkpoint(mode) => match self.checkpoint(mode) {
                 Ok(r) => ResponseBody::Checkpoint(r),
                 Err(e) => ResponseBody::Error(own_statement_error("wal_checkpoint", &e)),
@@ -543,6 +567,12 @@ impl Writer {
     /// it at 5 s). At most every `FORCED_CHECKPOINT_INTERVAL`.
     fn maybe_checkpoint(&mut self) {
         let size = self.wal_frames.load(Ordering::Relaxed) * self.page_size;
+        if let Some(bound) = self.config.litestream_max_wal_bytes {
+            if size >= bound {
+                self.force_checkpoint_for_litestream(size, bound);
+            }
+            return;
+        }
         if size < self.config.checkpoint_wal_bytes {
             return;
         }
@@ -581,6 +611,50 @@ impl Writer {
                 // using it, so this does not wait.
                 let _ = self.checkpoint(CheckpointMode::Truncate);
             }
+            Err(e) => tracing::warn!(error = %e, "checkpoint failed"),
+        }
+    }
+
+    /// Litestream mode, the WAL at its bound: Litestream is not
+    /// checkpointing (stopped, or stuck), so the writer does, to keep the
+    /// disk from filling. A TRUNCATE that waits for nobody: while
+    /// Litestream holds its read transaction it cannot finish, and that is
+    /// right, since a live Litestream checkpoints on its own. Once it
+    /// succeeds, Litestream finds the WAL started over and takes a new full
+    /// snapshot when it next syncs: the cost of a bounded WAL.
+    fn force_checkpoint_for_litestream(&mut self, size: u64, bound: u64) {
+        if self.last_forced.elapsed() < LITESTREAM_FORCED_INTERVAL {
+            return;
+        }
+        self.last_forced = Instant::now();
+        if let Err(e) = self.conn.busy_timeout(Duration::ZERO) {
+            tracing::warn!(error = %e, "could not clear the busy timeout for a checkpoint");
+            return;
+        }
+        let result = self.checkpoint(CheckpointMode::Truncate);
+        if let Err(e) = self.conn.busy_timeout(db::BUSY_TIMEOUT) {
+            tracing::error!(error = %e, "could not restore the writer's busy timeout");
+        }
+        match result {
+            Ok(r) if !r.busy => {
+                self.stats
+                    .forced_checkpoints
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    wal_bytes = size,
+                    litestream_max_wal_bytes = bound,
+                    "the WAL reached litestream-max-wal-bytes: Litestream is not checkpointing \
+                     it (is `litestream replicate` running?), so nexusd truncated it; Litestream \
+                     takes a new full snapshot when it next syncs"
+                );
+            }
+            Ok(_) => tracing::warn!(
+                wal_bytes = size,
+                litestream_max_wal_bytes = bound,
+                "the WAL is over litestream-max-wal-bytes and a reader (Litestream's, if it \
+                 is running) holds it; Litestream's own truncate-page-n checkpoint should \
+                 follow. Check `litestream status` and its log"
+            ),
             Err(e) => tracing::warn!(error = %e, "checkpoint failed"),
         }
     }
@@ -984,6 +1058,16 @@ impl Writer {
         // The replies still waiting for a sync go first.
         if let Some(syncer) = self.syncer.take() {
             syncer.finish();
+        }
+        if self.config.litestream_max_wal_bytes.is_some() {
+            // Litestream may still be reading the WAL: it is its to
+            // checkpoint. Closing the connection still checkpoints it when no
+            // one else has the database open (SQLite's rule).
+            tracing::info!("Litestream mode: no final checkpoint; Litestream runs them");
+            if let Err((_, e)) = self.conn.close() {
+                tracing::warn!(error = %e, "closing the database failed");
+            }
+            return;
         }
         match self
             .conn

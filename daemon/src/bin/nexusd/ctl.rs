@@ -366,9 +366,16 @@ pub(crate) fn print_status(s: &Status) {
         s.writes_committed, s.batches_committed
     );
     println!("writer queue    {}", s.writer_queue_depth);
+    // The daemon sends the replica's state with the settings (so that the
+    // protocol's Status needs no new field); it is shown apart from them.
+    let (replica, settings): (Vec<_>, Vec<_>) =
+        s.settings.iter().partition(|(k, _)| k == "replica");
+    for (_, v) in replica {
+        println!("replica         {v}");
+    }
     println!("settings in force:");
-    let width = s.settings.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    for (k, v) in &s.settings {
+    let width = settings.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (k, v) in settings {
         println!("  {k:<width$}  {v}");
     }
 }
