@@ -337,13 +337,12 @@ async fn handshake(
              version {PROTOCOL_VERSION}; use a client built for protocol {PROTOCOL_VERSION}"
         ))
     };
-    match codec::decode_payload::<Hello>(&payload) {
-        Ok(hello) if hello.protocol_version == PROTOCOL_VERSION => Ok(hello),
-        Ok(hello) => Err(mismatch(hello.protocol_version)),
-        Err(e) => match codec::peek_version(&payload) {
-            Some(v) if v != PROTOCOL_VERSION => Err(mismatch(v)),
-            _ => Err(refuse(format!("could not decode the handshake: {e}"))),
-        },
+    match codec::decode_hello(&payload) {
+        Ok(hello) => Ok(hello),
+        Err(codec::HelloError::Version(theirs)) => Err(mismatch(theirs)),
+        Err(codec::HelloError::Undecodable(e)) => {
+            Err(refuse(format!("could not decode the handshake: {e}")))
+        }
     }
 }
 

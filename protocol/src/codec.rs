@@ -11,6 +11,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::codec::{Decoder, Encoder};
 
+use crate::message::{Hello, PROTOCOL_VERSION};
+
 /// Default for the largest frame either side accepts: 16 MiB.
 pub const DEFAULT_MAX_FRAME_BYTES: u32 = 16 * 1024 * 1024;
 /// The largest `max_frame_bytes` the codec can be configured with.
@@ -80,6 +82,32 @@ pub fn peek_version(payload: &[u8]) -> Option<u32> {
     bincode::serde::decode_from_slice::<u32, _>(payload, config())
         .ok()
         .map(|(v, _)| v)
+}
+
+/// Why a handshake frame was not a `Hello` this side can serve.
+#[derive(Debug, thiserror::Error)]
+pub enum HelloError {
+    /// The peer speaks another protocol version (read from the payload's
+    /// first field even when the rest does not decode).
+    #[error("the peer speaks protocol version {0}, this side speaks {PROTOCOL_VERSION}")]
+    Version(u32),
+    #[error(transparent)]
+    Undecodable(CodecError),
+}
+
+/// Decodes the first frame of a connection the way the server must: a
+/// payload whose leading `u32` names another version is that version's
+/// mismatch, whether or not the rest decodes; anything else that does not
+/// decode as a `Hello` is undecodable.
+pub fn decode_hello(payload: &[u8]) -> Result<Hello, HelloError> {
+    match decode_payload::<Hello>(payload) {
+        Ok(hello) if hello.protocol_version == PROTOCOL_VERSION => Ok(hello),
+        Ok(hello) => Err(HelloError::Version(hello.protocol_version)),
+        Err(e) => match peek_version(payload) {
+            Some(v) if v != PROTOCOL_VERSION => Err(HelloError::Version(v)),
+            _ => Err(HelloError::Undecodable(e)),
+        },
+    }
 }
 
 fn short_type_name<T>() -> &'static str {
