@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -316,50 +317,82 @@ fn a_stopped_daemon_costs_clients_their_deadline_and_loses_nothing() {
     );
 }
 
-/// An LD_PRELOAD shim that makes fsync and fdatasync of a `-wal` file fail
-/// with EIO while the file `$NEXUSD_TEST_FSYNC_FAILS_IF` exists.
-const FSYNC_SHIM: &str = r#"
+/// An LD_PRELOAD shim that fails file operations with EIO (or the errno
+/// number in `NEXUSD_TEST_FAULT_ERRNO`) while a trigger file exists, each
+/// kind by its own environment variable naming that file:
+///
+/// - `NEXUSD_TEST_FSYNC_FAILS_IF`: fsync and fdatasync of a `-wal` file;
+/// - `NEXUSD_TEST_WRITE_FAILS_IF`: write, pwrite and pwrite64 to a `-wal`
+///   file (nothing is written);
+/// - `NEXUSD_TEST_DB_FSYNC_FAILS_IF`: fsync and fdatasync of a `.db` file
+///   (what a checkpoint syncs).
+const FAULT_SHIM: &str = r#"
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
 #include <unistd.h>
-static int failing(int fd) {
-    const char *trigger = getenv("NEXUSD_TEST_FSYNC_FAILS_IF");
-    if (!trigger || access(trigger, F_OK) != 0) return 0;
+static int ends_with(int fd, const char *suffix) {
     char link[64], path[4096];
     snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
     ssize_t n = readlink(link, path, sizeof path - 1);
     if (n < 0) return 0;
     path[n] = 0;
-    return n > 4 && strcmp(path + n - 4, "-wal") == 0;
+    size_t k = strlen(suffix);
+    return (size_t)n > k && strcmp(path + n - k, suffix) == 0;
 }
+static int armed(const char *var) {
+    const char *trigger = getenv(var);
+    return trigger && access(trigger, F_OK) == 0;
+}
+static int fault_errno(void) {
+    const char *e = getenv("NEXUSD_TEST_FAULT_ERRNO");
+    return e ? atoi(e) : EIO;
+}
+static int sync_fails(int fd) {
+    return (armed("NEXUSD_TEST_FSYNC_FAILS_IF") && ends_with(fd, "-wal"))
+        || (armed("NEXUSD_TEST_DB_FSYNC_FAILS_IF") && ends_with(fd, ".db"));
+}
+static int write_fails(int fd) {
+    return armed("NEXUSD_TEST_WRITE_FAILS_IF") && ends_with(fd, "-wal");
+}
+#define REAL(name) static __typeof__(&name) real; \
+    if (!real) real = (__typeof__(&name))dlsym(RTLD_NEXT, #name)
 int fdatasync(int fd) {
-    static int (*real)(int);
-    if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
-    if (failing(fd)) { errno = EIO; return -1; }
+    REAL(fdatasync);
+    if (sync_fails(fd)) { errno = fault_errno(); return -1; }
     return real(fd);
 }
 int fsync(int fd) {
-    static int (*real)(int);
-    if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
-    if (failing(fd)) { errno = EIO; return -1; }
+    REAL(fsync);
+    if (sync_fails(fd)) { errno = fault_errno(); return -1; }
     return real(fd);
+}
+ssize_t write(int fd, const void *buf, size_t count) {
+    REAL(write);
+    if (write_fails(fd)) { errno = fault_errno(); return -1; }
+    return real(fd, buf, count);
+}
+ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset) {
+    REAL(pwrite);
+    if (write_fails(fd)) { errno = fault_errno(); return -1; }
+    return real(fd, buf, count, offset);
+}
+ssize_t pwrite64(int fd, const void *buf, size_t count, off64_t offset) {
+    REAL(pwrite64);
+    if (write_fails(fd)) { errno = fault_errno(); return -1; }
+    return real(fd, buf, count, offset);
 }
 "#;
 
-/// fsync of the WAL returns EIO: the write it held is answered with its
-/// outcome unknown (never acknowledged), the daemon exits with status 74
-/// rather than serve what may not be on disk, and restarted, it holds
-/// everything acknowledged before.
-#[test]
-fn a_failed_fsync_ends_the_daemon_and_loses_nothing_acknowledged() {
-    let shim_dir = tempfile::tempdir().expect("tempdir");
-    let src = shim_dir.path().join("fsync_shim.c");
-    let so = shim_dir.path().join("fsync_shim.so");
-    std::fs::write(&src, FSYNC_SHIM).expect("shim source");
+/// Builds `FAULT_SHIM` into `dir`; returns the .so's path.
+fn fault_shim(dir: &Path) -> PathBuf {
+    let src = dir.join("fault_shim.c");
+    let so = dir.join("fault_shim.so");
+    std::fs::write(&src, FAULT_SHIM).expect("shim source");
     let (ok, out) = crate::run(
         Command::new("cc")
             .args(["-shared", "-fPIC", "-o"])
@@ -367,8 +400,32 @@ fn a_failed_fsync_ends_the_daemon_and_loses_nothing_acknowledged() {
             .arg(&src)
             .arg("-ldl"),
     );
-    assert!(ok, "could not build the fsync shim with cc: {out}");
+    assert!(ok, "could not build the fault shim with cc: {out}");
+    so
+}
+
+/// fsync of the WAL returns EIO: the write it held is answered with its
+/// outcome unknown (never acknowledged), the daemon exits with status 74
+/// rather than serve what may not be on disk, and restarted, it holds
+/// everything acknowledged before.
+#[test]
+fn a_failed_fsync_ends_the_daemon_and_loses_nothing_acknowledged() {
+    failed_wal_fsync(libc::EIO);
+}
+
+/// The same with ENOSPC from fsync (a thin-provisioned or network disk that
+/// ran out of space at writeback): any failed sync of the WAL means the
+/// same, whatever its errno.
+#[test]
+fn an_enospc_fsync_ends_the_daemon_too() {
+    failed_wal_fsync(libc::ENOSPC);
+}
+
+fn failed_wal_fsync(errno: i32) {
+    let shim_dir = tempfile::tempdir().expect("tempdir");
+    let so = fault_shim(shim_dir.path());
     let trigger = shim_dir.path().join("fail-now");
+    let errno = errno.to_string();
     let mut d = Daemon::start_with_env(
         &[],
         &[
@@ -377,6 +434,7 @@ fn a_failed_fsync_ends_the_daemon_and_loses_nothing_acknowledged() {
                 "NEXUSD_TEST_FSYNC_FAILS_IF",
                 trigger.to_str().expect("utf-8"),
             ),
+            ("NEXUSD_TEST_FAULT_ERRNO", &errno),
         ],
     );
     let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
@@ -415,6 +473,139 @@ fn a_failed_fsync_ends_the_daemon_and_loses_nothing_acknowledged() {
         .query("SELECT count(*) FROM f WHERE n <= 50", params![])
         .expect("count");
     assert_eq!(rows.get(0).expect("row").get::<i64>(0).expect("n"), 50);
+    let ok = c
+        .query("PRAGMA integrity_check", params![])
+        .expect("integrity");
+    assert_eq!(
+        ok.get(0).expect("row").get::<String>(0).expect("text"),
+        "ok"
+    );
+}
+
+/// Writes to the WAL fail with EIO (nothing reaches the file): the write
+/// that met it is answered with SQLite's I/O error, not applied; the daemon
+/// goes on serving, and once writes work again they are acknowledged as
+/// before. After a kill -9 and a restart, the database holds exactly what
+/// was acknowledged: the failed write is not there.
+#[test]
+fn a_failed_wal_write_fails_its_commit_clearly_and_the_daemon_goes_on() {
+    let shim_dir = tempfile::tempdir().expect("tempdir");
+    let so = fault_shim(shim_dir.path());
+    let trigger = shim_dir.path().join("fail-now");
+    let mut d = Daemon::start_with_env(
+        &[],
+        &[
+            ("LD_PRELOAD", so.to_str().expect("utf-8")),
+            (
+                "NEXUSD_TEST_WRITE_FAILS_IF",
+                trigger.to_str().expect("utf-8"),
+            ),
+        ],
+    );
+    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    c.execute("CREATE TABLE f(n INTEGER PRIMARY KEY)", params![])
+        .expect("create");
+    for n in 1..=50i64 {
+        c.execute("INSERT INTO f VALUES (?1)", params![n])
+            .expect("a write before the fault");
+    }
+    std::fs::write(&trigger, b"").expect("trigger");
+    let err = c
+        .execute("INSERT INTO f VALUES (51)", params![])
+        .expect_err("a write whose WAL write failed must not be acknowledged");
+    let text = err.to_string();
+    assert!(
+        text.contains("disk I/O error") && text.contains("nothing in this transaction was applied"),
+        "{text}"
+    );
+    std::fs::remove_file(&trigger).expect("untrigger");
+    // Reads went on meanwhile, and writes work again without a restart.
+    let rows = c.query("SELECT count(*) FROM f", params![]).expect("count");
+    assert_eq!(rows.get(0).expect("row").get::<i64>(0).expect("n"), 50);
+    for n in 52..=60i64 {
+        c.execute("INSERT INTO f VALUES (?1)", params![n])
+            .expect("a write after the fault");
+    }
+    d.kill9();
+    d.restart();
+    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect again");
+    let rows = c
+        .query(
+            "SELECT group_concat(n) FROM (SELECT n FROM f WHERE n > 48 ORDER BY n)",
+            params![],
+        )
+        .expect("rows");
+    assert_eq!(
+        rows.get(0).expect("row").get::<String>(0).expect("text"),
+        "49,50,52,53,54,55,56,57,58,59,60"
+    );
+    let ok = c
+        .query("PRAGMA integrity_check", params![])
+        .expect("integrity");
+    assert_eq!(
+        ok.get(0).expect("row").get::<String>(0).expect("text"),
+        "ok"
+    );
+}
+
+/// The database file's fsync fails inside checkpoints: nothing a client
+/// sees changes. Every frame stays in the WAL (which was synced) until a
+/// checkpoint's sync succeeds, so writes go on being acknowledged, the WAL
+/// just grows; once syncs work, checkpoints catch up, and after a kill -9
+/// everything acknowledged is there.
+#[test]
+fn a_failed_checkpoint_fsync_keeps_everything_in_the_wal() {
+    let shim_dir = tempfile::tempdir().expect("tempdir");
+    let so = fault_shim(shim_dir.path());
+    let trigger = shim_dir.path().join("fail-now");
+    let mut d = Daemon::start_with_env(
+        &["--checkpoint-wal-bytes", "65536"],
+        &[
+            ("LD_PRELOAD", so.to_str().expect("utf-8")),
+            (
+                "NEXUSD_TEST_DB_FSYNC_FAILS_IF",
+                trigger.to_str().expect("utf-8"),
+            ),
+        ],
+    );
+    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    c.execute("CREATE TABLE f(n INTEGER PRIMARY KEY, pad BLOB)", params![])
+        .expect("create");
+    std::fs::write(&trigger, b"").expect("trigger");
+    // About 2 MiB through a 64 KiB checkpoint threshold: many checkpoints,
+    // each failing at its sync of the database file.
+    for n in 1..=500i64 {
+        c.execute("INSERT INTO f VALUES (?1, zeroblob(4000))", params![n])
+            .expect("writes are acknowledged while checkpoints fail");
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || d
+            .log_text()
+            .contains("checkpoint failed")),
+        "no failed checkpoint was logged: {}",
+        d.log_text()
+    );
+    let mut wal = d.db.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal_bytes = std::fs::metadata(&wal).expect("the WAL").len();
+    assert!(
+        wal_bytes > 1 << 20,
+        "the WAL is {wal_bytes} bytes: a checkpoint finished despite its failing sync"
+    );
+    std::fs::remove_file(&trigger).expect("untrigger");
+    for n in 501..=600i64 {
+        c.execute("INSERT INTO f VALUES (?1, zeroblob(4000))", params![n])
+            .expect("a write after the fault");
+    }
+    d.kill9();
+    d.restart();
+    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect again");
+    let rows = c
+        .query("SELECT count(*), sum(n) FROM f", params![])
+        .expect("count");
+    let row = rows.get(0).expect("row");
+    assert_eq!(row.get::<i64>(0).expect("n"), 600);
+    assert_eq!(row.get::<i64>(1).expect("sum"), 600 * 601 / 2);
     let ok = c
         .query("PRAGMA integrity_check", params![])
         .expect("integrity");
