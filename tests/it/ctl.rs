@@ -266,3 +266,36 @@ fn the_shell_runs_transactions() {
     let xs: Vec<i64> = rows.iter().map(|r| r.get(0).expect("x")).collect();
     assert_eq!(xs, vec![2]);
 }
+
+/// Several statements on one line run in order, as in the sqlite3 shell; a
+/// `;` in a string or a trigger body does not end a statement; the first
+/// error stops the rest of that input and says so.
+#[test]
+fn the_shell_runs_several_statements_on_a_line() {
+    let d = Daemon::start(&[]);
+    let out = shell(
+        &d,
+        b"CREATE TABLE m(x); INSERT INTO m VALUES ('a;b'); INSERT INTO m VALUES (2);
+          CREATE TABLE log(x); CREATE TRIGGER tr AFTER INSERT ON m BEGIN
+          INSERT INTO log VALUES (new.x);
+END;
+          INSERT INTO m VALUES (3); INSERT INTO nope VALUES (1); INSERT INTO m VALUES (4);
+.quit
+",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}{err}");
+    assert!(err.contains("no such table: nope"), "{err}");
+    assert!(err.contains("1 later statement(s)"), "{err}");
+    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    let rows = c
+        .query("SELECT group_concat(x, '|') FROM m", params![])
+        .expect("rows");
+    assert_eq!(
+        rows.get(0).expect("row").get::<String>(0).expect("text"),
+        "a;b|2|3"
+    );
+    let rows = c.query("SELECT x FROM log", params![]).expect("rows");
+    assert_eq!(rows.len(), 1, "the trigger ran once, for the 3");
+}

@@ -58,19 +58,66 @@ pub(crate) async fn run(client: &Client, socket: &Path) -> Result<(), Failed> {
         }
         pending.push_str(&line);
         pending.push('\n');
-        if !trimmed.ends_with(';') {
+        // Complete as SQLite's own tokenizer sees it: a `;` inside a string
+        // or a trigger's body does not end the input.
+        if !trimmed.ends_with(';') || !is_complete(&pending) {
             continue;
         }
-        let sql = std::mem::take(&mut pending);
-        let _ = editor.add_history_entry(sql.trim());
-        if let Err(Failed(m)) = run_sql(client, &mut txn, sql.trim()).await {
-            eprintln!("error: {m}");
+        let input = std::mem::take(&mut pending);
+        let _ = editor.add_history_entry(input.trim());
+        // Several statements on a line run one after the other, as in the
+        // sqlite3 shell; the first error stops the rest.
+        let statements = split_statements(&input);
+        let count = statements.len();
+        for (i, sql) in statements.into_iter().enumerate() {
+            if let Err(Failed(m)) = run_sql(client, &mut txn, sql).await {
+                eprintln!("error: {m}");
+                if i + 1 < count {
+                    eprintln!(
+                        "({} later statement(s) on that input not run)",
+                        count - i - 1
+                    );
+                }
+                break;
+            }
         }
     }
     if let Some(h) = &history {
         let _ = editor.save_history(h);
     }
     Ok(())
+}
+
+/// Whether `sql` ends in a complete statement, by SQLite's tokenizer
+/// (`sqlite3_complete`: no database is involved).
+fn is_complete(sql: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(sql) else {
+        return true; // a NUL byte: let the daemon refuse it
+    };
+    // SAFETY: `c` is a valid NUL-terminated string for the whole call, and
+    // sqlite3_complete only reads it.
+    unsafe { rusqlite::ffi::sqlite3_complete(c.as_ptr()) != 0 }
+}
+
+/// Splits complete input into its statements, each with its `;`, at the
+/// semicolons where SQLite's tokenizer says a statement ends.
+fn split_statements(input: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, ch) in input.char_indices() {
+        if ch == ';' && is_complete(&input[start..=i]) {
+            let stmt = input[start..=i].trim();
+            if stmt != ";" {
+                out.push(stmt);
+            }
+            start = i + 1;
+        }
+    }
+    let rest = input[start..].trim();
+    if !rest.is_empty() {
+        out.push(rest);
+    }
+    out
 }
 
 /// What transaction control a statement typed at the prompt is.
@@ -236,6 +283,26 @@ async fn dot_command(client: &Client, line: &str) -> Result<bool, Failed> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn input_splits_where_sqlite_says_statements_end() {
+        assert_eq!(
+            split_statements("CREATE TABLE t(x); INSERT INTO t VALUES (1);\n"),
+            vec!["CREATE TABLE t(x);", "INSERT INTO t VALUES (1);"]
+        );
+        assert_eq!(
+            split_statements("INSERT INTO t VALUES ('a;b'); SELECT 1; ;"),
+            vec!["INSERT INTO t VALUES ('a;b');", "SELECT 1;"]
+        );
+        let trigger = "CREATE TRIGGER tr AFTER INSERT ON t BEGIN\n  \
+                       INSERT INTO u VALUES (new.x);\n  DELETE FROM v;\nEND;";
+        assert!(!is_complete(
+            "CREATE TRIGGER tr AFTER INSERT ON t BEGIN INSERT INTO u VALUES (1);"
+        ));
+        assert!(is_complete(trigger));
+        assert_eq!(split_statements(trigger), vec![trigger]);
+        assert!(!is_complete("SELECT 'unterminated;"));
+    }
 
     #[test]
     fn transaction_control_is_recognised_and_savepoints_are_not() {
