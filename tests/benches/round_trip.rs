@@ -1,0 +1,100 @@
+//! Round trips through the real daemon, end to end: the client's runtime,
+//! the socket, the daemon's I/O threads, a read in place or the writer,
+//! and back. The paths issue 12 changed (a current-thread runtime driven by
+//! the blocking caller, admission on the I/O threads, reads run in place)
+//! all sit on these, so a regression in any shows here.
+//!
+//! `cargo bench -p nexusd-tests --bench round_trip` (release daemon); under
+//! `cargo test` each case runs once against the debug build.
+//! `synchronous=normal`, so an insert's figure is the path's cost, not the
+//! disk's fsync.
+
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use futures_util::future::join_all;
+use nexusd_client::{Client, blocking, params};
+use nexusd_tests::Daemon;
+
+const ROWS: i64 = 10_000;
+
+fn daemon() -> Daemon {
+    let d = Daemon::start(&["--synchronous", "normal"]);
+    let c = blocking::Client::connect(d.socket()).expect("connect");
+    c.execute(
+        "CREATE TABLE bench(id INTEGER PRIMARY KEY, payload BLOB)",
+        params![],
+    )
+    .expect("create");
+    c.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1) \
+         INSERT INTO bench(payload) SELECT randomblob(100) FROM n",
+        params![ROWS],
+    )
+    .expect("fill");
+    d
+}
+
+fn round_trips(c: &mut Criterion) {
+    let d = daemon();
+    let db = blocking::Client::connect(d.socket()).expect("connect");
+    let mut group = c.benchmark_group("round_trip");
+    group.measurement_time(Duration::from_secs(5));
+    group.throughput(Throughput::Elements(1));
+
+    // One caller, one call at a time: what a Python thread pays.
+    let mut i = 0i64;
+    group.bench_function("point_read_blocking", |b| {
+        b.iter(|| {
+            i = i % ROWS + 1;
+            db.query("SELECT payload FROM bench WHERE id = ?1", params![i])
+                .expect("read")
+        })
+    });
+    group.bench_function("insert_blocking", |b| {
+        b.iter(|| {
+            db.execute(
+                "INSERT INTO bench(payload) VALUES (randomblob(100))",
+                params![],
+            )
+            .expect("insert")
+        })
+    });
+
+    // 64 reads in flight on one async connection: the I/O thread's
+    // batching of frames in and replies out.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let client: Client = rt
+        .block_on(Client::connect(d.socket()))
+        .expect("connect async");
+    group.throughput(Throughput::Elements(64));
+    group.bench_function("point_read_async_64_in_flight", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let started = Instant::now();
+                for n in 0..iters {
+                    let reads = (0..64i64).map(|k| {
+                        let client = client.clone();
+                        let id = (n as i64 * 64 + k) % ROWS + 1;
+                        async move {
+                            client
+                                .query("SELECT payload FROM bench WHERE id = ?1", params![id])
+                                .await
+                                .expect("read")
+                        }
+                    });
+                    join_all(reads).await;
+                }
+                started.elapsed()
+            })
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, round_trips);
+criterion_main!(benches);
