@@ -79,20 +79,20 @@ def test_with_litestream_down_the_wal_stays_bounded_and_the_operator_sees_why(ma
     wal = pathlib.Path(str(d.db) + "-wal")
     peak = 0
     blob = os.urandom(4000)
-    # About 40 MiB through the WAL: twenty times the bound.
-    for _ in range(100):
+    # About 80 MiB through the WAL: forty times the bound.
+    for _ in range(200):
         conn.executemany("INSERT INTO t VALUES (?)", [(blob,)] * 100)
         peak = max(peak, wal.stat().st_size)
         time.sleep(0.01)
     print(f"\nWAL peak {peak} bytes with a bound of {bound}")
-    assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 10_000
+    assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 20_000
     m = metrics(d.socket)
     assert m["nexusd_litestream_forced_checkpoints_total"] >= 1, m
     assert m["nexusd_litestream_attached"] == 0, m
     # A forced checkpoint is tried at most once a second: the WAL can pass
-    # the bound by what a second of writes adds, and no more.
-    assert peak < bound + 32 * 1024 * 1024, peak
-    assert wal.stat().st_size < bound * 2 or m["nexusd_wal_bytes"] < bound * 2
+    # the bound by what a second of writes adds (8 MiB here, debug build),
+    # but not grow with the 80 MiB written.
+    assert peak < bound + 24 * 1024 * 1024, peak
     status = subprocess.run([nexusd_bin(), "ctl", "--socket", d.socket, "status"],
                             capture_output=True, text=True, timeout=30, check=True).stdout
     replica = [line for line in status.splitlines() if line.startswith("replica")]
