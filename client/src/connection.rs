@@ -162,25 +162,38 @@ impl Connection {
 
     /// Sends a request and waits for its reply, at most `wait`.
     pub(crate) async fn call(&self, req: Request, wait: Duration) -> Result<ResponseBody> {
+        self.try_call(req, wait).await.map_err(|e| match e {
+            CallError::NotSent(_) => not_sent(),
+            CallError::Failed(e) => e,
+        })
+    }
+
+    /// `call`, but a request that never left comes back: the connection
+    /// was found dead first, and nothing of it reached the daemon.
+    pub(crate) async fn try_call(
+        &self,
+        req: Request,
+        wait: Duration,
+    ) -> std::result::Result<ResponseBody, CallError> {
         let id = req.id;
         // Encoded here, in the caller's task, so a request too large to send
         // fails alone and the write task only copies bytes.
         let mut frame = BytesMut::new();
-        codec::encode_frame(&req, self.max_frame, &mut frame).map_err(|e| match e {
-            codec::CodecError::FrameTooLarge { .. } => {
-                Error::TooLarge(format!("the request was not sent: {e}"))
-            }
-            e => Error::Protocol(format!("the request was not sent: {e}")),
+        codec::encode_frame(&req, self.max_frame, &mut frame).map_err(|e| {
+            CallError::Failed(match e {
+                codec::CodecError::FrameTooLarge { .. } => {
+                    Error::TooLarge(format!("the request was not sent: {e}"))
+                }
+                e => Error::Protocol(format!("the request was not sent: {e}")),
+            })
         })?;
-        drop(req);
         let (tx, rx) = oneshot::channel();
         {
-            let mut guard = self
-                .waiting
-                .lock()
-                .map_err(|_| Error::Protocol("client state poisoned by a panic".into()))?;
+            let mut guard = self.waiting.lock().map_err(|_| {
+                CallError::Failed(Error::Protocol("client state poisoned by a panic".into()))
+            })?;
             let Some(map) = guard.as_mut() else {
-                return Err(not_sent());
+                return Err(CallError::NotSent(Box::new(req)));
             };
             map.insert(id, tx);
         }
@@ -193,19 +206,22 @@ impl Connection {
                 let written = wr.write_all(&frame).await;
                 guard.done();
                 if written.is_err() {
+                    // A write that failed part-way left half a frame, which
+                    // the daemon drops with the connection: not applied.
                     self.forget(id);
                     self.dead.cancel();
-                    return Err(not_sent());
+                    return Err(CallError::NotSent(Box::new(req)));
                 }
             }
             _ => {
                 if self.outgoing.send(frame).await.is_err() {
                     self.forget(id);
-                    return Err(not_sent());
+                    return Err(CallError::NotSent(Box::new(req)));
                 }
             }
         }
-        match tokio::time::timeout(wait, rx).await {
+        drop(req);
+        let answer = match tokio::time::timeout(wait, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(Error::Disconnected {
                 message: "the connection was dropped while the request was out; its outcome is \
@@ -224,7 +240,8 @@ impl Connection {
                     outcome_unknown: true,
                 })
             }
-        }
+        };
+        answer.map_err(CallError::Failed)
     }
 
     /// Queues a request whose answer nobody waits for, without blocking
@@ -249,6 +266,14 @@ impl Drop for Connection {
     fn drop(&mut self) {
         self.dead.cancel();
     }
+}
+
+/// Why `try_call` failed.
+pub(crate) enum CallError {
+    /// Before the request left: here it is, to go on another connection.
+    NotSent(Box<Request>),
+    /// After it left, or for a reason another connection would not change.
+    Failed(Error),
 }
 
 fn not_sent() -> Error {

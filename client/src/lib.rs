@@ -56,7 +56,7 @@ pub use transaction::Transaction;
 use nexusd_protocol::{AdminRequest, DEFAULT_DB, Request, RequestBody, ResponseBody};
 use tokio::sync::Mutex;
 
-use crate::connection::Connection;
+use crate::connection::{CallError, Connection};
 
 /// Positional parameters: `params![1, "two", 3.0, None::<i64>]`.
 /// Accepts anything that converts into a [`Value`]: i64, i32, f64, bool,
@@ -361,7 +361,32 @@ impl Client {
 
     async fn call(&self, body: RequestBody) -> Result<ResponseBody> {
         let conn = self.connection().await?;
-        self.call_on(&conn, body).await
+        let wait = self.reply_wait();
+        let answer = match conn.try_call(self.request(body), wait).await {
+            Ok(body) => Ok(body),
+            Err(CallError::Failed(e)) => Err(e),
+            // The connection turned out dead before the request left: the
+            // daemon restarted since the last call, and a blocking caller's
+            // runtime, idle in between, had not noticed. Nothing was sent,
+            // so it goes on a fresh connection.
+            Err(CallError::NotSent(req)) => {
+                let conn = self.connection().await?;
+                conn.call(*req, wait).await
+            }
+        };
+        match answer? {
+            ResponseBody::Error(body) => Err(Error::from_body(body)),
+            body => Ok(body),
+        }
+    }
+
+    /// How long a reply is waited for: the request's own time limit plus
+    /// slack, else a cap.
+    fn reply_wait(&self) -> Duration {
+        self.inner
+            .options
+            .request_timeout
+            .map_or(REPLY_WAIT_CAP, |t| t + Duration::from_secs(5))
     }
 
     /// One request on `conn` (a transaction's requests all go on the
@@ -371,12 +396,7 @@ impl Client {
         conn: &Connection,
         body: RequestBody,
     ) -> Result<ResponseBody> {
-        let wait = self
-            .inner
-            .options
-            .request_timeout
-            .map_or(REPLY_WAIT_CAP, |t| t + Duration::from_secs(5));
-        match conn.call(self.request(body), wait).await? {
+        match conn.call(self.request(body), self.reply_wait()).await? {
             ResponseBody::Error(body) => Err(Error::from_body(body)),
             body => Ok(body),
         }

@@ -235,6 +235,26 @@ fn client_reconnects_after_a_restart() {
     });
 }
 
+/// A blocking client idle across a daemon restart: its runtime did not run
+/// in between, so it learns of the old connection's death only when the
+/// next request cannot be written. Nothing of that request left, so it goes
+/// on a fresh connection and succeeds: the restart costs the caller no
+/// error. (Before, that first call failed "the request was not sent".)
+#[test]
+fn a_blocking_client_s_first_call_after_a_restart_succeeds() {
+    let mut d = Daemon::start(&[]);
+    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    c.execute("CREATE TABLE t(x)", params![]).expect("create");
+    for round in 0..3i64 {
+        d.kill9();
+        d.restart();
+        c.execute("INSERT INTO t VALUES (?1)", params![round])
+            .expect("the first call after a restart goes on a fresh connection");
+    }
+    let rows = c.query("SELECT count(*) FROM t", params![]).expect("count");
+    assert_eq!(rows.get(0).expect("row").get::<i64>(0).expect("n"), 3);
+}
+
 /// SIGSTOP under load: a client's call gives up by its own deadline with
 /// "outcome unknown", never with a false "not applied"; after SIGCONT the
 /// daemon goes on, and everything acknowledged is there.
