@@ -150,6 +150,19 @@ class NexusdDialect(SQLiteDialect_pysqlite):
         _raw(dbapi_connection)._sa_begin_pending = False
         super().do_rollback(dbapi_connection)
 
+    # Litestream keeps two bookkeeping tables in the database it replicates
+    # (_litestream_seq, _litestream_lock). Reflection leaves them out, as it
+    # leaves out sqlite_*, so that metadata.reflect() does not adopt them
+    # and Alembic's autogenerate does not propose dropping them.
+
+    def get_table_names(self, connection: Any, schema: Any = None,
+                        sqlite_include_internal: bool = False, **kw: Any) -> list:
+        names = super().get_table_names(connection, schema=schema,
+                                        sqlite_include_internal=sqlite_include_internal, **kw)
+        if sqlite_include_internal:
+            return names
+        return [n for n in names if not n.lower().startswith("_litestream_")]
+
     def get_isolation_level(self, dbapi_connection: Any) -> str:
         return "AUTOCOMMIT" if getattr(dbapi_connection, "_sa_autocommit", False) \
             else "SERIALIZABLE"

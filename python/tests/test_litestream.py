@@ -123,3 +123,51 @@ def test_litestream_settings_that_make_no_sense_are_refused(tmp_path, flags, nee
                          capture_output=True, text=True, timeout=30)
     assert out.returncode != 0
     assert needle in out.stderr, out.stderr
+
+
+def test_litestream_s_tables_are_protected_in_litestream_mode_and_hidden_from_reflection(
+        tmp_path):
+    from conftest import Daemon
+    import sqlalchemy
+
+    # As Litestream leaves them: created by its own connection (here, by a
+    # daemon not in Litestream mode, which allows it).
+    d = Daemon(tmp_path)
+    conn = nexusd.connect(d.socket, autocommit=True)
+    conn.executescript("CREATE TABLE _litestream_seq (id INTEGER PRIMARY KEY, seq INTEGER);"
+                       "CREATE TABLE _litestream_lock (id INTEGER);"
+                       "INSERT INTO _litestream_seq VALUES (1, 7);"
+                       "CREATE TABLE app(x);")
+    conn.close()
+    d.stop()
+    d = Daemon(tmp_path, "--litestream")
+    try:
+        conn = nexusd.connect(d.socket, autocommit=True)
+        for sql in ("INSERT INTO _litestream_seq VALUES (2, 1)",
+                    "UPDATE _litestream_seq SET seq = 0",
+                    "DELETE FROM _litestream_lock",
+                    "DROP TABLE _litestream_seq",
+                    "ALTER TABLE _litestream_lock ADD COLUMN y",
+                    "CREATE INDEX i ON _litestream_seq(seq)",
+                    "CREATE TRIGGER t AFTER INSERT ON _litestream_seq BEGIN SELECT 1; END"):
+            with pytest.raises(nexusd.DatabaseError, match="Litestream's"):
+                conn.execute(sql)
+        # A trigger elsewhere that would change them is checked when it
+        # fires, so the statement that fires it is refused.
+        conn.execute("CREATE TRIGGER t AFTER INSERT ON app BEGIN "
+                     "DELETE FROM _litestream_seq; END")
+        with pytest.raises(nexusd.DatabaseError, match="Litestream's"):
+            conn.execute("INSERT INTO app VALUES (0)")
+        conn.execute("DROP TRIGGER t")
+        assert conn.execute("SELECT seq FROM _litestream_seq").fetchone() == (7,)
+        conn.execute("INSERT INTO app VALUES (1)")
+        assert conn.execute("SELECT count(*) FROM app").fetchone() == (1,)
+
+        engine = sqlalchemy.create_engine(f"sqlite+nexusd://?socket={d.socket}")
+        assert sqlalchemy.inspect(engine).get_table_names() == ["app"]
+        meta = sqlalchemy.MetaData()
+        meta.reflect(engine)
+        assert list(meta.tables) == ["app"]
+        engine.dispose()
+    finally:
+        d.stop()

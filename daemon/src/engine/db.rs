@@ -58,6 +58,7 @@ pub(crate) fn open_writer(
     path: &Path,
     sync: Synchronous,
     checkpoint_wal_bytes: u64,
+    litestream: bool,
 ) -> anyhow::Result<(Connection, Guard)> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
@@ -93,7 +94,7 @@ pub(crate) fn open_writer(
     let limit = i64::try_from(checkpoint_wal_bytes.saturating_mul(4)).unwrap_or(i64::MAX);
     conn.pragma_update(None, "journal_size_limit", limit)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    let guard = Guard::install(&mut conn)?;
+    let guard = Guard::install(&mut conn, litestream)?;
     Ok((conn, guard))
 }
 
@@ -112,7 +113,7 @@ pub(crate) fn open_reader(path: &Path) -> anyhow::Result<(Connection, Guard)> {
     conn.pragma_update(None, "query_only", true)?;
     conn.pragma_update(None, "foreign_keys", true)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    let guard = Guard::install(&mut conn)?;
+    let guard = Guard::install(&mut conn, false)?;
     Ok((conn, guard))
 }
 

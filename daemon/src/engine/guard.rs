@@ -63,8 +63,10 @@ pub(crate) enum Refusal {
 }
 
 impl Guard {
-    /// Installs the authorizer and progress handler on `conn`.
-    pub(super) fn install(conn: &mut Connection) -> anyhow::Result<Guard> {
+    /// Installs the authorizer and progress handler on `conn`. With
+    /// `litestream` (Litestream mode), client changes to Litestream's
+    /// bookkeeping tables are refused too.
+    pub(super) fn install(conn: &mut Connection, litestream: bool) -> anyhow::Result<Guard> {
         let guard = Guard {
             scope: Arc::new(AtomicU8::new(DAEMON)),
             refusal: Arc::new(Mutex::new(None)),
@@ -79,7 +81,16 @@ impl Guard {
                 2 => Scope::Transaction,
                 _ => Scope::Snapshot,
             };
-            match refusal(&ctx, scope) {
+            let why = match litestream_table(&ctx.action) {
+                Some(table) if litestream => Some(Refusal::Refused(format!(
+                    "changing {table} is refused: it is Litestream's (Litestream mode), and \
+                     Litestream needs it as it left it to replicate this database. Reading it \
+                     is fine; to drop it for good, run nexusd without --litestream and stop \
+                     Litestream first"
+                ))),
+                _ => refusal(&ctx, scope),
+            };
+            match why {
                 None => {
                     if matches!(ctx.action, AuthAction::Savepoint { .. }) {
                         g.control_allowed.store(true, Ordering::Relaxed);
@@ -243,6 +254,27 @@ fn refusal(ctx: &AuthContext<'_>, scope: Scope) -> Option<Refusal> {
         }
         _ => None,
     }
+}
+
+/// The table an action changes, if it is one of Litestream's
+/// (`_litestream_seq`, `_litestream_lock`).
+fn litestream_table<'a>(action: &AuthAction<'a>) -> Option<&'a str> {
+    let table = match *action {
+        AuthAction::Insert { table_name }
+        | AuthAction::Delete { table_name }
+        | AuthAction::Update { table_name, .. }
+        | AuthAction::DropTable { table_name }
+        | AuthAction::AlterTable { table_name, .. }
+        | AuthAction::CreateIndex { table_name, .. }
+        | AuthAction::DropIndex { table_name, .. }
+        | AuthAction::CreateTrigger { table_name, .. }
+        | AuthAction::DropTrigger { table_name, .. } => table_name,
+        _ => return None,
+    };
+    table
+        .get(..12)
+        .is_some_and(|p| p.eq_ignore_ascii_case("_litestream_"))
+        .then_some(table)
 }
 
 fn in_temp(ctx: &AuthContext<'_>) -> bool {

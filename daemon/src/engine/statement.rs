@@ -469,7 +469,7 @@ mod tests {
     fn open() -> (tempfile::TempDir, Connection, Guard) {
         let dir = tempfile::tempdir().expect("tempdir");
         let (conn, guard) =
-            open_writer(&dir.path().join("t.db"), Synchronous::Full, 4 << 20).expect("open");
+            open_writer(&dir.path().join("t.db"), Synchronous::Full, 4 << 20, false).expect("open");
         (dir, conn, guard)
     }
 

@@ -358,6 +358,7 @@ pub fn spawn(
                 &config.path,
                 config.synchronous,
                 config.checkpoint_wal_bytes,
+                config.litestream_max_wal_bytes.is_some(),
             )
             .and_then(|(mut conn, guard)| {
                 conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages| {
