@@ -1,5 +1,7 @@
 //! Logs to stderr through `tracing`, with a filter a reload can change.
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
@@ -21,7 +23,15 @@ pub(crate) fn init(level: &str) -> anyhow::Result<LogReload> {
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                // Colours only for a person at a terminal: the journal and
+                // log files get plain text. NO_COLOR turns them off anyway.
+                .with_ansi(
+                    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+                ),
+        )
         .try_init()
         .map_err(|e| anyhow::anyhow!("could not set up logging: {e}"))?;
     Ok(Box::new(move |level: &str| {

@@ -11,6 +11,7 @@ refuses in this mode."""
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import time
@@ -111,6 +112,11 @@ def test_litestream_mode_refuses_checkpoints_that_restart_the_wal(make_daemon):
     out = subprocess.run([nexusd_bin(), "ctl", "--socket", d.socket, "checkpoint", "passive"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
+    # Nor does a clean stop checkpoint: Litestream may still be reading.
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(timeout=60) == 0
+    log = d.log.read_text()
+    assert "no final checkpoint" in log and "final checkpoint\"" not in log, log
 
 
 @pytest.mark.parametrize("flags,needle", [
