@@ -299,3 +299,33 @@ END;
     let rows = c.query("SELECT x FROM log", params![]).expect("rows");
     assert_eq!(rows.len(), 1, "the trigger ran once, for the 3");
 }
+
+/// `nexusd ctl query … | head` closes ctl's stdout early: ctl ends quietly
+/// with status 0, as ripgrep does, instead of panicking on the next line.
+#[test]
+fn ctl_into_a_pipe_closed_early_ends_quietly() {
+    use std::io::Read;
+    let d = Daemon::start(&[]);
+    let mut child = Command::new(nexusd_bin())
+        .arg("ctl")
+        .arg("--socket")
+        .arg(d.socket())
+        .args([
+            "query",
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000) \
+             SELECT i, 'a line long enough to fill a pipe' FROM n",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start ctl");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut first = [0u8; 64];
+    stdout.read_exact(&mut first).expect("the first bytes");
+    // Several MiB are still to come: far more than a pipe holds.
+    drop(stdout);
+    let out = child.wait_with_output().expect("ctl ends");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+}

@@ -56,6 +56,9 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    if !matches!(cli.command, Command::Serve(_)) {
+        quiet_when_stdout_closes();
+    }
     match cli.command {
         Command::Serve(config) => match nexusd::serve(*config, explicit_flags(&matches)) {
             Ok(()) => ExitCode::SUCCESS,
@@ -74,6 +77,25 @@ fn main() -> ExitCode {
         }
         Command::Man => man_page(),
     }
+}
+
+/// `nexusd ctl status | head -3` closes stdout early; the next `println!`
+/// then panics with "failed printing to stdout: Broken pipe". For the
+/// commands that print (not `serve`), end quietly instead, as ripgrep
+/// does: the reader has what it wanted. Any other panic reports as usual.
+fn quiet_when_stdout_closes() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        report(info);
+    }));
 }
 
 /// `nexusd.1`, from the clap definitions: the top-level page, with every
