@@ -44,7 +44,10 @@ import tempfile
 import threading
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+# The daemon binary the same way the crash soak finds it (this folder is on
+# sys.path when the script runs).
+from crash_soak import nexusd_bin  # noqa: E402
+
 MONITOR_INTERVAL_S = 0.25
 SYNC_INTERVAL_S = 1.0
 # Allowance on top of the two intervals, for the upload itself on a busy
@@ -52,16 +55,6 @@ SYNC_INTERVAL_S = 1.0
 GRACE_S = 1.0
 # nexusd's bound on the WAL in the drill (--litestream-max-wal-bytes).
 MAX_WAL_BYTES = 64 * 1024 * 1024
-
-
-def nexusd_bin() -> str:
-    if os.environ.get("NEXUSD_BIN"):
-        return os.environ["NEXUSD_BIN"]
-    for profile in ("release", "debug"):
-        path = ROOT / "target" / profile / "nexusd"
-        if path.exists():
-            return str(path)
-    sys.exit("litestream_drill: no nexusd binary; run cargo build or set NEXUSD_BIN")
 
 
 def litestream_bin() -> str:

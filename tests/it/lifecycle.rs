@@ -424,6 +424,42 @@ fn fault_shim(dir: &Path) -> PathBuf {
     so
 }
 
+/// A daemon under `FAULT_SHIM`, whose fault `var` strikes while `trigger`
+/// exists; `_dir` holds the shim and the trigger.
+struct Faulty {
+    d: Daemon,
+    trigger: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn faulty_daemon(var: &str, extra: &[&str], env: &[(&str, &str)]) -> Faulty {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let so = fault_shim(dir.path());
+    let trigger = dir.path().join("fail-now");
+    let mut vars = vec![
+        ("LD_PRELOAD", so.to_str().expect("utf-8")),
+        (var, trigger.to_str().expect("utf-8")),
+    ];
+    vars.extend_from_slice(env);
+    let d = Daemon::start_with_env(extra, &vars);
+    Faulty {
+        d,
+        trigger,
+        _dir: dir,
+    }
+}
+
+/// `PRAGMA integrity_check` says ok.
+fn assert_integrity_ok(c: &nexusd_client::blocking::Client) {
+    let ok = c
+        .query("PRAGMA integrity_check", params![])
+        .expect("integrity");
+    assert_eq!(
+        ok.get(0).expect("row").get::<String>(0).expect("text"),
+        "ok"
+    );
+}
+
 /// fsync of the WAL returns EIO: the write it held is answered with its
 /// outcome unknown (never acknowledged), the daemon exits with status 74
 /// rather than serve what may not be on disk, and restarted, it holds
@@ -442,20 +478,15 @@ fn an_enospc_fsync_ends_the_daemon_too() {
 }
 
 fn failed_wal_fsync(errno: i32) {
-    let shim_dir = tempfile::tempdir().expect("tempdir");
-    let so = fault_shim(shim_dir.path());
-    let trigger = shim_dir.path().join("fail-now");
     let errno = errno.to_string();
-    let mut d = Daemon::start_with_env(
+    let Faulty {
+        mut d,
+        trigger,
+        _dir,
+    } = faulty_daemon(
+        "NEXUSD_TEST_FSYNC_FAILS_IF",
         &[],
-        &[
-            ("LD_PRELOAD", so.to_str().expect("utf-8")),
-            (
-                "NEXUSD_TEST_FSYNC_FAILS_IF",
-                trigger.to_str().expect("utf-8"),
-            ),
-            ("NEXUSD_TEST_FAULT_ERRNO", &errno),
-        ],
+        &[("NEXUSD_TEST_FAULT_ERRNO", &errno)],
     );
     let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
     c.execute("CREATE TABLE f(n INTEGER PRIMARY KEY)", params![])
@@ -493,13 +524,7 @@ fn failed_wal_fsync(errno: i32) {
         .query("SELECT count(*) FROM f WHERE n <= 50", params![])
         .expect("count");
     assert_eq!(rows.get(0).expect("row").get::<i64>(0).expect("n"), 50);
-    let ok = c
-        .query("PRAGMA integrity_check", params![])
-        .expect("integrity");
-    assert_eq!(
-        ok.get(0).expect("row").get::<String>(0).expect("text"),
-        "ok"
-    );
+    assert_integrity_ok(&c);
 }
 
 /// Writes to the WAL fail with EIO (nothing reaches the file): the write
@@ -509,19 +534,11 @@ fn failed_wal_fsync(errno: i32) {
 /// was acknowledged: the failed write is not there.
 #[test]
 fn a_failed_wal_write_fails_its_commit_clearly_and_the_daemon_goes_on() {
-    let shim_dir = tempfile::tempdir().expect("tempdir");
-    let so = fault_shim(shim_dir.path());
-    let trigger = shim_dir.path().join("fail-now");
-    let mut d = Daemon::start_with_env(
-        &[],
-        &[
-            ("LD_PRELOAD", so.to_str().expect("utf-8")),
-            (
-                "NEXUSD_TEST_WRITE_FAILS_IF",
-                trigger.to_str().expect("utf-8"),
-            ),
-        ],
-    );
+    let Faulty {
+        mut d,
+        trigger,
+        _dir,
+    } = faulty_daemon("NEXUSD_TEST_WRITE_FAILS_IF", &[], &[]);
     let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
     c.execute("CREATE TABLE f(n INTEGER PRIMARY KEY)", params![])
         .expect("create");
@@ -559,13 +576,7 @@ fn a_failed_wal_write_fails_its_commit_clearly_and_the_daemon_goes_on() {
         rows.get(0).expect("row").get::<String>(0).expect("text"),
         "49,50,52,53,54,55,56,57,58,59,60"
     );
-    let ok = c
-        .query("PRAGMA integrity_check", params![])
-        .expect("integrity");
-    assert_eq!(
-        ok.get(0).expect("row").get::<String>(0).expect("text"),
-        "ok"
-    );
+    assert_integrity_ok(&c);
 }
 
 /// The database file's fsync fails inside checkpoints: nothing a client
@@ -575,18 +586,14 @@ fn a_failed_wal_write_fails_its_commit_clearly_and_the_daemon_goes_on() {
 /// everything acknowledged is there.
 #[test]
 fn a_failed_checkpoint_fsync_keeps_everything_in_the_wal() {
-    let shim_dir = tempfile::tempdir().expect("tempdir");
-    let so = fault_shim(shim_dir.path());
-    let trigger = shim_dir.path().join("fail-now");
-    let mut d = Daemon::start_with_env(
+    let Faulty {
+        mut d,
+        trigger,
+        _dir,
+    } = faulty_daemon(
+        "NEXUSD_TEST_DB_FSYNC_FAILS_IF",
         &["--checkpoint-wal-bytes", "65536"],
-        &[
-            ("LD_PRELOAD", so.to_str().expect("utf-8")),
-            (
-                "NEXUSD_TEST_DB_FSYNC_FAILS_IF",
-                trigger.to_str().expect("utf-8"),
-            ),
-        ],
+        &[],
     );
     let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
     c.execute("CREATE TABLE f(n INTEGER PRIMARY KEY, pad BLOB)", params![])
@@ -626,13 +633,7 @@ fn a_failed_checkpoint_fsync_keeps_everything_in_the_wal() {
     let row = rows.get(0).expect("row");
     assert_eq!(row.get::<i64>(0).expect("n"), 600);
     assert_eq!(row.get::<i64>(1).expect("sum"), 600 * 601 / 2);
-    let ok = c
-        .query("PRAGMA integrity_check", params![])
-        .expect("integrity");
-    assert_eq!(
-        ok.get(0).expect("row").get::<String>(0).expect("text"),
-        "ok"
-    );
+    assert_integrity_ok(&c);
 }
 
 /// A tmpfs mounted for one test (needs root), unmounted when dropped.
