@@ -449,6 +449,19 @@ fn faulty_daemon(var: &str, extra: &[&str], env: &[(&str, &str)]) -> Faulty {
     }
 }
 
+/// Table `f` with rows 1 to 50, acknowledged; then the fault is armed.
+fn fifty_rows_then_the_fault(d: &Daemon, trigger: &Path) -> nexusd_client::blocking::Client {
+    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    c.execute("CREATE TABLE f(n INTEGER PRIMARY KEY)", params![])
+        .expect("create");
+    for n in 1..=50i64 {
+        c.execute("INSERT INTO f VALUES (?1)", params![n])
+            .expect("a write before the fault");
+    }
+    std::fs::write(trigger, b"").expect("trigger");
+    c
+}
+
 /// `PRAGMA integrity_check` says ok.
 fn assert_integrity_ok(c: &nexusd_client::blocking::Client) {
     let ok = c
@@ -488,14 +501,7 @@ fn failed_wal_fsync(errno: i32) {
         &[],
         &[("NEXUSD_TEST_FAULT_ERRNO", &errno)],
     );
-    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
-    c.execute("CREATE TABLE f(n INTEGER PRIMARY KEY)", params![])
-        .expect("create");
-    for n in 1..=50i64 {
-        c.execute("INSERT INTO f VALUES (?1)", params![n])
-            .expect("a write before the fault");
-    }
-    std::fs::write(&trigger, b"").expect("trigger");
+    let c = fifty_rows_then_the_fault(&d, &trigger);
     let err = c
         .execute("INSERT INTO f VALUES (51)", params![])
         .expect_err("a write whose fsync failed must not be acknowledged");
@@ -539,14 +545,7 @@ fn a_failed_wal_write_fails_its_commit_clearly_and_the_daemon_goes_on() {
         trigger,
         _dir,
     } = faulty_daemon("NEXUSD_TEST_WRITE_FAILS_IF", &[], &[]);
-    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
-    c.execute("CREATE TABLE f(n INTEGER PRIMARY KEY)", params![])
-        .expect("create");
-    for n in 1..=50i64 {
-        c.execute("INSERT INTO f VALUES (?1)", params![n])
-            .expect("a write before the fault");
-    }
-    std::fs::write(&trigger, b"").expect("trigger");
+    let c = fifty_rows_then_the_fault(&d, &trigger);
     let err = c
         .execute("INSERT INTO f VALUES (51)", params![])
         .expect_err("a write whose WAL write failed must not be acknowledged");
