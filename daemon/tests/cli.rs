@@ -65,6 +65,19 @@ fn bench_batch_workload_by_request_count() {
     // nexusd, direct and in-process: each did exactly 203 batches, no errors.
     assert_eq!(stdout.matches("\"ops\":203,").count(), 3, "{stdout}");
     assert_eq!(stdout.matches("\"errors\":0,").count(), 3, "{stdout}");
+    // Both sides' CPU for the runs through processes (nexusd, direct); the
+    // in-process one has no client processes.
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON report");
+    let client_cpu: Vec<Option<f64>> = report["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .map(|r| r["client_cpu_s"].as_f64())
+        .collect();
+    assert!(
+        matches!(client_cpu.as_slice(), [Some(a), Some(b), None] if *a > 0.0 && *b > 0.0),
+        "{client_cpu:?}"
+    );
 
     // The daemon's database holds exactly 203 batches of 5 rows.
     let conn = rusqlite_count(&dir.path().join("nexusd.db"));

@@ -305,6 +305,8 @@ struct Report {
     probe: Option<Histogram>,
     daemon_cpu_s: Option<f64>,
     daemon_peak_rss_mib: Option<f64>,
+    /// CPU the worker processes (the clients) used, user and system.
+    client_cpu_s: Option<f64>,
 }
 
 impl Report {
@@ -319,7 +321,7 @@ impl Report {
             "{{\"setup\":\"{}\",\"seconds\":{:.3},\"ops\":{},\"ops_per_sec\":{:.1},\"errors\":{},\
              \"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"bulk_ops\":{},\
              \"probe_p50_ms\":{},\"probe_p99_ms\":{},\
-             \"daemon_cpu_s\":{},\"daemon_peak_rss_mib\":{}}}",
+             \"daemon_cpu_s\":{},\"daemon_peak_rss_mib\":{},\"client_cpu_s\":{}}}",
             self.setup,
             self.seconds,
             self.ops,
@@ -334,6 +336,7 @@ impl Report {
             probe(0.99),
             opt(self.daemon_cpu_s),
             opt(self.daemon_peak_rss_mib),
+            opt(self.client_cpu_s),
         )
     }
 
@@ -368,8 +371,18 @@ impl Report {
             );
         }
         println!("  errors        {}", self.errors);
+        let per_op = |cpu: f64| cpu * 1e6 / self.ops.max(1) as f64;
         if let (Some(cpu), Some(rss)) = (self.daemon_cpu_s, self.daemon_peak_rss_mib) {
-            println!("  daemon        {cpu:.2} s CPU, peak RSS {rss:.1} MiB");
+            println!(
+                "  daemon        {cpu:.2} s CPU ({:.1} us per op), peak RSS {rss:.1} MiB",
+                per_op(cpu)
+            );
+        }
+        if let Some(cpu) = self.client_cpu_s {
+            println!(
+                "  clients       {cpu:.2} s CPU ({:.1} us per op)",
+                per_op(cpu)
+            );
         }
     }
 }
@@ -569,6 +582,7 @@ fn run_processes(
         Target::Direct(_) => "direct: one SQLite connection per client, WAL, busy_timeout 5000 ms",
     };
     let cpu_before = daemon_pid.map(cpu_seconds);
+    let clients_before = children_cpu_seconds();
     let bulk_procs = usize::from(args.workload == Workload::BulkInteractive);
     // tpcb's probe of single writes runs beside the clients, in a process
     // of its own, for as long as they run (so not under --requests).
@@ -662,6 +676,9 @@ fn run_processes(
         // VmHWM is the daemon's peak RSS over its whole life.
         daemon_cpu_s: daemon_pid.zip(cpu_before).map(|(p, b)| cpu_seconds(p) - b),
         daemon_peak_rss_mib: daemon_pid.map(|p| peak_rss_kib(p) as f64 / 1024.0),
+        // Every worker has been waited for; the daemon, if bench started
+        // it, has not, so it is not counted here.
+        client_cpu_s: Some(children_cpu_seconds() - clients_before),
     })
 }
 
@@ -725,6 +742,7 @@ fn run_ceiling(db: &Path, args: &BenchArgs) -> anyhow::Result<Report> {
         hist,
         daemon_cpu_s: None,
         daemon_peak_rss_mib: None,
+        client_cpu_s: None,
     })
 }
 
@@ -821,6 +839,20 @@ fn is_read(w: Workload, rng: &mut Rng) -> bool {
         Workload::Mixed => !rng.next().is_multiple_of(10),
         Workload::Insert | Workload::Batch | Workload::BulkInteractive | Workload::Tpcb => false,
     }
+}
+
+/// CPU seconds, user and system, of this process's children that have
+/// ended and been waited for.
+fn children_cpu_seconds() -> f64 {
+    // SAFETY: an all-zero rusage is a valid value, and getrusage only
+    // writes into the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 fn cpu_seconds(pid: u32) -> f64 {
