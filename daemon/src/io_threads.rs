@@ -42,7 +42,13 @@ impl IoThreads {
                 .name(format!("nexusd-io-{i}"))
                 .spawn(move || {
                     crate::engine::allow_inline_reads();
-                    runtime.block_on(stop.cancelled());
+                    // The writer's threads answer this thread's requests
+                    // through its relay, a batch per commit.
+                    let relay = crate::engine::relay_for_this_thread();
+                    runtime.block_on(async {
+                        tokio::spawn(relay);
+                        stop.cancelled().await;
+                    });
                     runtime.shutdown_timeout(Duration::from_secs(1));
                 })
                 .context("could not start a connection thread")?;

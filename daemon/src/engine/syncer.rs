@@ -23,7 +23,8 @@ use std::thread::JoinHandle;
 
 use anyhow::Context;
 use nexusd_protocol::{ErrorBody, ErrorKind, ResponseBody};
-use tokio::sync::oneshot;
+
+use super::relay::{self, Ack};
 
 /// Batches of replies waiting for a sync.
 const QUEUE: usize = 1024;
@@ -34,9 +35,8 @@ pub(crate) const EXIT_SYNC_FAILED: i32 = 74;
 /// How long the sessions get to send the `Io` answers before the exit.
 const EXIT_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// A reply to send once what it answers is durable.
-pub(crate) type Ack = (oneshot::Sender<ResponseBody>, ResponseBody);
-
+/// Syncs the WAL after commits, then sends their replies (`Ack`s, through
+/// the I/O threads' relays): a reply waits for the durability it promises.
 pub(crate) struct Syncer {
     tx: flume::Sender<Vec<Ack>>,
     thread: JoinHandle<()>,
@@ -69,9 +69,14 @@ impl Syncer {
                 "the commit happened, but the syncer that makes it durable has stopped; it may \
                  not survive a power loss. The daemon needs a restart",
             ));
-            for (reply, _) in acks {
-                let _ = reply.send(body.clone());
-            }
+            relay::deliver(
+                acks.into_iter()
+                    .map(|ack| Ack {
+                        body: body.clone(),
+                        ..ack
+                    })
+                    .collect(),
+            );
         }
     }
 
@@ -101,11 +106,8 @@ fn run(wal: &Path, rx: flume::Receiver<Vec<Ack>>) {
                  {EXIT_SYNC_FAILED} so that nothing more is served from a file whose state on \
                  disk is unknown; under systemd the daemon restarts from what the disk holds"
             );
-        }
-        for (reply, body) in acks {
-            let body = match &synced {
-                Ok(()) => body,
-                Err(e) => ResponseBody::Error(ErrorBody::new(
+            for ack in &mut acks {
+                ack.body = ResponseBody::Error(ErrorBody::new(
                     ErrorKind::Io,
                     format!(
                         "the write's outcome is unknown: it committed, but the fsync of {} that \
@@ -114,10 +116,10 @@ fn run(wal: &Path, rx: flume::Receiver<Vec<Ack>>) {
                          before retrying it, and see to the disk under the database",
                         wal.display()
                     ),
-                )),
-            };
-            let _ = reply.send(body);
+                ));
+            }
         }
+        relay::deliver(acks);
         if synced.is_err() {
             std::thread::sleep(EXIT_GRACE);
             std::process::exit(EXIT_SYNC_FAILED);

@@ -24,8 +24,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::CheckpointGate;
 use super::db::{self, Synchronous, epoch};
 use super::guard::{Guard, Scope};
+use super::relay::{self, Ack, Relay};
 use super::statement::{self, Output, StatementLimits, Want, own_statement_error};
-use super::syncer::{Ack, Syncer};
+use super::syncer::Syncer;
 use super::transactions::{End, Txn, TxnMsg, conflict};
 use crate::histogram::Histogram;
 use nexusd_protocol::TxnOp;
@@ -160,6 +161,8 @@ struct WriteJob {
     arrived: Instant,
     deadline: Instant,
     reply: oneshot::Sender<ResponseBody>,
+    /// Where the reply goes back through (the I/O thread that sent it).
+    relay: Option<Relay>,
 }
 
 #[derive(Debug, Clone)]
@@ -266,6 +269,7 @@ impl WriterHandle {
             arrived,
             deadline,
             reply,
+            relay: None,
         };
         match tokio::time::timeout_at(deadline.into(), self.tx.send(job)).await {
             Ok(Ok(())) => Ok(()),
@@ -303,6 +307,7 @@ impl WriterHandle {
             arrived,
             deadline,
             reply,
+            relay: relay::here(),
         };
         let sent = tokio::time::timeout_at(deadline.into(), self.tx.send(job)).await;
         match sent {
@@ -465,7 +470,11 @@ impl Writer {
                     Work::Admin(admin) => {
                         let body = self.run_admin(admin);
                         if matches!(admin, WriterAdmin::Vacuum | WriterAdmin::Optimize) {
-                            self.ack(vec![(job.reply, body)]);
+                            self.ack(vec![Ack {
+                                reply: job.reply,
+                                body,
+                                relay: job.relay,
+                            }]);
                         } else {
                             let _ = job.reply.send(body);
                         }
@@ -723,7 +732,15 @@ impl Writer {
                 self.stats
                     .commit_seconds
                     .observe_duration(started.elapsed());
-                self.ack(done.into_iter().map(|d| (d.job.reply, d.body)).collect());
+                self.ack(
+                    done.into_iter()
+                        .map(|d| Ack {
+                            reply: d.job.reply,
+                            body: d.body,
+                            relay: d.job.relay,
+                        })
+                        .collect(),
+                );
             }
             Err(e) => {
                 tracing::error!(error = %e, requests = done.len(), "COMMIT failed; the batch is rolled back");
@@ -837,11 +854,7 @@ impl Writer {
     fn ack(&self, acks: Vec<Ack>) {
         match &self.syncer {
             Some(syncer) => syncer.after_sync(acks),
-            None => {
-                for (reply, body) in acks {
-                    let _ = reply.send(body);
-                }
-            }
+            None => relay::deliver(acks),
         }
     }
 
@@ -980,7 +993,11 @@ impl Writer {
                             .commit_seconds
                             .observe_duration(started.elapsed());
                         txn.end(End::Committed);
-                        self.ack(vec![(reply, ResponseBody::Ok)]);
+                        self.ack(vec![Ack {
+                            reply,
+                            body: ResponseBody::Ok,
+                            relay: None,
+                        }]);
                         return false;
                     }
                     Err(e) => {
