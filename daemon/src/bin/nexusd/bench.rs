@@ -341,20 +341,20 @@ impl Report {
     }
 
     fn print(&self) {
-        println!("{}", self.setup);
-        println!(
+        outln!("{}", self.setup);
+        outln!(
             "  throughput    {:.0} ops/s ({} ops in {:.1} s)",
             self.ops_per_sec(),
             self.ops,
             self.seconds
         );
         if self.bulk_ops > 0 {
-            println!(
+            outln!(
                 "  of which bulk {} ops; the latencies are the interactive clients'",
                 self.bulk_ops
             );
         }
-        println!(
+        outln!(
             "  latency ms    p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}",
             self.hist.quantile_ms(0.50),
             self.hist.quantile_ms(0.90),
@@ -362,7 +362,7 @@ impl Report {
             self.hist.quantile_ms(1.0)
         );
         if let Some(p) = &self.probe {
-            println!(
+            outln!(
                 "  single writes meanwhile ({} of them) p50 {:.3}  p99 {:.3}  max {:.3} ms",
                 p.total(),
                 p.quantile_ms(0.50),
@@ -370,16 +370,16 @@ impl Report {
                 p.quantile_ms(1.0)
             );
         }
-        println!("  errors        {}", self.errors);
+        outln!("  errors        {}", self.errors);
         let per_op = |cpu: f64| cpu * 1e6 / self.ops.max(1) as f64;
         if let (Some(cpu), Some(rss)) = (self.daemon_cpu_s, self.daemon_peak_rss_mib) {
-            println!(
+            outln!(
                 "  daemon        {cpu:.2} s CPU ({:.1} us per op), peak RSS {rss:.1} MiB",
                 per_op(cpu)
             );
         }
         if let Some(cpu) = self.client_cpu_s {
-            println!(
+            outln!(
                 "  clients       {cpu:.2} s CPU ({:.1} us per op)",
                 per_op(cpu)
             );
@@ -461,7 +461,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         } else {
             String::new()
         };
-        println!(
+        outln!(
             "{{\"workload\":\"{}\",\"batch_size\":{},\"clients\":{},\"processes\":{},\"synchronous\":\"{:?}\",\"cores\":{},\"runs\":[{}]{}}}",
             workload_name(args.workload),
             args.batch_size,
@@ -474,9 +474,9 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         );
     } else {
         if args.workload == Workload::Batch {
-            println!("an op is one atomic batch of {} inserts", args.batch_size);
+            outln!("an op is one atomic batch of {} inserts", args.batch_size);
         }
-        println!(
+        outln!(
             "workload {}: {} clients over {} processes, synchronous={:?}, {} cores",
             workload_name(args.workload),
             args.clients,
@@ -488,8 +488,8 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             r.print();
         }
         if reports.len() == 3 {
-            println!("nexusd / direct       {:.2}x", ratio(1));
-            println!("nexusd / in-process   {:.2}x", ratio(2));
+            outln!("nexusd / direct       {:.2}x", ratio(1));
+            outln!("nexusd / in-process   {:.2}x", ratio(2));
         }
     }
     Ok(())
@@ -895,7 +895,7 @@ pub(crate) fn worker(args: WorkerArgs) -> ExitCode {
     };
     match result {
         Ok((errors, hist)) => {
-            println!("result {errors} {}", hist.encode());
+            outln!("result {errors} {}", hist.encode());
             ExitCode::SUCCESS
         }
         Err(e) => {

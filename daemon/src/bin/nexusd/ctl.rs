@@ -126,7 +126,7 @@ pub(crate) fn run(args: CtlArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failed(message)) => {
             if json {
-                println!("{}", json!({ "ok": false, "error": message }));
+                outln!("{}", json!({ "ok": false, "error": message }));
             } else {
                 eprintln!("nexusd ctl: {message}");
             }
@@ -204,7 +204,7 @@ async fn command(args: CtlArgs, socket: &Path) -> Result<(), Failed> {
             if json {
                 print_json(&r);
             } else {
-                println!(
+                outln!(
                     "checkpoint {}: {} of {} WAL frames copied into the database{}",
                     mode.as_sql().to_lowercase(),
                     r.checkpointed_frames,
@@ -230,24 +230,24 @@ async fn command(args: CtlArgs, socket: &Path) -> Result<(), Failed> {
             }
             let message = result?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     json!({ "ok": true, "dest": dest, "message": message })
                 );
             } else {
-                println!("{message}");
+                outln!("{message}");
             }
         }
         CtlCommand::IntegrityCheck { quick } => {
             let lines = client.integrity_check(quick).await?;
             let ok = lines == "ok";
             if json {
-                println!(
+                outln!(
                     "{}",
                     json!({ "ok": ok, "result": lines.lines().collect::<Vec<_>>() })
                 );
             } else {
-                println!("{lines}");
+                outln!("{lines}");
             }
             if !ok {
                 return Err(Failed(
@@ -263,9 +263,9 @@ async fn command(args: CtlArgs, socket: &Path) -> Result<(), Failed> {
         CtlCommand::Metrics => {
             let body = client.metrics().await?;
             if json {
-                println!("{}", json!({ "ok": true, "prometheus_text": body }));
+                outln!("{}", json!({ "ok": true, "prometheus_text": body }));
             } else {
-                print!("{body}");
+                out!("{body}");
             }
         }
         CtlCommand::Shutdown => {
@@ -275,7 +275,7 @@ async fn command(args: CtlArgs, socket: &Path) -> Result<(), Failed> {
         CtlCommand::Query(q) => {
             let rows = client.query(&q.sql, parse_params(&q.params)).await?;
             if json {
-                println!("{}", rows_json(&rows));
+                outln!("{}", rows_json(&rows));
             } else {
                 print_table(&rows);
             }
@@ -295,21 +295,21 @@ async fn command(args: CtlArgs, socket: &Path) -> Result<(), Failed> {
 
 fn print_json<T: serde::Serialize>(v: &T) {
     match serde_json::to_string_pretty(v) {
-        Ok(s) => println!("{s}"),
+        Ok(s) => outln!("{s}"),
         Err(e) => eprintln!("nexusd ctl: could not format JSON: {e}"),
     }
 }
 
 fn print_text(json: bool, message: String) {
     if json {
-        println!("{}", json!({ "ok": true, "message": message }));
+        outln!("{}", json!({ "ok": true, "message": message }));
     } else {
-        println!("{message}");
+        outln!("{message}");
     }
 }
 
 pub(crate) fn print_executed(done: &Executed) {
-    println!(
+    outln!(
         "OK: {} row{} affected, last insert rowid {}",
         done.rows_affected,
         if done.rows_affected == 1 { "" } else { "s" },
@@ -341,76 +341,79 @@ fn rows_json(rows: &Rows) -> serde_json::Value {
 }
 
 pub(crate) fn print_status(s: &Status) {
-    println!("nexusd          {}", s.server_version);
-    println!("sqlite          {}", s.sqlite_version);
-    println!("pid             {}", s.pid);
-    println!("uptime          {}", human_duration(s.uptime_ms));
-    println!(
+    outln!("nexusd          {}", s.server_version);
+    outln!("sqlite          {}", s.sqlite_version);
+    outln!("pid             {}", s.pid);
+    outln!("uptime          {}", human_duration(s.uptime_ms));
+    outln!(
         "database        {} ({})",
         s.db_path,
         human_bytes(s.db_bytes)
     );
-    println!("wal             {}", human_bytes(s.wal_bytes));
-    println!("socket          {}", s.socket_path);
-    println!(
+    outln!("wal             {}", human_bytes(s.wal_bytes));
+    outln!("socket          {}", s.socket_path);
+    outln!(
         "config          {}",
         s.config_path
             .as_deref()
             .unwrap_or("(none: defaults and flags)")
     );
-    println!("journal_mode    {}", s.journal_mode);
-    println!("connections     {} of {}", s.connections, s.max_connections);
-    println!("readers         {}", s.readers);
-    println!(
+    outln!("journal_mode    {}", s.journal_mode);
+    outln!("connections     {} of {}", s.connections, s.max_connections);
+    outln!("readers         {}", s.readers);
+    outln!(
         "writes          {} in {} commits",
-        s.writes_committed, s.batches_committed
+        s.writes_committed,
+        s.batches_committed
     );
-    println!("writer queue    {}", s.writer_queue_depth);
+    outln!("writer queue    {}", s.writer_queue_depth);
     // The daemon sends the replica's state with the settings (so that the
     // protocol's Status needs no new field); it is shown apart from them.
     let (replica, settings): (Vec<_>, Vec<_>) =
         s.settings.iter().partition(|(k, _)| k == "replica");
     for (_, v) in replica {
-        println!("replica         {v}");
+        outln!("replica         {v}");
     }
-    println!("settings in force:");
+    outln!("settings in force:");
     let width = settings.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (k, v) in settings {
-        println!("  {k:<width$}  {v}");
+        outln!("  {k:<width$}  {v}");
     }
 }
 
 fn print_stats(s: &Stats) {
-    println!("uptime            {}", human_duration(s.uptime_ms));
-    println!(
+    outln!("uptime            {}", human_duration(s.uptime_ms));
+    outln!(
         "writes            {} in {} commits ({:.1} per commit)",
         s.writes_committed,
         s.batches_committed,
         s.writes_committed as f64 / (s.batches_committed.max(1)) as f64
     );
-    println!(
+    outln!(
         "commit latency    p50 <= {:.1} ms, p99 <= {:.1} ms",
-        s.commit_p50_ms, s.commit_p99_ms
+        s.commit_p50_ms,
+        s.commit_p99_ms
     );
-    println!(
+    outln!(
         "queues            writer {}, readers {}",
-        s.writer_queue_depth, s.reader_queue_depth
+        s.writer_queue_depth,
+        s.reader_queue_depth
     );
-    println!("oldest read       {} ms", s.oldest_read_ms);
-    println!(
+    outln!("oldest read       {} ms", s.oldest_read_ms);
+    outln!(
         "wal               {} ({} checkpoints, {} busy)",
         human_bytes(s.wal_bytes),
         s.checkpoints,
         s.checkpoints_busy
     );
-    println!("requests:");
+    outln!("requests:");
     if s.requests.is_empty() {
-        println!("  (none yet)");
+        outln!("  (none yet)");
     }
     for (kind, outcome, n) in &s.requests {
-        println!("  {kind:<8} {outcome:<14} {n}");
+        outln!("  {kind:<8} {outcome:<14} {n}");
     }
-    println!("requests per commit:");
+    outln!("requests per commit:");
     let mut lower = 1;
     for (upper, n) in &s.batch_size_histogram {
         if *n > 0 {
@@ -421,11 +424,11 @@ fn print_stats(s: &Stats) {
             } else {
                 format!("{lower}-{upper}")
             };
-            println!("  {range:>10}  {n}");
+            outln!("  {range:>10}  {n}");
         }
         lower = upper.saturating_add(1);
     }
-    println!("clients:");
+    outln!("clients:");
     print_clients(&s.clients);
 }
 
@@ -462,13 +465,13 @@ fn print_clients(clients: &[nexusd_client::ClientInfo]) {
     let header: Vec<String> = header.iter().map(|s| (*s).to_owned()).collect();
     print_aligned(&header, &rows);
     let n = rows.len();
-    println!("({n} client{})", if n == 1 { "" } else { "s" });
+    outln!("({n} client{})", if n == 1 { "" } else { "s" });
 }
 
 fn print_transactions(list: &[nexusd_client::TxnInfo]) {
-    println!("transactions:");
+    outln!("transactions:");
     if list.is_empty() {
-        println!("  (none open)");
+        outln!("  (none open)");
         return;
     }
     let header: Vec<String> = [
@@ -602,7 +605,7 @@ pub(crate) fn print_table(rows: &Rows) {
         print_aligned(rows.columns(), &cells);
     }
     let n = rows.len();
-    println!("({n} row{})", if n == 1 { "" } else { "s" });
+    outln!("({n} row{})", if n == 1 { "" } else { "s" });
 }
 
 fn print_aligned(header: &[String], cells: &[Vec<String>]) {
@@ -621,8 +624,8 @@ fn print_aligned(header: &[String], cells: &[Vec<String>]) {
             .trim_end()
             .to_owned()
     };
-    println!("{}", line(header));
-    println!(
+    outln!("{}", line(header));
+    outln!(
         "{}",
         widths
             .iter()
@@ -631,7 +634,7 @@ fn print_aligned(header: &[String], cells: &[Vec<String>]) {
             .join("+")
     );
     for row in cells {
-        println!("{}", line(row));
+        outln!("{}", line(row));
     }
 }
 

@@ -6,6 +6,28 @@
 //! - `bench`: load from several processes (and its hidden worker).
 //! - `completions` and `man`: generated from the same clap definitions.
 
+/// `println!` for what the commands print. A reader that stops early
+/// (`nexusd ctl query … | head`) ends the command quietly with status 0,
+/// as it ends `cat`; `println!` would panic there.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            $crate::stdout_failed(e)
+        }
+    }};
+}
+
+/// `print!`, the same way.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout().lock(), $($arg)*) {
+            $crate::stdout_failed(e)
+        }
+    }};
+}
+
 mod bench;
 mod ctl;
 mod shell;
@@ -56,9 +78,6 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    if !matches!(cli.command, Command::Serve(_)) {
-        quiet_when_stdout_closes();
-    }
     match cli.command {
         Command::Serve(config) => match nexusd::serve(*config, explicit_flags(&matches)) {
             Ok(()) => ExitCode::SUCCESS,
@@ -79,23 +98,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// `nexusd ctl status | head -3` closes stdout early; the next `println!`
-/// then panics with "failed printing to stdout: Broken pipe". For the
-/// commands that print (not `serve`), end quietly instead, as ripgrep
-/// does: the reader has what it wanted. Any other panic reports as usual.
-fn quiet_when_stdout_closes() {
-    let report = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let message = info
-            .payload()
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .unwrap_or_default();
-        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
-            std::process::exit(0);
-        }
-        report(info);
-    }));
+/// Stdout could not be written: a reader that went away is the end of the
+/// output, not an error; anything else is reported.
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("nexusd: could not write to stdout: {e}");
+    std::process::exit(1);
 }
 
 /// `nexusd.1`, from the clap definitions: the top-level page, with every

@@ -19,7 +19,7 @@ pub(crate) async fn run(client: &Client, socket: &Path) -> Result<(), Failed> {
         let _ = editor.load_history(h);
     }
     let status = client.status().await?;
-    println!(
+    outln!(
         "nexusd {} (SQLite {}) at {}\nEnd statements with ';'. .help for commands, .quit to leave.",
         status.server_version,
         status.sqlite_version,
@@ -174,7 +174,7 @@ async fn run_sql(client: &Client, txn: &mut Option<Transaction>, sql: &str) -> R
             } else {
                 client.deferred_transaction().await?
             };
-            println!(
+            outln!(
                 "BEGIN (transaction {}, {})",
                 begun.id(),
                 if immediate { "immediate" } else { "deferred" }
@@ -187,12 +187,12 @@ async fn run_sql(client: &Client, txn: &mut Option<Transaction>, sql: &str) -> R
         }
         (Some(Control::Commit), Some(open)) => {
             open.commit().await?;
-            println!("COMMIT");
+            outln!("COMMIT");
             return Ok(());
         }
         (Some(Control::Rollback), Some(open)) => {
             open.rollback().await?;
-            println!("ROLLBACK");
+            outln!("ROLLBACK");
             return Ok(());
         }
         (None, open) => *txn = open,
@@ -239,7 +239,7 @@ async fn dot_command(client: &Client, line: &str) -> Result<bool, Failed> {
     let arg = words.next();
     match cmd {
         ".quit" | ".exit" | ".q" => return Ok(true),
-        ".help" => println!(
+        ".help" => outln!(
             ".tables [PATTERN]   list tables\n.schema [TABLE]     show CREATE statements\n\
              .status             the daemon's status\n.quit               leave\n\
              Anything else is SQL, ended by ';'."
@@ -266,7 +266,7 @@ async fn dot_command(client: &Client, line: &str) -> Result<bool, Failed> {
                 .await?;
             for row in rows.iter() {
                 if let Some(v) = row.values().first() {
-                    println!("{};", display(v));
+                    outln!("{};", display(v));
                 }
             }
         }
