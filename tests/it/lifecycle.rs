@@ -462,6 +462,14 @@ fn fifty_rows_then_the_fault(d: &Daemon, trigger: &Path) -> nexusd_client::block
     c
 }
 
+/// Kills the daemon with SIGKILL, starts it again on the same files, and
+/// connects: what a client then sees is what was on disk.
+fn after_a_kill_9(d: &mut Daemon) -> nexusd_client::blocking::Client {
+    d.kill9();
+    d.restart();
+    nexusd_client::blocking::Client::connect(d.socket()).expect("connect again")
+}
+
 /// `PRAGMA integrity_check` says ok.
 fn assert_integrity_ok(c: &nexusd_client::blocking::Client) {
     let ok = c
@@ -562,9 +570,7 @@ fn a_failed_wal_write_fails_its_commit_clearly_and_the_daemon_goes_on() {
         c.execute("INSERT INTO f VALUES (?1)", params![n])
             .expect("a write after the fault");
     }
-    d.kill9();
-    d.restart();
-    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect again");
+    let c = after_a_kill_9(&mut d);
     let rows = c
         .query(
             "SELECT group_concat(n) FROM (SELECT n FROM f WHERE n > 48 ORDER BY n)",
@@ -623,9 +629,7 @@ fn a_failed_checkpoint_fsync_keeps_everything_in_the_wal() {
         c.execute("INSERT INTO f VALUES (?1, zeroblob(4000))", params![n])
             .expect("a write after the fault");
     }
-    d.kill9();
-    d.restart();
-    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect again");
+    let c = after_a_kill_9(&mut d);
     let rows = c
         .query("SELECT count(*), sum(n) FROM f", params![])
         .expect("count");

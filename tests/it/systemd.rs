@@ -57,22 +57,35 @@ fn serve_notified(dir: &Path, extra: &[&str]) -> (std::process::Child, UnixDatag
 fn units_verify_and_score_ok_on_systemd_analyze_security() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let service = units_in(tmp.path());
+    assert_units_verify(&[&service, &tmp.path().join("nexusd.socket")]);
+    assert_exposure_ok_and_recorded(&service, |score| format!("exposure level {score:.1}"));
+}
+
+/// `systemd-analyze verify` finds nothing to say about `units`.
+fn assert_units_verify(units: &[&Path]) {
     let (ok, out) = run(Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
-        .arg(&service)
-        .arg(tmp.path().join("nexusd.socket")));
+        .args(units));
     assert!(ok && out.trim().is_empty(), "systemd-analyze verify: {out}");
+}
 
+/// `unit` scores at most 2.0 (OK) in `systemd-analyze security`, and
+/// docs/operations.md records the score, as `recorded` words it.
+fn assert_exposure_ok_and_recorded(unit: &Path, recorded: impl Fn(f64) -> String) {
     let (_, out) = run(Command::new("systemd-analyze")
         .args(["security", "--offline=true", "--no-pager"])
-        .arg(&service));
-    let score = exposure(&out, "nexusd.service");
+        .arg(unit));
+    let name = unit
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("a unit file name");
+    let score = exposure(&out, name);
     assert!(score <= 2.0, "exposure {score} is above 2.0 (OK): {out}");
-    // docs/operations.md records the score; keep it true.
     let doc = std::fs::read_to_string(repo().join("docs/operations.md")).expect("operations.md");
     assert!(
-        doc.contains(&format!("exposure level {score:.1}")),
-        "docs/operations.md does not record the current exposure level {score:.1}"
+        doc.contains(&recorded(score)),
+        "docs/operations.md does not record {name}'s exposure {score:.1} as {:?}",
+        recorded(score)
     );
 }
 
@@ -96,22 +109,10 @@ fn litestream_units_verify_and_score_ok() {
         .replace("/usr/bin/nexusd", &nexusd_bin().display().to_string());
     assert!(conf.contains("--litestream --litestream-socket /run/nexusd-litestream/"));
     std::fs::write(dropins.join("litestream.conf"), conf).expect("write drop-in");
-    let (ok, out) = run(Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(&service)
-        .arg(&sibling));
-    assert!(ok && out.trim().is_empty(), "systemd-analyze verify: {out}");
-
-    let (_, out) = run(Command::new("systemd-analyze")
-        .args(["security", "--offline=true", "--no-pager"])
-        .arg(&sibling));
-    let score = exposure(&out, "nexusd-litestream.service");
-    assert!(score <= 2.0, "exposure {score} is above 2.0 (OK): {out}");
-    let doc = std::fs::read_to_string(repo().join("docs/operations.md")).expect("operations.md");
-    assert!(
-        doc.contains(&format!("nexusd-litestream.service scores {score:.1}")),
-        "docs/operations.md does not record nexusd-litestream.service's exposure {score:.1}"
-    );
+    assert_units_verify(&[&service, &sibling]);
+    assert_exposure_ok_and_recorded(&sibling, |score| {
+        format!("nexusd-litestream.service scores {score:.1}")
+    });
 
     // The example config parses, and names the database and control
     // socket the units use.
