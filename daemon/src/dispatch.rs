@@ -3,23 +3,95 @@
 //! the readers, or to the writer when SQLite says they write) or to the
 //! admin commands. Every request gets exactly one answer, counted in the
 //! metrics and the client's own counters.
+//!
+//! The common requests need no task of their own: a write is queued for
+//! the writer with an [`Answer`] as its reply, which the I/O thread's relay
+//! hands to the connection's write queue after the commit's sync; a read
+//! that runs in place is answered on the spot. Only what must wait (a full
+//! queue, a read that needs the pool, transactions, admin commands) runs
+//! as a spawned task.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use nexusd_protocol::{
-    AdminRequest, DEFAULT_DB, ErrorBody, ErrorKind, Request, RequestBody, ResponseBody, TxnMode,
-    TxnOp,
+    AdminRequest, DEFAULT_DB, ErrorBody, ErrorKind, Request, RequestBody, Response, ResponseBody,
+    Statement, TxnMode, TxnOp,
 };
+use tokio::runtime::Handle;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::mpsc::{self, error::TrySendError};
 
 use crate::access::Role;
 use crate::admin;
 use crate::clients::ClientEntry;
 use crate::context::Context;
-use crate::engine::{Owner, ReadOutcome, WriteOp};
+use crate::engine::{InPlace, Owner, ReadOutcome, Sink, WriteOp};
 use crate::metrics::RequestKind;
 
-/// Serves one request; always produces an answer.
-pub(crate) async fn handle(ctx: &Context, req: Request, who: &ClientEntry) -> ResponseBody {
+/// What a connection's answers share.
+pub(crate) struct Connection {
+    pub(crate) ctx: Arc<Context>,
+    pub(crate) who: Arc<ClientEntry>,
+    /// The connection's write queue.
+    pub(crate) out: mpsc::Sender<Response>,
+    /// The connection's runtime, for an answer that must wait for room in
+    /// the queue.
+    pub(crate) runtime: Handle,
+}
+
+/// One request's answer, owed: given exactly once, it is counted and
+/// queued for the connection, and the request's in-flight permit goes
+/// with it.
+pub(crate) struct Answer {
+    id: u64,
+    kind: RequestKind,
+    conn: Arc<Connection>,
+    permit: OwnedSemaphorePermit,
+}
+
+impl Answer {
+    fn count(&self, body: &ResponseBody) {
+        self.conn
+            .who
+            .answered(matches!(body, ResponseBody::Error(_)));
+        self.conn.ctx.metrics.count_request(self.kind, body);
+    }
+
+    /// Gives the answer without waiting: queued at once, or, when the
+    /// connection's queue is full, by a task that waits for room.
+    pub(crate) fn give(self, body: ResponseBody) {
+        self.count(&body);
+        let response = Response { id: self.id, body };
+        match self.conn.out.try_send(response) {
+            Ok(()) => {}
+            // A closed connection just drops the reply.
+            Err(TrySendError::Closed(_)) => {}
+            Err(TrySendError::Full(response)) => {
+                let Answer { conn, permit, .. } = self;
+                let out = conn.out.clone();
+                conn.runtime.spawn(async move {
+                    let _ = out.send(response).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+
+    /// Gives the answer from a task, waiting for room in the queue.
+    async fn send(self, body: ResponseBody) {
+        self.count(&body);
+        let _ = self.conn.out.send(Response { id: self.id, body }).await;
+    }
+
+    /// The answer as the engine's reply sink.
+    fn into_sink(self) -> Sink {
+        Sink::new(move |body| self.give(body))
+    }
+}
+
+/// Serves one request, holding `permit` until it is answered.
+pub(crate) fn start(conn: &Arc<Connection>, req: Request, permit: OwnedSemaphorePermit) {
     let kind = match &req.body {
         RequestBody::Execute(_) => RequestKind::Execute,
         RequestBody::Query(_) => RequestKind::Query,
@@ -27,23 +99,72 @@ pub(crate) async fn handle(ctx: &Context, req: Request, who: &ClientEntry) -> Re
         RequestBody::Admin(_) => RequestKind::Admin,
         RequestBody::Begin(_) | RequestBody::Transaction { .. } => RequestKind::Transaction,
     };
-    who.started();
-    let body = route(ctx, req, who).await;
-    who.answered(matches!(body, ResponseBody::Error(_)));
-    ctx.metrics.count_request(kind, &body);
-    body
+    conn.who.started();
+    let answer = Answer {
+        id: req.id,
+        kind,
+        conn: conn.clone(),
+        permit,
+    };
+    let ctx = &conn.ctx;
+    let arrived = Instant::now();
+    let role = match admit(ctx, &req, &conn.who) {
+        Ok(role) => role,
+        Err(refusal) => return answer.give(refusal),
+    };
+    let deadline = arrived + ctx.config().request_timeout(req.timeout_ms);
+    match req.body {
+        RequestBody::Execute(st) => write(ctx, WriteOp::Execute(st), arrived, deadline, answer),
+        RequestBody::Batch(stmts) if stmts.is_empty() => {
+            answer.give(ResponseBody::Batch(Vec::new()))
+        }
+        RequestBody::Batch(stmts) => write(ctx, WriteOp::Batch(stmts), arrived, deadline, answer),
+        RequestBody::Query(st) => match ctx.engine.readers.in_place(&st, arrived, deadline) {
+            InPlace::Done(body) => answer.give(body),
+            InPlace::NotReadOnly => write_query(ctx, role, st, arrived, deadline, answer),
+            InPlace::ToPool => {
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    match ctx.engine.readers.in_pool(st, arrived, deadline).await {
+                        ReadOutcome::Done(body) => answer.give(body),
+                        ReadOutcome::NeedsWriter(st) => {
+                            write_query(&ctx, role, st, arrived, deadline, answer)
+                        }
+                    }
+                });
+            }
+        },
+        RequestBody::Admin(admin) => {
+            spawn_waiting(conn, Waits::Admin(admin), arrived, deadline, answer)
+        }
+        RequestBody::Begin(mode) => {
+            spawn_waiting(conn, Waits::Begin(mode), arrived, deadline, answer)
+        }
+        RequestBody::Transaction { txn, op } => {
+            spawn_waiting(conn, Waits::Transaction(txn, op), arrived, deadline, answer)
+        }
+    }
 }
 
-async fn route(ctx: &Context, req: Request, who: &ClientEntry) -> ResponseBody {
-    let arrived = Instant::now();
+/// The requests that wait on something other than the writer's queue, in
+/// a task of their own.
+enum Waits {
+    Admin(AdminRequest),
+    Begin(TxnMode),
+    Transaction(u64, TxnOp),
+}
+
+/// Checks the request against the database served and the peer's role;
+/// returns the role, or the refusal to answer with.
+fn admit(ctx: &Context, req: &Request, who: &ClientEntry) -> Result<Option<Role>, ResponseBody> {
     if req.db != DEFAULT_DB {
-        return ResponseBody::Error(ErrorBody::new(
+        return Err(ResponseBody::Error(ErrorBody::new(
             ErrorKind::Unsupported,
             format!(
                 "unknown database {:?}: this daemon serves only {DEFAULT_DB:?}",
                 req.db
             ),
-        ));
+        )));
     }
     // Recomputed on every request, so a reload that revokes a role takes
     // effect on open connections too.
@@ -70,29 +191,66 @@ async fn route(ctx: &Context, req: Request, who: &ClientEntry) -> ResponseBody {
         }
     };
     if role < Some(needs) {
-        return forbidden(ctx, who, role, needs, request_name(&req.body));
+        return Err(forbidden(ctx, who, role, needs, request_name(&req.body)));
     }
-    let deadline = arrived + ctx.config().request_timeout(req.timeout_ms);
-    let writer = &ctx.engine.writer;
-    match req.body {
-        RequestBody::Execute(st) => writer.submit(WriteOp::Execute(st), arrived, deadline).await,
-        RequestBody::Query(st) => match ctx.engine.readers.query(st, arrived, deadline).await {
-            ReadOutcome::Done(body) => body,
-            ReadOutcome::NeedsWriter(st) => {
-                if role < Some(Role::Write) {
-                    return forbidden(ctx, who, role, Role::Write, "a query that writes");
-                }
-                writer.submit(WriteOp::Query(st), arrived, deadline).await
-            }
-        },
-        RequestBody::Batch(stmts) if stmts.is_empty() => ResponseBody::Batch(Vec::new()),
-        RequestBody::Batch(stmts) => {
-            writer
-                .submit(WriteOp::Batch(stmts), arrived, deadline)
-                .await
-        }
-        RequestBody::Admin(admin) => admin::run(ctx, admin, who).await,
-        RequestBody::Begin(mode) => {
+    Ok(role)
+}
+
+/// Queues a write for the writer; its answer comes through the relay.
+fn write(ctx: &Context, op: WriteOp, arrived: Instant, deadline: Instant, answer: Answer) {
+    let sink = answer.into_sink();
+    if let Err(wait_for_room) = ctx.engine.writer.submit_to(op, arrived, deadline, sink) {
+        tokio::spawn(wait_for_room);
+    }
+}
+
+/// A query SQLite says writes: the writer's, if the peer may write.
+fn write_query(
+    ctx: &Context,
+    role: Option<Role>,
+    st: Statement,
+    arrived: Instant,
+    deadline: Instant,
+    answer: Answer,
+) {
+    if role < Some(Role::Write) {
+        let refusal = forbidden(
+            ctx,
+            &answer.conn.who,
+            role,
+            Role::Write,
+            "a query that writes",
+        );
+        return answer.give(refusal);
+    }
+    write(ctx, WriteOp::Query(st), arrived, deadline, answer);
+}
+
+fn spawn_waiting(
+    conn: &Arc<Connection>,
+    what: Waits,
+    arrived: Instant,
+    deadline: Instant,
+    answer: Answer,
+) {
+    let conn = conn.clone();
+    tokio::spawn(async move {
+        let reply = waiting(&conn, what, arrived, deadline).await;
+        answer.send(reply).await;
+    });
+}
+
+async fn waiting(
+    conn: &Connection,
+    what: Waits,
+    arrived: Instant,
+    deadline: Instant,
+) -> ResponseBody {
+    let ctx = &conn.ctx;
+    let who = &conn.who;
+    match what {
+        Waits::Admin(admin) => admin::run(ctx, admin, who).await,
+        Waits::Begin(mode) => {
             let owner = Owner {
                 client_id: who.id,
                 client_name: who.client_name.clone(),
@@ -103,7 +261,7 @@ async fn route(ctx: &Context, req: Request, who: &ClientEntry) -> ResponseBody {
                 .begin(mode, owner, max_open, arrived, deadline)
                 .await
         }
-        RequestBody::Transaction { txn, op } => {
+        Waits::Transaction(txn, op) => {
             ctx.engine
                 .in_transaction(txn, who.id, op, arrived, deadline)
                 .await

@@ -1,10 +1,11 @@
 //! One client's session: the handshake, then frames in and replies out.
 //!
-//! Reading and writing are separate tasks. Each request runs as a task of
-//! its own, holding one of the connection's in-flight permits; when all are
-//! taken the connection stops reading, which is its backpressure. Replies go
-//! through a bounded channel to the write task, which writes every reply
-//! that is ready in one syscall. A client that stops reading its replies
+//! Reading and writing are separate tasks. Each request holds one of the
+//! connection's in-flight permits until it is answered (see `dispatch`: most
+//! need no task of their own); when all are taken the connection stops
+//! reading, which is its backpressure. Replies go through a bounded channel
+//! to the write task, which writes every reply that is ready in one
+//! syscall. A client that stops reading its replies
 //! stalls only its own write task, which closes the connection after
 //! `--write-stall-timeout-ms`.
 
@@ -134,6 +135,12 @@ pub(crate) async fn serve(stream: UnixStream, ctx: Arc<Context>, peer_cred: Peer
         client.clone(),
     ));
 
+    let answers = Arc::new(dispatch::Connection {
+        ctx: ctx.clone(),
+        who: entry.clone(),
+        out: out_tx.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    });
     let in_flight = Arc::new(Semaphore::new(max_in_flight));
     let mut shutdown = ctx.shutdown.subscribe();
     let mut draining = *shutdown.borrow_and_update();
@@ -246,21 +253,14 @@ pub(crate) async fn serve(stream: UnixStream, ctx: Arc<Context>, peer_cred: Peer
             let _ = out_tx.send(Response { id, body }).await;
             continue;
         }
-        let ctx = ctx.clone();
-        let out_tx = out_tx.clone();
-        let entry = entry.clone();
-        tokio::spawn(async move {
-            let body = dispatch::handle(&ctx, req, &entry).await;
-            // A closed connection just drops the reply.
-            let _ = out_tx.send(Response { id, body }).await;
-            drop(permit);
-        });
+        dispatch::start(&answers, req, permit);
     }
     // The client is gone (or the drain ends it): its transactions roll back
     // now, not at their lease's end, and requests still out on them are
     // answered so.
     ctx.engine.transactions.connection_closed(entry.id);
-    // The write task ends once every request task has sent its reply.
+    // The write task ends once every request has been answered.
+    drop(answers);
     drop(out_tx);
     drop(frames);
     let _ = write_task.await;

@@ -27,8 +27,8 @@ use nexusd_protocol::{ErrorBody, ErrorKind, ResponseBody, TxnMode, TxnOp};
 
 pub use db::Synchronous;
 pub(crate) use db::check_sqlite_version;
-pub(crate) use readers::{ReadOutcome, ReaderPool, allow_inline_reads};
-pub(crate) use relay::relay_for_this_thread;
+pub(crate) use readers::{InPlace, ReadOutcome, ReaderPool, allow_inline_reads};
+pub(crate) use relay::{Sink, relay_for_this_thread};
 use transactions::{End, Route, TxnMsg};
 pub(crate) use transactions::{Leases, Owner, Transactions, TxnStats};
 use writer::TxnStart;
@@ -278,7 +278,7 @@ impl Engine {
             op,
             arrived,
             deadline,
-            reply,
+            reply: relay::Reply::Waiter(reply),
         };
         match tokio::time::timeout_at(deadline.into(), tx.send_async(msg)).await {
             Ok(Ok(())) => {}

@@ -61,7 +61,7 @@ pub(crate) fn allow_inline_reads() {
 }
 
 /// What a read in place came to.
-enum InPlace {
+pub(crate) enum InPlace {
     Done(ResponseBody),
     NotReadOnly,
     /// Out of budget, or no connection here: the pool runs it.
@@ -156,20 +156,14 @@ pub(crate) fn spawn(
 }
 
 impl ReaderPool {
-    /// Runs `statement` on a reader if it is read-only; hands it back for
-    /// the writer if not. A query that cannot be queued by its deadline is
-    /// answered "timed out".
-    pub(crate) async fn query(
+    /// Runs `statement` on a reader thread, for a read that could not run
+    /// in place.
+    pub(crate) async fn in_pool(
         &self,
         statement: Statement,
         arrived: Instant,
         deadline: Instant,
     ) -> ReadOutcome {
-        match self.in_place(&statement, arrived, deadline) {
-            InPlace::Done(body) => return ReadOutcome::Done(body),
-            InPlace::NotReadOnly => return ReadOutcome::NeedsWriter(statement),
-            InPlace::ToPool => {}
-        }
         let (reply, rx) = oneshot::channel();
         let job = ReadJob {
             statement,
@@ -198,7 +192,12 @@ impl ReaderPool {
     /// Runs the read on this thread's own connection, if it has one and no
     /// checkpoint is waiting for reads to leave the WAL, for at most
     /// `INLINE_BUDGET`.
-    fn in_place(&self, statement: &Statement, arrived: Instant, deadline: Instant) -> InPlace {
+    pub(crate) fn in_place(
+        &self,
+        statement: &Statement,
+        arrived: Instant,
+        deadline: Instant,
+    ) -> InPlace {
         if self.shared.gate.is_held() {
             return InPlace::ToPool;
         }

@@ -27,7 +27,6 @@ use nexusd_protocol::{
     ErrorBody, ErrorKind, ResponseBody, Statement, StatementResult, TxnInfo, TxnMode, TxnOp,
 };
 use rusqlite::Connection;
-use tokio::sync::oneshot;
 
 use super::db::{self, epoch};
 use super::guard::{Guard, Scope};
@@ -50,7 +49,7 @@ pub(crate) struct TxnMsg {
     pub(crate) op: TxnOp,
     pub(crate) arrived: Instant,
     pub(crate) deadline: Instant,
-    pub(crate) reply: oneshot::Sender<ResponseBody>,
+    pub(crate) reply: super::relay::Reply,
 }
 
 /// Counters for the metrics.

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::CheckpointGate;
 use super::db::{self, Synchronous, epoch};
 use super::guard::{Guard, Scope};
-use super::relay::{self, Ack, Relay};
+use super::relay::{self, Ack, Relay, Reply, Sink};
 use super::statement::{self, Output, StatementLimits, Want, own_statement_error};
 use super::syncer::Syncer;
 use super::transactions::{End, Txn, TxnMsg, conflict};
@@ -160,7 +160,7 @@ struct WriteJob {
     work: Work,
     arrived: Instant,
     deadline: Instant,
-    reply: oneshot::Sender<ResponseBody>,
+    reply: Reply,
     /// Where the reply goes back through (the I/O thread that sent it).
     relay: Option<Relay>,
 }
@@ -268,7 +268,7 @@ impl WriterHandle {
             work: Work::Transaction(start),
             arrived,
             deadline,
-            reply,
+            reply: Reply::Waiter(reply),
             relay: None,
         };
         match tokio::time::timeout_at(deadline.into(), self.tx.send(job)).await {
@@ -306,25 +306,54 @@ impl WriterHandle {
             work,
             arrived,
             deadline,
-            reply,
+            reply: Reply::Waiter(reply),
             relay: relay::here(),
         };
         let sent = tokio::time::timeout_at(deadline.into(), self.tx.send(job)).await;
         match sent {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return writer_gone(),
-            Err(_) => {
-                return ResponseBody::Error(ErrorBody::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "timed out after {} ms waiting for room in the writer queue; not \
-                         applied. The daemon is saturated: retry later or raise --writer-queue",
-                        arrived.elapsed().as_millis()
-                    ),
-                ));
-            }
+            Err(_) => return queue_timeout(arrived),
         }
         rx.await.unwrap_or_else(|_| writer_gone())
+    }
+
+    /// Queues a client's write whose answer goes to `sink` (from this I/O
+    /// thread's relay, after the COMMIT holding it and its sync), without a
+    /// task waiting for it. When the queue is full, returns the wait for
+    /// room, for the caller to spawn: it answers "timed out, not applied"
+    /// if no room comes by the deadline.
+    pub(crate) fn submit_to(
+        &self,
+        op: WriteOp,
+        arrived: Instant,
+        deadline: Instant,
+        sink: Sink,
+    ) -> Result<(), WaitForRoom> {
+        let job = WriteJob {
+            work: Work::Op(op),
+            arrived,
+            deadline,
+            reply: Reply::Sink(sink),
+            relay: relay::here(),
+        };
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(()),
+            // The job's sink answers as it drops: the writer is gone.
+            Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(job)) => {
+                let tx = self.tx.clone();
+                Err(Box::pin(async move {
+                    match tokio::time::timeout_at(deadline.into(), tx.reserve()).await {
+                        Ok(Ok(permit)) => permit.send(job),
+                        Ok(Err(_)) => drop(job),
+                        Err(_) => {
+                            let _ = job.reply.send(queue_timeout(arrived));
+                        }
+                    }
+                }))
+            }
+        }
     }
 
     /// Requests queued and not yet taken by the writer.
@@ -333,10 +362,21 @@ impl WriterHandle {
     }
 }
 
+/// A write waiting for room in the writer's queue, to be spawned.
+pub(crate) type WaitForRoom = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
 fn writer_gone() -> ResponseBody {
+    relay::stopped_before_answering()
+}
+
+fn queue_timeout(arrived: Instant) -> ResponseBody {
     ResponseBody::Error(ErrorBody::new(
-        ErrorKind::ShuttingDown,
-        "the writer has stopped (the daemon is shutting down or failed); not applied",
+        ErrorKind::Timeout,
+        format!(
+            "timed out after {} ms waiting for room in the writer queue; not applied. The \
+             daemon is saturated: retry later or raise --writer-queue",
+            arrived.elapsed().as_millis()
+        ),
     ))
 }
 
@@ -875,7 +915,7 @@ impl Writer {
         start: TxnStart,
         arrived: Instant,
         deadline: Instant,
-        reply: oneshot::Sender<ResponseBody>,
+        reply: Reply,
     ) {
         let TxnStart {
             txn,
