@@ -218,11 +218,9 @@ pub fn encode_frame<T: Serialize>(
 ) -> Result<(), CodecError> {
     let start = dst.len();
     dst.put_u32(0);
-    let mut writer = dst.writer();
-    let written = bincode::serde::encode_into_std_write(msg, &mut writer, config());
-    let dst = writer.into_inner();
+    let written = bincode::serde::encode_into_writer(msg, Append(dst), config());
     let len = match written {
-        Ok(len) => len,
+        Ok(()) => dst.len() - start - LENGTH_BYTES,
         Err(e) => {
             dst.truncate(start);
             return Err(CodecError::Encode {
@@ -241,6 +239,17 @@ pub fn encode_frame<T: Serialize>(
     // len <= max_frame_bytes <= u32::MAX, checked just above.
     dst[start..start + LENGTH_BYTES].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(())
+}
+
+/// bincode's output straight onto the frame buffer: each field is one
+/// `extend_from_slice`, not a trip through `std::io::Write`.
+struct Append<'a>(&'a mut BytesMut);
+
+impl bincode::enc::write::Writer for Append<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
 }
 
 /// The codec a client uses.
