@@ -410,10 +410,16 @@ fn print_stats(s: &Stats) {
     if s.requests.is_empty() {
         outln!("  (none yet)");
     }
+    let kind_width = s
+        .requests
+        .iter()
+        .map(|(k, _, _)| k.len())
+        .max()
+        .unwrap_or(0);
     for (kind, outcome, n) in &s.requests {
-        outln!("  {kind:<8} {outcome:<14} {n}");
+        outln!("  {kind:<kind_width$}  {outcome:<14} {n}");
     }
-    outln!("requests per commit:");
+    outln!("commits by requests per commit:");
     let mut lower = 1;
     for (upper, n) in &s.batch_size_histogram {
         if *n > 0 {
@@ -424,7 +430,7 @@ fn print_stats(s: &Stats) {
             } else {
                 format!("{lower}-{upper}")
             };
-            outln!("  {range:>10}  {n}");
+            outln!("  {range:>10} per commit  {n}");
         }
         lower = upper.saturating_add(1);
     }
