@@ -78,12 +78,6 @@ impl Answer {
         }
     }
 
-    /// Gives the answer from a task, waiting for room in the queue.
-    async fn send(self, body: ResponseBody) {
-        self.count(&body);
-        let _ = self.conn.out.send(Response { id: self.id, body }).await;
-    }
-
     /// The answer as the engine's reply sink.
     fn into_sink(self) -> Sink {
         Sink::new(move |body| self.give(body))
@@ -134,14 +128,10 @@ pub(crate) fn start(conn: &Arc<Connection>, req: Request, permit: OwnedSemaphore
                 });
             }
         },
-        RequestBody::Admin(admin) => {
-            spawn_waiting(conn, Waits::Admin(admin), arrived, deadline, answer)
-        }
-        RequestBody::Begin(mode) => {
-            spawn_waiting(conn, Waits::Begin(mode), arrived, deadline, answer)
-        }
+        RequestBody::Admin(admin) => spawn_waiting(Waits::Admin(admin), arrived, deadline, answer),
+        RequestBody::Begin(mode) => spawn_waiting(Waits::Begin(mode), arrived, deadline, answer),
         RequestBody::Transaction { txn, op } => {
-            spawn_waiting(conn, Waits::Transaction(txn, op), arrived, deadline, answer)
+            spawn_waiting(Waits::Transaction(txn, op), arrived, deadline, answer)
         }
     }
 }
@@ -226,17 +216,10 @@ fn write_query(
     write(ctx, WriteOp::Query(st), arrived, deadline, answer);
 }
 
-fn spawn_waiting(
-    conn: &Arc<Connection>,
-    what: Waits,
-    arrived: Instant,
-    deadline: Instant,
-    answer: Answer,
-) {
-    let conn = conn.clone();
+fn spawn_waiting(what: Waits, arrived: Instant, deadline: Instant, answer: Answer) {
     tokio::spawn(async move {
-        let reply = waiting(&conn, what, arrived, deadline).await;
-        answer.send(reply).await;
+        let reply = waiting(&answer.conn, what, arrived, deadline).await;
+        answer.give(reply);
     });
 }
 

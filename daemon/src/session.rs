@@ -5,9 +5,8 @@
 //! need no task of their own); when all are taken the connection stops
 //! reading, which is its backpressure. Replies go through a bounded channel
 //! to the write task, which writes every reply that is ready in one
-//! syscall. A client that stops reading its replies
-//! stalls only its own write task, which closes the connection after
-//! `--write-stall-timeout-ms`.
+//! syscall. A client that stops reading its replies stalls only its own
+//! write task, which closes the connection after `--write-stall-timeout-ms`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
