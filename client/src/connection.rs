@@ -188,7 +188,7 @@ impl Connection {
             })
         })?;
         let (tx, rx) = oneshot::channel();
-        {
+        let others_out = {
             let mut guard = self.waiting.lock().map_err(|_| {
                 CallError::Failed(Error::Protocol("client state poisoned by a panic".into()))
             })?;
@@ -196,10 +196,18 @@ impl Connection {
                 return Err(CallError::NotSent(Box::new(req)));
             };
             map.insert(id, tx);
-        }
+            map.len() > 1
+        };
+        // A lone caller writes its own frame: no task to wake. With other
+        // requests out on a multi-thread runtime, their callers are mostly
+        // woken together (their replies come in one read), so the frame
+        // goes to the write task, which sends all that they queued in one
+        // syscall. On a current-thread runtime shared by blocking threads
+        // that would wake another thread instead, so each writes its own.
+        let coalesce = others_out && multi_thread();
         let idle = self.outgoing.capacity() == self.outgoing.max_capacity();
         match self.writer.try_lock() {
-            Ok(mut wr) if idle => {
+            Ok(mut wr) if idle && !coalesce => {
                 // Cancelled half-way, this future would leave half a frame
                 // on the wire: the guard then kills the connection.
                 let guard = KillUnlessDone(&self.dead, false);
@@ -283,6 +291,12 @@ fn not_sent() -> Error {
     }
 }
 
+/// Whether this runs on a multi-thread runtime, where frames are combined.
+fn multi_thread() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
 /// Cancels the connection when dropped before `done`.
 struct KillUnlessDone<'a>(&'a CancellationToken, bool);
 
@@ -306,12 +320,19 @@ async fn write_loop(
     dead: CancellationToken,
 ) {
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    let coalesce = multi_thread();
     loop {
         let frame = tokio::select! {
             _ = dead.cancelled() => break,
             r = rx.recv() => match r { Some(r) => r, None => break },
         };
         buf.extend_from_slice(&frame);
+        if coalesce {
+            // The caller that queued this frame woke this task into the
+            // LIFO slot, ahead of the callers woken with it: let them
+            // queue theirs first, or each would go out alone.
+            tokio::task::yield_now().await;
+        }
         while buf.len() < WRITE_BUFFER_SOFT_LIMIT {
             match rx.try_recv() {
                 Ok(frame) => buf.extend_from_slice(&frame),
