@@ -33,8 +33,10 @@ use nexusd_protocol::TxnOp;
 
 /// Least time between two checkpoints that hold writes back.
 const FORCED_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
-/// Litestream mode: least time between two tries at a checkpoint over the
-/// WAL's bound (each failed try means a live Litestream holds the WAL).
+/// Litestream mode: how long after a try at a checkpoint over the WAL's
+/// bound that found the WAL held (a live Litestream reading it) the next
+/// try waits. After a try that succeeded, the next comes as soon as the
+/// WAL is back at its bound.
 const LITESTREAM_FORCED_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Requests per commit.
@@ -444,6 +446,7 @@ pub fn spawn(
                 wal_frames,
                 page_size,
                 last_forced: Instant::now(),
+                litestream_held_at: None,
                 conn,
                 guard,
                 config,
@@ -474,6 +477,9 @@ struct Writer {
     page_size: u64,
     /// When the last TRUNCATE over the hard bound was tried.
     last_forced: Instant,
+    /// Litestream mode: when the last checkpoint over the bound found the
+    /// WAL held; `None` after one that succeeded.
+    litestream_held_at: Option<Instant>,
     conn: Connection,
     guard: Guard,
     config: WriterConfig,
@@ -672,11 +678,20 @@ impl Writer {
     /// right, since a live Litestream checkpoints on its own. Once it
     /// succeeds, Litestream finds the WAL started over and takes a new full
     /// snapshot when it next syncs: the cost of a bounded WAL.
+    ///
+    /// A try that finds the WAL held is not repeated for
+    /// `LITESTREAM_FORCED_INTERVAL`; after one that succeeds the next comes
+    /// as soon as the WAL is back at its bound, so however fast the writes,
+    /// the WAL passes the bound by at most a batch while Litestream is
+    /// down.
     fn force_checkpoint_for_litestream(&mut self, size: u64, bound: u64) {
-        if self.last_forced.elapsed() < LITESTREAM_FORCED_INTERVAL {
+        if self
+            .litestream_held_at
+            .is_some_and(|at| at.elapsed() < LITESTREAM_FORCED_INTERVAL)
+        {
             return;
         }
-        self.last_forced = Instant::now();
+        self.litestream_held_at = Some(Instant::now());
         if let Err(e) = self.conn.busy_timeout(Duration::ZERO) {
             tracing::warn!(error = %e, "could not clear the busy timeout for a checkpoint");
             return;
@@ -687,6 +702,7 @@ impl Writer {
         }
         match result {
             Ok(r) if !r.busy => {
+                self.litestream_held_at = None;
                 self.stats
                     .forced_checkpoints
                     .fetch_add(1, Ordering::Relaxed);
