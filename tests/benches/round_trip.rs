@@ -1,8 +1,9 @@
 //! Round trips through the real daemon, end to end: the client's runtime,
 //! the socket, the daemon's I/O threads, a read in place or the writer,
 //! and back. The paths issue 12 changed (a current-thread runtime driven by
-//! the blocking caller, admission on the I/O threads, reads run in place)
-//! all sit on these, so a regression in any shows here.
+//! the blocking caller, admission on the I/O threads, reads run in place,
+//! requests answered without a task of their own, frames combined on the
+//! client) all sit on these, so a regression in any shows here.
 //!
 //! `cargo bench -p nexusd-tests --bench round_trip` (release daemon); under
 //! `cargo test` each case runs once against the debug build.
@@ -88,6 +89,33 @@ fn round_trips(c: &mut Criterion) {
                         }
                     });
                     join_all(reads).await;
+                }
+                started.elapsed()
+            })
+        })
+    });
+
+    // 64 inserts in flight on one async connection: group commit, the
+    // writer's replies through the relay to each request's sink, and the
+    // client's frames combined into one write.
+    group.bench_function("insert_async_64_in_flight", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    let inserts = (0..64).map(|_| {
+                        let client = client.clone();
+                        async move {
+                            client
+                                .execute(
+                                    "INSERT INTO bench(payload) VALUES (randomblob(100))",
+                                    params![],
+                                )
+                                .await
+                                .expect("insert")
+                        }
+                    });
+                    join_all(inserts).await;
                 }
                 started.elapsed()
             })
