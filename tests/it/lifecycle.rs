@@ -713,13 +713,7 @@ fn a_full_disk_fails_writes_clearly_and_they_resume_when_space_returns() {
         .query("SELECT count(*) FROM big WHERE n <= ?1", params![acked])
         .expect("count");
     assert_eq!(rows.get(0).expect("row").get::<i64>(0).expect("n"), acked);
-    let ok = c
-        .query("PRAGMA integrity_check", params![])
-        .expect("integrity");
-    assert_eq!(
-        ok.get(0).expect("row").get::<String>(0).expect("text"),
-        "ok"
-    );
+    assert_integrity_ok(&c);
     drop(c);
     drop(d);
 }
