@@ -3,9 +3,12 @@
 //! each reply to whoever waits for its id.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures_util::StreamExt;
@@ -37,10 +40,20 @@ pub(crate) struct Connection {
     /// `None` once the connection is dead: nobody may wait on it any more.
     waiting: Arc<Mutex<Option<HashMap<u64, Waiter>>>>,
     dead: CancellationToken,
+    /// How long a lone caller polls for its reply before it sleeps.
+    reply_spin: Duration,
+    /// Round trip of recent lone calls, nanoseconds, smoothed: replies
+    /// slower than the spin (a durable write's fsync) are slept for.
+    lone_round_trip_ns: AtomicU64,
 }
 
 impl Connection {
-    pub(crate) async fn open(path: &Path, client_name: &str, handshake: Duration) -> Result<Self> {
+    pub(crate) async fn open(
+        path: &Path,
+        client_name: &str,
+        handshake: Duration,
+        reply_spin: Duration,
+    ) -> Result<Self> {
         let connect_err = |reason: String| Error::Connect {
             path: path.display().to_string(),
             reason,
@@ -153,6 +166,8 @@ impl Connection {
             max_frame: welcome.max_frame_bytes,
             waiting,
             dead,
+            reply_spin,
+            lone_round_trip_ns: AtomicU64::new(0),
         })
     }
 
@@ -229,7 +244,16 @@ impl Connection {
             }
         }
         drop(req);
-        let answer = match tokio::time::timeout(wait, rx).await {
+        let spin = if others_out {
+            Duration::ZERO
+        } else {
+            spin_for(
+                self.reply_spin,
+                self.lone_round_trip_ns.load(Ordering::Relaxed),
+            )
+        };
+        let sent = Instant::now();
+        let answer = match tokio::time::timeout(wait, self.reply(rx, spin)).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(Error::Disconnected {
                 message: "the connection was dropped while the request was out; its outcome is \
@@ -249,7 +273,55 @@ impl Connection {
                 })
             }
         };
+        if !others_out {
+            let took = u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            let smoothed = smooth(self.lone_round_trip_ns.load(Ordering::Relaxed), took);
+            self.lone_round_trip_ns.store(smoothed, Ordering::Relaxed);
+        }
         answer.map_err(CallError::Failed)
+    }
+
+    /// Waits for a reply. A lone caller first polls for up to `spin`,
+    /// yielding to the runtime (which polls the socket without sleeping)
+    /// and to the OS between looks: a reply that comes within tens of
+    /// microseconds is then picked up without the thread going to sleep
+    /// and being woken, which on a virtual machine costs more than the
+    /// read itself. It stops polling as soon as other requests are out
+    /// on the connection, whose replies keep the runtime busy anyway.
+    async fn reply<T>(
+        &self,
+        mut rx: oneshot::Receiver<T>,
+        spin: Duration,
+    ) -> std::result::Result<T, oneshot::error::RecvError> {
+        if !spin.is_zero() {
+            let until = Instant::now() + spin;
+            loop {
+                let ready = std::future::poll_fn(|cx| {
+                    std::task::Poll::Ready(match Pin::new(&mut rx).poll(cx) {
+                        std::task::Poll::Ready(r) => Some(r),
+                        std::task::Poll::Pending => None,
+                    })
+                })
+                .await;
+                if let Some(r) = ready {
+                    return r;
+                }
+                if Instant::now() >= until || self.others_out() {
+                    break;
+                }
+                std::thread::yield_now();
+                tokio::task::yield_now().await;
+            }
+        }
+        rx.await
+    }
+
+    /// Whether more than one request is out on this connection.
+    fn others_out(&self) -> bool {
+        self.waiting
+            .lock()
+            .ok()
+            .is_none_or(|w| w.as_ref().is_none_or(|m| m.len() > 1))
     }
 
     /// Queues a request whose answer nobody waits for, without blocking
@@ -289,6 +361,24 @@ fn not_sent() -> Error {
         message: "the connection had already failed; the request was not sent".into(),
         outcome_unknown: false,
     }
+}
+
+/// How long a lone caller polls for its reply: `spin`, unless recent lone
+/// round trips took over twice that, when polling would only burn CPU.
+fn spin_for(spin: Duration, lone_round_trip_ns: u64) -> Duration {
+    let limit = u64::try_from(spin.as_nanos())
+        .unwrap_or(u64::MAX)
+        .saturating_mul(2);
+    if lone_round_trip_ns <= limit {
+        spin
+    } else {
+        Duration::ZERO
+    }
+}
+
+/// An exponentially weighted average, an eighth for the new sample.
+fn smooth(average: u64, sample: u64) -> u64 {
+    average - average / 8 + sample / 8
 }
 
 /// Whether this runs on a multi-thread runtime, where frames are combined.
@@ -346,4 +436,34 @@ async fn write_loop(
     }
     dead.cancel();
     let _ = writer.lock().await.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lone_call_polls_unless_recent_round_trips_were_slow() {
+        let spin = Duration::from_micros(50);
+        assert_eq!(spin_for(spin, 0), spin);
+        assert_eq!(spin_for(spin, 100_000), spin);
+        assert_eq!(spin_for(spin, 100_001), Duration::ZERO);
+        assert_eq!(spin_for(Duration::ZERO, 0), Duration::ZERO);
+    }
+
+    /// Fsync-bound writes (1 ms) push the average over the limit within a
+    /// few calls; fast reads bring it back under.
+    #[test]
+    fn the_round_trip_average_follows_the_calls() {
+        let spin = Duration::from_micros(50);
+        let mut avg = 0;
+        for _ in 0..4 {
+            avg = smooth(avg, 1_000_000);
+        }
+        assert!(spin_for(spin, avg).is_zero(), "{avg}");
+        for _ in 0..30 {
+            avg = smooth(avg, 15_000);
+        }
+        assert_eq!(spin_for(spin, avg), spin, "{avg}");
+    }
 }

@@ -8,13 +8,24 @@
 //! The accept loop and the daemon's own side tasks stay on the main
 //! runtime. Stopping cancels each thread's runtime (dropping whatever
 //! still runs on it) and joins the thread.
+//!
+//! Idle polling (`--idle-poll-us`): after replies go out, the thread
+//! keeps polling its sockets for a while instead of sleeping in
+//! `epoll_wait`, so the client's next request is read without a wake-up;
+//! on a virtual machine, waking a halted vCPU costs more than a point
+//! read. It polls only while every runnable thread on
+//! the machine has a core (under load, polling would take CPU from the
+//! clients), and stops when the time is up, so an idle daemon sleeps.
 
+use std::cell::{Cell, RefCell};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::runtime::Handle;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) struct IoThreads {
@@ -26,8 +37,8 @@ pub(crate) struct IoThreads {
 
 impl IoThreads {
     /// Starts `n` threads (at least one), each running a runtime until
-    /// `stop`.
-    pub(crate) fn start(n: usize) -> anyhow::Result<IoThreads> {
+    /// `stop`, polling for up to `idle_poll` after work (zero: never).
+    pub(crate) fn start(n: usize, idle_poll: Duration) -> anyhow::Result<IoThreads> {
         let stop = CancellationToken::new();
         let mut handles = Vec::new();
         let mut threads = Vec::new();
@@ -47,6 +58,9 @@ impl IoThreads {
                     let relay = crate::engine::relay_for_this_thread();
                     runtime.block_on(async {
                         tokio::spawn(relay);
+                        if !idle_poll.is_zero() {
+                            tokio::spawn(poll_while_busy(idle_poll));
+                        }
                         stop.cancelled().await;
                     });
                     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -82,5 +96,191 @@ impl IoThreads {
 impl Drop for IoThreads {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+/// This I/O thread's idle-poll state.
+struct Idle {
+    /// When replies last went out.
+    last_work: Cell<Option<Instant>>,
+    /// Whether the poller is asleep, waiting for `wake`.
+    asleep: Cell<bool>,
+    wake: RefCell<Option<Arc<Notify>>>,
+    /// Until when replies leave the poller asleep: it found every core
+    /// taken, and looks again only then.
+    busy_until: Cell<Option<Instant>>,
+}
+
+thread_local! {
+    static IDLE: Idle = const {
+        Idle {
+            last_work: Cell::new(None),
+            asleep: Cell::new(false),
+            wake: RefCell::new(None),
+            busy_until: Cell::new(None),
+        }
+    };
+}
+
+/// Replies went out from this thread at `now`: poll for a while after
+/// them, for the requests that follow.
+pub(crate) fn worked(now: Instant) {
+    IDLE.with(|idle| {
+        idle.last_work.set(Some(now));
+        if idle.asleep.get()
+            && idle.busy_until.get().is_none_or(|t| now >= t)
+            && let Some(wake) = &*idle.wake.borrow()
+        {
+            idle.asleep.set(false);
+            wake.notify_one();
+        }
+    });
+}
+
+/// Whether replies went out within `budget` before `now`.
+fn recently(last_work: Option<Instant>, now: Instant, budget: Duration) -> bool {
+    last_work.is_some_and(|t| now.saturating_duration_since(t) < budget)
+}
+
+/// How often the poller looks again at how many threads are runnable.
+const RUNNABLE_CHECK: Duration = Duration::from_micros(500);
+
+/// Whether every runnable thread on the machine has a core: the count of
+/// runnable threads from `/proc/loadavg` (fourth field, "running/total",
+/// this thread included) against the cores. Polling on a busy machine
+/// would take CPU from the threads waiting for it, clients included.
+struct Runnable {
+    loadavg: Option<std::fs::File>,
+    cores: usize,
+    checked: Option<Instant>,
+    core_free: bool,
+}
+
+impl Runnable {
+    fn new() -> Runnable {
+        let loadavg = std::fs::File::open("/proc/loadavg")
+            .inspect_err(|e| {
+                tracing::info!(error = %e, "cannot read /proc/loadavg: no idle polling");
+            })
+            .ok();
+        Runnable {
+            loadavg,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            checked: None,
+            core_free: false,
+        }
+    }
+
+    fn core_free(&mut self, now: Instant) -> bool {
+        if self
+            .checked
+            .is_some_and(|t| now.saturating_duration_since(t) < RUNNABLE_CHECK)
+        {
+            return self.core_free;
+        }
+        self.checked = Some(now);
+        let mut buf = [0u8; 128];
+        self.core_free = self.loadavg.as_ref().is_some_and(|f| {
+            use std::os::unix::fs::FileExt;
+            f.read_at(&mut buf, 0)
+                .ok()
+                .and_then(|n| runnable_threads(&buf[..n]))
+                .is_some_and(|running| running <= self.cores)
+        });
+        self.core_free
+    }
+}
+
+/// The runnable-thread count in the text of `/proc/loadavg`
+/// ("0.30 1.15 1.21 2/140 16446").
+fn runnable_threads(loadavg: &[u8]) -> Option<usize> {
+    let text = std::str::from_utf8(loadavg).ok()?;
+    let (running, _) = text.split_whitespace().nth(3)?.split_once('/')?;
+    running.parse().ok()
+}
+
+/// Keeps the thread's runtime from sleeping while replies went out
+/// `recently` and a core is free: a task that yields is run again only
+/// after the runtime has polled its sockets without blocking, and the OS
+/// gets a chance to run another thread on this core first. Otherwise it
+/// sleeps until `worked`.
+async fn poll_while_busy(budget: Duration) {
+    let wake = Arc::new(Notify::new());
+    IDLE.with(|idle| *idle.wake.borrow_mut() = Some(wake.clone()));
+    let mut runnable = Runnable::new();
+    loop {
+        let last_work = IDLE.with(|idle| idle.last_work.get());
+        let now = Instant::now();
+        let recent = recently(last_work, now, budget);
+        if recent && runnable.core_free(now) {
+            std::thread::yield_now();
+            tokio::task::yield_now().await;
+        } else {
+            let busy_until = recent.then(|| now + RUNNABLE_CHECK);
+            IDLE.with(|idle| {
+                idle.busy_until.set(busy_until);
+                idle.asleep.set(true);
+            });
+            wake.notified().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polls_only_within_the_budget_after_replies() {
+        let now = Instant::now();
+        let budget = Duration::from_micros(50);
+        assert!(recently(
+            now.checked_sub(Duration::from_micros(10)),
+            now,
+            budget
+        ));
+        assert!(!recently(
+            now.checked_sub(Duration::from_micros(60)),
+            now,
+            budget
+        ));
+        assert!(!recently(None, now, budget));
+    }
+
+    #[test]
+    fn reads_the_runnable_count_from_loadavg() {
+        assert_eq!(runnable_threads(b"0.30 1.15 1.21 2/140 16446\n"), Some(2));
+        assert_eq!(runnable_threads(b"12.00 9.1 8.0 17/2048 1"), Some(17));
+        assert_eq!(runnable_threads(b"0.30 1.15"), None);
+        assert_eq!(runnable_threads(b"a b c x/y z"), None);
+        // This machine's own file parses, and counts this thread.
+        let text = std::fs::read("/proc/loadavg").expect("/proc/loadavg");
+        assert!(runnable_threads(&text).is_some_and(|n| n >= 1), "{text:?}");
+    }
+
+    /// Replies going out wake a sleeping poller, and it sleeps again once
+    /// the budget is spent.
+    #[test]
+    fn the_poller_wakes_on_replies_and_sleeps_after_them() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        rt.block_on(async {
+            let poller = tokio::spawn(poll_while_busy(Duration::from_millis(20)));
+            tokio::task::yield_now().await;
+            assert!(
+                IDLE.with(|idle| idle.asleep.get()),
+                "asleep before any reply"
+            );
+            worked(Instant::now());
+            assert!(!IDLE.with(|idle| idle.asleep.get()));
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            assert!(
+                IDLE.with(|idle| idle.asleep.get()),
+                "asleep after the budget"
+            );
+            poller.abort();
+        });
     }
 }

@@ -211,6 +211,7 @@ fn run(
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
+        Duration::from_micros(ctx.config().idle_poll_us),
     )?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -400,3 +400,59 @@ fn short_reads_run_in_place_and_long_ones_move_to_the_pool() {
         "the long read was not handed to the pool"
     );
 }
+
+/// CPU time (user + system) the process has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/pid/stat");
+    // Fields after the command name, which is in parentheses: utime and
+    // stime are the 14th and 15th fields of the whole line.
+    let after = stat.rsplit_once(')').expect("comm").1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+/// With idle polling at its longest, one-at-a-time reads from both
+/// clients are answered right, and once they stop the daemon goes back to
+/// sleep: polling follows replies for at most `--idle-poll-us`, it never
+/// keeps a core busy while idle.
+#[test]
+fn idle_polling_answers_right_and_an_idle_daemon_sleeps() {
+    let d = Daemon::start(&["--idle-poll-us", "10000"]);
+    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    c.execute("CREATE TABLE p(id INTEGER PRIMARY KEY, v TEXT)", params![])
+        .expect("create");
+    for i in 0..100i64 {
+        c.execute("INSERT INTO p VALUES (?1, ?2)", params![i, format!("v{i}")])
+            .expect("insert");
+    }
+    for i in 0..500i64 {
+        let id = i % 100;
+        let rows = c
+            .query("SELECT v FROM p WHERE id = ?1", params![id])
+            .expect("read");
+        let v: String = rows.get(0).expect("row").get(0).expect("v");
+        assert_eq!(v, format!("v{id}"));
+    }
+    let rt = rt();
+    let a = rt
+        .block_on(nexusd_client::Client::connect(d.socket()))
+        .expect("async");
+    for id in 0..100i64 {
+        let rows = rt
+            .block_on(a.query("SELECT v FROM p WHERE id = ?1", params![id]))
+            .expect("async read");
+        let v: String = rows.get(0).expect("row").get(0).expect("v");
+        assert_eq!(v, format!("v{id}"));
+    }
+    // Past the 10 ms budget, then a second with connections open and no
+    // request: a daemon that kept polling would use most of a core.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let before = cpu_ticks(d.pid());
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let used = cpu_ticks(d.pid()) - before;
+    assert!(
+        used <= 10,
+        "the idle daemon used {used} ticks of CPU in 1 s (100 is a whole core)"
+    );
+    drop(c);
+}
