@@ -126,11 +126,11 @@ pub struct ServeConfig {
     #[arg(long, default_value_t = 30_000)]
     pub(crate) drain_timeout_ms: u64,
 
-    /// After a request or a reply, a lightly loaded I/O thread polls its
-    /// sockets for this many microseconds before it sleeps, so the next
-    /// request is read without a wake-up (which costs most on a virtual
-    /// machine); 0 turns it off. It never polls with more than 4 requests
-    /// in flight on the thread, nor when idle.
+    /// After sending replies, an I/O thread polls its sockets for this many
+    /// microseconds before it sleeps, so the next request is read without
+    /// a wake-up (which costs most on a virtual machine); 0 turns it off.
+    /// It polls only while a core is free (by /proc/loadavg), so never
+    /// under load, and never when idle.
     #[arg(long, default_value_t = 50)]
     pub(crate) idle_poll_us: u64,
 
