@@ -128,7 +128,8 @@ pub struct ClientOptions {
     /// within this is picked up without a sleep and a wake, which roughly
     /// halves a point read's round trip on a virtual machine. Calls whose
     /// replies lately took over twice this (durable writes waiting for an
-    /// fsync) do not poll. Default 50 µs, or `NEXUSD_REPLY_SPIN_US`.
+    /// fsync) do not poll. Default 50 µs, or `NEXUSD_REPLY_SPIN_US` (at
+    /// most 10,000; not a number: the default).
     pub reply_spin: Duration,
 }
 
@@ -145,13 +146,21 @@ impl Default for ClientOptions {
 }
 
 /// The default `reply_spin`: 50 µs unless `NEXUSD_REPLY_SPIN_US` says
-/// otherwise (0 turns polling off).
+/// otherwise.
 fn default_reply_spin() -> Duration {
-    const DEFAULT: Duration = Duration::from_micros(50);
-    match std::env::var("NEXUSD_REPLY_SPIN_US") {
-        Ok(v) => v.trim().parse().map_or(DEFAULT, Duration::from_micros),
-        Err(_) => DEFAULT,
-    }
+    reply_spin_from(std::env::var("NEXUSD_REPLY_SPIN_US").ok().as_deref())
+}
+
+/// `NEXUSD_REPLY_SPIN_US` read: microseconds, 0 turns polling off, and at
+/// most 10,000 (the daemon's own bound). A value that is not a number is
+/// ignored for the default, as a library cannot refuse to start.
+fn reply_spin_from(var: Option<&str>) -> Duration {
+    const DEFAULT_US: u64 = 50;
+    const MAX_US: u64 = 10_000;
+    let us = var
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(DEFAULT_US);
+    Duration::from_micros(us.min(MAX_US))
 }
 
 fn default_client_name() -> String {
@@ -615,3 +624,17 @@ pub(crate) fn unexpected(body: &ResponseBody) -> Error {
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reply_spin_comes_from_the_environment_within_bounds() {
+        assert_eq!(reply_spin_from(None), Duration::from_micros(50));
+        assert_eq!(reply_spin_from(Some("0")), Duration::ZERO);
+        assert_eq!(reply_spin_from(Some(" 200 ")), Duration::from_micros(200));
+        assert_eq!(reply_spin_from(Some("999999")), Duration::from_millis(10));
+        assert_eq!(reply_spin_from(Some("fast")), Duration::from_micros(50));
+    }
+}
