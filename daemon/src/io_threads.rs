@@ -122,15 +122,16 @@ thread_local! {
     };
 }
 
-/// Replies went out from this thread at `now`: poll for a while after
-/// them, for the requests that follow.
-pub(crate) fn worked(now: Instant) {
+/// Replies went out from this thread: poll for a while after them, for
+/// the requests that follow. Without a poller (`--idle-poll-us 0`, or not
+/// an I/O thread) it does nothing, not even read the clock.
+pub(crate) fn worked() {
     IDLE.with(|idle| {
+        let wake = idle.wake.borrow();
+        let Some(wake) = &*wake else { return };
+        let now = Instant::now();
         idle.last_work.set(Some(now));
-        if idle.asleep.get()
-            && idle.busy_until.get().is_none_or(|t| now >= t)
-            && let Some(wake) = &*idle.wake.borrow()
-        {
+        if idle.asleep.get() && idle.busy_until.get().is_none_or(|t| now >= t) {
             idle.asleep.set(false);
             wake.notify_one();
         }
@@ -282,7 +283,7 @@ mod tests {
                 IDLE.with(|idle| idle.asleep.get()),
                 "asleep before any reply"
             );
-            worked(Instant::now());
+            worked();
             assert!(!IDLE.with(|idle| idle.asleep.get()));
             tokio::time::sleep(Duration::from_millis(60)).await;
             assert!(

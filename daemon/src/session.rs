@@ -377,7 +377,7 @@ async fn write_loop(
         }
         match tokio::time::timeout(stall, wr.write_all(&buf)).await {
             // The client answered here sends its next request soon.
-            Ok(Ok(())) => crate::io_threads::worked(Instant::now()),
+            Ok(Ok(())) => crate::io_threads::worked(),
             Ok(Err(e)) => {
                 tracing::debug!(client, error = %e, "client gone while replying");
                 dead.cancel();
