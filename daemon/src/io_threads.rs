@@ -58,6 +58,9 @@ impl IoThreads {
                     let relay = crate::engine::relay_for_this_thread();
                     runtime.block_on(async {
                         tokio::spawn(relay);
+                        // Reads in place keep a snapshot for the reads
+                        // after them; this lets it go when it grows old.
+                        tokio::spawn(crate::engine::end_stale_snapshots());
                         if !idle_poll.is_zero() {
                             tokio::spawn(poll_while_busy(idle_poll));
                         }

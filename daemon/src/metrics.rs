@@ -120,8 +120,7 @@ pub(crate) struct Snapshot<'a> {
     pub(crate) writer_queue_depth: u64,
     pub(crate) reader_queue_depth: u64,
     pub(crate) oldest_read: Duration,
-    /// Reads finished in place, and reads moved from there to the pool.
-    pub(crate) reads_in_place: (u64, u64),
+    pub(crate) reads_in_place: crate::engine::InPlaceCounts,
     pub(crate) wal_bytes: u64,
     pub(crate) db_bytes: u64,
     /// Litestream mode: the WAL's bound, and the replica as last seen.
@@ -195,13 +194,19 @@ pub(crate) fn render(s: &Snapshot<'_>) -> String {
         &mut out,
         "nexusd_reads_in_place_total",
         "Reads run in place on a connection thread, skipping the reader pool.",
-        s.reads_in_place.0,
+        s.reads_in_place.done,
     );
     counter(
         &mut out,
         "nexusd_reads_moved_to_pool_total",
         "Reads that ran out of the in-place budget (200 us) and went to the reader pool.",
-        s.reads_in_place.1,
+        s.reads_in_place.to_pool,
+    );
+    counter(
+        &mut out,
+        "nexusd_read_snapshots_total",
+        "Read transactions the reads in place began; they share one while nothing commits.",
+        s.reads_in_place.snapshots,
     );
     gauge(
         &mut out,

@@ -9,6 +9,7 @@ mod ctl;
 mod lifecycle;
 mod limits;
 mod reload;
+mod snapshots;
 mod systemd;
 mod transactions;
 mod wal;

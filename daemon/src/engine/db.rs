@@ -117,6 +117,25 @@ pub(crate) fn open_reader(path: &Path) -> anyhow::Result<(Connection, Guard)> {
     Ok((conn, guard))
 }
 
+/// One of the daemon's own statement texts, made private to this process.
+///
+/// The authorizer runs when a statement is prepared, and the prepared
+/// statement cache is keyed by text: a client statement with the same text
+/// as one of the daemon's own would reuse the daemon's, authorized when the
+/// daemon prepared it, and could COMMIT a group from inside it. So the
+/// daemon's own texts carry a random nonce, drawn once per process, that no
+/// client can send.
+pub(crate) fn own_text(sql: &str) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static NONCE: OnceLock<u64> = OnceLock::new();
+    let nonce = NONCE.get_or_init(|| {
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+    });
+    format!("{sql} /* nexusd {nonce:016x} */")
+}
+
 /// The instant the daemon's monotonic nanosecond counters start from
 /// (statement deadlines, reads in progress).
 pub(crate) fn epoch() -> Instant {

@@ -27,7 +27,9 @@ use nexusd_protocol::{ErrorBody, ErrorKind, ResponseBody, TxnMode, TxnOp};
 
 pub use db::Synchronous;
 pub(crate) use db::check_sqlite_version;
-pub(crate) use readers::{InPlace, ReadOutcome, ReaderPool, allow_inline_reads};
+pub(crate) use readers::{
+    InPlace, InPlaceCounts, ReadOutcome, ReaderPool, allow_inline_reads, end_stale_snapshots,
+};
 pub(crate) use relay::{Sink, relay_for_this_thread};
 use transactions::{End, Route, TxnMsg};
 pub(crate) use transactions::{Leases, Owner, Transactions, TxnStats};
@@ -107,7 +109,7 @@ pub(crate) fn open(
         max_result_bytes,
         writer.stats.clone(),
     ));
-    let (readers, reader_threads) = readers::spawn(reader_config, gate)?;
+    let (readers, reader_threads) = readers::spawn(reader_config, gate, writer.stats.clone())?;
     Ok((
         Engine {
             writer,

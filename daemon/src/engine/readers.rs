@@ -5,8 +5,8 @@
 //!
 //! A reader runs a statement only if SQLite reports it read-only
 //! (`sqlite3_stmt_readonly`); anything else is handed back for the writer.
-//! Each statement runs in its own implicit read transaction, so it sees
-//! every commit acknowledged before it started.
+//! Each statement in the pool runs in its own implicit read transaction,
+//! so it sees every commit acknowledged before it started.
 //!
 //! Reads in place: a thread that serves connections (see `io_threads`)
 //! first runs a read on a read-only connection of its own, with a budget
@@ -16,6 +16,17 @@
 //! connection never waits for one), is stopped, having changed nothing,
 //! and goes to the pool as before, with its full time limit; so a slow
 //! query holds a connection thread up for at most the budget.
+//!
+//! Snapshots in place: beginning and ending a read transaction costs SQLite
+//! more than a point read (its WAL read lock, the file's shared lock, a
+//! mutex every connection of the process shares). So a thread's reads in
+//! place share one read transaction for as long as the writer commits
+//! nothing: each read first compares the writer's commit count with the
+//! count read before the snapshot began, and starts a new snapshot if it
+//! moved. A write acknowledged before a read arrived was counted before
+//! the read compares, so the read sees it. A snapshot is let go after
+//! `SNAPSHOT_HOLD` at most (`end_stale_snapshots`), and at once when a
+//! checkpoint waits for reads to leave the WAL.
 
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -27,12 +38,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use nexusd_protocol::{ErrorBody, ErrorKind, ResponseBody, Statement};
 use rusqlite::Connection;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 use super::CheckpointGate;
 use super::db::{self, epoch};
 use super::guard::{Guard, Scope};
 use super::statement::{self, ReadOnly, StatementLimits, Want};
+use super::writer::WriterStats;
 
 /// How often a reader held at the checkpoint gate looks again.
 const GATE_POLL: Duration = Duration::from_millis(1);
@@ -41,9 +53,16 @@ const GATE_POLL: Duration = Duration::from_millis(1);
 /// interrupted and handed to the pool.
 const INLINE_BUDGET: Duration = Duration::from_micros(200);
 
+/// The longest a thread's reads in place keep one snapshot, commits or
+/// not: a checkpoint restarting the WAL waits at most about this long.
+const SNAPSHOT_HOLD: Duration = Duration::from_millis(1);
+
 thread_local! {
     /// This thread's connection for reads in place, if it may have one.
     static INLINE: RefCell<Inline> = const { RefCell::new(Inline::Off) };
+    /// Woken when a read in place begins a snapshot, for
+    /// `end_stale_snapshots`.
+    static SNAPSHOT_BEGUN: Arc<Notify> = Arc::new(Notify::new());
 }
 
 enum Inline {
@@ -51,13 +70,88 @@ enum Inline {
     Off,
     /// May read in place; the connection opens on the first read.
     Allowed,
-    Open(Connection, Guard),
+    Open(Box<InlineConn>),
+}
+
+/// A thread's connection for reads in place, and the snapshot it holds.
+struct InlineConn {
+    conn: Connection,
+    guard: Guard,
+    /// The daemon's own `BEGIN` and `COMMIT`, with the nonce (`db::own_text`).
+    begin: String,
+    end: String,
+    snapshot: Option<Snapshot>,
+}
+
+/// An open read transaction, kept for the reads after the one that began it.
+struct Snapshot {
+    /// The writer's commit count, read before the snapshot began.
+    commit_seq: u64,
+    since: Instant,
+}
+
+impl Inline {
+    /// Lets go of the snapshot this thread holds, if any. If SQLite will
+    /// not end it, the connection is closed (which does) and opens again
+    /// on the next read.
+    fn end_snapshot(&mut self) {
+        let Inline::Open(inline) = self else { return };
+        if inline.snapshot.take().is_none() || inline.conn.is_autocommit() {
+            return;
+        }
+        let ended = inline
+            .conn
+            .prepare_cached(&inline.end)
+            .and_then(|mut end| end.raw_execute());
+        if let Err(e) = ended {
+            tracing::warn!(error = %e, "could not end a snapshot of reads in place; reopening");
+            *self = Inline::Allowed;
+        }
+    }
+}
+
+/// Lets go of this thread's snapshot once it is `SNAPSHOT_HOLD` old, so
+/// that an idle thread (or one only writing) does not keep it. Each I/O
+/// thread runs this as a task; it sleeps while no snapshot is held.
+pub(crate) async fn end_stale_snapshots() {
+    let begun = SNAPSHOT_BEGUN.with(Arc::clone);
+    loop {
+        begun.notified().await;
+        let mut wait = SNAPSHOT_HOLD;
+        loop {
+            tokio::time::sleep(wait).await;
+            let left = INLINE.with(|slot| {
+                let mut slot = slot.borrow_mut();
+                let since = match &*slot {
+                    Inline::Open(inline) => inline.snapshot.as_ref().map(|s| s.since),
+                    _ => None,
+                }?;
+                let left = SNAPSHOT_HOLD.saturating_sub(since.elapsed());
+                if left.is_zero() {
+                    slot.end_snapshot();
+                    return None;
+                }
+                Some(left)
+            });
+            match left {
+                Some(left) => wait = left,
+                None => break,
+            }
+        }
+    }
 }
 
 /// Lets this thread run reads in place (on a connection of its own, opened
 /// on first use and closed when the thread ends). Called by each I/O thread.
 pub(crate) fn allow_inline_reads() {
     INLINE.with(|slot| *slot.borrow_mut() = Inline::Allowed);
+}
+
+/// What the reads in place came to, for the metrics.
+pub(crate) struct InPlaceCounts {
+    pub(crate) done: u64,
+    pub(crate) to_pool: u64,
+    pub(crate) snapshots: u64,
 }
 
 /// What a read in place came to.
@@ -108,10 +202,15 @@ struct PoolShared {
     max_result_bytes: usize,
     gate: CheckpointGate,
     max_read_ms: AtomicU64,
+    /// The writer's counters: its commit count dates a snapshot.
+    writer: Arc<WriterStats>,
     /// Reads that finished in place, and reads that ran out of the budget
     /// there and went to the pool.
     in_place: AtomicU64,
     to_pool: AtomicU64,
+    /// Snapshots the reads in place began (fewer than the reads: they
+    /// share them).
+    snapshots: AtomicU64,
     /// Per reader: when its current read began, in nanoseconds since
     /// `epoch()`; 0 when idle. For `ctl stats`' oldest read.
     busy_since: Vec<AtomicU64>,
@@ -122,6 +221,7 @@ struct PoolShared {
 pub(crate) fn spawn(
     config: ReaderConfig,
     gate: CheckpointGate,
+    writer: Arc<WriterStats>,
 ) -> anyhow::Result<(ReaderPool, Vec<JoinHandle<()>>)> {
     let count = config.count.max(1);
     let (tx, rx) = flume::bounded::<ReadJob>(config.queue_capacity.max(1));
@@ -130,8 +230,10 @@ pub(crate) fn spawn(
         max_result_bytes: config.max_result_bytes,
         gate: gate.clone(),
         max_read_ms: AtomicU64::new(config.max_read_ms),
+        writer,
         in_place: AtomicU64::new(0),
         to_pool: AtomicU64::new(0),
+        snapshots: AtomicU64::new(0),
         busy_since: (0..count).map(|_| AtomicU64::new(0)).collect(),
     });
     let mut threads = Vec::with_capacity(count);
@@ -191,18 +293,20 @@ impl ReaderPool {
 
     /// Runs the read on this thread's own connection, if it has one and no
     /// checkpoint is waiting for reads to leave the WAL, for at most
-    /// `INLINE_BUDGET`.
+    /// `INLINE_BUDGET`, in the snapshot the thread holds while it is
+    /// current.
     pub(crate) fn in_place(
         &self,
         statement: &Statement,
         arrived: Instant,
         deadline: Instant,
     ) -> InPlace {
-        if self.shared.gate.is_held() {
-            return InPlace::ToPool;
-        }
         INLINE.with(|slot| {
             let mut slot = slot.borrow_mut();
+            if self.shared.gate.is_held() {
+                slot.end_snapshot();
+                return InPlace::ToPool;
+            }
             if matches!(*slot, Inline::Allowed) {
                 // No busy wait here: a read that meets a lock (a checkpoint
                 // restarting the WAL) goes to the pool, whose threads may
@@ -212,31 +316,75 @@ impl ReaderPool {
                     Ok((conn, guard))
                 });
                 match opened {
-                    Ok((conn, guard)) => *slot = Inline::Open(conn, guard),
+                    Ok((conn, guard)) => {
+                        *slot = Inline::Open(Box::new(InlineConn {
+                            conn,
+                            guard,
+                            begin: db::own_text("BEGIN DEFERRED"),
+                            end: db::own_text("COMMIT"),
+                            snapshot: None,
+                        }))
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "no reads in place on this thread");
                         *slot = Inline::Off;
                     }
                 }
             }
-            let Inline::Open(conn, guard) = &*slot else {
+            let now = Instant::now();
+            // Read before the statement can take a new snapshot: a commit
+            // in between only makes the next read begin another.
+            let commit_seq = self.shared.writer.commit_seq.load(Ordering::SeqCst);
+            if let Inline::Open(inline) = &*slot
+                && let Some(snapshot) = &inline.snapshot
+                && (snapshot.commit_seq != commit_seq
+                    || now.duration_since(snapshot.since) >= SNAPSHOT_HOLD)
+            {
+                slot.end_snapshot();
+            }
+            let Inline::Open(inline) = &mut *slot else {
                 return InPlace::ToPool;
             };
-            let now = Instant::now();
+            if inline.snapshot.is_none() {
+                let begun = inline
+                    .conn
+                    .prepare_cached(&inline.begin)
+                    .and_then(|mut begin| begin.raw_execute());
+                match begun {
+                    Ok(_) => {
+                        self.shared.snapshots.fetch_add(1, Ordering::Relaxed);
+                        inline.snapshot = Some(Snapshot {
+                            commit_seq,
+                            since: now,
+                        });
+                        SNAPSHOT_BEGUN.with(|begun| begun.notify_one());
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not begin a snapshot of reads in place");
+                        *slot = Inline::Allowed;
+                        return InPlace::ToPool;
+                    }
+                }
+            }
             let budget = now + INLINE_BUDGET;
             let mut limits =
                 StatementLimits::for_request(arrived, deadline, self.shared.max_result_bytes);
             if budget < deadline {
                 limits.deadline = budget;
             }
-            match statement::run_if_read_only(
-                conn,
-                guard,
+            let ran = statement::run_if_read_only(
+                &inline.conn,
+                &inline.guard,
                 Scope::Request,
                 statement,
                 Want::Rows,
                 &limits,
-            ) {
+            );
+            if ran.is_err() {
+                // Whatever went wrong, the next read starts afresh.
+                slot.end_snapshot();
+            }
+            match ran {
                 Ok(ReadOnly::Ran(out)) => {
                     self.shared.in_place.fetch_add(1, Ordering::Relaxed);
                     InPlace::Done(out.into())
@@ -265,13 +413,15 @@ impl ReaderPool {
         self.shared.max_read_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// Reads that finished in place on a connection thread, and reads that
-    /// ran out of the budget there and went to the pool.
-    pub(crate) fn in_place_counts(&self) -> (u64, u64) {
-        (
-            self.shared.in_place.load(Ordering::Relaxed),
-            self.shared.to_pool.load(Ordering::Relaxed),
-        )
+    /// Reads that finished in place on a connection thread, reads that ran
+    /// out of the budget there and went to the pool, and the snapshots the
+    /// reads in place began.
+    pub(crate) fn in_place_counts(&self) -> InPlaceCounts {
+        InPlaceCounts {
+            done: self.shared.in_place.load(Ordering::Relaxed),
+            to_pool: self.shared.to_pool.load(Ordering::Relaxed),
+            snapshots: self.shared.snapshots.load(Ordering::Relaxed),
+        }
     }
 
     /// Read requests waiting for a reader.

@@ -116,21 +116,10 @@ impl Own {
     }
 }
 
-/// The authorizer runs when a statement is prepared, and the prepared
-/// statement cache is keyed by text: a client statement with the same text
-/// as one of the daemon's own would reuse the daemon's, authorized when the
-/// daemon prepared it, and could COMMIT a group from inside it. So the
-/// daemon's own texts carry a random nonce no client can send. Indexed by
-/// `Own`.
+/// The daemon's own texts, indexed by `Own`, with the nonce no client can
+/// send (see `db::own_text`).
 fn own_statements() -> Vec<String> {
-    use std::hash::{BuildHasher, Hasher};
-    let nonce = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    Own::ALL
-        .iter()
-        .map(|own| format!("{} /* nexusd {nonce:016x} */", own.sql()))
-        .collect()
+    Own::ALL.iter().map(|own| db::own_text(own.sql())).collect()
 }
 
 /// How often the writer, holding an interactive transaction, wakes to show
