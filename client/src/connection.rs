@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use nexusd_protocol::codec::{self, ClientCodec};
+use nexusd_protocol::socket::{self, WriteHalf};
 use nexusd_protocol::{Hello, HelloReply, PROTOCOL_VERSION, Request, ResponseBody};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
-use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -35,7 +35,7 @@ pub(crate) struct Connection {
     /// The socket's write half: the write task holds it per batch; a
     /// caller that finds it free and nothing queued writes its own frame
     /// (one wakeup fewer per request: the caller need not wake the task).
-    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    writer: Arc<tokio::sync::Mutex<WriteHalf>>,
     max_frame: u32,
     /// `None` once the connection is dead: nobody may wait on it any more.
     waiting: Arc<Mutex<Option<HashMap<u64, Waiter>>>>,
@@ -64,7 +64,10 @@ impl Connection {
                 path.display()
             ))
         })?;
-        let (rd, mut wr) = stream.into_split();
+        let (rd, mut wr) = stream
+            .into_std()
+            .and_then(socket::split)
+            .map_err(|e| connect_err(format!("could not set up the connected socket: {e}")))?;
         let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
             client_name: client_name.to_owned(),
@@ -405,7 +408,7 @@ impl Drop for KillUnlessDone<'_> {
 }
 
 async fn write_loop(
-    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    writer: Arc<tokio::sync::Mutex<WriteHalf>>,
     mut rx: mpsc::Receiver<BytesMut>,
     dead: CancellationToken,
 ) {

@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use nexusd_protocol::codec::{self, CodecError, FrameDecoder};
+use nexusd_protocol::socket::{self, ReadHalf, WriteHalf};
 use nexusd_protocol::{
     ErrorBody, ErrorKind, Hello, HelloReply, PROTOCOL_VERSION, Request, Response, ResponseBody,
     Welcome, features,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
-use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -56,7 +56,15 @@ pub(crate) async fn serve(stream: UnixStream, ctx: Arc<Context>, peer_cred: Peer
         peer_cred.pid.map_or_else(|| "?".into(), |p| p.to_string()),
         peer_cred.uid
     );
-    let (rd, mut wr) = stream.into_split();
+    // Off tokio's registration (readable and writable) onto one for
+    // reading only: see `nexusd_protocol::socket`.
+    let (rd, mut wr) = match stream.into_std().and_then(socket::split) {
+        Ok(halves) => halves,
+        Err(e) => {
+            tracing::warn!(peer, error = %e, "could not set up a connection's socket; closing it");
+            return;
+        }
+    };
     let mut frames = FramedRead::new(
         rd,
         FrameDecoder {
@@ -301,7 +309,7 @@ fn connection_error(message: String) -> Response {
 }
 
 async fn handshake(
-    frames: &mut FramedRead<tokio::net::unix::OwnedReadHalf, FrameDecoder>,
+    frames: &mut FramedRead<ReadHalf, FrameDecoder>,
     ctx: &Context,
     peer: &str,
 ) -> Result<Hello, ErrorBody> {
@@ -355,7 +363,7 @@ struct Replies {
 }
 
 async fn write_loop(
-    mut wr: OwnedWriteHalf,
+    mut wr: WriteHalf,
     mut rx: mpsc::Receiver<Response>,
     replies: Replies,
     dead: CancellationToken,

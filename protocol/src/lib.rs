@@ -5,12 +5,15 @@
 //! - `codec`: length-prefixed frames with a bincode payload; the only place
 //!   that knows the encoding.
 //! - `paths`: where the daemon and its clients look for the socket by default.
+//! - `socket`: the Unix socket both ends speak over, registered with the
+//!   runtime for readability only.
 //!
 //! docs/protocol.md specifies all of it byte by byte.
 
 pub mod codec;
 pub mod message;
 pub mod paths;
+pub mod socket;
 pub mod value;
 
 pub use codec::{CodecError, DEFAULT_MAX_FRAME_BYTES, MessageCodec};
