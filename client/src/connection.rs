@@ -7,12 +7,13 @@ use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use nexusd_protocol::codec::{self, ClientCodec};
+use nexusd_protocol::cores::Cores;
 use nexusd_protocol::socket::{self, WriteHalf};
 use nexusd_protocol::{Hello, HelloReply, PROTOCOL_VERSION, Request, ResponseBody};
 use tokio::io::AsyncWriteExt;
@@ -247,15 +248,22 @@ impl Connection {
             }
         }
         drop(req);
+        let sent = Instant::now();
         let spin = if others_out {
             Duration::ZERO
         } else {
-            spin_for(
+            let spin = spin_for(
                 self.reply_spin,
                 self.lone_round_trip_ns.load(Ordering::Relaxed),
-            )
+            );
+            // Polling on a machine whose cores are all taken would take one
+            // from the daemon, or from this process's other threads.
+            if !spin.is_zero() && !cores().free(sent) {
+                Duration::ZERO
+            } else {
+                spin
+            }
         };
-        let sent = Instant::now();
         let answer = match tokio::time::timeout(wait, self.reply(rx, spin)).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(Error::Disconnected {
@@ -377,6 +385,12 @@ fn spin_for(spin: Duration, lone_round_trip_ns: u64) -> Duration {
     } else {
         Duration::ZERO
     }
+}
+
+/// Whether the machine has a core free, read once per process.
+fn cores() -> &'static Cores {
+    static CORES: OnceLock<Cores> = OnceLock::new();
+    CORES.get_or_init(Cores::new)
 }
 
 /// An exponentially weighted average, an eighth for the new sample.

@@ -128,8 +128,10 @@ pub struct ClientOptions {
     /// within this is picked up without a sleep and a wake, which roughly
     /// halves a point read's round trip on a virtual machine. Calls whose
     /// replies lately took over twice this (durable writes waiting for an
-    /// fsync) do not poll. Default 50 µs, or `NEXUSD_REPLY_SPIN_US` (at
-    /// most 10,000; not a number: the default).
+    /// fsync) do not poll, nor do calls made while every core of the
+    /// machine is taken (`/proc/loadavg`'s runnable count, as the daemon
+    /// checks for its own polling). Default 50 µs, or
+    /// `NEXUSD_REPLY_SPIN_US` (at most 10,000; not a number: the default).
     pub reply_spin: Duration,
 }
 

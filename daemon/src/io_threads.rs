@@ -24,6 +24,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use nexusd_protocol::cores::{CHECK_EVERY, Cores};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -146,63 +147,6 @@ fn recently(last_work: Option<Instant>, now: Instant, budget: Duration) -> bool 
     last_work.is_some_and(|t| now.saturating_duration_since(t) < budget)
 }
 
-/// How often the poller looks again at how many threads are runnable.
-const RUNNABLE_CHECK: Duration = Duration::from_micros(500);
-
-/// Whether every runnable thread on the machine has a core: the count of
-/// runnable threads from `/proc/loadavg` (fourth field, "running/total",
-/// this thread included) against the cores. Polling on a busy machine
-/// would take CPU from the threads waiting for it, clients included.
-struct Runnable {
-    loadavg: Option<std::fs::File>,
-    cores: usize,
-    checked: Option<Instant>,
-    core_free: bool,
-}
-
-impl Runnable {
-    fn new() -> Runnable {
-        let loadavg = std::fs::File::open("/proc/loadavg")
-            .inspect_err(|e| {
-                tracing::info!(error = %e, "cannot read /proc/loadavg: no idle polling");
-            })
-            .ok();
-        Runnable {
-            loadavg,
-            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            checked: None,
-            core_free: false,
-        }
-    }
-
-    fn core_free(&mut self, now: Instant) -> bool {
-        if self
-            .checked
-            .is_some_and(|t| now.saturating_duration_since(t) < RUNNABLE_CHECK)
-        {
-            return self.core_free;
-        }
-        self.checked = Some(now);
-        let mut buf = [0u8; 128];
-        self.core_free = self.loadavg.as_ref().is_some_and(|f| {
-            use std::os::unix::fs::FileExt;
-            f.read_at(&mut buf, 0)
-                .ok()
-                .and_then(|n| runnable_threads(&buf[..n]))
-                .is_some_and(|running| running <= self.cores)
-        });
-        self.core_free
-    }
-}
-
-/// The runnable-thread count in the text of `/proc/loadavg`
-/// ("0.30 1.15 1.21 2/140 16446").
-fn runnable_threads(loadavg: &[u8]) -> Option<usize> {
-    let text = std::str::from_utf8(loadavg).ok()?;
-    let (running, _) = text.split_whitespace().nth(3)?.split_once('/')?;
-    running.parse().ok()
-}
-
 /// Keeps the thread's runtime from sleeping while replies went out
 /// `recently` and a core is free: a task that yields is run again only
 /// after the runtime has polled its sockets without blocking, and the OS
@@ -211,16 +155,19 @@ fn runnable_threads(loadavg: &[u8]) -> Option<usize> {
 async fn poll_while_busy(budget: Duration) {
     let wake = Arc::new(Notify::new());
     IDLE.with(|idle| *idle.wake.borrow_mut() = Some(wake.clone()));
-    let mut runnable = Runnable::new();
+    let cores = Cores::new();
+    if !cores.available() {
+        tracing::info!("cannot read /proc/loadavg: no idle polling");
+    }
     loop {
         let last_work = IDLE.with(|idle| idle.last_work.get());
         let now = Instant::now();
         let recent = recently(last_work, now, budget);
-        if recent && runnable.core_free(now) {
+        if recent && cores.free(now) {
             std::thread::yield_now();
             tokio::task::yield_now().await;
         } else {
-            let busy_until = recent.then(|| now + RUNNABLE_CHECK);
+            let busy_until = recent.then(|| now + CHECK_EVERY);
             IDLE.with(|idle| {
                 idle.busy_until.set(busy_until);
                 idle.asleep.set(true);
@@ -249,26 +196,6 @@ mod tests {
             budget
         ));
         assert!(!recently(None, now, budget));
-    }
-
-    #[test]
-    fn reads_the_runnable_count_from_loadavg() {
-        assert_eq!(runnable_threads(b"0.30 1.15 1.21 2/140 16446\n"), Some(2));
-        assert_eq!(runnable_threads(b"12.00 9.1 8.0 17/2048 1"), Some(17));
-        assert_eq!(runnable_threads(b"0.30 1.15"), None);
-        assert_eq!(runnable_threads(b"a b c x/y z"), None);
-        // This machine's own file parses, and counts this thread, read
-        // again and again through one descriptor as the poller does.
-        let f = std::fs::File::open("/proc/loadavg").expect("/proc/loadavg");
-        for _ in 0..3 {
-            let mut buf = [0u8; 128];
-            let n = std::os::unix::fs::FileExt::read_at(&f, &mut buf, 0).expect("pread");
-            assert!(
-                runnable_threads(&buf[..n]).is_some_and(|n| n >= 1),
-                "{:?}",
-                &buf[..n]
-            );
-        }
     }
 
     /// Replies going out wake a sleeping poller, and it sleeps again once

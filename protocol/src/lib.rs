@@ -7,10 +7,13 @@
 //! - `paths`: where the daemon and its clients look for the socket by default.
 //! - `socket`: the Unix socket both ends speak over, registered with the
 //!   runtime for readability only.
+//! - `cores`: whether the machine has a core free, which decides whether
+//!   either end polls for a moment instead of sleeping.
 //!
 //! docs/protocol.md specifies all of it byte by byte.
 
 pub mod codec;
+pub mod cores;
 pub mod message;
 pub mod paths;
 pub mod socket;
