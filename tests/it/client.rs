@@ -4,7 +4,7 @@
 use nexusd_client::{CheckpointMode, Error, Statement, params};
 use nexusd_tests::Daemon;
 
-use crate::{client, rt};
+use crate::{client, metric, rt};
 
 #[test]
 fn blocking_client_and_typed_values() {
@@ -341,14 +341,6 @@ fn run_answers_rows_or_changes() {
         .expect("s");
     assert_eq!(sum, 17);
     tx.commit().expect("commit");
-}
-
-/// The counter `name` in the daemon's Prometheus text.
-fn metric(c: &nexusd_client::blocking::Client, name: &str) -> u64 {
-    let text = c.metrics().expect("metrics");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
 }
 
 /// Short reads run in place on the connection's thread and see every

@@ -39,6 +39,14 @@ pub async fn client(d: &Daemon) -> Client {
     Client::connect(d.socket()).await.expect("connect")
 }
 
+/// The counter `name` in the daemon's Prometheus text.
+pub fn metric(c: &nexusd_client::blocking::Client, name: &str) -> u64 {
+    let text = c.metrics().expect("metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
 /// Starts a worker process.
 pub fn spawn_worker(args: &[String]) -> Child {
     Command::new(WORKER)

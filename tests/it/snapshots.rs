@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use nexusd_client::{CheckpointMode, Rows, params};
 use nexusd_tests::Daemon;
 
-use crate::{client, rt};
+use crate::{client, metric, rt};
 
 /// While other connections keep both I/O threads' snapshots busy with
 /// reads of the same row, one client writes and two others (on different
@@ -87,9 +87,10 @@ fn a_read_sees_every_write_acknowledged_before_it_while_snapshots_are_shared() {
         (rounds, hammered.load(Ordering::Relaxed))
     });
     assert!(hammered > 0, "the other readers never ran");
+    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
     let (reads, snapshots) = (
-        metric(&d, "nexusd_reads_in_place_total"),
-        metric(&d, "nexusd_read_snapshots_total"),
+        metric(&c, "nexusd_reads_in_place_total"),
+        metric(&c, "nexusd_read_snapshots_total"),
     );
     // Half the checking reads follow a commit and need a snapshot of their
     // own; the rest, and the other readers' reads, may share one.
@@ -108,15 +109,6 @@ fn first(rows: &Rows) -> i64 {
         .expect("a row")
         .get::<i64>(0)
         .expect("an integer")
-}
-
-/// A counter from `ctl metrics`.
-fn metric(d: &Daemon, name: &str) -> u64 {
-    let out = crate::ctl(d, &["metrics"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
 }
 
 /// A thread that read once and then went idle lets its snapshot go, so a
