@@ -1,9 +1,10 @@
 //! Round trips through the real daemon, end to end: the client's runtime,
 //! the socket, the daemon's I/O threads, a read in place or the writer,
 //! and back. The paths issue 12 changed (a current-thread runtime driven by
-//! the blocking caller, admission on the I/O threads, reads run in place,
-//! requests answered without a task of their own, frames combined on the
-//! client) all sit on these, so a regression in any shows here.
+//! the blocking caller, admission on the I/O threads, reads run in place
+//! and sharing their thread's snapshot, requests answered without a task
+//! of their own, frames combined on the client, sockets registered for
+//! reading only) all sit on these, so a regression in any shows here.
 //!
 //! `cargo bench -p nexusd-tests --bench round_trip` (release daemon); under
 //! `cargo test` each case runs once against the debug build.
@@ -59,6 +60,21 @@ fn round_trips(c: &mut Criterion) {
                 params![],
             )
             .expect("insert")
+        })
+    });
+    // A commit before each read, so the read cannot share its I/O
+    // thread's snapshot and begins one of its own: this less
+    // `insert_blocking` is a read's cost without the sharing.
+    group.bench_function("insert_then_point_read_blocking", |b| {
+        b.iter(|| {
+            i = i % ROWS + 1;
+            db.execute(
+                "INSERT INTO bench(payload) VALUES (randomblob(100))",
+                params![],
+            )
+            .expect("insert");
+            db.query("SELECT payload FROM bench WHERE id = ?1", params![i])
+                .expect("read")
         })
     });
 
