@@ -187,8 +187,10 @@ pub(crate) struct WriterStats {
     /// Litestream mode: checkpoints the writer ran itself because the WAL
     /// reached its bound (each makes Litestream take a new snapshot).
     pub(crate) forced_checkpoints: AtomicU64,
-    /// COMMITs that changed the database, of any kind: a deferred
-    /// transaction's snapshot is current while this is unchanged.
+    /// COMMITs that changed the database, of any kind (counted by the
+    /// writer after its COMMITs and by SQLite's WAL hook inside each, so
+    /// one may count twice): a deferred transaction's snapshot, or a read
+    /// in place's, is current while this is unchanged.
     pub(crate) commit_seq: AtomicU64,
     /// Microseconds the writer spent holding interactive transactions.
     pub(crate) txn_held_micros: AtomicU64,
@@ -388,8 +390,12 @@ pub fn spawn(
         .spawn(move || {
             // SQLite reports the WAL's length after each commit; the
             // checkpoint decision reads it instead of stat-ing the file.
+            // Each such commit also moves the commit count (as the writer
+            // does after its own COMMITs), so no commit on this connection
+            // can leave a reader's snapshot looking current.
             let wal_frames = Arc::new(AtomicU64::new(0));
             let frames = wal_frames.clone();
+            let hook_stats = thread_stats.clone();
             let opened = db::open_writer(
                 &config.path,
                 config.synchronous,
@@ -399,6 +405,7 @@ pub fn spawn(
             .and_then(|(mut conn, guard)| {
                 conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages| {
                     frames.store(u64::try_from(pages).unwrap_or(0), Ordering::Relaxed);
+                    hook_stats.commit_seq.fetch_add(1, Ordering::SeqCst);
                     Ok(())
                 }))?;
                 let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
