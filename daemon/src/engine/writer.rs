@@ -187,10 +187,10 @@ pub(crate) struct WriterStats {
     /// Litestream mode: checkpoints the writer ran itself because the WAL
     /// reached its bound (each makes Litestream take a new snapshot).
     pub(crate) forced_checkpoints: AtomicU64,
-    /// COMMITs that changed the database, of any kind (counted by the
-    /// writer after its COMMITs and by SQLite's WAL hook inside each, so
-    /// one may count twice): a deferred transaction's snapshot, or a read
-    /// in place's, is current while this is unchanged.
+    /// COMMITs that changed the database, of any kind (VACUUM and PRAGMA
+    /// optimize included), counted by SQLite's WAL hook inside each: a
+    /// deferred transaction's snapshot, or a read in place's, is current
+    /// while this is unchanged.
     pub(crate) commit_seq: AtomicU64,
     /// Microseconds the writer spent holding interactive transactions.
     pub(crate) txn_held_micros: AtomicU64,
@@ -390,9 +390,9 @@ pub fn spawn(
         .spawn(move || {
             // SQLite reports the WAL's length after each commit; the
             // checkpoint decision reads it instead of stat-ing the file.
-            // Each such commit also moves the commit count (as the writer
-            // does after its own COMMITs), so no commit on this connection
-            // can leave a reader's snapshot looking current.
+            // Each such commit also moves the commit count, inside the
+            // COMMIT and so before any reply: whatever the code path, no
+            // commit on this connection leaves a snapshot looking current.
             let wal_frames = Arc::new(AtomicU64::new(0));
             let frames = wal_frames.clone();
             let hook_stats = thread_stats.clone();
@@ -561,9 +561,8 @@ impl Writer {
                 let before = db::file_size(&self.config.path);
                 match self.exec_own(Own::Vacuum) {
                     Ok(()) => ResponseBody::Text(format!(
-                        "{}vacuumed: database file {} -> {} bytes (the WAL holds the change \
+                        "vacuumed: database file {} -> {} bytes (the WAL holds the change \
                          until the next checkpoint)",
-                        self.bump_commit_seq(),
                         before,
                         db::file_size(&self.config.path)
                     )),
@@ -571,10 +570,7 @@ impl Writer {
                 }
             }
             WriterAdmin::Optimize => match self.exec_own(Own::Optimize) {
-                Ok(()) => ResponseBody::Text(format!(
-                    "{}optimized (PRAGMA optimize)",
-                    self.bump_commit_seq()
-                )),
+                Ok(()) => ResponseBody::Text("optimized (PRAGMA optimize)".into()),
                 Err(e) => ResponseBody::Error(own_statement_error("PRAGMA optimize", &e)),
             },
         }
@@ -773,9 +769,6 @@ impl Writer {
         }
         match self.exec_own(Own::Commit) {
             Ok(()) => {
-                if !done.is_empty() {
-                    self.bump_commit_seq();
-                }
                 self.stats
                     .writes_committed
                     .fetch_add(done.len() as u64, Ordering::Relaxed);
@@ -910,13 +903,6 @@ impl Writer {
         }
     }
 
-    /// Counts a COMMIT that may have changed the database. Returns "" so it
-    /// can sit in a format string.
-    fn bump_commit_seq(&self) -> &'static str {
-        self.stats.commit_seq.fetch_add(1, Ordering::SeqCst);
-        ""
-    }
-
     /// Holds one interactive transaction: `BEGIN IMMEDIATE`, then its
     /// requests, one at a time from its channel, until it commits, rolls
     /// back, or ends (its channel closes: expired, its connection closed,
@@ -1039,7 +1025,6 @@ impl Writer {
                 let started = Instant::now();
                 match self.exec_own(Own::Commit) {
                     Ok(()) => {
-                        self.bump_commit_seq();
                         self.stats.writes_committed.fetch_add(1, Ordering::Relaxed);
                         self.stats
                             .commit_seconds
