@@ -99,3 +99,47 @@ fn slow_reader_is_capped_and_the_wal_stays_bounded() {
     );
     assert_eq!(capped.len(), 6);
 }
+
+/// Once a checkpoint has copied everything back, the WAL starts over from
+/// its beginning in the file it already has: commits overwrite its blocks
+/// instead of growing a file cut to zero, so the sync after each writes
+/// no inode. The file neither shrinks to nothing nor grows past its bound.
+#[test]
+fn the_wal_is_reused_after_a_checkpoint_not_truncated() {
+    let d = Daemon::start(&["--checkpoint-wal-bytes", "65536"]);
+    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    c.execute("CREATE TABLE r(n INTEGER PRIMARY KEY, pad BLOB)", params![])
+        .expect("create");
+    let mut wal = d.db.as_os_str().to_owned();
+    wal.push("-wal");
+    let size = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+    // Each row fills a page: 64 KiB of WAL is about 16 commits, so 400
+    // rows go through the threshold about 25 times.
+    let mut sizes = Vec::new();
+    for n in 1..=400i64 {
+        c.execute("INSERT INTO r VALUES (?1, zeroblob(4000))", params![n])
+            .expect("insert");
+        sizes.push(size());
+    }
+    let checkpoints = crate::metric(&c, "nexusd_checkpoints_total{result=\"complete\"}");
+    assert!(
+        checkpoints >= 10,
+        "too few checkpoints to tell: {checkpoints}"
+    );
+    // After the first pass through the threshold, the file keeps its size.
+    let steady = &sizes[100..];
+    let (min, max) = (
+        steady.iter().min().copied().unwrap_or(0),
+        steady.iter().max().copied().unwrap_or(0),
+    );
+    assert!(
+        min >= 65536,
+        "the WAL was cut back to {min} bytes after a checkpoint: sizes {steady:?}"
+    );
+    assert!(
+        max < 4 * 65536,
+        "the WAL grew to {max} bytes with checkpoints at 64 KiB: sizes {steady:?}"
+    );
+    let rows = c.query("SELECT count(*) FROM r", params![]).expect("count");
+    assert_eq!(rows.get(0).and_then(|r| r.get::<i64>(0).ok()), Some(400));
+}

@@ -655,9 +655,11 @@ impl Writer {
             ),
             Ok(_) => {
                 // Everything is in the database file: restart the WAL from
-                // its beginning, cut back to journal_size_limit. No read is
-                // using it, so this does not wait.
-                let _ = self.checkpoint(CheckpointMode::Truncate);
+                // its beginning. No read is using it, so this does not
+                // wait. RESTART, not TRUNCATE: the next commits overwrite
+                // the file's blocks instead of growing it, so a sync writes
+                // no inode (the file's size is unchanged).
+                let _ = self.checkpoint(CheckpointMode::Restart);
             }
             Err(e) => tracing::warn!(error = %e, "checkpoint failed"),
         }
