@@ -143,3 +143,72 @@ fn the_wal_is_reused_after_a_checkpoint_not_truncated() {
     let rows = c.query("SELECT count(*) FROM r", params![]).expect("count");
     assert_eq!(rows.get(0).and_then(|r| r.get::<i64>(0).ok()), Some(400));
 }
+
+/// A checkpoint that copied everything back restarts the WAL only if no
+/// read is in the way, and does not wait out a long one: a read whose
+/// snapshot began after the last commit would otherwise hold the writer,
+/// and every write behind it, until it ends.
+#[test]
+fn a_long_read_does_not_hold_the_writer_at_a_checkpoint() {
+    let d = Daemon::start(&["--checkpoint-wal-bytes", "65536"]);
+    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    c.execute("CREATE TABLE r(n INTEGER PRIMARY KEY, pad BLOB)", params![])
+        .expect("create");
+    // A read that counts `rows` rows, and how long 200,000 take here.
+    let slow = |rows: u64| {
+        format!(
+            "WITH RECURSIVE n(i) AS (SELECT (SELECT count(*) FROM r) UNION ALL \
+             SELECT i + 1 FROM n LIMIT {rows}) SELECT count(*) FROM n"
+        )
+    };
+    let t = Instant::now();
+    c.query(&slow(200_000), params![]).expect("calibrate");
+    let per_row = t.elapsed().as_secs_f64() / 200_000.0;
+    let rows_for = |secs: f64| (secs / per_row) as u64;
+    let long_read = |secs: f64| {
+        let socket = d.socket().to_owned();
+        let sql = slow(rows_for(secs));
+        std::thread::spawn(move || {
+            let r = nexusd_client::blocking::Client::connect(&socket).expect("connect");
+            r.query(&sql, params![]).map(|_| Instant::now())
+        })
+    };
+    // The first read holds a snapshot from before the writes below, so
+    // their checkpoints cannot finish, and the WAL stays over the threshold
+    // (and under four times it, where a forced checkpoint does wait).
+    let first = long_read(2.0);
+    std::thread::sleep(Duration::from_millis(300));
+    for n in 1..=20i64 {
+        c.execute("INSERT INTO r VALUES (?1, zeroblob(4000))", params![n])
+            .expect("insert");
+    }
+    // The second read's snapshot begins after the last commit.
+    let second = long_read(6.0);
+    std::thread::sleep(Duration::from_millis(300));
+    first
+        .join()
+        .expect("first read")
+        .expect("the first read succeeds");
+    // A transaction that writes nothing commits no frame, and the
+    // checkpoint after it finds only the second read, at the WAL's end.
+    c.transaction().expect("begin").commit().expect("commit");
+    let asked = Instant::now();
+    c.execute("INSERT INTO r VALUES (21, zeroblob(4000))", params![])
+        .expect("a write after the checkpoint");
+    let waited = asked.elapsed();
+    let ended = second
+        .join()
+        .expect("second read")
+        .expect("the second read succeeds");
+    assert!(
+        waited < Duration::from_secs(1),
+        "a write waited {waited:?} behind a checkpoint that waited for a read (the read ended \
+         {:?} after the write was sent)",
+        ended.duration_since(asked)
+    );
+    assert!(
+        ended.duration_since(asked) > Duration::from_secs(1),
+        "the second read ended {:?} after the write was sent: too soon to tell",
+        ended.duration_since(asked)
+    );
+}

@@ -31,6 +31,10 @@ use super::transactions::{End, Txn, TxnMsg, conflict};
 use crate::histogram::Histogram;
 use nexusd_protocol::TxnOp;
 
+/// The longest the restart of the WAL after a finished checkpoint waits
+/// for the reads still on it: longer than a snapshot of reads in place
+/// lives (`readers::SNAPSHOT_HOLD`), far shorter than a long read.
+const RESTART_WAIT: Duration = Duration::from_millis(5);
 /// Least time between two checkpoints that hold writes back.
 const FORCED_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 /// Litestream mode: how long after a try at a checkpoint over the WAL's
@@ -603,6 +607,21 @@ impl Writer {
         })
     }
 
+    /// A checkpoint that waits at most `wait` for the reads in its way
+    /// (SQLite's busy timeout, the writer's usual one back after it).
+    fn checkpoint_waiting(
+        &mut self,
+        mode: CheckpointMode,
+        wait: Duration,
+    ) -> rusqlite::Result<CheckpointResult> {
+        self.conn.busy_timeout(wait)?;
+        let result = self.checkpoint(mode);
+        if let Err(e) = self.conn.busy_timeout(db::BUSY_TIMEOUT) {
+            tracing::error!(error = %e, "could not restore the writer's busy timeout");
+        }
+        result
+    }
+
     /// The daemon checkpoints here, between batches, instead of inside a
     /// COMMIT (automatic checkpoints are off on the writer): the replies of
     /// the batch that filled the WAL are already out.
@@ -655,11 +674,24 @@ impl Writer {
             ),
             Ok(_) => {
                 // Everything is in the database file: restart the WAL from
-                // its beginning. No read is using it, so this does not
-                // wait. RESTART, not TRUNCATE: the next commits overwrite
-                // the file's blocks instead of growing it, so a sync writes
-                // no inode (the file's size is unchanged).
-                let _ = self.checkpoint(CheckpointMode::Restart);
+                // its beginning. RESTART, not TRUNCATE: the next commits
+                // overwrite the file's blocks instead of growing it, so a
+                // sync writes no inode (the file's size is unchanged).
+                // A read whose snapshot began after the last commit still
+                // holds the WAL, and both would wait for it to end: a
+                // short wait lets the snapshots of reads in place (1 ms)
+                // go, without holding every write behind a long read.
+                // If a read is still there, the WAL goes on, and restarts
+                // after a later checkpoint, or at a commit that finds no
+                // read in its way (SQLite's own restart, which never
+                // waits).
+                match self.checkpoint_waiting(CheckpointMode::Restart, RESTART_WAIT) {
+                    Ok(r) if r.busy => tracing::debug!(
+                        "the WAL is checkpointed, but a read is still on it: not restarted yet"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "checkpoint failed"),
+                }
             }
             Err(e) => tracing::warn!(error = %e, "checkpoint failed"),
         }
@@ -686,15 +718,7 @@ impl Writer {
             return;
         }
         self.litestream_held_at = Some(Instant::now());
-        if let Err(e) = self.conn.busy_timeout(Duration::ZERO) {
-            tracing::warn!(error = %e, "could not clear the busy timeout for a checkpoint");
-            return;
-        }
-        let result = self.checkpoint(CheckpointMode::Truncate);
-        if let Err(e) = self.conn.busy_timeout(db::BUSY_TIMEOUT) {
-            tracing::error!(error = %e, "could not restore the writer's busy timeout");
-        }
-        match result {
+        match self.checkpoint_waiting(CheckpointMode::Truncate, Duration::ZERO) {
             Ok(r) if !r.busy => {
                 self.litestream_held_at = None;
                 self.stats
