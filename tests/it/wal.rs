@@ -183,7 +183,7 @@ fn a_long_read_does_not_hold_the_writer_at_a_checkpoint() {
             .expect("insert");
     }
     // The second read's snapshot begins after the last commit.
-    let second = long_read(6.0);
+    let second = long_read(8.0);
     std::thread::sleep(Duration::from_millis(300));
     first
         .join()
