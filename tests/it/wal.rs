@@ -106,10 +106,7 @@ fn slow_reader_is_capped_and_the_wal_stays_bounded() {
 /// no inode. The file neither shrinks to nothing nor grows past its bound.
 #[test]
 fn the_wal_is_reused_after_a_checkpoint_not_truncated() {
-    let d = Daemon::start(&["--checkpoint-wal-bytes", "65536"]);
-    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
-    c.execute("CREATE TABLE r(n INTEGER PRIMARY KEY, pad BLOB)", params![])
-        .expect("create");
+    let (d, c) = small_wal_daemon();
     let mut wal = d.db.as_os_str().to_owned();
     wal.push("-wal");
     let size = || std::fs::metadata(&wal).map_or(0, |m| m.len());
@@ -150,10 +147,7 @@ fn the_wal_is_reused_after_a_checkpoint_not_truncated() {
 /// and every write behind it, until it ends.
 #[test]
 fn a_long_read_does_not_hold_the_writer_at_a_checkpoint() {
-    let d = Daemon::start(&["--checkpoint-wal-bytes", "65536"]);
-    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
-    c.execute("CREATE TABLE r(n INTEGER PRIMARY KEY, pad BLOB)", params![])
-        .expect("create");
+    let (d, c) = small_wal_daemon();
     // A read that counts `rows` rows, and how long 200,000 take here.
     let slow = |rows: u64| {
         format!(
@@ -211,4 +205,14 @@ fn a_long_read_does_not_hold_the_writer_at_a_checkpoint() {
         "the second read ended {:?} after the write was sent: too soon to tell",
         ended.duration_since(asked)
     );
+}
+
+/// A daemon that checkpoints at 64 KiB of WAL, a client, and a table `r`
+/// whose rows of 4,000 bytes fill a page each.
+fn small_wal_daemon() -> (Daemon, nexusd_client::blocking::Client) {
+    let d = Daemon::start(&["--checkpoint-wal-bytes", "65536"]);
+    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    c.execute("CREATE TABLE r(n INTEGER PRIMARY KEY, pad BLOB)", params![])
+        .expect("create");
+    (d, c)
 }
