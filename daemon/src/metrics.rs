@@ -228,14 +228,17 @@ pub(crate) fn render(s: &Snapshot<'_>) -> String {
     );
     let _ = writeln!(
         out,
-        "# HELP nexusd_checkpoints_total WAL checkpoints run, by result.\n# TYPE nexusd_checkpoints_total counter"
+        "# HELP nexusd_checkpoints_total WAL checkpoints run, by result: complete, partial (stopped at a frame a read needs), busy.\n# TYPE nexusd_checkpoints_total counter"
     );
     let busy = w.checkpoints_busy.load(Ordering::Relaxed);
+    let partial = w.checkpoints_partial.load(Ordering::Relaxed);
     let all = w.checkpoints.load(Ordering::Relaxed);
     let _ = writeln!(
         out,
-        "nexusd_checkpoints_total{{result=\"complete\"}} {}\nnexusd_checkpoints_total{{result=\"busy\"}} {busy}",
-        all.saturating_sub(busy)
+        "nexusd_checkpoints_total{{result=\"complete\"}} {}\n\
+         nexusd_checkpoints_total{{result=\"partial\"}} {partial}\n\
+         nexusd_checkpoints_total{{result=\"busy\"}} {busy}",
+        all.saturating_sub(busy).saturating_sub(partial)
     );
     counter(
         &mut out,

@@ -176,6 +176,13 @@ fn a_long_read_does_not_hold_the_writer_at_a_checkpoint() {
         c.execute("INSERT INTO r VALUES (?1, zeroblob(4000))", params![n])
             .expect("insert");
     }
+    // Their checkpoints copied what they could and stopped at the read.
+    let partial = crate::metric(&c, "nexusd_checkpoints_total{result=\"partial\"}");
+    assert!(
+        partial >= 1,
+        "no checkpoint stopped at the first read: {}",
+        c.metrics().expect("metrics")
+    );
     // The second read's snapshot begins after the last commit.
     let second = long_read(8.0);
     std::thread::sleep(Duration::from_millis(300));

@@ -187,6 +187,8 @@ pub(crate) struct WriterStats {
     pub(crate) commit_seconds: Histogram,
     pub(crate) checkpoints: AtomicU64,
     pub(crate) checkpoints_busy: AtomicU64,
+    /// Checkpoints that ran, but stopped at a frame a read still needs.
+    pub(crate) checkpoints_partial: AtomicU64,
     pub(crate) checkpointed_frames: AtomicU64,
     /// Litestream mode: checkpoints the writer ran itself because the WAL
     /// reached its bound (each makes Litestream take a new snapshot).
@@ -212,6 +214,7 @@ impl Default for WriterStats {
             commit_seconds: Histogram::new(COMMIT_SECONDS_BOUNDS),
             checkpoints: AtomicU64::new(0),
             checkpoints_busy: AtomicU64::new(0),
+            checkpoints_partial: AtomicU64::new(0),
             checkpointed_frames: AtomicU64::new(0),
             forced_checkpoints: AtomicU64::new(0),
             commit_seq: AtomicU64::new(0),
@@ -592,6 +595,10 @@ impl Writer {
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         if busy != 0 {
             self.stats.checkpoints_busy.fetch_add(1, Ordering::Relaxed);
+        } else if done < log {
+            self.stats
+                .checkpoints_partial
+                .fetch_add(1, Ordering::Relaxed);
         }
         self.stats
             .checkpointed_frames
