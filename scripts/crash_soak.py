@@ -68,8 +68,11 @@ def writer(sock: str, wid: int, log_path: str, seed: int) -> None:
     import nexusd
 
     rng = random.Random(seed)
-    conn = nexusd.connect(sock, autocommit=True, client_name=f"soak-{wid}", timeout=5)
     with open(log_path, "a", buffering=1) as log:
+        try:
+            conn = nexusd.connect(sock, autocommit=True, client_name=f"soak-{wid}", timeout=5)
+        except Exception:  # noqa: BLE001 - killed before this writer connected: nothing acked
+            return
         seq = 0
         while True:
             seq += 1

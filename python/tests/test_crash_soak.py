@@ -48,3 +48,12 @@ def test_the_check_finds_a_lost_write_and_a_partial_transaction(daemon, tmp_path
     assert result["lost_transactions"] == ["1-2"], result
     assert result["partial_transactions"] == {"1-2": 2}, result
     assert result["integrity"] == "ok"
+
+
+def test_a_writer_started_after_the_kill_leaves_an_empty_log(tmp_path):
+    # A short round can kill the daemon before a writer connects: that
+    # writer acknowledged nothing, and its log must say so, not be missing.
+    soak = load()
+    log = tmp_path / "acked.log"
+    soak.writer(str(tmp_path / "gone.sock"), 1, str(log), 7)
+    assert log.exists() and log.read_text() == ""
