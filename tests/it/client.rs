@@ -409,10 +409,10 @@ fn cpu_ticks(pid: u32) -> u64 {
 /// keeps a core busy while idle.
 #[test]
 fn idle_polling_answers_right_and_an_idle_daemon_sleeps() {
-    let d = Daemon::start(&["--idle-poll-us", "10000"]);
-    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
-    c.execute("CREATE TABLE p(id INTEGER PRIMARY KEY, v TEXT)", params![])
-        .expect("create");
+    let (d, c) = crate::daemon_with_table(
+        &["--idle-poll-us", "10000"],
+        "CREATE TABLE p(id INTEGER PRIMARY KEY, v TEXT)",
+    );
     for i in 0..100i64 {
         c.execute("INSERT INTO p VALUES (?1, ?2)", params![i, format!("v{i}")])
             .expect("insert");

@@ -47,6 +47,15 @@ pub fn metric(c: &nexusd_client::blocking::Client, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
 }
 
+/// A daemon started with `args`, a blocking client, and the table that
+/// `create` makes: how many tests begin.
+pub fn daemon_with_table(args: &[&str], create: &str) -> (Daemon, nexusd_client::blocking::Client) {
+    let d = Daemon::start(args);
+    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    c.execute(create, nexusd_client::params![]).expect("create");
+    (d, c)
+}
+
 /// Starts a worker process.
 pub fn spawn_worker(args: &[String]) -> Child {
     Command::new(WORKER)

@@ -150,10 +150,10 @@ fn an_idle_transaction_expires_and_others_proceed() {
 /// back at once (the lease here is a minute), and the others carry on.
 #[test]
 fn a_killed_client_s_transaction_is_rolled_back_at_once() {
-    let d = Daemon::start(&["--txn-idle-timeout-ms", "60000"]);
-    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
-    c.execute("CREATE TABLE held(note TEXT)", params![])
-        .expect("create");
+    let (d, c) = crate::daemon_with_table(
+        &["--txn-idle-timeout-ms", "60000"],
+        "CREATE TABLE held(note TEXT)",
+    );
     let mut holder = spawn_worker(&[s("txn-hold"), d.socket().display().to_string()]);
     let stdout = holder.stdout.take().expect("stdout");
     let mut line = String::new();

@@ -217,9 +217,8 @@ fn a_long_read_does_not_hold_the_writer_at_a_checkpoint() {
 /// A daemon that checkpoints at 64 KiB of WAL, a client, and a table `r`
 /// whose rows of 4,000 bytes fill a page each.
 fn small_wal_daemon() -> (Daemon, nexusd_client::blocking::Client) {
-    let d = Daemon::start(&["--checkpoint-wal-bytes", "65536"]);
-    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
-    c.execute("CREATE TABLE r(n INTEGER PRIMARY KEY, pad BLOB)", params![])
-        .expect("create");
-    (d, c)
+    crate::daemon_with_table(
+        &["--checkpoint-wal-bytes", "65536"],
+        "CREATE TABLE r(n INTEGER PRIMARY KEY, pad BLOB)",
+    )
 }
