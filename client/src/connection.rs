@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use nexusd_protocol::codec::{self, ClientCodec};
 use nexusd_protocol::cores::Cores;
 use nexusd_protocol::socket::{self, WriteHalf};
-use nexusd_protocol::{Hello, HelloReply, PROTOCOL_VERSION, Request, ResponseBody};
+use nexusd_protocol::{Hello, HelloReply, PROTOCOL_VERSION, Request, ResponseBody, features};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
@@ -54,6 +54,7 @@ impl Connection {
         client_name: &str,
         handshake: Duration,
         reply_spin: Duration,
+        declared_types: bool,
     ) -> Result<Self> {
         let connect_err = |reason: String| Error::Connect {
             path: path.display().to_string(),
@@ -72,7 +73,11 @@ impl Connection {
         let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
             client_name: client_name.to_owned(),
-            features: nexusd_protocol::features::ALL,
+            features: if declared_types {
+                features::ALL
+            } else {
+                features::ALL & !features::DECLTYPES
+            },
         };
         let mut buf = BytesMut::new();
         codec::encode_frame(&hello, nexusd_protocol::DEFAULT_MAX_FRAME_BYTES, &mut buf)

@@ -133,6 +133,10 @@ pub struct ClientOptions {
     /// checks for its own polling). Default 50 µs, or
     /// `NEXUSD_REPLY_SPIN_US` (at most 10,000; not a number: the default).
     pub reply_spin: Duration,
+    /// Ask the daemon for each result column's declared type
+    /// ([`Rows::decltype`]); they cost a few bytes per column in every
+    /// answer, so they are off unless asked for. Default false.
+    pub declared_types: bool,
 }
 
 impl Default for ClientOptions {
@@ -143,6 +147,7 @@ impl Default for ClientOptions {
             reconnect_for: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(5),
             reply_spin: default_reply_spin(),
+            declared_types: false,
         }
     }
 }
@@ -531,6 +536,7 @@ impl Client {
                 &opts.client_name,
                 opts.handshake_timeout,
                 opts.reply_spin,
+                opts.declared_types,
             )
             .await
             {
@@ -565,7 +571,7 @@ impl Client {
 pub(crate) fn into_executed(body: ResponseBody) -> Result<Executed> {
     match body {
         ResponseBody::Executed(e) => Ok(e),
-        ResponseBody::Rows(_) => Ok(Executed {
+        ResponseBody::Rows(_) | ResponseBody::TypedRows(_) => Ok(Executed {
             rows_affected: 0,
             last_insert_rowid: 0,
         }),
@@ -576,6 +582,7 @@ pub(crate) fn into_executed(body: ResponseBody) -> Result<Executed> {
 pub(crate) fn into_rows(body: ResponseBody) -> Result<Rows> {
     match body {
         ResponseBody::Rows(r) => Ok(Rows::from_wire(r)),
+        ResponseBody::TypedRows(r) => Ok(Rows::from_wire(r.into_rows())),
         ResponseBody::Executed(_) => Ok(Rows::default()),
         other => Err(unexpected(&other)),
     }
@@ -584,6 +591,7 @@ pub(crate) fn into_rows(body: ResponseBody) -> Result<Rows> {
 pub(crate) fn into_statement_result(body: ResponseBody) -> Result<StatementResult> {
     match body {
         ResponseBody::Rows(r) => Ok(StatementResult::Rows(Rows::from_wire(r))),
+        ResponseBody::TypedRows(r) => Ok(StatementResult::Rows(Rows::from_wire(r.into_rows()))),
         ResponseBody::Executed(e) => Ok(StatementResult::Executed(e)),
         other => Err(unexpected(&other)),
     }
@@ -596,6 +604,9 @@ pub(crate) fn into_batch(body: ResponseBody) -> Result<Vec<StatementResult>> {
             .map(|r| match r {
                 WireStatementResult::Executed(e) => StatementResult::Executed(e),
                 WireStatementResult::Rows(r) => StatementResult::Rows(Rows::from_wire(r)),
+                WireStatementResult::TypedRows(r) => {
+                    StatementResult::Rows(Rows::from_wire(r.into_rows()))
+                }
             })
             .collect()),
         other => Err(unexpected(&other)),
@@ -616,6 +627,7 @@ pub(crate) fn unexpected(body: &ResponseBody) -> Error {
         ResponseBody::Text(_) => "Text",
         ResponseBody::Begun(_) => "Begun",
         ResponseBody::Transactions(_) => "Transactions",
+        ResponseBody::TypedRows(_) => "TypedRows",
     };
     Error::Protocol(format!(
         "the daemon answered with an unexpected {what} reply"

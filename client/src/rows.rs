@@ -9,6 +9,7 @@ use crate::{Error, Result};
 pub struct Rows {
     columns: Vec<String>,
     rows: Vec<Vec<Value>>,
+    decltypes: Vec<Option<String>>,
 }
 
 impl Rows {
@@ -16,6 +17,7 @@ impl Rows {
         Rows {
             columns: rows.columns,
             rows: rows.rows,
+            decltypes: rows.decltypes,
         }
     }
 
@@ -31,6 +33,20 @@ impl Rows {
     /// Column names, in order.
     pub fn columns(&self) -> &[String] {
         &self.columns
+    }
+
+    /// Column `index`'s declared type, as in the table's definition
+    /// (`"TIMESTAMP"` for a column declared `created TIMESTAMP`); `None`
+    /// for an expression, and for every column unless the client asked
+    /// for them ([`crate::ClientOptions::declared_types`]).
+    pub fn decltype(&self, index: usize) -> Option<&str> {
+        self.decltypes.get(index).and_then(|d| d.as_deref())
+    }
+
+    /// Every column's declared type, in order; empty unless the client
+    /// asked for them ([`crate::ClientOptions::declared_types`]).
+    pub fn decltypes(&self) -> &[Option<String>] {
+        &self.decltypes
     }
 
     /// The rows, in order.
@@ -201,6 +217,7 @@ mod tests {
                 Value::Null,
                 Value::Text("x".into()),
             ]],
+            decltypes: Vec::new(),
         }
     }
 

@@ -125,6 +125,9 @@ pub(crate) async fn serve(stream: UnixStream, ctx: Arc<Context>, peer_cred: Peer
     }
     tracing::debug!(client, "connected");
     let entry = ctx.clients.register(peer_cred, hello.client_name.clone());
+    if hello.features & features::DECLTYPES != 0 {
+        crate::engine::want_decltypes();
+    }
 
     let max_in_flight = config.max_in_flight as usize;
     let (out_tx, out_rx) = mpsc::channel::<Response>(max_in_flight);
@@ -411,6 +414,7 @@ async fn write_loop(
 /// the peer did not announce it decodes is sent as the older kind nearest
 /// in meaning (the compatibility rule of docs/protocol.md).
 fn encode_response(mut resp: Response, max_frame: u32, peer_features: u64, buf: &mut BytesMut) {
+    resp.body = resp.body.for_peer(peer_features);
     if let ResponseBody::Error(e) = &mut resp.body {
         e.kind = e.kind.for_peer(peer_features);
     }

@@ -40,6 +40,7 @@ fn rows_response(n: usize) -> Response {
                     ]
                 })
                 .collect(),
+            decltypes: Vec::new(),
         }),
     }
 }

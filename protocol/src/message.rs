@@ -36,8 +36,14 @@ pub mod features {
     /// [`Conflict`](crate::ErrorKind::Conflict).
     pub const TRANSACTIONS: u64 = 1 << 1;
 
+    /// Declared column types: the peer decodes
+    /// [`ResponseBody::TypedRows`](crate::ResponseBody::TypedRows) and
+    /// [`StatementResult::TypedRows`](crate::StatementResult::TypedRows),
+    /// which the daemon then sends in place of `Rows`.
+    pub const DECLTYPES: u64 = 1 << 2;
+
     /// Every bit this version of the crate understands.
-    pub const ALL: u64 = ERROR_KINDS_2 | TRANSACTIONS;
+    pub const ALL: u64 = ERROR_KINDS_2 | TRANSACTIONS | DECLTYPES;
 }
 
 /// First frame from the client.
@@ -243,6 +249,35 @@ pub enum ResponseBody {
     /// A transaction was opened; its id.
     Begun(u64),
     Transactions(Vec<TxnInfo>),
+    /// `Rows` with each column's declared type, sent in its place to a
+    /// peer that announced [`features::DECLTYPES`].
+    TypedRows(TypedRows),
+}
+
+impl ResponseBody {
+    /// This answer as a peer with `peer_features` decodes it: rows go with
+    /// their declared types to a peer that announced
+    /// [`features::DECLTYPES`], and without them to any other.
+    pub fn for_peer(self, peer_features: u64) -> ResponseBody {
+        if peer_features & features::DECLTYPES == 0 {
+            return self;
+        }
+        match self {
+            ResponseBody::Rows(rows) => ResponseBody::TypedRows(TypedRows::new(rows)),
+            ResponseBody::Batch(results) => ResponseBody::Batch(
+                results
+                    .into_iter()
+                    .map(|r| match r {
+                        StatementResult::Rows(rows) => {
+                            StatementResult::TypedRows(TypedRows::new(rows))
+                        }
+                        other => other,
+                    })
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
 }
 
 /// One open interactive transaction, for `ctl status` and `ctl clients`.
@@ -322,6 +357,37 @@ pub struct Executed {
 pub struct Rows {
     pub columns: Vec<String>,
     pub rows: Vec<Vec<Value>>,
+    /// Each column's declared type (`sqlite3_column_decltype`: the type
+    /// in the table's definition, `None` for an expression), or empty
+    /// when unknown. Not part of `Rows` on the wire: [`TypedRows`] carries
+    /// it to a peer that announced [`features::DECLTYPES`].
+    #[serde(skip)]
+    pub decltypes: Vec<Option<String>>,
+}
+
+/// `Rows` and the declared type of each column, on the wire.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct TypedRows {
+    pub decltypes: Vec<Option<String>>,
+    pub rows: Rows,
+}
+
+impl TypedRows {
+    /// `rows` with their declared types, to go on the wire.
+    pub fn new(mut rows: Rows) -> TypedRows {
+        TypedRows {
+            decltypes: std::mem::take(&mut rows.decltypes),
+            rows,
+        }
+    }
+
+    /// The rows, their declared types put back in.
+    pub fn into_rows(self) -> Rows {
+        Rows {
+            decltypes: self.decltypes,
+            ..self.rows
+        }
+    }
 }
 
 /// The outcome of one statement of a batch: `Rows` when the statement
@@ -330,6 +396,9 @@ pub struct Rows {
 pub enum StatementResult {
     Executed(Executed),
     Rows(Rows),
+    /// `Rows` with declared types, for a peer that announced
+    /// [`features::DECLTYPES`].
+    TypedRows(TypedRows),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -73,7 +73,20 @@ fn rows() -> impl Strategy<Value = Rows> {
         proptest::collection::vec("[a-z]{1,6}", 0..4),
         proptest::collection::vec(proptest::collection::vec(value(), 0..4), 0..6),
     )
-        .prop_map(|(columns, rows)| Rows { columns, rows })
+        .prop_map(|(columns, rows)| Rows {
+            columns,
+            rows,
+            decltypes: Vec::new(),
+        })
+}
+
+/// Rows with a declared type (or none) per column, as `TypedRows` carries.
+fn typed_rows() -> impl Strategy<Value = TypedRows> {
+    (
+        rows(),
+        proptest::collection::vec(proptest::option::of("[A-Z]{1,9}"), 0..4),
+    )
+        .prop_map(|(rows, decltypes)| TypedRows { decltypes, rows })
 }
 
 fn response() -> impl Strategy<Value = Response> {
@@ -102,10 +115,12 @@ fn response() -> impl Strategy<Value = Response> {
     let result = prop_oneof![
         executed.clone().prop_map(StatementResult::Executed),
         rows().prop_map(StatementResult::Rows),
+        typed_rows().prop_map(StatementResult::TypedRows),
     ];
     let body = prop_oneof![
         executed.prop_map(ResponseBody::Executed),
         rows().prop_map(ResponseBody::Rows),
+        typed_rows().prop_map(ResponseBody::TypedRows),
         proptest::collection::vec(result, 0..4).prop_map(ResponseBody::Batch),
         Just(ResponseBody::Ok),
         error.prop_map(ResponseBody::Error),

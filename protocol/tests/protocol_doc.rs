@@ -76,7 +76,19 @@ fn examples() -> Vec<(&'static str, Vec<u8>)> {
                         vec![Value::Text("hi".into())],
                         vec![Value::Blob(vec![0xca, 0xfe])],
                     ],
+                    decltypes: Vec::new(),
                 }),
+            }),
+        ),
+        (
+            "typed-rows",
+            frame(&Response {
+                id: 2,
+                body: ResponseBody::TypedRows(TypedRows::new(Rows {
+                    columns: vec!["at".into(), "n".into()],
+                    rows: vec![vec![Value::Text("2026-11-24".into()), Value::Integer(3)]],
+                    decltypes: vec![Some("DATE".into()), None],
+                })),
             }),
         ),
         (

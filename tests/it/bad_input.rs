@@ -410,6 +410,45 @@ fn error_kinds_a_client_did_not_announce_are_sent_as_older_ones() {
     t.finish();
 }
 
+/// A client that did not announce `DECLTYPES` gets `Rows`, as before the
+/// bit existed; one that did gets `TypedRows` with the same rows.
+#[test]
+fn declared_types_go_only_to_a_client_that_announced_them() {
+    let t = Contained::start();
+    let mut setup = handshaken(&t.d);
+    setup
+        .write_all(&frame(&Request {
+            id: 1,
+            db: "main".into(),
+            timeout_ms: 0,
+            body: RequestBody::Execute(Statement {
+                sql: "CREATE TABLE ev(at DATE)".into(),
+                params: Params::default(),
+            }),
+        }))
+        .expect("write");
+    read_frame(&mut setup).expect("created");
+    for features in [0, features::ALL & !features::DECLTYPES, features::DECLTYPES] {
+        let mut s = handshaken_with(&t.d, features);
+        s.write_all(&query(2, "SELECT at, 1 FROM ev"))
+            .expect("write");
+        let resp: Response =
+            codec::decode_payload(&read_frame(&mut s).expect("reply")).expect("decode");
+        match resp.body {
+            ResponseBody::Rows(r) if features & features::DECLTYPES == 0 => {
+                assert_eq!(r.columns, ["at", "1"]);
+            }
+            ResponseBody::TypedRows(r) if features & features::DECLTYPES != 0 => {
+                assert_eq!(r.decltypes, [Some("DATE".to_owned()), None]);
+                assert_eq!(r.rows.columns, ["at", "1"]);
+            }
+            other => panic!("features {features}: unexpected {other:?}"),
+        }
+    }
+    t.progress("declared types by feature bit");
+    t.finish();
+}
+
 /// A client that starts a frame after the handshake and never finishes it
 /// is closed after the frame timeout, with a reason, and its slot is free.
 #[test]

@@ -343,6 +343,64 @@ fn run_answers_rows_or_changes() {
     tx.commit().expect("commit");
 }
 
+/// A client that asks for declared types gets them on every path a query
+/// can take: a read, `INSERT ... RETURNING` on the writer, a batch, and
+/// reads inside a transaction before and after it writes. An expression
+/// has none. A client that did not ask gets none.
+#[test]
+fn rows_carry_each_columns_declared_type_on_every_path() {
+    let (d, plain) = crate::daemon_with_table(
+        &[],
+        "CREATE TABLE ev(id INTEGER PRIMARY KEY, at TIMESTAMP, amount DECIMAL(10, 2), note)",
+    );
+    let unasked = plain.query("SELECT at FROM ev", params![]).expect("read");
+    assert_eq!((unasked.decltype(0), unasked.decltypes().len()), (None, 0));
+    let b = nexusd_client::blocking::Client::connect_with(
+        d.socket(),
+        nexusd_client::ClientOptions {
+            declared_types: true,
+            ..Default::default()
+        },
+    )
+    .expect("connect");
+    let decl = |r: &nexusd_client::Rows| -> Vec<Option<String>> {
+        (0..r.columns().len())
+            .map(|i| r.decltype(i).map(str::to_owned))
+            .collect()
+    };
+    let want = vec![
+        Some("TIMESTAMP".to_owned()),
+        Some("DECIMAL(10, 2)".to_owned()),
+        None,
+        None,
+    ];
+    let sql = "SELECT at, amount, note, count(*) FROM ev";
+    assert_eq!(decl(&b.query(sql, params![]).expect("read")), want);
+    let ret = b
+        .run(
+            "INSERT INTO ev(at, amount) VALUES ('2026-11-24', 1) RETURNING at, id + 1",
+            params![],
+        )
+        .expect("returning");
+    assert_eq!(
+        decl(ret.rows().expect("rows")),
+        vec![Some("TIMESTAMP".to_owned()), None]
+    );
+    let batch = b
+        .batch(vec![Statement::new(sql, params![])])
+        .expect("batch");
+    assert_eq!(decl(batch[0].rows().expect("rows")), want);
+    let tx = b.deferred_transaction().expect("begin");
+    assert_eq!(
+        decl(&tx.query(sql, params![]).expect("snapshot read")),
+        want
+    );
+    tx.execute("UPDATE ev SET note = 'x'", params![])
+        .expect("write");
+    assert_eq!(decl(&tx.query(sql, params![]).expect("writer read")), want);
+    tx.commit().expect("commit");
+}
+
 /// Short reads run in place on the connection's thread and see every
 /// acknowledged write; a read that outlasts the in-place budget moves to
 /// the reader pool and still answers in full.

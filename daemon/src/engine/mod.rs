@@ -31,6 +31,7 @@ pub(crate) use readers::{
     InPlace, InPlaceCounts, ReadOutcome, ReaderPool, allow_inline_reads, end_stale_snapshots,
 };
 pub(crate) use relay::{Sink, relay_for_this_thread};
+pub(crate) use statement::want_decltypes;
 use transactions::{End, Route, TxnMsg};
 pub(crate) use transactions::{Leases, Owner, Transactions, TxnStats};
 use writer::TxnStart;

@@ -3,6 +3,7 @@
 //! into typed answers. The writer and the readers both go through here, so
 //! a statement behaves the same whichever connection serves it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nexusd_protocol::{
@@ -12,6 +13,18 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, ffi};
 
 use super::guard::{Guard, Refusal, Scope};
+
+/// Whether any client has asked for declared column types
+/// (`features::DECLTYPES`) since the daemon started. Until one does,
+/// results are built without them, which saves an allocation per column of
+/// every answer; after that every result has them, and the sessions send
+/// them only to the clients that asked.
+static DECLTYPES_WANTED: AtomicBool = AtomicBool::new(false);
+
+/// A client asked for declared types: build results with them from now on.
+pub(crate) fn want_decltypes() {
+    DECLTYPES_WANTED.store(true, Ordering::Relaxed);
+}
 
 /// Limits one client statement runs under.
 #[derive(Debug, Clone, Copy)]
@@ -196,14 +209,15 @@ fn run_prepared(
         Want::Rows => true,
         Want::Either => columns > 0,
     };
-    let mut out = Rows {
-        columns: if keep_rows {
-            stmt.column_names().map(String::from).collect()
-        } else {
-            Vec::new()
-        },
-        rows: Vec::new(),
-    };
+    let mut out = Rows::default();
+    if keep_rows && DECLTYPES_WANTED.load(Ordering::Relaxed) {
+        for c in stmt.columns() {
+            out.columns.push(c.name().to_owned());
+            out.decltypes.push(c.decl_type().map(str::to_owned));
+        }
+    } else if keep_rows {
+        out.columns = stmt.column_names().map(String::from).collect();
+    }
     let mut size = 0usize;
     let mut rows = stmt.raw_query();
     while let Some(row) = rows.next()? {

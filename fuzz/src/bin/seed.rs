@@ -79,7 +79,13 @@ fn responses() -> Vec<Response> {
         ResponseBody::Rows(Rows {
             columns: vec!["a".into(), "b".into()],
             rows: vec![vec![Value::Integer(1), Value::Text("x".into())]],
+            decltypes: Vec::new(),
         }),
+        ResponseBody::TypedRows(TypedRows::new(Rows {
+            columns: vec!["a".into(), "b".into()],
+            rows: vec![vec![Value::Integer(1), Value::Text("x".into())]],
+            decltypes: vec![Some("TIMESTAMP".into()), None],
+        })),
         ResponseBody::Ok,
         ResponseBody::Error(ErrorBody::new(
             ErrorKind::Sql,
