@@ -39,7 +39,8 @@ __all__ = [
     "NotSupportedError", "Timeout", "Overloaded", "TransactionExpired", "Conflict",
     "OutcomeUnknown", "Date", "Time", "Timestamp", "DateFromTicks", "TimeFromTicks",
     "TimestampFromTicks", "Binary", "STRING", "BINARY", "NUMBER", "DATETIME", "ROWID",
-    "default_socket_path",
+    "default_socket_path", "PARSE_DECLTYPES", "PARSE_COLNAMES", "PrepareProtocol",
+    "adapters", "converters", "register_adapter", "register_converter",
 ]
 
 __version__ = _nexusd.__version__
@@ -283,18 +284,19 @@ _clients_lock = threading.Lock()
 
 
 def _shared_client(socket: Optional[str], client_name: str, timeout: Optional[float],
-                   asyncio: bool = False):
+                   asyncio: bool = False, decltypes: bool = False):
     """This process's client for (socket, name, timeout): one for blocking
     calls, whose waiting thread reads its own reply, and one for asyncio,
-    on a runtime of its own. After a fork the parent's is never used (nor
-    dropped: its threads are the parent's)."""
-    key = (socket, client_name, timeout, asyncio)
+    on a runtime of its own; another of each for connections that convert
+    by declared types, whose answers carry them. After a fork the parent's
+    is never used (nor dropped: its threads are the parent's)."""
+    key = (socket, client_name, timeout, asyncio, decltypes)
     pid = os.getpid()
     with _clients_lock:
         client = _clients.get(key)
         if client is None or client.pid != pid:
             try:
-                client = _nexusd.Client(socket, client_name, timeout, asyncio)
+                client = _nexusd.Client(socket, client_name, timeout, asyncio, decltypes)
             except _nexusd.NativeError as e:
                 raise _translate(e) from None
             _clients[key] = client
@@ -398,11 +400,132 @@ def _check_autocommit(value: Any) -> None:
             "autocommit must be True, False, or nexusd.LEGACY_TRANSACTION_CONTROL")
 
 
+# --- Adapters and converters: sqlite3's own registries ------------------------
+#
+# A program that registered an adapter or a converter with sqlite3 keeps it:
+# these are the same objects, so sqlite3.register_adapter(Decimal, str) and
+# nexusd.register_adapter(Decimal, str) do the same thing, and the default
+# adapters for date and datetime (deprecated since Python 3.12) apply as in
+# sqlite3.
+
+PARSE_DECLTYPES = _sqlite3.PARSE_DECLTYPES
+PARSE_COLNAMES = _sqlite3.PARSE_COLNAMES
+PrepareProtocol = _sqlite3.PrepareProtocol
+adapters = _sqlite3.adapters
+converters = _sqlite3.converters
+register_adapter = _sqlite3.register_adapter
+register_converter = _sqlite3.register_converter
+
+
+def _adapt(value: Any) -> Any:
+    """A parameter that is not exactly int, float, str, bytes or None, as
+    sqlite3 binds it: through the adapter registered for its exact type,
+    else its ``__conform__(PrepareProtocol)``, else unchanged (an int or str
+    subclass is then stored as its base type). Called by the native layer."""
+    adapter = adapters.get((type(value), PrepareProtocol))
+    if adapter is not None:
+        return adapter(value)
+    conform = getattr(value, "__conform__", None)
+    if conform is not None:
+        adapted = conform(PrepareProtocol)
+        if adapted is not None:
+            return adapted
+    return value
+
+
+_nexusd.set_adapt(_adapt)
+
+
+def _check_detect_types(detect_types: Any) -> int:
+    if not isinstance(detect_types, int) or isinstance(detect_types, bool):
+        raise TypeError(
+            f"detect_types must be an int (nexusd.PARSE_DECLTYPES, PARSE_COLNAMES or "
+            f"both, or 0), not {type(detect_types).__name__}")
+    return detect_types
+
+
+def _bracketed(name: str) -> Optional[str]:
+    """The type named in square brackets in a column's name ("x [point]"
+    names "point"), for PARSE_COLNAMES: the text from the last "[" before
+    the first "]" that follows one."""
+    start = None
+    for pos, ch in enumerate(name):
+        if ch == "[":
+            start = pos + 1
+        elif ch == "]" and start is not None:
+            return name[start:pos]
+    return None
+
+
+def _bare(name: str) -> str:
+    """A column's name without its "[type]" (and the one space before it),
+    as the description shows it under PARSE_COLNAMES."""
+    cut = name.find("[")
+    if cut < 0:
+        return name
+    if cut > 0 and name[cut - 1] == " ":
+        cut -= 1
+    return name[:cut]
+
+
+def _converters_for(detect_types: int, columns: list, decltypes: Optional[list]) -> list:
+    """Each column's converter, or None, chosen as sqlite3 chooses: the
+    "[type]" in its name under PARSE_COLNAMES, else the first word of its
+    declared type under PARSE_DECLTYPES; names match case-insensitively."""
+    chosen = []
+    for i, name in enumerate(columns):
+        converter = None
+        if detect_types & PARSE_COLNAMES:
+            key = _bracketed(name)
+            if key is not None:
+                converter = converters.get(key.upper())
+        if converter is None and detect_types & PARSE_DECLTYPES and decltypes:
+            declared = decltypes[i]
+            if declared:
+                key = re.split(r"[ (]", declared, maxsplit=1)[0]
+                converter = converters.get(key.upper())
+        chosen.append(converter)
+    return chosen
+
+
+def _as_stored_text(value: Any) -> bytes:
+    """A value as the bytes sqlite3 hands a converter: a blob as is, text
+    as UTF-8, a number as SQLite writes it as text."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, int):
+        return str(value).encode()
+    if value in (float("inf"), float("-inf")):  # SQLite keeps no NaN: it stores NULL
+        return b"Inf" if value > 0 else b"-Inf"
+    text = "%.15g" % value
+    mantissa, e, exponent = text.partition("e")
+    if "." not in mantissa:
+        mantissa += ".0"
+    return (mantissa + e + exponent).encode()
+
+
+def _convert(detect_types: int, columns: list, rows: list, decltypes: Optional[list]) -> list:
+    chosen = _converters_for(detect_types, columns, decltypes)
+    if not any(c is not None for c in chosen):
+        return rows
+    return [
+        tuple(v if c is None or v is None else c(_as_stored_text(v)) for v, c in zip(row, chosen))
+        for row in rows
+    ]
+
+
 def _load(cursor: Any, result: tuple, sql: str) -> None:
     """Puts one statement's result on a cursor (sync or asyncio): rows and
     their description, or rowcount and lastrowid as sqlite3 sets them."""
     if result[0] == "rows":
-        _, columns, rows = result
+        _, columns, rows, decltypes = result
+        detect_types = cursor.connection._detect_types
+        if detect_types:
+            rows = _convert(detect_types, columns, rows, decltypes)
+            if detect_types & PARSE_COLNAMES:
+                columns = [_bare(c) for c in columns]
         cursor.description = tuple((c, None, None, None, None, None, None) for c in columns)
         cursor._rows, cursor.rowcount = rows, -1
     else:
@@ -445,8 +568,10 @@ class Connection:
         isolation_level: Optional[str] = "",
         client_name: Optional[str] = None,
         check_same_thread: bool = False,
+        detect_types: int = 0,
     ) -> None:
         _check_autocommit(autocommit)
+        self._detect_types = _check_detect_types(detect_types)
         self._socket = os.fspath(socket) if socket is not None else None
         self._timeout = timeout
         self._client_name = client_name or f"python {os.path.basename(_argv0())}"
@@ -475,7 +600,8 @@ class Connection:
             # Forked: the parent's transaction is not this process's.
             self._pid = pid
             self._txn = None
-        self._shared = _shared_client(self._socket, self._client_name, self._timeout)
+        self._shared = _shared_client(self._socket, self._client_name, self._timeout,
+                                      decltypes=bool(self._detect_types & PARSE_DECLTYPES))
         return self._shared
 
     @property
@@ -763,6 +889,7 @@ def connect(
     autocommit: Any = LEGACY_TRANSACTION_CONTROL,
     isolation_level: Optional[str] = "",
     client_name: Optional[str] = None,
+    detect_types: int = 0,
     factory: Any = None,
     **ignored: Any,
 ) -> Connection:
@@ -776,4 +903,5 @@ def connect(
         autocommit=autocommit,
         isolation_level=isolation_level,
         client_name=client_name,
+        detect_types=detect_types,
     )

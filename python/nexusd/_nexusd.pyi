@@ -8,7 +8,9 @@ __version__: str
 class NativeError(Exception):
     """args: (kind, code, extended_code, message, statement_index)."""
 
-_Result = Union[Tuple[str, list, list], Tuple[str, int, int]]
+#: ("rows", columns, rows, declared types or None) or ("executed", rowcount,
+#: lastrowid).
+_Result = Union[Tuple[str, list, list, Optional[list]], Tuple[str, int, int]]
 
 class Client:
     def __init__(
@@ -17,6 +19,7 @@ class Client:
         client_name: Optional[str] = None,
         timeout: Optional[float] = None,
         asyncio: bool = False,
+        decltypes: bool = False,
     ) -> None: ...
     @property
     def pid(self) -> int: ...
@@ -43,6 +46,9 @@ class Transaction:
     def abandon(self) -> None: ...
 
 def default_socket_path() -> str: ...
+def set_adapt(hook: Any) -> None:
+    """Sets the function that adapts a parameter of a type SQLite does not
+    store (nexusd sets sqlite3's adapters at import)."""
 
 class Completions:
     """Finished async calls of one event loop, and the eventfd it watches."""

@@ -30,7 +30,9 @@ from . import (
     OperationalError,
     ProgrammingError,
     TransactionExpired,
+    PARSE_DECLTYPES,
     _check_autocommit,
+    _check_detect_types,
     _classify,
     _control,
     _load,
@@ -78,8 +80,10 @@ class Connection:
         autocommit: Any = LEGACY_TRANSACTION_CONTROL,
         isolation_level: Optional[str] = "",
         client_name: Optional[str] = None,
+        detect_types: int = 0,
     ) -> None:
         _check_autocommit(autocommit)
+        self._detect_types = _check_detect_types(detect_types)
         if isolation_level is not None and isolation_level.upper() not in _MODES:
             raise ValueError(f"isolation_level {isolation_level!r} is not valid")
         self._socket = os.fspath(socket) if socket is not None else None
@@ -98,7 +102,8 @@ class Connection:
             # Made once per process and socket; the first time it opens the
             # socket, off the loop's thread.
             self._client = await asyncio.get_running_loop().run_in_executor(
-                None, _shared_client, self._socket, self._client_name, self._timeout, True)
+                None, _shared_client, self._socket, self._client_name, self._timeout, True,
+                bool(self._detect_types & PARSE_DECLTYPES))
             self._lock = asyncio.Lock()
         return self
 
@@ -346,8 +351,10 @@ def connect(
     autocommit: Any = LEGACY_TRANSACTION_CONTROL,
     isolation_level: Optional[str] = "",
     client_name: Optional[str] = None,
+    detect_types: int = 0,
 ) -> Connection:
     """``db = await nexusd.aio.connect(...)``, or ``async with
     nexusd.aio.connect(...) as db``; arguments as ``nexusd.connect``."""
     return Connection(socket, timeout=timeout, autocommit=autocommit,
-                      isolation_level=isolation_level, client_name=client_name)
+                      isolation_level=isolation_level, client_name=client_name,
+                      detect_types=detect_types)

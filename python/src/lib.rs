@@ -134,56 +134,117 @@ fn to_py_err(e: Error) -> PyErr {
     }
 }
 
+/// `nexusd._adapt`, set once at import: it applies `sqlite3`'s adapters
+/// (`sqlite3.register_adapter`, and a value's `__conform__`) to a value
+/// that is not exactly one of the types SQLite stores.
+static ADAPT: pyo3::sync::GILOnceCell<PyObject> = pyo3::sync::GILOnceCell::new();
+
+/// Sets the hook that adapts parameters (called once, by `nexusd`).
+#[pyfunction]
+fn set_adapt(py: Python<'_>, hook: PyObject) -> PyResult<()> {
+    // A second import in the same process keeps the first hook; both are
+    // the same function of the same module.
+    let _ = ADAPT.set(py, hook);
+    Ok(())
+}
+
 /// A Python value as SQLite stores it; `index` names it in errors.
+///
+/// As in `sqlite3`, the exact types SQLite stores go straight through;
+/// any other value is adapted first (a registered adapter for its exact
+/// type, or its `__conform__`), and what comes back, or the value itself
+/// when nothing adapts it, is stored by the type it is an instance of (so
+/// an `IntEnum` is stored as its int).
 fn to_value(v: &Bound<'_, PyAny>, index: &str) -> PyResult<Value> {
     if v.is_none() {
         return Ok(Value::Null);
     }
-    if let Ok(b) = v.downcast::<pyo3::types::PyBool>() {
-        return Ok(Value::Integer(i64::from(b.is_true())));
+    if v.is_exact_instance_of::<pyo3::types::PyInt>() {
+        return int_value(v, index);
     }
-    if v.is_instance_of::<pyo3::types::PyInt>() {
-        return v.extract::<i64>().map(Value::Integer).map_err(|_| {
-            PyOverflowError::new_err(format!(
-                "parameter {index} is {} , which is too large for SQLite's 64-bit INTEGER; \
-                 store it as text or a blob",
-                v.str().map(|s| s.to_string()).unwrap_or_default()
-            ))
-        });
-    }
-    if v.is_instance_of::<pyo3::types::PyFloat>() {
+    if v.is_exact_instance_of::<pyo3::types::PyFloat>() {
         return Ok(Value::Real(v.extract::<f64>()?));
     }
-    if v.is_instance_of::<pyo3::types::PyString>() {
+    if v.is_exact_instance_of::<pyo3::types::PyString>() {
         return Ok(Value::Text(v.extract::<String>()?));
     }
+    if v.is_exact_instance_of::<PyBytes>() {
+        return Ok(Value::Blob(v.downcast::<PyBytes>()?.as_bytes().to_vec()));
+    }
+    let adapted = match ADAPT.get(v.py()) {
+        Some(hook) => hook.bind(v.py()).call1((v,))?,
+        None => v.clone(),
+    };
+    stored_as(&adapted, index).ok_or_else(|| {
+        let type_name = |o: &Bound<'_, PyAny>| {
+            o.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|_| "?".into())
+        };
+        let what = if adapted.is(v) {
+            format!("type '{}' is not supported", type_name(v))
+        } else {
+            format!(
+                "its adapter turned the '{}' into a '{}', which is not supported",
+                type_name(v),
+                type_name(&adapted)
+            )
+        };
+        native(
+            "programming",
+            0,
+            0,
+            format!(
+                "Error binding parameter {index}: {what}; pass int, float, str, bytes or None, \
+                 or register an adapter with sqlite3.register_adapter (nexusd uses sqlite3's)"
+            ),
+            None,
+        )
+    })?
+}
+
+/// A value by the stored type it is an instance of; `None` if it is none.
+fn stored_as(v: &Bound<'_, PyAny>, index: &str) -> Option<PyResult<Value>> {
+    if v.is_none() {
+        return Some(Ok(Value::Null));
+    }
+    if let Ok(b) = v.downcast::<pyo3::types::PyBool>() {
+        return Some(Ok(Value::Integer(i64::from(b.is_true()))));
+    }
+    if v.is_instance_of::<pyo3::types::PyInt>() {
+        return Some(int_value(v, index));
+    }
+    if v.is_instance_of::<pyo3::types::PyFloat>() {
+        return Some(v.extract::<f64>().map(Value::Real));
+    }
+    if v.is_instance_of::<pyo3::types::PyString>() {
+        return Some(v.extract::<String>().map(Value::Text));
+    }
     if let Ok(b) = v.downcast::<PyBytes>() {
-        return Ok(Value::Blob(b.as_bytes().to_vec()));
+        return Some(Ok(Value::Blob(b.as_bytes().to_vec())));
     }
     if let Ok(b) = v.downcast::<PyByteArray>() {
-        return Ok(Value::Blob(b.to_vec()));
+        return Some(Ok(Value::Blob(b.to_vec())));
     }
     if v.is_instance_of::<PyMemoryView>() {
-        let bytes = v.call_method0("tobytes")?;
-        return Ok(Value::Blob(
-            bytes.downcast::<PyBytes>()?.as_bytes().to_vec(),
-        ));
+        return Some(v.call_method0("tobytes").and_then(|bytes| {
+            Ok(Value::Blob(
+                bytes.downcast::<PyBytes>()?.as_bytes().to_vec(),
+            ))
+        }));
     }
-    let type_name = v
-        .get_type()
-        .name()
-        .map(|n| n.to_string())
-        .unwrap_or_else(|_| "?".into());
-    Err(native(
-        "programming",
-        0,
-        0,
-        format!(
-            "Error binding parameter {index}: type '{type_name}' is not supported; pass int, \
-             float, str, bytes or None"
-        ),
-        None,
-    ))
+    None
+}
+
+fn int_value(v: &Bound<'_, PyAny>, index: &str) -> PyResult<Value> {
+    v.extract::<i64>().map(Value::Integer).map_err(|_| {
+        PyOverflowError::new_err(format!(
+            "parameter {index} is {}, which is too large for SQLite's 64-bit INTEGER; \
+             store it as text or a blob",
+            v.str().map(|s| s.to_string()).unwrap_or_default()
+        ))
+    })
 }
 
 /// Parameters as `sqlite3` takes them: a sequence for qmark style, a
@@ -235,7 +296,12 @@ fn value_to_py(py: Python<'_>, v: Value) -> PyResult<PyObject> {
     })
 }
 
-fn rows_to_py(py: Python<'_>, rows: Rows) -> PyResult<(Vec<String>, PyObject)> {
+/// Column names, the rows as a list of tuples, and the declared types
+/// (`None` when the daemon sent none).
+type PyRows = (Vec<String>, PyObject, Option<Vec<Option<String>>>);
+
+fn rows_to_py(py: Python<'_>, rows: Rows) -> PyResult<PyRows> {
+    let decltypes = (!rows.decltypes().is_empty()).then(|| rows.decltypes().to_vec());
     let (columns, values) = rows.into_parts();
     let list = PyList::empty(py);
     for row in values {
@@ -245,15 +311,16 @@ fn rows_to_py(py: Python<'_>, rows: Rows) -> PyResult<(Vec<String>, PyObject)> {
             .collect::<PyResult<_>>()?;
         list.append(PyTuple::new(py, values)?)?;
     }
-    Ok((columns, list.into_any().unbind()))
+    Ok((columns, list.into_any().unbind(), decltypes))
 }
 
-/// `("rows", columns, rows)` or `("executed", rowcount, lastrowid)`.
+/// `("rows", columns, rows, decltypes)` or `("executed", rowcount,
+/// lastrowid)`.
 fn result_to_py(py: Python<'_>, r: StatementResult) -> PyResult<PyObject> {
     match r {
         StatementResult::Rows(rows) => {
-            let (columns, list) = rows_to_py(py, rows)?;
-            Ok(("rows", columns, list)
+            let (columns, list, decltypes) = rows_to_py(py, rows)?;
+            Ok(("rows", columns, list, decltypes)
                 .into_pyobject(py)?
                 .into_any()
                 .unbind())
@@ -328,14 +395,16 @@ impl Drop for Client {
 impl Client {
     /// `asyncio=True` makes a client for `nexusd.aio` (its own socket, on a
     /// runtime that runs by itself); else one for blocking calls.
+    /// `decltypes=True` asks for each result column's declared type.
     #[new]
-    #[pyo3(signature = (socket=None, client_name=None, timeout=None, asyncio=false))]
+    #[pyo3(signature = (socket=None, client_name=None, timeout=None, asyncio=false, decltypes=false))]
     fn new(
         py: Python<'_>,
         socket: Option<PathBuf>,
         client_name: Option<String>,
         timeout: Option<f64>,
         asyncio: bool,
+        decltypes: bool,
     ) -> PyResult<Self> {
         let flavor = if asyncio {
             Flavor::Asyncio
@@ -351,6 +420,7 @@ impl Client {
         if let Some(t) = timeout.filter(|t| *t > 0.0) {
             options.request_timeout = Some(Duration::from_secs_f64(t));
         }
+        options.declared_types = decltypes;
         let inner = py
             .allow_threads(|| rt.block_on(nexusd_client::Client::connect_with(path, options)))
             .map_err(to_py_err)?;
@@ -868,6 +938,7 @@ fn _nexusd(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Transaction>()?;
     m.add_class::<Completions>()?;
     m.add_function(wrap_pyfunction!(default_socket_path, m)?)?;
+    m.add_function(wrap_pyfunction!(set_adapt, m)?)?;
     m.add("NativeError", m.py().get_type::<NativeError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
