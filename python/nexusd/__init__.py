@@ -506,14 +506,30 @@ def _as_stored_text(value: Any) -> bytes:
     return (mantissa + e + exponent).encode()
 
 
-def _convert(detect_types: int, columns: list, rows: list, decltypes: Optional[list]) -> list:
-    chosen = _converters_for(detect_types, columns, decltypes)
-    if not any(c is not None for c in chosen):
-        return rows
-    return [
-        tuple(v if c is None or v is None else c(_as_stored_text(v)) for v, c in zip(row, chosen))
-        for row in rows
-    ]
+def _convert(detect_types: int, text_factory: Any, columns: list, rows: list,
+             decltypes: Optional[list]) -> list:
+    """Rows as sqlite3 builds them: a column with a converter gets it
+    (NULL excepted), and any other TEXT value goes through text_factory
+    as its UTF-8 bytes when that is not str."""
+    chosen = _converters_for(detect_types, columns, decltypes) if detect_types else []
+    if text_factory is str:
+        if not any(c is not None for c in chosen):
+            return rows
+        plain = None
+    else:
+        def plain(v):
+            return text_factory(v.encode()) if type(v) is str else v
+    if not chosen:
+        chosen = [None] * len(columns)
+
+    def one(v, c):
+        if v is None:
+            return None
+        if c is not None:
+            return c(_as_stored_text(v))
+        return plain(v) if plain is not None else v
+
+    return [tuple(one(v, c) for v, c in zip(row, chosen)) for row in rows]
 
 
 def _load(cursor: Any, result: tuple, sql: str) -> None:
@@ -522,8 +538,9 @@ def _load(cursor: Any, result: tuple, sql: str) -> None:
     if result[0] == "rows":
         _, columns, rows, decltypes = result
         detect_types = cursor.connection._detect_types
-        if detect_types:
-            rows = _convert(detect_types, columns, rows, decltypes)
+        text_factory = cursor.connection.text_factory
+        if detect_types or text_factory is not str:
+            rows = _convert(detect_types, text_factory, columns, rows, decltypes)
             if detect_types & PARSE_COLNAMES:
                 columns = [_bare(c) for c in columns]
         cursor.description = tuple((c, None, None, None, None, None, None) for c in columns)

@@ -92,6 +92,7 @@ class Connection:
         self.autocommit = autocommit
         self.isolation_level = isolation_level
         self.row_factory = None
+        self.text_factory = str
         self._client = None
         self._txn = None
         self._closed = False

@@ -189,3 +189,16 @@ def test_asyncio_converts_as_well(daemon, tmp_path, registered):
         warnings.simplefilter("ignore", DeprecationWarning)
         row = asyncio.run(main())
     assert row == (datetime.datetime(2026, 11, 24, 12, 30, 1, 500), decimal.Decimal("12.50"))
+
+
+def test_text_factory_as_in_sqlite3(daemon, tmp_path, registered):
+    plain, ours = both(daemon, tmp_path, detect_types=nexusd.PARSE_DECLTYPES)
+    fill(plain, ours)
+    sql = "SELECT day, note, 'é', 1, x'00' FROM ev ORDER BY id"
+    for factory in (bytes, lambda b: b.decode().upper(), str):
+        plain.text_factory = ours.text_factory = factory
+        got = fetch(ours, sql)
+        assert got == fetch(plain, sql), factory
+    plain.text_factory = ours.text_factory = bytes
+    # A converted column gets its converter, not the factory.
+    assert fetch(ours, sql)[0][0][:3] == (datetime.date(2026, 11, 24), 3, "é".encode())
