@@ -164,3 +164,25 @@ def test_vacuum_from_a_client_is_refused_with_the_ctl_commands_to_use(conn, tmp_
         assert "nexusd ctl vacuum" in str(e.value) and "nexusd ctl backup" in str(e.value)
     assert not target.exists()
     conn.execute("INSERT INTO t(name) VALUES ('still-usable')")
+
+
+def test_start_up_pragmas_of_sqlite3_programs_are_kept(conn, make_daemon):
+    """The lines the seed apps run after sqlite3.connect() ask for what the
+    daemon already does: they run, change nothing, and answer as SQLite."""
+    assert conn.execute("PRAGMA journal_mode=WAL").fetchone() == ("wal",)
+    for sql in ("PRAGMA busy_timeout=30000", "PRAGMA synchronous=NORMAL",
+                "PRAGMA foreign_keys = ON", "PRAGMA synchronous=FULL"):
+        assert conn.execute(sql).fetchall() == [], sql
+    # Foreign keys stay enforced.
+    conn.execute("CREATE TABLE child(t_id REFERENCES t(id))")
+    with pytest.raises(nexusd.IntegrityError, match="FOREIGN KEY"):
+        conn.execute("INSERT INTO child VALUES (99)")
+    conn.rollback()
+    # What the daemon does not do stays refused, with the reason.
+    with pytest.raises(nexusd.OperationalError, match="refused"):
+        conn.execute("PRAGMA foreign_keys = OFF")
+    normal = make_daemon("--synchronous", "normal")
+    c = nexusd.connect(normal.socket)
+    c.execute("PRAGMA synchronous=NORMAL")
+    with pytest.raises(nexusd.OperationalError, match="--synchronous full"):
+        c.execute("PRAGMA synchronous=FULL")

@@ -95,6 +95,7 @@ pub(crate) fn open_writer(
     conn.pragma_update(None, "journal_size_limit", limit)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     let guard = Guard::install(&mut conn, litestream)?;
+    super::guard::set_durable_full(sync == Synchronous::Full);
     Ok((conn, guard))
 }
 

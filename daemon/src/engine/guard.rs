@@ -81,6 +81,14 @@ impl Guard {
                 2 => Scope::Transaction,
                 _ => Scope::Snapshot,
             };
+            if let AuthAction::Pragma {
+                pragma_name,
+                pragma_value: Some(value),
+            } = ctx.action
+                && let Some(already) = already_so(pragma_name, value)
+            {
+                return already;
+            }
             let why = match litestream_table(&ctx.action) {
                 Some(table) if litestream => Some(Refusal::Refused(format!(
                     "changing {table} is refused: it is Litestream's (Litestream mode), and \
@@ -240,6 +248,16 @@ fn refusal(ctx: &AuthContext<'_>, scope: Scope) -> Option<Refusal> {
                 || pragma_value.is_none() && is_readable_setting(&name);
             if allowed {
                 None
+            } else if name == "synchronous" && pragma_value.is_some() {
+                // Only FULL or EXTRA get here (already_so took the rest),
+                // on a daemon that promises less.
+                refused(format!(
+                    "PRAGMA synchronous = {} is refused: this daemon runs with --synchronous \
+                     normal, so a power loss can drop its last commits, and one client cannot \
+                     change that for its own writes. Start the daemon with --synchronous full \
+                     (the default) for durable commits",
+                    pragma_value.unwrap_or_default()
+                ))
             } else {
                 let shown = match pragma_value {
                     Some(v) => format!("PRAGMA {pragma_name} = {v}"),
@@ -290,6 +308,46 @@ fn temp_refusal(kind: &str, name: &str) -> String {
          vanish at the daemon's restart. Create an ordinary {kind} (and drop it when done), or \
          use a WITH clause for a scratch result"
     )
+}
+
+/// Whether the daemon promises `synchronous=full` (set once, when the
+/// writer opens the file), for `already_so`.
+static DURABLE_FULL: AtomicBool = AtomicBool::new(false);
+
+/// The writer opened the file with this durability.
+pub(super) fn set_durable_full(full: bool) {
+    DURABLE_FULL.store(full, Ordering::Relaxed);
+}
+
+/// How to treat a pragma that sets what the daemon already guarantees, so
+/// that a program moving from `sqlite3` can keep its start-up lines
+/// (`PRAGMA journal_mode=WAL`, `foreign_keys=ON`, `busy_timeout=N`,
+/// `synchronous=NORMAL`): `Allow` where running it changes nothing and
+/// answers what SQLite would (journal mode WAL, foreign keys on),
+/// `Ignore` (no effect, no rows) where running it would change the
+/// daemon's own connection but the client already has what it asks for
+/// (a busy timeout, since no client ever waits on a lock, and a
+/// synchronous level at most the daemon's). `None`: not one of these.
+fn already_so(name: &str, value: &str) -> Option<Authorization> {
+    let value = value.trim_matches(|c| c == '\'' || c == '"');
+    let is = |v: &str| value.eq_ignore_ascii_case(v);
+    match name.to_ascii_lowercase().as_str() {
+        "journal_mode" if is("wal") => Some(Authorization::Allow),
+        "foreign_keys" if is("on") || is("1") || is("true") || is("yes") => {
+            Some(Authorization::Allow)
+        }
+        "busy_timeout" if value.parse::<i64>().is_ok() => Some(Authorization::Ignore),
+        "synchronous" if is("off") || is("0") || is("normal") || is("1") => {
+            Some(Authorization::Ignore)
+        }
+        "synchronous"
+            if (is("full") || is("2") || is("extra") || is("3"))
+                && DURABLE_FULL.load(Ordering::Relaxed) =>
+        {
+            Some(Authorization::Ignore)
+        }
+        _ => None,
+    }
 }
 
 /// Reading pragmas whose argument would instead set something.

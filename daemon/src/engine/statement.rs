@@ -499,8 +499,8 @@ mod tests {
             "ATTACH 'other.db' AS o",
             "DETACH main",
             "PRAGMA journal_mode = DELETE",
-            "PRAGMA synchronous = OFF",
             "PRAGMA locking_mode = EXCLUSIVE",
+            "PRAGMA cache_size = -64000",
             "PRAGMA foreign_keys = OFF",
             "PRAGMA wal_checkpoint",
             "PRAGMA schema_version = 3",
@@ -524,6 +524,51 @@ mod tests {
             .pragma_query_value(None, "journal_mode", |r| r.get(0))
             .expect("journal_mode");
         assert_eq!(mode, "wal");
+    }
+
+    /// A program's start-up pragmas that ask for what the daemon already
+    /// does run without error and change nothing: `sqlite3` programs keep
+    /// them when they move to nexusd.
+    #[test]
+    fn settings_the_daemon_already_has_are_accepted_and_change_nothing() {
+        let (_dir, conn, guard) = open();
+        let run = |sql: &str| {
+            run_statement(
+                &conn,
+                &guard,
+                Scope::Request,
+                &stmt(sql),
+                Want::Either,
+                &limits(),
+            )
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        };
+        let Output::Rows(mode) = run("PRAGMA journal_mode=WAL") else {
+            panic!("journal_mode answered no rows");
+        };
+        assert_eq!(mode.rows, [[Value::Text("wal".into())]]);
+        for sql in [
+            "PRAGMA journal_mode = 'wal'",
+            "PRAGMA foreign_keys = ON",
+            "PRAGMA foreign_keys=1",
+            "PRAGMA busy_timeout = 30000",
+            "PRAGMA synchronous=NORMAL",
+            "PRAGMA synchronous = OFF",
+        ] {
+            run(sql);
+        }
+        let timeout: i64 = conn
+            .pragma_query_value(None, "busy_timeout", |r| r.get(0))
+            .expect("busy_timeout");
+        assert_eq!(timeout, super::super::db::BUSY_TIMEOUT.as_millis() as i64);
+        let sync: i64 = conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .expect("synchronous");
+        assert_eq!(sync, 2, "the writer's own synchronous level is untouched");
+        let fk: i64 = conn
+            .pragma_query_value(None, "foreign_keys", |r| r.get(0))
+            .expect("foreign_keys");
+        assert_eq!(fk, 1);
     }
 
     #[test]
