@@ -19,14 +19,17 @@ def connect(target: str):
     if kind == "nexusd":
         import nexusd
 
-        return nexusd.connect(where)
-    if kind == "sqlite":
+        conn = nexusd.connect(where)
+    elif kind == "sqlite":
         import sqlite3
 
         conn = sqlite3.connect(where)
-        conn.execute("PRAGMA journal_mode=WAL")  # as HAIOS had it
-        return conn
-    raise ValueError(f"target {target!r} is not nexusd:SOCKET or sqlite:FILE")
+    else:
+        raise ValueError(f"target {target!r} is not nexusd:SOCKET or sqlite:FILE")
+    # As HAIOS had it. The daemon is in WAL mode already and answers "wal",
+    # so the line stays for both.
+    conn.execute("PRAGMA journal_mode=WAL")
+    return conn
 
 
 def init(target: str) -> None:
