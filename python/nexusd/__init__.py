@@ -235,6 +235,19 @@ ROWID = _DBAPITypeObject("ROWID", "INTEGER")
 
 # --- Rows -------------------------------------------------------------------
 
+def _make_row(cursor: Any, values: tuple) -> Any:
+    """A fetched row through the cursor's row_factory. ``sqlite3.Row``,
+    which a program moving from sqlite3 keeps setting (as Flask's tutorial
+    does), accepts only sqlite3's own cursors: ``nexusd.Row`` stands in for
+    it, with the same behaviour."""
+    factory = cursor.row_factory
+    if factory is None:
+        return values
+    if factory is _sqlite3.Row:
+        factory = Row
+    return factory(cursor, values)
+
+
 class Row:
     """A row that works like sqlite3.Row: by index, or by column name
     (case-insensitive); ``keys()``, ``len()``, iteration, equality."""
@@ -855,8 +868,7 @@ class Cursor:
         return self
 
     def _make(self, values: tuple) -> Any:
-        factory = self.row_factory
-        return factory(self, values) if factory is not None else values
+        return _make_row(self, values)
 
     def fetchone(self) -> Any:
         self._check()

@@ -36,6 +36,7 @@ from . import (
     _classify,
     _control,
     _load,
+    _make_row,
     _is_dml,
     _nexusd,
     _shared_client,
@@ -305,7 +306,7 @@ class Cursor:
         return self
 
     def _make(self, values: tuple) -> Any:
-        return self.row_factory(self, values) if self.row_factory is not None else values
+        return _make_row(self, values)
 
     async def fetchone(self) -> Any:
         if self._next >= len(self._rows):

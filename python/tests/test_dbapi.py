@@ -186,3 +186,14 @@ def test_start_up_pragmas_of_sqlite3_programs_are_kept(conn, make_daemon):
     c.execute("PRAGMA synchronous=NORMAL")
     with pytest.raises(nexusd.OperationalError, match="--synchronous full"):
         c.execute("PRAGMA synchronous=FULL")
+
+
+def test_sqlite3_row_as_the_row_factory(conn):
+    """`conn.row_factory = sqlite3.Row` stays as it was in the program."""
+    import sqlite3
+
+    conn.row_factory = sqlite3.Row
+    conn.execute("INSERT INTO t(name, n) VALUES ('ada', 7)")
+    row = conn.execute("SELECT name, n FROM t").fetchone()
+    assert (row["name"], row["N"], row[1], row.keys()) == ("ada", 7, 7, ["name", "n"])
+    assert dict(row) == dict(zip(row.keys(), row)) == {"name": "ada", "n": 7}
