@@ -202,3 +202,39 @@ def test_text_factory_as_in_sqlite3(daemon, tmp_path, registered):
     plain.text_factory = ours.text_factory = bytes
     # A converted column gets its converter, not the factory.
     assert fetch(ours, sql)[0][0][:3] == (datetime.date(2026, 11, 24), 3, "é".encode())
+
+
+def test_flasks_tutorial_moves_by_its_connect_line(daemon):
+    """Flask's tutorial app (flaskr), its database code as written for
+    sqlite3, with only sqlite3.connect(...) changed."""
+    schema = """
+    DROP TABLE IF EXISTS user;
+    DROP TABLE IF EXISTS post;
+    CREATE TABLE user (id INTEGER PRIMARY KEY AUTOINCREMENT,
+                       username TEXT UNIQUE NOT NULL, password TEXT NOT NULL);
+    CREATE TABLE post (id INTEGER PRIMARY KEY AUTOINCREMENT, author_id INTEGER NOT NULL,
+                       created TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+                       title TEXT NOT NULL, body TEXT NOT NULL,
+                       FOREIGN KEY (author_id) REFERENCES user (id));
+    """
+    db = nexusd.connect(daemon.socket, detect_types=sqlite3.PARSE_DECLTYPES)
+    db.row_factory = sqlite3.Row
+    db.executescript(schema)
+    db.execute("INSERT INTO user (username, password) VALUES (?, ?)", ("ada", "hash"))
+    db.commit()
+    with pytest.raises(db.IntegrityError):
+        db.execute("INSERT INTO user (username, password) VALUES (?, ?)", ("ada", "x"))
+        db.commit()
+    db.rollback()
+    db.execute("INSERT INTO post (title, body, author_id) VALUES (?, ?, ?)", ("t", "b", 1))
+    db.commit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        post = db.execute(
+            "SELECT p.id, title, body, created, author_id, username"
+            " FROM post p JOIN user u ON p.author_id = u.id ORDER BY created DESC"
+        ).fetchone()
+    assert (post["title"], post["username"]) == ("t", "ada")
+    assert isinstance(post["created"], datetime.datetime)
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    assert abs(post["created"] - now) < datetime.timedelta(minutes=5)
