@@ -756,6 +756,16 @@ class Connection:
     def executescript(self, script: str) -> "Cursor":
         return self.cursor().executescript(script)
 
+    def iterdump(self, **kwargs: Any) -> Iterator[str]:
+        """The schema and rows as SQL statements, from sqlite3's own dump
+        code run over this connection (so the text is sqlite3's, and its
+        keyword arguments are the running Python's). As with sqlite3, the
+        tables are read one after another; for a copy of one moment, use
+        ``nexusd ctl backup``."""
+        from sqlite3 import dump
+
+        return dump._iterdump(self, **kwargs)
+
     def _run(self, sql: str, parameters: Any):
         with self._lock:
             control = _classify(sql)[0]

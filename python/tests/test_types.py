@@ -238,3 +238,16 @@ def test_flasks_tutorial_moves_by_its_connect_line(daemon):
     assert isinstance(post["created"], datetime.datetime)
     now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
     assert abs(post["created"] - now) < datetime.timedelta(minutes=5)
+
+
+def test_iterdump_writes_what_sqlite3_writes(daemon, tmp_path, registered):
+    plain, ours = both(daemon, tmp_path)
+    fill(plain, ours)
+    for c in (plain, ours):
+        # quote() writes some reals differently in each SQLite version (the
+        # daemon's is newer than most Pythons'): keep to one it writes alike.
+        c.executescript("CREATE INDEX ev_day ON ev(day); CREATE VIEW days AS SELECT day FROM ev;"
+                        "UPDATE ev SET r = 0.5;")
+    dumped = list(ours.iterdump())
+    assert dumped == list(plain.iterdump())
+    assert any(line.startswith('INSERT INTO "ev" VALUES(1,') for line in dumped), dumped
