@@ -60,12 +60,9 @@ impl Connection {
             path: path.display().to_string(),
             reason,
         };
-        let stream = UnixStream::connect(path).await.map_err(|e| {
-            connect_err(format!(
-                "{e}; is the daemon running? Start it with `nexusd serve --socket {}`",
-                path.display()
-            ))
-        })?;
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|e| connect_err(connect_hint(path, &e)))?;
         let (rd, mut wr) = stream
             .into_std()
             .and_then(socket::split)
@@ -376,6 +373,35 @@ fn not_sent() -> Error {
     Error::Disconnected {
         message: "the connection had already failed; the request was not sent".into(),
         outcome_unknown: false,
+    }
+}
+
+/// Why connecting to `path` failed with `e`, and what to do: a path that is
+/// a database rather than the daemon's socket (a program moving from
+/// SQLite may pass its file) says so.
+fn connect_hint(path: &Path, e: &std::io::Error) -> String {
+    use std::os::unix::fs::FileTypeExt;
+    let shown = path.display();
+    let is_file = std::fs::metadata(path).is_ok_and(|m| !m.file_type().is_socket());
+    let looks_like_a_database = path.to_str().is_some_and(|p| {
+        p == ":memory:"
+            || [".db", ".sqlite", ".sqlite3", ".db3"]
+                .iter()
+                .any(|ext| p.ends_with(ext))
+    });
+    if is_file || looks_like_a_database {
+        format!(
+            "{e}; {shown} is not a nexusd socket{}. nexusd serves the database file itself: \
+             start it with `nexusd serve --db FILE`, and connect to its socket (no argument \
+             connects to the default one)",
+            if is_file {
+                " but a file (a database?)"
+            } else {
+                " (it reads like a database path)"
+            }
+        )
+    } else {
+        format!("{e}; is the daemon running? Start it with `nexusd serve --socket {shown}`")
     }
 }
 

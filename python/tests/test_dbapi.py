@@ -197,3 +197,11 @@ def test_sqlite3_row_as_the_row_factory(conn):
     row = conn.execute("SELECT name, n FROM t").fetchone()
     assert (row["name"], row["N"], row[1], row.keys()) == ("ada", 7, 7, ["name", "n"])
     assert dict(row) == dict(zip(row.keys(), row)) == {"name": "ada", "n": 7}
+
+
+def test_a_database_path_instead_of_a_socket_says_so(daemon):
+    """sqlite3.connect("app.db") changed to nexusd.connect("app.db")."""
+    for path in (str(daemon.db), "app.db", ":memory:"):
+        with pytest.raises(nexusd.OperationalError, match="is not a nexusd socket") as e:
+            nexusd.connect(path)
+        assert "nexusd serve --db" in str(e.value)
