@@ -22,6 +22,7 @@ import os
 import weakref
 from typing import Any, AsyncIterator, Optional
 
+from . import connect as _blocking_connect
 from . import (
     LEGACY_TRANSACTION_CONTROL,
     _MODES,
@@ -181,6 +182,38 @@ class Connection:
 
     def executescript(self, script: str) -> "_CursorResult":
         return _CursorResult(Cursor(self).executescript(script))
+
+    async def execute_fetchall(self, sql: str, parameters: Any = ()) -> list:
+        """aiosqlite's shortcut: the statement's rows, all of them."""
+        cursor = await Cursor(self).execute(sql, parameters)
+        return await cursor.fetchall()
+
+    async def execute_insert(self, sql: str, parameters: Any = ()) -> Any:
+        """aiosqlite's shortcut: runs an INSERT and answers the row of
+        ``SELECT last_insert_rowid()``, as aiosqlite does (through
+        ``row_factory``). The id is the statement's own, from the daemon's
+        answer, so another client's insert in between cannot change it."""
+        cursor = await Cursor(self).execute(sql, parameters)
+        cursor.description = (("last_insert_rowid()", None, None, None, None, None, None),)
+        cursor._rows, cursor._next = [(cursor.lastrowid,)], 0
+        return await cursor.fetchone()
+
+    async def iterdump(self) -> AsyncIterator[str]:
+        """aiosqlite's ``async for line in db.iterdump()``: the schema and
+        rows as SQL, as ``nexusd.Connection.iterdump`` writes them (on a
+        blocking connection to the same daemon, in a worker thread)."""
+        self._check()
+
+        def dump() -> list:
+            conn = _blocking_connect(self._socket, timeout=self._timeout,
+                                     client_name=self._client_name, isolation_level=None)
+            try:
+                return list(conn.iterdump())
+            finally:
+                conn.close()
+
+        for line in await asyncio.get_running_loop().run_in_executor(None, dump):
+            yield line
 
     def cursor(self) -> "_CursorResult":
         """``await db.cursor()``, or ``async with db.cursor() as cursor``."""

@@ -39,6 +39,28 @@ def test_connect_execute_iterate_commit(daemon):
     run(main())
 
 
+def test_aiosqlites_shortcuts_and_its_row(daemon):
+    """execute_fetchall, execute_insert, iterdump and aiosqlite.Row (which
+    is sqlite3.Row), as aiosqlite programs use them."""
+    import sqlite3
+
+    async def main():
+        async with nexusd.aio.connect(daemon.socket) as db:
+            await db.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, s TEXT)")
+            assert await db.execute_insert("INSERT INTO t(s) VALUES (?)", ("a",)) == (1,)
+            db.row_factory = sqlite3.Row
+            row = await db.execute_insert("INSERT INTO t(s) VALUES (?)", ("b",))
+            assert row["last_insert_rowid()"] == 2 and row.keys() == ["last_insert_rowid()"]
+            await db.commit()
+            rows = await db.execute_fetchall("SELECT id, s FROM t ORDER BY id")
+            assert [(r["id"], r["s"]) for r in rows] == [(1, "a"), (2, "b")]
+            lines = [line async for line in db.iterdump()]
+            assert "INSERT INTO \"t\" VALUES(2,'b');" in lines, lines
+            assert lines[0] == "BEGIN TRANSACTION;" and lines[-1] == "COMMIT;"
+
+    run(main())
+
+
 def test_64_tasks_share_one_connection(daemon):
     async def main():
         db = await nexusd.aio.connect(daemon.socket, autocommit=True)
