@@ -241,8 +241,6 @@ def _make_row(cursor: Any, values: tuple) -> Any:
     does), accepts only sqlite3's own cursors: ``nexusd.Row`` stands in for
     it, with the same behaviour."""
     factory = cursor.row_factory
-    if factory is None:
-        return values
     if factory is _sqlite3.Row:
         factory = Row
     return factory(cursor, values)
@@ -878,7 +876,7 @@ class Cursor:
         return self
 
     def _make(self, values: tuple) -> Any:
-        return _make_row(self, values)
+        return values if self.row_factory is None else _make_row(self, values)
 
     def fetchone(self) -> Any:
         self._check()

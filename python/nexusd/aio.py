@@ -339,7 +339,7 @@ class Cursor:
         return self
 
     def _make(self, values: tuple) -> Any:
-        return _make_row(self, values)
+        return values if self.row_factory is None else _make_row(self, values)
 
     async def fetchone(self) -> Any:
         if self._next >= len(self._rows):
