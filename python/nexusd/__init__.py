@@ -61,12 +61,16 @@ LEGACY_TRANSACTION_CONTROL = -1
 
 
 # --- Exceptions, PEP 249's hierarchy -------------------------------------
+#
+# Each is also a subclass of sqlite3's class of the same name, so a program
+# that moved by its connect line and still catches sqlite3.IntegrityError
+# (or OperationalError, or sqlite3.Error) catches nexusd's errors too.
 
-class Warning(Exception):  # noqa: A001 - PEP 249's name
+class Warning(_sqlite3.Warning):  # noqa: A001 - PEP 249's name
     pass
 
 
-class Error(Exception):
+class Error(_sqlite3.Error):
     """Base of every nexusd error. ``sqlite_errorcode`` and
     ``sqlite_errorname`` are set when SQLite's code is known."""
 
@@ -74,35 +78,35 @@ class Error(Exception):
     sqlite_errorname: Optional[str] = None
 
 
-class InterfaceError(Error):
+class InterfaceError(Error, _sqlite3.InterfaceError):
     pass
 
 
-class DatabaseError(Error):
+class DatabaseError(Error, _sqlite3.DatabaseError):
     pass
 
 
-class DataError(DatabaseError):
+class DataError(DatabaseError, _sqlite3.DataError):
     pass
 
 
-class OperationalError(DatabaseError):
+class OperationalError(DatabaseError, _sqlite3.OperationalError):
     pass
 
 
-class IntegrityError(DatabaseError):
+class IntegrityError(DatabaseError, _sqlite3.IntegrityError):
     pass
 
 
-class InternalError(DatabaseError):
+class InternalError(DatabaseError, _sqlite3.InternalError):
     pass
 
 
-class ProgrammingError(DatabaseError):
+class ProgrammingError(DatabaseError, _sqlite3.ProgrammingError):
     pass
 
 
-class NotSupportedError(DatabaseError):
+class NotSupportedError(DatabaseError, _sqlite3.NotSupportedError):
     pass
 
 

@@ -205,3 +205,22 @@ def test_a_database_path_instead_of_a_socket_says_so(daemon):
         with pytest.raises(nexusd.OperationalError, match="is not a nexusd socket") as e:
             nexusd.connect(path)
         assert "nexusd serve --db" in str(e.value)
+
+
+def test_sqlite3s_exception_classes_catch_nexusd_errors(conn):
+    """A program that kept `except sqlite3.IntegrityError:` after changing
+    its connect line still catches the same errors."""
+    import sqlite3
+
+    conn.execute("INSERT INTO t(name) VALUES ('ada')")
+    with pytest.raises(sqlite3.IntegrityError) as e:
+        conn.execute("INSERT INTO t(name) VALUES ('ada')")
+    assert isinstance(e.value, nexusd.IntegrityError)
+    assert e.value.sqlite_errorname == "SQLITE_CONSTRAINT_UNIQUE"
+    with pytest.raises(sqlite3.OperationalError):
+        conn.execute("SELECT * FROM nope")
+    with pytest.raises(sqlite3.ProgrammingError):
+        conn.execute("SELECT ?", (object(),))
+    for ours in (nexusd.Timeout, nexusd.Conflict, nexusd.OutcomeUnknown):
+        assert issubclass(ours, sqlite3.OperationalError)
+    assert issubclass(nexusd.Error, sqlite3.Error) and issubclass(nexusd.Warning, sqlite3.Warning)
