@@ -1,5 +1,6 @@
 //! The codec on the hot path: a single-row insert request, its answer, a
-//! 100-row query answer, and splitting a read buffer of 64 frames.
+//! 100-row query answer (with and without declared types), and splitting
+//! a read buffer of 64 frames.
 //!
 //! `cargo bench -p nexusd-protocol`; under `cargo test` each case runs once.
 
@@ -10,7 +11,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use nexusd_protocol::codec::{self, DEFAULT_MAX_FRAME_BYTES, split_frame};
 use nexusd_protocol::{
     DEFAULT_DB, Executed, Params, Request, RequestBody, Response, ResponseBody, Rows, Statement,
-    Value,
+    Value, features,
 };
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -40,7 +41,11 @@ fn rows_response(n: usize) -> Response {
                     ]
                 })
                 .collect(),
-            decltypes: Vec::new(),
+            decltypes: vec![
+                Some("INTEGER".into()),
+                Some("TEXT".into()),
+                Some("BLOB".into()),
+            ],
         }),
     }
 }
@@ -88,19 +93,26 @@ fn codec(c: &mut Criterion) {
 
     for n in [1usize, 100] {
         let resp = rows_response(n);
-        let mut frame = BytesMut::new();
-        codec::encode_frame(&resp, DEFAULT_MAX_FRAME_BYTES, &mut frame).expect("encodes");
-        g.bench_with_input(
-            BenchmarkId::new("decode rows response", n),
-            &frame,
-            |b, f| {
+        // The same rows as a peer that announced DECLTYPES gets them.
+        let typed = Response {
+            id: resp.id,
+            body: resp.body.clone().for_peer(features::DECLTYPES),
+        };
+        assert!(matches!(typed.body, ResponseBody::TypedRows(_)));
+        for (name, resp) in [
+            ("decode rows response", resp),
+            ("decode typed rows response", typed),
+        ] {
+            let mut frame = BytesMut::new();
+            codec::encode_frame(&resp, DEFAULT_MAX_FRAME_BYTES, &mut frame).expect("encodes");
+            g.bench_with_input(BenchmarkId::new(name, n), &frame, |b, f| {
                 let mut client = codec::ClientCodec::new(DEFAULT_MAX_FRAME_BYTES);
                 b.iter(|| {
                     let mut buf = f.clone();
                     black_box(client.decode(&mut buf).expect("decodes"))
                 })
-            },
-        );
+            });
+        }
     }
     g.finish();
 
