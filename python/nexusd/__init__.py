@@ -526,23 +526,19 @@ def _convert(detect_types: int, text_factory: Any, columns: list, rows: list,
     """Rows as sqlite3 builds them: a column with a converter gets it
     (NULL excepted), and any other TEXT value goes through text_factory
     as its UTF-8 bytes when that is not str."""
-    chosen = _converters_for(detect_types, columns, decltypes) if detect_types else []
-    if text_factory is str:
-        if not any(c is not None for c in chosen):
-            return rows
-        plain = None
-    else:
-        def plain(v):
-            return text_factory(v.encode()) if type(v) is str else v
-    if not chosen:
-        chosen = [None] * len(columns)
+    chosen = (_converters_for(detect_types, columns, decltypes) if detect_types
+              else [None] * len(columns))
+    if text_factory is str and all(c is None for c in chosen):
+        return rows
 
-    def one(v, c):
+    def one(v, converter):
         if v is None:
             return None
-        if c is not None:
-            return c(_as_stored_text(v))
-        return plain(v) if plain is not None else v
+        if converter is not None:
+            return converter(_as_stored_text(v))
+        if text_factory is not str and type(v) is str:
+            return text_factory(v.encode())
+        return v
 
     return [tuple(one(v, c) for v, c in zip(row, chosen)) for row in rows]
 
