@@ -391,9 +391,10 @@ fn connect_hint(path: &Path, e: &std::io::Error) -> String {
     });
     if is_file || looks_like_a_database {
         format!(
-            "{e}; {shown} is not a nexusd socket{}. nexusd serves the database file itself: \
-             start it with `nexusd serve --db FILE`, and connect to its socket (no argument \
-             connects to the default one)",
+            "{e}; {shown} is not a nexusd socket{}, and no running daemon serves it. nexusd \
+             serves the database file itself: start it with `nexusd serve --db FILE`, then \
+             connect to FILE or to the daemon's socket (no argument connects to the default \
+             one)",
             if is_file {
                 " but a file (a database?)"
             } else {

@@ -202,7 +202,9 @@ struct Inner {
 }
 
 impl Client {
-    /// Connects to the daemon serving the socket at `path`.
+    /// Connects to the daemon serving the socket at `path`. `path` may also
+    /// be the database file a daemon serves: the daemon notes its socket in
+    /// the lock file beside the database, and the client connects there.
     ///
     /// ```no_run
     /// # async fn demo() -> nexusd_client::Result<()> {
@@ -217,7 +219,7 @@ impl Client {
     pub async fn connect_with(path: impl AsRef<Path>, options: ClientOptions) -> Result<Client> {
         let client = Client {
             inner: Arc::new(Inner {
-                path: path.as_ref().to_owned(),
+                path: nexusd_protocol::paths::resolve_socket(path.as_ref()),
                 options,
                 current: std::sync::Mutex::new(None),
                 reconnecting: Mutex::new(()),
@@ -547,9 +549,10 @@ impl Client {
                     }
                     return Ok(conn);
                 }
-                // Only a daemon that is not there (yet) is worth waiting for.
+                // Only a daemon that is not there (yet) is worth waiting for;
+                // a file that is not a socket will not become one.
                 Err(e @ Error::Connect { .. }) | Err(e @ Error::ShuttingDown(_)) => {
-                    if Instant::now() + delay > give_up {
+                    if Instant::now() + delay > give_up || not_a_socket(&self.inner.path) {
                         return Err(e);
                     }
                     tokio::time::sleep(delay).await;
@@ -559,6 +562,12 @@ impl Client {
             }
         }
     }
+}
+
+/// Whether `path` is there but is not a socket (a database file, say).
+fn not_a_socket(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| !m.file_type().is_socket())
 }
 
 impl Client {

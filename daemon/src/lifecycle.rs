@@ -43,8 +43,13 @@ use crate::systemd::{self, Notifier};
 /// config file fills in the rest.
 pub fn serve(cli: ServeConfig, explicit: HashSet<String>) -> anyhow::Result<()> {
     let configured = configure(cli, explicit)?;
-    let opened = open(&configured.config)?;
+    let mut opened = open(&configured.config)?;
     let bound = bind(&configured.config, configured.inherited)?;
+    if let Err(e) = opened.db_lock.record_socket(&bound.socket_path) {
+        // Only `nexusd.connect("app.db")`-style lookups need it; clients
+        // given the socket are unaffected.
+        tracing::warn!(error = %e, "could not note the socket in the database's lock file");
+    }
     let notifier = Arc::new(Notifier::from_env()?);
     let shutdown = Shutdown::new(notifier.clone());
     let replica = configured.config.litestream.then(|| {

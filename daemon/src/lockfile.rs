@@ -6,7 +6,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, bail};
 
@@ -32,9 +32,9 @@ impl LockFile {
         if rc != 0 {
             let err = std::io::Error::last_os_error();
             if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                let mut pid = String::new();
-                let _ = file.read_to_string(&mut pid);
-                let pid = pid.trim();
+                let mut contents = String::new();
+                let _ = file.read_to_string(&mut contents);
+                let pid = contents.lines().next().unwrap_or_default().trim();
                 let owner = if pid.is_empty() {
                     "another nexusd".to_owned()
                 } else {
@@ -53,6 +53,19 @@ impl LockFile {
         file.sync_all().ok();
         Ok(LockFile { file })
     }
+
+    /// Adds the socket of the daemon that holds this database lock, so a
+    /// client given the database's path finds the daemon serving it
+    /// (`nexusd_protocol::paths::resolve_socket`).
+    pub(crate) fn record_socket(&mut self, socket: &Path) -> std::io::Result<()> {
+        let socket = std::fs::canonicalize(socket).unwrap_or_else(|_| socket.to_owned());
+        self.file.set_len(0)?;
+        self.file.seek(SeekFrom::Start(0))?;
+        self.file.write_all(
+            nexusd_protocol::paths::db_lock_contents(std::process::id(), &socket).as_bytes(),
+        )?;
+        self.file.sync_all()
+    }
 }
 
 impl Drop for LockFile {
@@ -64,9 +77,4 @@ impl Drop for LockFile {
     }
 }
 
-/// `<path>.lock`, beside the resource it guards.
-pub(crate) fn lock_path_for(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".lock");
-    PathBuf::from(s)
-}
+pub(crate) use nexusd_protocol::paths::lock_path_for;

@@ -199,12 +199,27 @@ def test_sqlite3_row_as_the_row_factory(conn):
     assert dict(row) == dict(zip(row.keys(), row)) == {"name": "ada", "n": 7}
 
 
-def test_a_database_path_instead_of_a_socket_says_so(daemon):
-    """sqlite3.connect("app.db") changed to nexusd.connect("app.db")."""
-    for path in (str(daemon.db), "app.db", ":memory:"):
+def test_a_database_path_reaches_the_daemon_serving_it(daemon, tmp_path):
+    """sqlite3.connect("app.db") changed to nexusd.connect("app.db"): the
+    daemon serving app.db notes its socket beside it."""
+    by_socket = nexusd.connect(daemon.socket, isolation_level=None)
+    by_socket.execute("CREATE TABLE seen(x)")
+    by_socket.execute("INSERT INTO seen VALUES (1)")
+    by_path = nexusd.connect(str(daemon.db))
+    assert by_path.execute("SELECT x FROM seen").fetchall() == [(1,)]
+    # A database no daemon serves, or a path that reads like one, says so.
+    (tmp_path / "other.db").write_bytes(b"")
+    # (A path that is not there is waited for, as a daemon may be starting.)
+    for path in (str(tmp_path / "other.db"), "app.db"):
         with pytest.raises(nexusd.OperationalError, match="is not a nexusd socket") as e:
             nexusd.connect(path)
         assert "nexusd serve --db" in str(e.value)
+    # Stopped cleanly (SIGTERM), the daemon takes its note back.
+    daemon.proc.terminate()
+    daemon.proc.wait(timeout=20)
+    with pytest.raises(nexusd.OperationalError, match="no running daemon serves it"):
+        nexusd.connect(str(daemon.db), client_name="after the stop")
+
 
 
 def test_sqlite3s_exception_classes_catch_nexusd_errors(conn):

@@ -343,6 +343,38 @@ fn run_answers_rows_or_changes() {
     tx.commit().expect("commit");
 }
 
+/// A client given the database's path, as a program moving from SQLite
+/// names it, reaches the daemon serving that file; so does `ctl`. The
+/// daemon notes its socket in the lock file beside the database, and a
+/// clean stop takes the note back.
+#[test]
+fn a_client_given_the_database_path_reaches_the_daemon_serving_it() {
+    let (mut d, c) = crate::daemon_with_table(&[], "CREATE TABLE t(x)");
+    c.execute("INSERT INTO t VALUES (5)", params![])
+        .expect("insert");
+    let by_path = nexusd_client::blocking::Client::connect(&d.db).expect("connect by the db");
+    let socket = std::fs::canonicalize(d.socket()).expect("socket");
+    assert_eq!(by_path.socket_path(), socket);
+    let rows = by_path.query("SELECT x FROM t", params![]).expect("read");
+    assert_eq!(rows.get(0).expect("row").get::<i64>(0).expect("x"), 5);
+    let out = std::process::Command::new(nexusd_tests::nexusd_bin())
+        .args(["ctl", "--socket"])
+        .arg(&d.db)
+        .args(["query", "SELECT x FROM t"])
+        .output()
+        .expect("ctl");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains('5'),
+        "{out:?}"
+    );
+    d.signal(libc::SIGTERM);
+    assert!(d.wait(std::time::Duration::from_secs(20)).success());
+    let lock = std::fs::read_to_string(nexusd_protocol::paths::lock_path_for(&d.db))
+        .expect("the lock file stays");
+    assert_eq!(lock, "", "a clean stop empties the lock file");
+}
+
 /// A client that asks for declared types gets them on every path a query
 /// can take: a read, `INSERT ... RETURNING` on the writer, a batch, and
 /// reads inside a transaction before and after it writes. An expression
