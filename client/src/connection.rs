@@ -380,9 +380,8 @@ fn not_sent() -> Error {
 /// a database rather than the daemon's socket (a program moving from
 /// SQLite may pass its file) says so.
 fn connect_hint(path: &Path, e: &std::io::Error) -> String {
-    use std::os::unix::fs::FileTypeExt;
     let shown = path.display();
-    let is_file = std::fs::metadata(path).is_ok_and(|m| !m.file_type().is_socket());
+    let is_file = nexusd_protocol::paths::not_a_socket(path);
     let looks_like_a_database = path.to_str().is_some_and(|p| {
         p == ":memory:"
             || [".db", ".sqlite", ".sqlite3", ".db3"]

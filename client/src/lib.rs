@@ -552,7 +552,9 @@ impl Client {
                 // Only a daemon that is not there (yet) is worth waiting for;
                 // a file that is not a socket will not become one.
                 Err(e @ Error::Connect { .. }) | Err(e @ Error::ShuttingDown(_)) => {
-                    if Instant::now() + delay > give_up || not_a_socket(&self.inner.path) {
+                    if Instant::now() + delay > give_up
+                        || nexusd_protocol::paths::not_a_socket(&self.inner.path)
+                    {
                         return Err(e);
                     }
                     tokio::time::sleep(delay).await;
@@ -562,12 +564,6 @@ impl Client {
             }
         }
     }
-}
-
-/// Whether `path` is there but is not a socket (a database file, say).
-fn not_a_socket(path: &Path) -> bool {
-    use std::os::unix::fs::FileTypeExt;
-    std::fs::metadata(path).is_ok_and(|m| !m.file_type().is_socket())
 }
 
 impl Client {

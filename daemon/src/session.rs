@@ -410,14 +410,11 @@ async fn write_loop(
 }
 
 /// Encodes a reply; one that cannot be encoded becomes an error reply for
-/// the same request, so the client is never left waiting. An error kind
-/// the peer did not announce it decodes is sent as the older kind nearest
-/// in meaning (the compatibility rule of docs/protocol.md).
+/// the same request, so the client is never left waiting. It goes as the
+/// peer decodes it (`ResponseBody::for_peer`: the compatibility rule of
+/// docs/protocol.md).
 fn encode_response(mut resp: Response, max_frame: u32, peer_features: u64, buf: &mut BytesMut) {
     resp.body = resp.body.for_peer(peer_features);
-    if let ResponseBody::Error(e) = &mut resp.body {
-        e.kind = e.kind.for_peer(peer_features);
-    }
     let id = resp.id;
     if let Err(e) = codec::encode_frame(&resp, max_frame, buf) {
         tracing::warn!(id, error = %e, "reply could not be encoded");

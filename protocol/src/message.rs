@@ -255,16 +255,20 @@ pub enum ResponseBody {
 }
 
 impl ResponseBody {
-    /// This answer as a peer with `peer_features` decodes it: rows go with
-    /// their declared types to a peer that announced
-    /// [`features::DECLTYPES`], and without them to any other.
+    /// This answer as a peer with `peer_features` decodes it: an error
+    /// kind the peer did not announce becomes the older kind nearest in
+    /// meaning ([`ErrorKind::for_peer`]), and rows go with their declared
+    /// types to a peer that announced [`features::DECLTYPES`], without them
+    /// to any other.
     pub fn for_peer(self, peer_features: u64) -> ResponseBody {
-        if peer_features & features::DECLTYPES == 0 {
-            return self;
-        }
+        let typed = peer_features & features::DECLTYPES != 0;
         match self {
-            ResponseBody::Rows(rows) => ResponseBody::TypedRows(TypedRows::new(rows)),
-            ResponseBody::Batch(results) => ResponseBody::Batch(
+            ResponseBody::Error(mut e) => {
+                e.kind = e.kind.for_peer(peer_features);
+                ResponseBody::Error(e)
+            }
+            ResponseBody::Rows(rows) if typed => ResponseBody::TypedRows(TypedRows::new(rows)),
+            ResponseBody::Batch(results) if typed => ResponseBody::Batch(
                 results
                     .into_iter()
                     .map(|r| match r {

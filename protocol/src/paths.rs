@@ -74,15 +74,20 @@ pub fn socket_in_db_lock(contents: &str) -> Option<PathBuf> {
 /// its lock file beside the database names it). So a program may name its
 /// database where it named it for SQLite.
 pub fn resolve_socket(path: &std::path::Path) -> PathBuf {
-    use std::os::unix::fs::FileTypeExt;
-    let is_regular_file = std::fs::metadata(path).is_ok_and(|m| !m.file_type().is_socket());
-    if !is_regular_file {
+    if !not_a_socket(path) {
         return path.to_owned();
     }
     std::fs::read_to_string(lock_path_for(path))
         .ok()
         .and_then(|c| socket_in_db_lock(&c))
         .unwrap_or_else(|| path.to_owned())
+}
+
+/// Whether `path` is there but is not a socket (a database file, say):
+/// nothing can connect to it, and it will not become a socket by waiting.
+pub fn not_a_socket(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| !m.file_type().is_socket())
 }
 
 fn non_empty_env(name: &str) -> Option<String> {
