@@ -94,8 +94,7 @@ pub(crate) fn open_writer(
     let limit = i64::try_from(checkpoint_wal_bytes.saturating_mul(4)).unwrap_or(i64::MAX);
     conn.pragma_update(None, "journal_size_limit", limit)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    let guard = Guard::install(&mut conn, litestream)?;
-    super::guard::set_durable_full(sync == Synchronous::Full);
+    let guard = Guard::install(&mut conn, litestream, sync == Synchronous::Full)?;
     Ok((conn, guard))
 }
 
@@ -105,8 +104,10 @@ pub(crate) fn file_size(path: &Path) -> u64 {
 }
 
 /// Opens one read-only connection for the reader pool. The writer must have
-/// opened the file first, so that it exists and is in WAL mode.
-pub(crate) fn open_reader(path: &Path) -> anyhow::Result<(Connection, Guard)> {
+/// opened the file first, so that it exists and is in WAL mode. `sync` is
+/// the durability the daemon promises (the writer's), which the guard
+/// needs to answer a client's `PRAGMA synchronous`.
+pub(crate) fn open_reader(path: &Path, sync: Synchronous) -> anyhow::Result<(Connection, Guard)> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let mut conn = Connection::open_with_flags(path, flags)
         .with_context(|| format!("could not open database {} read-only", path.display()))?;
@@ -114,7 +115,7 @@ pub(crate) fn open_reader(path: &Path) -> anyhow::Result<(Connection, Guard)> {
     conn.pragma_update(None, "query_only", true)?;
     conn.pragma_update(None, "foreign_keys", true)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    let guard = Guard::install(&mut conn, false)?;
+    let guard = Guard::install(&mut conn, false, sync == Synchronous::Full)?;
     Ok((conn, guard))
 }
 

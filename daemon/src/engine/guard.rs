@@ -65,8 +65,14 @@ pub(crate) enum Refusal {
 impl Guard {
     /// Installs the authorizer and progress handler on `conn`. With
     /// `litestream` (Litestream mode), client changes to Litestream's
-    /// bookkeeping tables are refused too.
-    pub(super) fn install(conn: &mut Connection, litestream: bool) -> anyhow::Result<Guard> {
+    /// bookkeeping tables are refused too. `durable_full`: the daemon
+    /// promises `synchronous=full`, so a client asking for it already has
+    /// it (`already_so`).
+    pub(super) fn install(
+        conn: &mut Connection,
+        litestream: bool,
+        durable_full: bool,
+    ) -> anyhow::Result<Guard> {
         let guard = Guard {
             scope: Arc::new(AtomicU8::new(DAEMON)),
             refusal: Arc::new(Mutex::new(None)),
@@ -85,7 +91,7 @@ impl Guard {
                 pragma_name,
                 pragma_value: Some(value),
             } = ctx.action
-                && let Some(already) = already_so(pragma_name, value)
+                && let Some(already) = already_so(pragma_name, value, durable_full)
             {
                 return already;
             }
@@ -310,15 +316,6 @@ fn temp_refusal(kind: &str, name: &str) -> String {
     )
 }
 
-/// Whether the daemon promises `synchronous=full` (set once, when the
-/// writer opens the file), for `already_so`.
-static DURABLE_FULL: AtomicBool = AtomicBool::new(false);
-
-/// The writer opened the file with this durability.
-pub(super) fn set_durable_full(full: bool) {
-    DURABLE_FULL.store(full, Ordering::Relaxed);
-}
-
 /// How to treat a pragma that sets what the daemon already guarantees, so
 /// that a program moving from `sqlite3` can keep its start-up lines
 /// (`PRAGMA journal_mode=WAL`, `foreign_keys=ON`, `busy_timeout=N`,
@@ -327,8 +324,9 @@ pub(super) fn set_durable_full(full: bool) {
 /// `Ignore` (no effect, no rows) where running it would change the
 /// daemon's own connection but the client already has what it asks for
 /// (a busy timeout, since no client ever waits on a lock, and a
-/// synchronous level at most the daemon's). `None`: not one of these.
-fn already_so(name: &str, value: &str) -> Option<Authorization> {
+/// synchronous level at most the daemon's, which is FULL when
+/// `durable_full`). `None`: not one of these.
+fn already_so(name: &str, value: &str, durable_full: bool) -> Option<Authorization> {
     let value = value.trim_matches(|c| c == '\'' || c == '"');
     let is = |v: &str| value.eq_ignore_ascii_case(v);
     match name.to_ascii_lowercase().as_str() {
@@ -340,10 +338,7 @@ fn already_so(name: &str, value: &str) -> Option<Authorization> {
         "synchronous" if is("off") || is("0") || is("normal") || is("1") => {
             Some(Authorization::Ignore)
         }
-        "synchronous"
-            if (is("full") || is("2") || is("extra") || is("3"))
-                && DURABLE_FULL.load(Ordering::Relaxed) =>
-        {
+        "synchronous" if (is("full") || is("2") || is("extra") || is("3")) && durable_full => {
             Some(Authorization::Ignore)
         }
         _ => None,

@@ -98,15 +98,18 @@ pub(crate) fn open(
     let db_path = writer.path.clone();
     let reader_config = readers::ReaderConfig {
         path: db_path.clone(),
+        synchronous: writer.synchronous,
         count: readers,
         queue_capacity: writer.queue_capacity,
         max_result_bytes: writer.max_result_bytes,
         max_read_ms,
     };
     let max_result_bytes = writer.max_result_bytes;
+    let synchronous = writer.synchronous;
     let (writer, writer_thread) = writer::spawn(writer, gate.clone())?;
     let transactions = Arc::new(Transactions::new(
         db_path.clone(),
+        synchronous,
         max_result_bytes,
         writer.stats.clone(),
     ));

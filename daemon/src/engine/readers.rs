@@ -41,7 +41,7 @@ use rusqlite::Connection;
 use tokio::sync::{Notify, oneshot};
 
 use super::CheckpointGate;
-use super::db::{self, epoch};
+use super::db::{self, Synchronous, epoch};
 use super::guard::{Guard, Scope};
 use super::statement::{self, ReadOnly, StatementLimits, Want};
 use super::writer::WriterStats;
@@ -165,6 +165,9 @@ pub(crate) enum InPlace {
 #[derive(Debug, Clone)]
 pub(crate) struct ReaderConfig {
     pub(crate) path: PathBuf,
+    /// The durability the daemon promises (the writer's), which a reader's
+    /// guard needs to answer a client's `PRAGMA synchronous`.
+    pub(crate) synchronous: Synchronous,
     /// Reader threads, each with its own connection.
     pub(crate) count: usize,
     pub(crate) queue_capacity: usize,
@@ -199,6 +202,7 @@ pub(crate) struct ReaderPool {
 /// What the pool's handles and threads share.
 struct PoolShared {
     path: PathBuf,
+    synchronous: Synchronous,
     max_result_bytes: usize,
     gate: CheckpointGate,
     max_read_ms: AtomicU64,
@@ -227,6 +231,7 @@ pub(crate) fn spawn(
     let (tx, rx) = flume::bounded::<ReadJob>(config.queue_capacity.max(1));
     let shared = Arc::new(PoolShared {
         path: config.path.clone(),
+        synchronous: config.synchronous,
         max_result_bytes: config.max_result_bytes,
         gate: gate.clone(),
         max_read_ms: AtomicU64::new(config.max_read_ms),
@@ -238,7 +243,7 @@ pub(crate) fn spawn(
     });
     let mut threads = Vec::with_capacity(count);
     for index in 0..count {
-        let (conn, guard) = db::open_reader(&config.path)?;
+        let (conn, guard) = db::open_reader(&config.path, config.synchronous)?;
         let reader = Reader {
             index,
             conn,
@@ -311,10 +316,12 @@ impl ReaderPool {
                 // No busy wait here: a read that meets a lock (a checkpoint
                 // restarting the WAL) goes to the pool, whose threads may
                 // wait, instead of stalling every connection on this thread.
-                let opened = db::open_reader(&self.shared.path).and_then(|(conn, guard)| {
-                    conn.busy_timeout(Duration::ZERO)?;
-                    Ok((conn, guard))
-                });
+                let opened = db::open_reader(&self.shared.path, self.shared.synchronous).and_then(
+                    |(conn, guard)| {
+                        conn.busy_timeout(Duration::ZERO)?;
+                        Ok((conn, guard))
+                    },
+                );
                 match opened {
                     Ok((conn, guard)) => {
                         *slot = Inline::Open(Box::new(InlineConn {

@@ -28,7 +28,7 @@ use nexusd_protocol::{
 };
 use rusqlite::Connection;
 
-use super::db::{self, epoch};
+use super::db::{self, Synchronous, epoch};
 use super::guard::{Guard, Scope};
 use super::statement::{self, ReadOnly, StatementLimits, Want};
 use super::writer::WriterStats;
@@ -297,6 +297,8 @@ pub(crate) struct Transactions {
     next_id: AtomicU64,
     pub(crate) stats: Arc<TxnStats>,
     db_path: PathBuf,
+    /// The daemon's durability, for the guard of a snapshot's connection.
+    synchronous: Synchronous,
     max_result_bytes: usize,
 }
 
@@ -313,6 +315,7 @@ pub(crate) struct Leases {
 impl Transactions {
     pub(crate) fn new(
         db_path: PathBuf,
+        synchronous: Synchronous,
         max_result_bytes: usize,
         writer: Arc<WriterStats>,
     ) -> Transactions {
@@ -322,6 +325,7 @@ impl Transactions {
             next_id: AtomicU64::new(1),
             stats: Arc::default(),
             db_path,
+            synchronous,
             max_result_bytes,
         }
     }
@@ -386,7 +390,7 @@ impl Transactions {
         owner: Owner,
         mode: TxnMode,
     ) -> Result<Arc<Txn>, ErrorBody> {
-        let (conn, guard) = db::open_reader(&self.db_path).map_err(|e| {
+        let (conn, guard) = db::open_reader(&self.db_path, self.synchronous).map_err(|e| {
             ErrorBody::new(
                 ErrorKind::Io,
                 format!(
