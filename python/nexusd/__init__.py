@@ -28,9 +28,11 @@ import re
 import sqlite3 as _sqlite3
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any, Iterator, Optional
 
 from . import _nexusd
+from . import _parameters
 
 __all__ = [
     "apilevel", "threadsafety", "paramstyle", "connect", "Connection", "Cursor", "Row",
@@ -40,7 +42,8 @@ __all__ = [
     "OutcomeUnknown", "Date", "Time", "Timestamp", "DateFromTicks", "TimeFromTicks",
     "TimestampFromTicks", "Binary", "STRING", "BINARY", "NUMBER", "DATETIME", "ROWID",
     "default_socket_path", "PARSE_DECLTYPES", "PARSE_COLNAMES", "PrepareProtocol",
-    "adapters", "converters", "register_adapter", "register_converter",
+    "adapters", "converters", "register_adapter", "register_converter", "adapt",
+    "complete_statement", "enable_callback_tracebacks",
 ]
 
 __version__ = _nexusd.__version__
@@ -450,6 +453,78 @@ def _adapt(value: Any) -> Any:
 
 _nexusd.set_adapt(_adapt)
 
+_STORED = (int, float, str, bytes, type(None))
+
+
+def _as_bound(value: Any) -> Any:
+    """A parameter as the native layer binds it (exact stored types as they
+    are, others through ``_adapt``)."""
+    return value if type(value) in _STORED else _adapt(value)
+
+
+#: Set by ``enable_callback_tracebacks``.
+_callback_tracebacks = False
+
+
+def _trace(conn: Any, sql: str, parameters: Any = None) -> None:
+    """Hands a statement about to go out to the connection's trace
+    callback, with its parameters written in, as sqlite3 does: what the
+    callback raises is ignored (and printed after
+    ``enable_callback_tracebacks(True)``)."""
+    callback = conn._trace_callback
+    if callback is None:
+        return
+    try:
+        callback(_parameters.expand(sql, parameters, _as_bound))
+    except Exception as e:  # noqa: BLE001 - as sqlite3, whatever it is
+        if _callback_tracebacks:
+            import sys
+
+            sys.unraisablehook(_Unraisable(e, callback))
+
+
+class _Unraisable:
+    """What ``sys.unraisablehook`` takes: sqlite3 reports an exception
+    raised in a callback this way."""
+
+    def __init__(self, exc: BaseException, obj: Any) -> None:
+        self.exc_type = type(exc)
+        self.exc_value = exc
+        self.exc_traceback = exc.__traceback__
+        self.err_msg = None
+        self.object = obj
+
+
+def _named_rows(sql: str, seq: Any) -> Any:
+    """``_named`` for executemany's rows (all of one style, as the first)."""
+    if seq and isinstance(seq[0], Mapping):
+        return [_named(sql, p) for p in seq]
+    return seq
+
+
+def _named(sql: str, parameters: Any) -> Any:
+    """Parameters as the daemon binds them: a mapping becomes the values of
+    the statement's own names, spelled as it spells them (``:a``, ``@a``,
+    ``$a``), as sqlite3 looks them up; anything else is left as it is."""
+    cls = type(parameters)
+    if cls is tuple or cls is list:
+        return parameters
+    if isinstance(parameters, Mapping):
+        return _parameters.by_name(sql, parameters, ProgrammingError)
+    return parameters
+
+
+adapt = _sqlite3.adapt
+complete_statement = _sqlite3.complete_statement
+
+
+def enable_callback_tracebacks(flag: bool, /) -> None:
+    """As sqlite3's: print the traceback of an exception a trace callback
+    raises (it is ignored either way)."""
+    global _callback_tracebacks
+    _callback_tracebacks = bool(flag)
+    _sqlite3.enable_callback_tracebacks(flag)
+
 
 def _check_detect_types(detect_types: Any) -> int:
     if not isinstance(detect_types, int) or isinstance(detect_types, bool):
@@ -607,6 +682,7 @@ class Connection:
         self.isolation_level = isolation_level
         self.row_factory = None
         self.text_factory = str
+        self._trace_callback = None
         self._txn = None
         self._pid = os.getpid()
         self._closed = False
@@ -665,8 +741,12 @@ class Connection:
 
     # -- transactions -------------------------------------------------------
 
-    def _begin(self, mode: str) -> None:
+    def _begin(self, mode: str, traced: Optional[str] = None) -> None:
+        """Opens a transaction; ``traced``: the statement the trace callback
+        sees for it (None when the caller's own BEGIN was traced)."""
         client = self._client()
+        if traced is not None:
+            _trace(self, traced)
         try:
             self._txn = client.begin(mode)
         except _nexusd.NativeError as e:
@@ -678,17 +758,20 @@ class Connection:
         client = self._client()
         if self._txn is None:
             if self._autocommit is False:
-                self._begin("deferred")
+                self._begin("deferred", "BEGIN")
             elif (self._autocommit == LEGACY_TRANSACTION_CONTROL
                   and self._isolation_level is not None
                   and sql is not None and _is_dml(sql)):
-                self._begin(_MODES[self._isolation_level.upper()])
+                self._begin(_MODES[self._isolation_level.upper()],
+                            "BEGIN " + self._isolation_level)
         return self._txn if self._txn is not None else client
 
-    def _end(self, commit: bool) -> None:
+    def _end(self, commit: bool, traced: bool = True) -> None:
         txn, self._txn = self._txn, None
         if txn is None:
             return
+        if traced:
+            _trace(self, "COMMIT" if commit else "ROLLBACK")
         try:
             txn.commit() if commit else txn.rollback()
         except _nexusd.NativeError as e:
@@ -717,7 +800,7 @@ class Connection:
                 return
             if self._txn is not None and self._pid == _current_pid():
                 try:
-                    self._end(False)
+                    self._end(False, traced=False)
                 except Error:
                     pass
             self._txn = None
@@ -764,14 +847,76 @@ class Connection:
 
         return dump._iterdump(self, **kwargs)
 
+    # -- what sqlite3 has besides statements -------------------------------------
+
+    def set_trace_callback(self, trace_callback: Any) -> None:
+        """As sqlite3's: ``trace_callback(sql)`` is called with each statement
+        this connection sends (the implicit BEGIN and COMMIT included), its
+        parameters written in; None turns it off. What it raises is
+        ignored, as in sqlite3. The text is written here, from what is
+        sent, since statements run in the daemon."""
+        if trace_callback is not None and not callable(trace_callback):
+            raise TypeError(
+                f"set_trace_callback() takes a callable or None, not "
+                f"{type(trace_callback).__name__}")
+        self._trace_callback = trace_callback
+
+    def backup(self, target: Any, *, pages: int = -1, progress: Any = None,
+               name: str = "main", sleep: float = 0.250) -> None:
+        """Copies the database into ``target``, a ``sqlite3.Connection`` (a
+        file, or ``":memory:"``), replacing what it holds, as sqlite3's
+        ``backup`` does. The copy is of one moment: it is read in one read
+        transaction, so it is bounded by the daemon's ``--max-read-ms``; for
+        a large database use ``nexusd ctl backup PATH``, which copies pages
+        and has no such bound. The copy is of the schema and rows (with
+        ``user_version`` and ``application_id``), written as SQL, not of
+        pages, so ``progress`` is called once, with ``(0, 0, statements)``.
+        ``pages`` and ``sleep`` are accepted and have nothing to pace."""
+        if not isinstance(target, _sqlite3.Connection):
+            raise TypeError(
+                f"backup() argument 'target' must be a sqlite3.Connection (the database to "
+                f"copy into: a file, or ':memory:'), not {type(target).__name__}")
+        if progress is not None and not callable(progress):
+            raise TypeError("backup() argument 'progress' must be a callable or None")
+        if name != "main":
+            raise OperationalError(
+                f"unknown database {name}: a nexusd daemon serves one database, 'main' "
+                "(ATTACH is refused)")
+        if target.in_transaction:
+            raise OperationalError(
+                "target is in transaction: commit or roll back the target's transaction "
+                "before backing up into it")
+        with self._lock:
+            statements = _snapshot_dump(self)
+        _restore(target, statements)
+        if progress is not None:
+            progress(0, 0, len(statements))
+
+    def __getattr__(self, name: str) -> Any:
+        why = _NOT_HERE.get(name)
+        if why is None:
+            raise AttributeError(
+                f"{type(self).__name__!r} object has no attribute {name!r}")
+        if name in _NOT_ATTRIBUTES:
+            raise AttributeError(f"nexusd connections have no {name}: {why}")
+
+        def not_supported(*args: Any, **kwargs: Any) -> Any:
+            raise NotSupportedError(f"{name}() is not supported by nexusd: {why}")
+
+        not_supported.__name__ = name
+        return not_supported
+
     def _run(self, sql: str, parameters: Any):
         with self._lock:
             control = _classify(sql)[0]
             if control is not None:
+                _trace(self, sql)
                 return self._run_control(control)
             target = self._target(sql)
+            if self._trace_callback is not None:
+                _trace(self, sql, parameters)
             try:
-                return target.run(sql, parameters)
+                return target.run(sql, _named(sql, parameters))
             except _nexusd.NativeError as e:
                 err = _translate(e)
                 if isinstance(err, (TransactionExpired, Conflict)):
@@ -791,14 +936,17 @@ class Connection:
             if self._txn is None:
                 raise OperationalError(
                     f"cannot {control[0]} - no transaction is active")
-            self._end(control[0] == "commit")
+            self._end(control[0] == "commit", traced=False)
         return ("executed", 0, 0)
 
     def _run_many(self, sql: str, seq_of_parameters: Any):
         with self._lock:
             target = self._target(sql)
+            if self._trace_callback is not None:
+                for parameters in seq_of_parameters:
+                    _trace(self, sql, parameters)
             try:
-                return target.run_many(sql, seq_of_parameters)
+                return target.run_many(sql, _named_rows(sql, seq_of_parameters))
             except _nexusd.NativeError as e:
                 raise _translate(e) from None
 
@@ -810,10 +958,105 @@ class Connection:
             if not statements:
                 return
             target = self._target(None)
+            for statement in statements:
+                _trace(self, statement)
             try:
                 target.script(statements)
             except _nexusd.NativeError as e:
                 raise _translate(e) from None
+
+
+#: sqlite3 Connection members nexusd cannot have, and why; calling a method
+#: raises NotSupportedError with the reason (reading an attribute here
+#: raises AttributeError with it, so that ``hasattr`` stays False).
+_IN_DAEMON = ("statements run in the nexusd daemon, another process, which cannot "
+              "call into this one; ")
+_NOT_HERE = {
+    "create_function": _IN_DAEMON + "compute the value in Python before or after the "
+                       "query, or use one of SQLite's built-in functions",
+    "create_aggregate": _IN_DAEMON + "aggregate in Python over the rows, or use SQLite's "
+                        "built-in aggregates",
+    "create_window_function": _IN_DAEMON + "use SQLite's built-in window functions",
+    "create_collation": _IN_DAEMON + "sort in Python, or use a built-in collation "
+                        "(BINARY, NOCASE, RTRIM)",
+    "set_authorizer": "the daemon authorizes statements itself, by the role its access "
+                      "rules give the client's user (see `nexusd serve --help`)",
+    "set_progress_handler": "the daemon bounds each statement by the request's time "
+                            "limit; pass connect(timeout=seconds) instead",
+    "interrupt": "a request cannot be recalled once sent; the daemon ends a statement "
+                 "at the request's time limit, so pass connect(timeout=seconds)",
+    "enable_load_extension": "extensions would load into the daemon's process, which "
+                             "every client shares",
+    "load_extension": "extensions would load into the daemon's process, which every "
+                      "client shares",
+    "blobopen": "incremental blob I/O needs a handle inside the daemon; read and write "
+                "the value with SELECT and UPDATE",
+    "serialize": "the database lives in the daemon; use iterdump(), backup() into a "
+                 "sqlite3 connection, or `nexusd ctl backup PATH`",
+    "deserialize": "the database lives in the daemon and every client shares it; load "
+                   "rows with executescript() of a dump, or put a copy in place of the "
+                   "file while the daemon is stopped",
+    "getlimit": "limits are the daemon's, set for every client alike",
+    "setlimit": "limits are the daemon's, set for every client alike",
+    "total_changes": "SQLite counts a connection's changes, and this connection's "
+                     "statements share the daemon's connection with every other client; "
+                     "sum the cursors' rowcount instead",
+}
+_NOT_ATTRIBUTES = {"total_changes"}
+
+
+def _snapshot_dump(conn: Connection) -> list:
+    """The database as SQL statements, read in one read transaction, with
+    its ``user_version`` and ``application_id``."""
+    from sqlite3 import dump
+
+    snapshot = Connection(conn._socket, timeout=conn._timeout,
+                          client_name=conn._client_name, isolation_level=None)
+    try:
+        snapshot._begin("read")
+        statements = list(dump._iterdump(snapshot))
+        for pragma in ("user_version", "application_id"):
+            value = snapshot.execute(f"PRAGMA {pragma}").fetchone()[0]
+            if value:
+                statements.insert(-1, f"PRAGMA {pragma}={int(value)};")
+        snapshot.rollback()
+    finally:
+        snapshot.close()
+    return statements
+
+
+def _restore(target: Any, statements: list) -> None:
+    """Replaces what ``target`` (a sqlite3 connection) holds with the dump
+    ``statements``, in one transaction of the target's."""
+    keep = target.isolation_level
+    fk = target.execute("PRAGMA foreign_keys").fetchone()[0]
+    target.isolation_level = None
+    try:
+        target.execute("PRAGMA foreign_keys=OFF")
+        target.execute("BEGIN IMMEDIATE")
+        try:
+            objects = target.execute(
+                "SELECT type, name FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%' "
+                "AND type IN ('table', 'view')").fetchall()
+            for kind, name in objects:
+                quoted = '"' + name.replace('"', '""') + '"'
+                target.execute(f"DROP {kind.upper()} IF EXISTS {quoted}")
+            if target.execute("SELECT 1 FROM sqlite_schema WHERE name = 'sqlite_sequence'"
+                              ).fetchone():
+                target.execute("DELETE FROM sqlite_sequence")
+            for pragma in ("user_version", "application_id"):
+                target.execute(f"PRAGMA {pragma}=0")
+            for statement in statements:
+                if statement in ("BEGIN TRANSACTION;", "COMMIT;"):
+                    continue
+                target.execute(statement)
+            target.execute("COMMIT")
+        except BaseException:
+            target.execute("ROLLBACK")
+            raise
+    finally:
+        target.execute(f"PRAGMA foreign_keys={int(fk)}")
+        target.isolation_level = keep
 
 
 def _argv0() -> str:

@@ -28,6 +28,7 @@ from . import (
     _MODES,
     Conflict,
     Error,
+    NotSupportedError,
     OperationalError,
     ProgrammingError,
     TransactionExpired,
@@ -39,6 +40,11 @@ from . import (
     _load,
     _make_row,
     _is_dml,
+    _NOT_ATTRIBUTES,
+    _NOT_HERE,
+    _named,
+    _named_rows,
+    _trace,
     _nexusd,
     _shared_client,
     _split_script,
@@ -95,6 +101,7 @@ class Connection:
         self.isolation_level = isolation_level
         self.row_factory = None
         self.text_factory = str
+        self._trace_callback = None
         self._client = None
         self._txn = None
         self._closed = False
@@ -133,24 +140,29 @@ class Connection:
                 "this asyncio connection was made in another process; connect again here")
         return self._client
 
-    async def _begin(self, mode: str) -> None:
+    async def _begin(self, mode: str, traced: Optional[str] = None) -> None:
         client = self._check()
+        if traced is not None:
+            _trace(self, traced)
         self._txn = await _wait(client.begin_async(_queue(), mode))
 
     async def _target(self, sql: Optional[str]):
         client = self._check()
         if self._txn is None:
             if self.autocommit is False:
-                await self._begin("deferred")
+                await self._begin("deferred", "BEGIN")
             elif (self.autocommit == LEGACY_TRANSACTION_CONTROL
                   and self.isolation_level is not None
                   and sql is not None and _is_dml(sql)):
-                await self._begin(_MODES[self.isolation_level.upper()])
+                await self._begin(_MODES[self.isolation_level.upper()],
+                                  "BEGIN " + self.isolation_level)
         return self._txn if self._txn is not None else client
 
-    async def _end(self, commit: bool) -> None:
+    async def _end(self, commit: bool, traced: bool = True) -> None:
         txn, self._txn = self._txn, None
         if txn is not None:
+            if traced:
+                _trace(self, "COMMIT" if commit else "ROLLBACK")
             method = txn.commit_async if commit else txn.rollback_async
             await _wait(method(_queue()))
 
@@ -215,6 +227,45 @@ class Connection:
         for line in await asyncio.get_running_loop().run_in_executor(None, dump):
             yield line
 
+    async def set_trace_callback(self, handler: Any) -> None:
+        """aiosqlite's ``await db.set_trace_callback(fn)``: ``fn(sql)`` is
+        called with each statement sent, as ``nexusd.Connection``'s."""
+        if handler is not None and not callable(handler):
+            raise TypeError(
+                f"set_trace_callback() takes a callable or None, not {type(handler).__name__}")
+        self._trace_callback = handler
+
+    async def backup(self, target: Any, *, pages: int = -1, progress: Any = None,
+                     name: str = "main", sleep: float = 0.250) -> None:
+        """aiosqlite's ``await db.backup(target)``: copies the database into
+        a ``sqlite3.Connection`` as ``nexusd.Connection.backup`` does (one
+        read transaction, on a blocking connection in a worker thread)."""
+        self._check()
+
+        def copy() -> None:
+            conn = _blocking_connect(self._socket, timeout=self._timeout,
+                                     client_name=self._client_name, isolation_level=None)
+            try:
+                conn.backup(target, pages=pages, progress=progress, name=name, sleep=sleep)
+            finally:
+                conn.close()
+
+        await asyncio.get_running_loop().run_in_executor(None, copy)
+
+    def __getattr__(self, name: str) -> Any:
+        why = _NOT_HERE.get(name)
+        if why is None:
+            raise AttributeError(
+                f"{type(self).__name__!r} object has no attribute {name!r}")
+        if name in _NOT_ATTRIBUTES:
+            raise AttributeError(f"nexusd connections have no {name}: {why}")
+
+        async def not_supported(*args: Any, **kwargs: Any) -> Any:
+            raise NotSupportedError(f"{name}() is not supported by nexusd: {why}")
+
+        not_supported.__name__ = name
+        return not_supported
+
     def cursor(self) -> "_CursorResult":
         """``await db.cursor()``, or ``async with db.cursor() as cursor``."""
         return _CursorResult(self._new_cursor())
@@ -243,7 +294,7 @@ class Connection:
             return
         if self._txn is not None and self._client is not None:
             try:
-                await self._end(False)
+                await self._end(False, traced=False)
             except Error:
                 pass
         self._closed = True
@@ -257,7 +308,7 @@ class Connection:
             else:
                 if self._txn is None:
                     raise OperationalError(f"cannot {control[0]} - no transaction is active")
-                await self._end(control[0] == "commit")
+                await self._end(control[0] == "commit", traced=False)
         return ("executed", 0, 0)
 
 
@@ -300,12 +351,18 @@ class Cursor:
         await self.close()
 
     async def execute(self, sql: str, parameters: Any = ()) -> "Cursor":
+        conn = self.connection
         control = _classify(sql)[0]
         if control is not None:
-            result = await self.connection._run_control(control)
+            _trace(conn, sql)
+            result = await conn._run_control(control)
         else:
-            result = await self.connection._call(
-                lambda target: target.run_async(_queue(), sql, parameters), sql)
+            def send(target):
+                if conn._trace_callback is not None:
+                    _trace(conn, sql, parameters)
+                return target.run_async(_queue(), sql, _named(sql, parameters))
+
+            result = await conn._call(send, sql)
         _load(self, result, sql)
         return self
 
@@ -317,8 +374,15 @@ class Cursor:
         if not seq:
             self.rowcount = 0
             return self
-        self.rowcount, self.lastrowid = await self.connection._call(
-            lambda target: target.run_many_async(_queue(), sql, seq), sql)
+        conn = self.connection
+
+        def send(target):
+            if conn._trace_callback is not None:
+                for parameters in seq:
+                    _trace(conn, sql, parameters)
+            return target.run_many_async(_queue(), sql, _named_rows(sql, seq))
+
+        self.rowcount, self.lastrowid = await conn._call(send, sql)
         return self
 
     async def executescript(self, script: str) -> "Cursor":
@@ -329,6 +393,8 @@ class Cursor:
         if statements:
             loop = asyncio.get_running_loop()
             target = await conn._target(None)
+            for statement in statements:
+                _trace(conn, statement)
             # A script is one batch; the native call is quick to queue, so it
             # runs in the default executor rather than holding the loop.
             try:

@@ -1,0 +1,249 @@
+"""What a sqlite3 connection has besides statements: the trace callback,
+backup into a sqlite3 database, and, for what cannot work against a daemon
+in another process, an error that says why and what to do instead."""
+
+import asyncio
+import sqlite3
+import threading
+
+import pytest
+
+import nexusd
+import nexusd.aio
+
+
+def program(conn):
+    """The same statements for sqlite3 and nexusd: implicit and explicit
+    transactions, both parameter styles, every value type."""
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, x, y)")
+    conn.execute("INSERT INTO t(x, y) VALUES (?, ?)", (1, "it's"))
+    conn.executemany("INSERT INTO t(x, y) VALUES (:a, :b)",
+                     [{"a": 2.5, "b": b"\x01\xff"}, {"a": None, "b": "z"}])
+    conn.commit()
+    conn.execute("SELECT * FROM t WHERE x = ?2 AND y = ?1", ("a", -7)).fetchall()
+    conn.execute("UPDATE t SET y = 'q?' WHERE x = ? -- not :this\n", (1,))
+    conn.rollback()
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("DELETE FROM t WHERE id = $id", {"id": 3})
+    conn.execute("COMMIT")
+
+
+def test_the_trace_callback_sees_what_sqlite3s_sees(daemon, tmp_path):
+    theirs, ours = [], []
+    plain = sqlite3.connect(str(tmp_path / "plain.db"))
+    plain.set_trace_callback(theirs.append)
+    program(plain)
+    conn = nexusd.connect(daemon.socket)
+    conn.set_trace_callback(ours.append)
+    program(conn)
+    assert ours == theirs
+    assert "INSERT INTO t(x, y) VALUES (2.5, x'01ff')" in ours
+    assert "BEGIN " in ours and "COMMIT" in ours and "ROLLBACK" in ours
+
+
+def test_the_trace_callback_is_turned_off_ignored_when_it_raises_and_checked(daemon,
+                                                                              monkeypatch):
+    conn = nexusd.connect(daemon.socket, isolation_level=None)
+    seen = []
+    conn.set_trace_callback(seen.append)
+    conn.execute("CREATE TABLE t(x)")
+    conn.set_trace_callback(None)
+    conn.execute("INSERT INTO t VALUES (1)")
+    assert seen == ["CREATE TABLE t(x)"]
+
+    def broken(sql):
+        raise ValueError("the callback's own bug")
+
+    reported = []
+    monkeypatch.setattr("sys.unraisablehook", reported.append)
+    conn.set_trace_callback(broken)
+    conn.execute("INSERT INTO t VALUES (2)")  # runs regardless, as in sqlite3
+    assert reported == []
+    nexusd.enable_callback_tracebacks(True)
+    try:
+        conn.execute("INSERT INTO t VALUES (3)")
+    finally:
+        nexusd.enable_callback_tracebacks(False)
+    assert [str(r.exc_value) for r in reported] == ["the callback's own bug"]
+    assert reported[0].object is broken
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (3,)
+    with pytest.raises(TypeError, match="callable or None, not int"):
+        conn.set_trace_callback(5)
+
+
+def test_executescript_traces_each_statement_it_sends(daemon):
+    conn = nexusd.connect(daemon.socket)
+    seen = []
+    conn.set_trace_callback(seen.append)
+    conn.executescript("CREATE TABLE a(x); INSERT INTO a VALUES ('a;b');")
+    assert [s.strip().rstrip(";") for s in seen] == [
+        "CREATE TABLE a(x)", "INSERT INTO a VALUES ('a;b')"]
+
+
+def fill_source(conn):
+    conn.executescript("""
+        CREATE TABLE item(id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE, data BLOB);
+        CREATE INDEX item_data ON item(data);
+        CREATE VIEW names AS SELECT name FROM item;
+        CREATE TABLE log(item INTEGER REFERENCES item(id) ON DELETE CASCADE, what TEXT);
+        CREATE TRIGGER logged AFTER INSERT ON item BEGIN
+            INSERT INTO log VALUES (new.id, 'added');
+        END;
+    """)
+    conn.executemany("INSERT INTO item(name, data) VALUES (?, ?)",
+                     [("a", b"\x00\x01"), ("b", None), ("it's", 3.25)])
+    conn.execute("DELETE FROM item WHERE name = 'b'")
+    conn.execute("PRAGMA user_version = 12")
+    conn.commit()
+
+
+def contents(conn):
+    return {
+        "schema": sorted(conn.execute(
+            "SELECT type, name, sql FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'")
+            .fetchall()),
+        "item": conn.execute("SELECT * FROM item ORDER BY id").fetchall(),
+        "log": conn.execute("SELECT * FROM log ORDER BY rowid").fetchall(),
+        "seq": conn.execute("SELECT * FROM sqlite_sequence").fetchall(),
+        "user_version": conn.execute("PRAGMA user_version").fetchone(),
+    }
+
+
+def test_backup_copies_into_a_sqlite3_database_replacing_what_it_held(daemon, tmp_path):
+    conn = nexusd.connect(daemon.socket)
+    fill_source(conn)
+    target = sqlite3.connect(str(tmp_path / "copy.db"))
+    target.execute("CREATE TABLE stale(x)")
+    target.execute("INSERT INTO stale VALUES (1)")
+    target.commit()
+    calls = []
+    conn.backup(target, progress=lambda *args: calls.append(args))
+    assert contents(target) == contents(conn)
+    assert target.execute("SELECT name FROM sqlite_schema WHERE name = 'stale'").fetchall() == []
+    assert len(calls) == 1 and calls[0][:2] == (0, 0) and calls[0][2] > 0
+    # The copy is a working database: the next id and the trigger carry on.
+    target.execute("INSERT INTO item(name) VALUES ('c')")
+    assert target.execute("SELECT id FROM item WHERE name = 'c'").fetchone() == (4,)
+    assert target.execute("SELECT count(*) FROM log").fetchone() == (3,)
+    assert target.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_backup_is_of_one_moment_while_writes_go_on(daemon):
+    """Each write adds a row to both tables in one transaction; a copy read
+    table by table, without one snapshot, would see more in the second."""
+    conn = nexusd.connect(daemon.socket)
+    conn.executescript("CREATE TABLE a(x); CREATE TABLE b(x);")
+    stop = threading.Event()
+
+    def write():
+        w = nexusd.connect(daemon.socket)
+        i = 0
+        while not stop.is_set():
+            with w:
+                w.execute("INSERT INTO a VALUES (?)", (i,))
+                w.execute("INSERT INTO b VALUES (?)", (i,))
+            i += 1
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        for _ in range(5):
+            target = sqlite3.connect(":memory:")
+            conn.backup(target)
+            (a,), (b,) = (target.execute(f"SELECT count(*) FROM {t}").fetchone()
+                          for t in ("a", "b"))
+            assert a == b
+    finally:
+        stop.set()
+        writer.join()
+    assert a > 0
+
+
+def test_backup_refuses_what_sqlite3_refuses(daemon):
+    conn = nexusd.connect(daemon.socket)
+    with pytest.raises(TypeError, match="must be a sqlite3.Connection"):
+        conn.backup(nexusd.connect(daemon.socket))
+    target = sqlite3.connect(":memory:")
+    with pytest.raises(nexusd.OperationalError, match="unknown database temp"):
+        conn.backup(target, name="temp")
+    target.execute("CREATE TABLE x(a)")
+    target.execute("INSERT INTO x VALUES (1)")
+    assert target.in_transaction
+    with pytest.raises(sqlite3.OperationalError, match="target is in transaction"):
+        conn.backup(target)
+    target.rollback()
+
+
+@pytest.mark.parametrize("name", sorted(set(nexusd._NOT_HERE) - nexusd._NOT_ATTRIBUTES))
+def test_what_cannot_run_in_the_daemon_says_why(daemon, name):
+    conn = nexusd.connect(daemon.socket)
+    with pytest.raises(sqlite3.NotSupportedError) as raised:
+        getattr(conn, name)("f", 1, len)
+    assert isinstance(raised.value, nexusd.NotSupportedError)
+    message = str(raised.value)
+    assert message.startswith(f"{name}() is not supported by nexusd: ")
+    assert len(message) > len(name) + 60, "the reason and what to do instead"
+
+
+def test_total_changes_is_absent_with_the_reason(daemon):
+    conn = nexusd.connect(daemon.socket)
+    assert not hasattr(conn, "total_changes")
+    with pytest.raises(AttributeError, match="sum the cursors' rowcount"):
+        conn.total_changes
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+        conn.nonsense
+
+
+def test_module_helpers_are_sqlite3s():
+    assert nexusd.complete_statement("SELECT 1;")
+    assert not nexusd.complete_statement("SELECT 'a;")
+    assert nexusd.adapt is sqlite3.adapt
+
+
+def test_asyncio_connections_trace_back_up_and_refuse_alike(daemon):
+    async def main():
+        seen = []
+        async with nexusd.aio.connect(daemon.socket) as db:
+            await db.set_trace_callback(seen.append)
+            await db.execute("CREATE TABLE t(x)")
+            await db.execute("INSERT INTO t VALUES (?)", ("o'k",))
+            await db.executemany("INSERT INTO t VALUES (?)", [(1,), (None,)])
+            await db.commit()
+            target = sqlite3.connect(":memory:", check_same_thread=False)
+            await db.backup(target)
+            with pytest.raises(nexusd.NotSupportedError, match="create_function"):
+                await db.create_function("f", 1, len)
+            assert not hasattr(db, "total_changes")
+        return seen, target
+
+    seen, target = asyncio.run(main())
+    assert seen == ["CREATE TABLE t(x)", "BEGIN ", "INSERT INTO t VALUES ('o''k')",
+                    "INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (NULL)", "COMMIT"]
+    assert target.execute("SELECT x FROM t ORDER BY rowid").fetchall() == [
+        ("o'k",), (1,), (None,)]
+
+
+def test_named_parameters_are_looked_up_as_sqlite3_looks_them_up(daemon, tmp_path):
+    """Every prefix, a name used twice, keys the statement does not use
+    (ignored), and a missing one (refused, with sqlite3's message)."""
+    sql = "SELECT :a, @b, $c, :a"
+    values = {"a": 1, "b": "two", "c": None, "unused": 4}
+    plain = sqlite3.connect(str(tmp_path / "plain.db"))
+    conn = nexusd.connect(daemon.socket)
+    assert conn.execute(sql, values).fetchall() == plain.execute(sql, values).fetchall()
+    assert conn.execute("SELECT :a", {":a": 5}).fetchone() == (5,)
+    for c in (plain, conn):
+        with pytest.raises(sqlite3.ProgrammingError,
+                           match="did not supply a value for binding parameter :zz"):
+            c.execute("SELECT :a, :zz", {"a": 1})
+    conn.execute("CREATE TABLE t(x, y)")
+    conn.executemany("INSERT INTO t VALUES ($x, @y)", [{"x": 1, "y": 2, "z": 3},
+                                                       {"x": 4, "y": 5}])
+    assert conn.execute("SELECT * FROM t").fetchall() == [(1, 2), (4, 5)]
+
+    async def main():
+        async with nexusd.aio.connect(daemon.socket) as db:
+            cursor = await db.execute("SELECT $c, @b", values)
+            return await cursor.fetchall()
+
+    assert asyncio.run(main()) == [(None, "two")]
