@@ -18,6 +18,7 @@ rolled back, since nobody can know where it stood.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import weakref
 from typing import Any, AsyncIterator, Optional
@@ -52,6 +53,9 @@ from . import (
 )
 
 __all__ = ["connect", "Connection", "Cursor"]
+
+#: Lines of ``iterdump`` fetched per trip to the worker thread.
+_DUMP_CHUNK = 1000
 
 
 # One completion queue per event loop: the native runtime queues finished
@@ -213,19 +217,27 @@ class Connection:
     async def iterdump(self) -> AsyncIterator[str]:
         """aiosqlite's ``async for line in db.iterdump()``: the schema and
         rows as SQL, as ``nexusd.Connection.iterdump`` writes them (on a
-        blocking connection to the same daemon, in a worker thread)."""
+        blocking connection to the same daemon, so without this
+        connection's uncommitted writes). Lines come from a worker thread
+        in chunks of ``_DUMP_CHUNK``, so a large database is never held in
+        memory whole."""
         self._check()
-
-        def dump() -> list:
-            conn = _blocking_connect(self._socket, timeout=self._timeout,
-                                     client_name=self._client_name, isolation_level=None)
-            try:
-                return list(conn.iterdump())
-            finally:
-                conn.close()
-
-        for line in await asyncio.get_running_loop().run_in_executor(None, dump):
-            yield line
+        loop = asyncio.get_running_loop()
+        conn = await loop.run_in_executor(
+            None, lambda: _blocking_connect(self._socket, timeout=self._timeout,
+                                            client_name=self._client_name,
+                                            isolation_level=None))
+        try:
+            lines = conn.iterdump()
+            while True:
+                chunk = await loop.run_in_executor(
+                    None, lambda: list(itertools.islice(lines, _DUMP_CHUNK)))
+                for line in chunk:
+                    yield line
+                if len(chunk) < _DUMP_CHUNK:
+                    break
+        finally:
+            conn.close()
 
     async def set_trace_callback(self, handler: Any) -> None:
         """aiosqlite's ``await db.set_trace_callback(fn)``: ``fn(sql)`` is

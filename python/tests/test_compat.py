@@ -247,3 +247,19 @@ def test_named_parameters_are_looked_up_as_sqlite3_looks_them_up(daemon, tmp_pat
             return await cursor.fetchall()
 
     assert asyncio.run(main()) == [(None, "two")]
+
+
+def test_asyncio_iterdump_comes_in_chunks_and_matches_the_blocking_dump(daemon, monkeypatch):
+    monkeypatch.setattr(nexusd.aio, "_DUMP_CHUNK", 7)
+    conn = nexusd.connect(daemon.socket)
+    conn.execute("CREATE TABLE t(x)")
+    conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(30)])
+    conn.commit()
+
+    async def main():
+        async with nexusd.aio.connect(daemon.socket) as db:
+            return [line async for line in db.iterdump()]
+
+    lines = asyncio.run(main())
+    assert lines == list(conn.iterdump())
+    assert len(lines) > 3 * 7
