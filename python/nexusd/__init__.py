@@ -893,18 +893,7 @@ class Connection:
             progress(0, 0, len(statements))
 
     def __getattr__(self, name: str) -> Any:
-        why = _NOT_HERE.get(name)
-        if why is None:
-            raise AttributeError(
-                f"{type(self).__name__!r} object has no attribute {name!r}")
-        if name in _NOT_ATTRIBUTES:
-            raise AttributeError(f"nexusd connections have no {name}: {why}")
-
-        def not_supported(*args: Any, **kwargs: Any) -> Any:
-            raise NotSupportedError(f"{name}() is not supported by nexusd: {why}")
-
-        not_supported.__name__ = name
-        return not_supported
+        return _not_here(self, name, asynchronous=False)
 
     def _run(self, sql: str, parameters: Any):
         with self._lock:
@@ -1003,6 +992,29 @@ _NOT_HERE = {
                      "sum the cursors' rowcount instead",
 }
 _NOT_ATTRIBUTES = {"total_changes"}
+
+
+def _not_here(owner: Any, name: str, asynchronous: bool) -> Any:
+    """``__getattr__`` of both connection classes: for a member of
+    ``_NOT_HERE``, a method that raises NotSupportedError with the reason
+    (a coroutine function for ``nexusd.aio``), or an AttributeError with it;
+    for any other name, the usual AttributeError."""
+    why = _NOT_HERE.get(name)
+    if why is None:
+        raise AttributeError(f"{type(owner).__name__!r} object has no attribute {name!r}")
+    if name in _NOT_ATTRIBUTES:
+        raise AttributeError(f"nexusd connections have no {name}: {why}")
+    message = f"{name}() is not supported by nexusd: {why}"
+
+    def not_supported(*args: Any, **kwargs: Any) -> Any:
+        raise NotSupportedError(message)
+
+    async def not_supported_async(*args: Any, **kwargs: Any) -> Any:
+        raise NotSupportedError(message)
+
+    method = not_supported_async if asynchronous else not_supported
+    method.__name__ = name
+    return method
 
 
 def _snapshot_dump(conn: Connection) -> list:

@@ -29,7 +29,6 @@ from . import (
     _MODES,
     Conflict,
     Error,
-    NotSupportedError,
     OperationalError,
     ProgrammingError,
     TransactionExpired,
@@ -41,8 +40,7 @@ from . import (
     _load,
     _make_row,
     _is_dml,
-    _NOT_ATTRIBUTES,
-    _NOT_HERE,
+    _not_here,
     _named,
     _named_rows,
     _trace,
@@ -265,18 +263,7 @@ class Connection:
         await asyncio.get_running_loop().run_in_executor(None, copy)
 
     def __getattr__(self, name: str) -> Any:
-        why = _NOT_HERE.get(name)
-        if why is None:
-            raise AttributeError(
-                f"{type(self).__name__!r} object has no attribute {name!r}")
-        if name in _NOT_ATTRIBUTES:
-            raise AttributeError(f"nexusd connections have no {name}: {why}")
-
-        async def not_supported(*args: Any, **kwargs: Any) -> Any:
-            raise NotSupportedError(f"{name}() is not supported by nexusd: {why}")
-
-        not_supported.__name__ = name
-        return not_supported
+        return _not_here(self, name, asynchronous=True)
 
     def cursor(self) -> "_CursorResult":
         """``await db.cursor()``, or ``async with db.cursor() as cursor``."""
