@@ -249,7 +249,8 @@ class Connection:
                      name: str = "main", sleep: float = 0.250) -> None:
         """aiosqlite's ``await db.backup(target)``: copies the database into
         a ``sqlite3.Connection`` as ``nexusd.Connection.backup`` does (one
-        read transaction, on a blocking connection in a worker thread)."""
+        read transaction, on a blocking connection in a worker thread, so
+        the target must be made with ``check_same_thread=False``)."""
         self._check()
 
         def copy() -> None:
