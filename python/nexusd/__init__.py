@@ -872,25 +872,8 @@ class Connection:
         ``user_version`` and ``application_id``), written as SQL, not of
         pages, so ``progress`` is called once, with ``(0, 0, statements)``.
         ``pages`` and ``sleep`` are accepted and have nothing to pace."""
-        if not isinstance(target, _sqlite3.Connection):
-            raise TypeError(
-                f"backup() argument 'target' must be a sqlite3.Connection (the database to "
-                f"copy into: a file, or ':memory:'), not {type(target).__name__}")
-        if progress is not None and not callable(progress):
-            raise TypeError("backup() argument 'progress' must be a callable or None")
-        if name != "main":
-            raise OperationalError(
-                f"unknown database {name}: a nexusd daemon serves one database, 'main' "
-                "(ATTACH is refused)")
-        if target.in_transaction:
-            raise OperationalError(
-                "target is in transaction: commit or roll back the target's transaction "
-                "before backing up into it")
-        with self._lock:
-            statements = _snapshot_dump(self)
-        _restore(target, statements)
-        if progress is not None:
-            progress(0, 0, len(statements))
+        self._client()  # a closed connection is an error here, as in sqlite3
+        _backup(self._socket, self._timeout, self._client_name, target, progress, name)
 
     def __getattr__(self, name: str) -> Any:
         return _not_here(self, name, asynchronous=False)
@@ -968,8 +951,8 @@ _NOT_HERE = {
     "create_window_function": _IN_DAEMON + "use SQLite's built-in window functions",
     "create_collation": _IN_DAEMON + "sort in Python, or use a built-in collation "
                         "(BINARY, NOCASE, RTRIM)",
-    "set_authorizer": "the daemon authorizes statements itself, by the role its access "
-                      "rules give the client's user (see `nexusd serve --help`)",
+    "set_authorizer": "the daemon authorizes statements itself, by the role the "
+                      "[access] rules of its config file give the client's user",
     "set_progress_handler": "the daemon bounds each statement by the request's time "
                             "limit; pass connect(timeout=seconds) instead",
     "interrupt": "a request cannot be recalled once sent; the daemon ends a statement "
@@ -1017,13 +1000,37 @@ def _not_here(owner: Any, name: str, asynchronous: bool) -> Any:
     return method
 
 
-def _snapshot_dump(conn: Connection) -> list:
+def _backup(socket: Optional[str], timeout: Optional[float], client_name: str,
+            target: Any, progress: Any, name: str) -> None:
+    """``backup()`` of both connection classes: checks what sqlite3 checks,
+    then copies the daemon's database at ``socket`` into ``target``."""
+    if not isinstance(target, _sqlite3.Connection):
+        raise TypeError(
+            f"backup() argument 'target' must be a sqlite3.Connection (the database to "
+            f"copy into: a file, or ':memory:'), not {type(target).__name__}")
+    if progress is not None and not callable(progress):
+        raise TypeError("backup() argument 'progress' must be a callable or None")
+    if name != "main":
+        raise OperationalError(
+            f"unknown database {name}: a nexusd daemon serves one database, 'main' "
+            "(ATTACH is refused)")
+    if target.in_transaction:
+        raise OperationalError(
+            "target is in transaction: commit or roll back the target's transaction "
+            "before backing up into it")
+    statements = _snapshot_dump(socket, timeout, client_name)
+    _restore(target, statements)
+    if progress is not None:
+        progress(0, 0, len(statements))
+
+
+def _snapshot_dump(socket: Optional[str], timeout: Optional[float], client_name: str) -> list:
     """The database as SQL statements, read in one read transaction, with
     its ``user_version`` and ``application_id``."""
     from sqlite3 import dump
 
-    snapshot = Connection(conn._socket, timeout=conn._timeout,
-                          client_name=conn._client_name, isolation_level=None)
+    snapshot = Connection(socket, timeout=timeout, client_name=client_name,
+                          isolation_level=None)
     try:
         snapshot._begin("read")
         statements = list(dump._iterdump(snapshot))

@@ -37,6 +37,7 @@ from . import (
     _check_detect_types,
     _classify,
     _control,
+    _backup,
     _load,
     _make_row,
     _is_dml,
@@ -252,16 +253,9 @@ class Connection:
         read transaction, on a blocking connection in a worker thread, so
         the target must be made with ``check_same_thread=False``)."""
         self._check()
-
-        def copy() -> None:
-            conn = _blocking_connect(self._socket, timeout=self._timeout,
-                                     client_name=self._client_name, isolation_level=None)
-            try:
-                conn.backup(target, pages=pages, progress=progress, name=name, sleep=sleep)
-            finally:
-                conn.close()
-
-        await asyncio.get_running_loop().run_in_executor(None, copy)
+        await asyncio.get_running_loop().run_in_executor(
+            None, _backup, self._socket, self._timeout, self._client_name, target, progress,
+            name)
 
     def __getattr__(self, name: str) -> Any:
         return _not_here(self, name, asynchronous=True)
