@@ -23,7 +23,6 @@ import os
 import weakref
 from typing import Any, AsyncIterator, Optional
 
-from . import connect as _blocking_connect
 from . import (
     LEGACY_TRANSACTION_CONTROL,
     _MODES,
@@ -213,30 +212,26 @@ class Connection:
         cursor._rows, cursor._next = [(cursor.lastrowid,)], 0
         return await cursor.fetchone()
 
-    async def iterdump(self) -> AsyncIterator[str]:
+    async def iterdump(self, **kwargs: Any) -> AsyncIterator[str]:
         """aiosqlite's ``async for line in db.iterdump()``: the schema and
-        rows as SQL, as ``nexusd.Connection.iterdump`` writes them (on a
-        blocking connection to the same daemon, so without this
-        connection's uncommitted writes). Lines come from a worker thread
-        in chunks of ``_DUMP_CHUNK``, so a large database is never held in
-        memory whole."""
+        rows as SQL, from sqlite3's own dump code as
+        ``nexusd.Connection.iterdump`` writes them. As with aiosqlite, it
+        reads through this connection, so an open transaction's writes are
+        in it. The dump code runs in a worker thread and sends each of its
+        queries back to this loop. It holds one table's rows at a time,
+        and its lines come back in chunks of ``_DUMP_CHUNK``."""
+        from sqlite3 import dump
+
         self._check()
         loop = asyncio.get_running_loop()
-        conn = await loop.run_in_executor(
-            None, lambda: _blocking_connect(self._socket, timeout=self._timeout,
-                                            client_name=self._client_name,
-                                            isolation_level=None))
-        try:
-            lines = conn.iterdump()
-            while True:
-                chunk = await loop.run_in_executor(
-                    None, lambda: list(itertools.islice(lines, _DUMP_CHUNK)))
-                for line in chunk:
-                    yield line
-                if len(chunk) < _DUMP_CHUNK:
-                    break
-        finally:
-            conn.close()
+        lines = dump._iterdump(_FromThread(self, loop), **kwargs)
+        while True:
+            chunk = await loop.run_in_executor(
+                None, lambda: list(itertools.islice(lines, _DUMP_CHUNK)))
+            for line in chunk:
+                yield line
+            if len(chunk) < _DUMP_CHUNK:
+                break
 
     async def set_trace_callback(self, handler: Any) -> None:
         """aiosqlite's ``await db.set_trace_callback(fn)``: ``fn(sql)`` is
@@ -437,6 +432,37 @@ class Cursor:
 
     async def setoutputsize(self, size: Any, column: Any = None) -> None:
         pass
+
+
+class _FromThread:
+    """What sqlite3's dump code needs of a connection and its cursor, for a
+    worker thread: each ``execute`` runs on ``db`` in ``loop`` and waits for
+    its rows, as plain tuples whatever ``row_factory`` says."""
+
+    row_factory = None
+
+    def __init__(self, db: Connection, loop: asyncio.AbstractEventLoop) -> None:
+        self._db = db
+        self._loop = loop
+
+    def cursor(self) -> "_FromThread":
+        return self
+
+    def execute(self, sql: str, parameters: Any = ()) -> "_Fetched":
+        async def rows() -> list:
+            cursor = Cursor(self._db)
+            cursor.row_factory = None
+            await cursor.execute(sql, parameters)
+            return await cursor.fetchall()
+
+        return _Fetched(asyncio.run_coroutine_threadsafe(rows(), self._loop).result())
+
+
+class _Fetched(list):
+    """A statement's rows, as the dump code reads them."""
+
+    def fetchall(self) -> list:
+        return list(self)
 
 
 def connect(

@@ -263,3 +263,29 @@ def test_asyncio_iterdump_comes_in_chunks_and_matches_the_blocking_dump(daemon, 
     lines = asyncio.run(main())
     assert lines == list(conn.iterdump())
     assert len(lines) > 3 * 7
+
+
+def test_asyncio_iterdump_reads_through_its_own_connection_as_aiosqlite_does(daemon):
+    """aiosqlite dumps on the connection itself: an open transaction's
+    writes are in the dump, and the connection's row_factory is not."""
+    conn = nexusd.connect(daemon.socket)
+    conn.execute("CREATE TABLE t(x)")
+    conn.execute("INSERT INTO t VALUES ('committed')")
+    conn.commit()
+
+    async def main():
+        async with nexusd.aio.connect(daemon.socket) as db:
+            db.row_factory = sqlite3.Row
+            await db.execute("INSERT INTO t VALUES ('pending')")
+            assert db.in_transaction
+            lines = [line async for line in db.iterdump()]
+            assert db.in_transaction, "the dump ends nothing"
+            await db.rollback()
+            after = [line async for line in db.iterdump()]
+            return lines, after
+
+    lines, after = asyncio.run(main())
+    assert "INSERT INTO \"t\" VALUES('committed');" in lines, lines
+    assert "INSERT INTO \"t\" VALUES('pending');" in lines, lines
+    assert "INSERT INTO \"t\" VALUES('pending');" not in after, after
+    assert after == list(conn.iterdump())
