@@ -1,6 +1,7 @@
 """Parameters as they appear in a statement's text, read the way SQLite's
-tokenizer reads them: ``?``, ``?NNN``, ``:name``, ``@name`` and ``$name``
-outside quotes and comments.
+tokenizer reads them: ``?``, ``?NNN``, ``:name``, ``@name``, ``#name`` and
+``$name`` (with TCL's ``::`` and ``(...)`` suffixes) outside quotes,
+comments and identifiers.
 
 Statements are prepared in the daemon, so the driver reads their text here
 for two things ``sqlite3`` gets from the prepared statement: which names a
@@ -13,7 +14,36 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Mapping
 
-PREFIXES = ":@$"
+PREFIXES = ":@#$"
+
+
+def _id_char(c: str) -> bool:
+    """SQLite's IdChar: what may stand in an identifier or a name."""
+    return c.isalnum() or c in "_$" or c >= "\x80"
+
+
+def _name_end(sql: str, i: int) -> int:
+    """Where the name whose prefix is at ``i`` ends, or ``i`` if SQLite
+    would not read one there."""
+    n = len(sql)
+    j = i + 1
+    letters = 0
+    while j < n:
+        c = sql[j]
+        if _id_char(c):
+            letters += 1
+            j += 1
+        elif c == "(" and letters:
+            close = j
+            while close < n and not sql[close].isspace() and sql[close] != ")":
+                close += 1
+            # Without its ")" SQLite calls the whole token illegal.
+            return close + 1 if close < n and sql[close] == ")" else i
+        elif c == ":" and sql.startswith("::", j):
+            j += 2
+        else:
+            break
+    return j if letters else i
 
 
 def _tokens(sql: str):
@@ -45,11 +75,15 @@ def _tokens(sql: str):
             next_index = max(next_index, index + 1)
             yield i, j, index
             i = j
-        elif c in PREFIXES and i + 1 < n and (sql[i + 1].isalnum() or sql[i + 1] == "_"):
-            j = i + 1
-            while j < n and (sql[j].isalnum() or sql[j] in "_$"):
-                j += 1
+        elif c in PREFIXES and (j := _name_end(sql, i)) > i:
             yield i, j, sql[i:j]
+            i = j
+        elif _id_char(c):
+            # A word (a keyword, an identifier such as a$b, a number): a
+            # prefix inside it starts no parameter.
+            j = i + 1
+            while j < n and _id_char(sql[j]):
+                j += 1
             i = j
         else:
             i += 1

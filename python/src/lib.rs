@@ -247,8 +247,11 @@ fn int_value(v: &Bound<'_, PyAny>, index: &str) -> PyResult<Value> {
     })
 }
 
+/// The prefixes SQLite reads a parameter's name after.
+const NAME_PREFIXES: [char; 4] = [':', '@', '#', '$'];
+
 /// Parameters as `sqlite3` takes them: a sequence for qmark style, a
-/// mapping for named style (a name without its `:`, `@` or `$` gets `:`).
+/// mapping for named style (a name without one of `NAME_PREFIXES` gets `:`).
 fn to_params(params: Option<&Bound<'_, PyAny>>) -> PyResult<Params> {
     let Some(params) = params.filter(|p| !p.is_none()) else {
         return Ok(Params::Positional(Vec::new()));
@@ -257,11 +260,8 @@ fn to_params(params: Option<&Bound<'_, PyAny>>) -> PyResult<Params> {
         let mut named = Vec::with_capacity(map.len());
         for (k, v) in map.iter() {
             let name: String = k.extract()?;
-            let value = to_value(
-                &v,
-                &format!(":{}", name.trim_start_matches([':', '@', '$'])),
-            )?;
-            let name = if name.starts_with([':', '@', '$']) {
+            let value = to_value(&v, &format!(":{}", name.trim_start_matches(NAME_PREFIXES)))?;
+            let name = if name.starts_with(NAME_PREFIXES) {
                 name
             } else {
                 format!(":{name}")

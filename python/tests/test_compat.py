@@ -249,6 +249,32 @@ def test_named_parameters_are_looked_up_as_sqlite3_looks_them_up(daemon, tmp_pat
     assert asyncio.run(main()) == [(None, "two")]
 
 
+def test_names_are_read_where_sqlites_tokenizer_reads_them(daemon, tmp_path):
+    """A $ inside an identifier starts no parameter; #name and TCL's
+    $a::b(c) are names. sqlite3 and nexusd answer alike, traces included."""
+    cases = [
+        ("SELECT a$b, b$ FROM t WHERE a$b = :v", {"v": 1}),
+        ("SELECT $a::b(c), #x, @y::z, :y", {"a::b(c)": 1, "x": 2, "y::z": 3, "y": 4}),
+        ("SELECT $t(1,2) + 0 AS one", {"t(1,2)": 1}),
+        ("SELECT 'a$b', \"é$\" FROM t WHERE é$ = :é", {"é": 2}),
+    ]
+    plain = sqlite3.connect(str(tmp_path / "plain.db"))
+    conn = nexusd.connect(daemon.socket)
+    for c in (plain, conn):
+        c.execute('CREATE TABLE t(a$b, b$, "é$")')
+        c.execute("INSERT INTO t VALUES (1, 'x', 2)")
+        c.commit()
+    plain_trace, ours_trace = [], []
+    plain.set_trace_callback(plain_trace.append)
+    conn.set_trace_callback(ours_trace.append)
+    for sql, values in cases:
+        assert conn.execute(sql, values).fetchall() == plain.execute(sql, values).fetchall(), sql
+    assert ours_trace == plain_trace
+    for c in (plain, conn):
+        with pytest.raises(sqlite3.Error, match=r"unrecognized token: \"\$a::b\(c\""):
+            c.execute("SELECT $a::b(c d)", {"a::b(c": 1})
+
+
 def test_asyncio_iterdump_comes_in_chunks_and_matches_the_blocking_dump(daemon, monkeypatch):
     monkeypatch.setattr(nexusd.aio, "_DUMP_CHUNK", 7)
     conn = nexusd.connect(daemon.socket)
