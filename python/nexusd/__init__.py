@@ -869,11 +869,13 @@ class Connection:
         transaction, so it is bounded by the daemon's ``--max-read-ms``; for
         a large database use ``nexusd ctl backup PATH``, which copies pages
         and has no such bound. The copy is of the schema and rows (with
-        ``user_version`` and ``application_id``), written as SQL, not of
-        pages, so ``progress`` is called once, with ``(0, 0, statements)``.
-        ``pages`` and ``sleep`` are accepted and have nothing to pace."""
+        ``user_version`` and ``application_id``), read as SQL into memory
+        and copied from there into ``target`` by sqlite3's own ``backup``,
+        which takes ``pages``, ``progress`` and ``sleep`` as it always
+        does."""
         self._client()  # a closed connection is an error here, as in sqlite3
-        _backup(self._socket, self._timeout, self._client_name, target, progress, name)
+        _backup(self._socket, self._timeout, self._client_name, target, pages, progress,
+                name, sleep)
 
     def __getattr__(self, name: str) -> Any:
         return _not_here(self, name, asynchronous=False)
@@ -1001,9 +1003,15 @@ def _not_here(owner: Any, name: str, asynchronous: bool) -> Any:
 
 
 def _backup(socket: Optional[str], timeout: Optional[float], client_name: str,
-            target: Any, progress: Any, name: str) -> None:
+            target: Any, pages: int, progress: Any, name: str, sleep: float) -> None:
     """``backup()`` of both connection classes: checks what sqlite3 checks,
-    then copies the daemon's database at ``socket`` into ``target``."""
+    then copies the daemon's database at ``socket`` into ``target``.
+
+    The dump is replayed into a private in-memory database, which sqlite3's
+    own ``backup`` then copies into ``target`` page by page. So the target
+    is replaced whole, as sqlite3 replaces it; ``pages``, ``progress`` and
+    ``sleep`` mean what they mean there; and, as sqlite3 allows, the copy
+    may run in another thread than the one that made ``target``."""
     if not isinstance(target, _sqlite3.Connection):
         raise TypeError(
             f"backup() argument 'target' must be a sqlite3.Connection (the database to "
@@ -1019,14 +1027,19 @@ def _backup(socket: Optional[str], timeout: Optional[float], client_name: str,
             "target is in transaction: commit or roll back the target's transaction "
             "before backing up into it")
     statements = _snapshot_dump(socket, timeout, client_name)
-    _restore(target, statements)
-    if progress is not None:
-        progress(0, 0, len(statements))
+    copy = _sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        for statement in statements:
+            copy.execute(statement)
+        copy.backup(target, pages=pages, progress=progress, sleep=sleep)
+    finally:
+        copy.close()
 
 
 def _snapshot_dump(socket: Optional[str], timeout: Optional[float], client_name: str) -> list:
-    """The database as SQL statements, read in one read transaction, with
-    its ``user_version`` and ``application_id``."""
+    """The database as SQL statements, read in one read transaction: its
+    ``page_size`` first, then the dump, with its ``user_version`` and
+    ``application_id``."""
     from sqlite3 import dump
 
     snapshot = Connection(socket, timeout=timeout, client_name=client_name,
@@ -1038,44 +1051,12 @@ def _snapshot_dump(socket: Optional[str], timeout: Optional[float], client_name:
             value = snapshot.execute(f"PRAGMA {pragma}").fetchone()[0]
             if value:
                 statements.insert(-1, f"PRAGMA {pragma}={int(value)};")
+        page_size = snapshot.execute("PRAGMA page_size").fetchone()[0]
+        statements.insert(0, f"PRAGMA page_size={int(page_size)};")
         snapshot.rollback()
     finally:
         snapshot.close()
     return statements
-
-
-def _restore(target: Any, statements: list) -> None:
-    """Replaces what ``target`` (a sqlite3 connection) holds with the dump
-    ``statements``, in one transaction of the target's."""
-    keep = target.isolation_level
-    fk = target.execute("PRAGMA foreign_keys").fetchone()[0]
-    target.isolation_level = None
-    try:
-        target.execute("PRAGMA foreign_keys=OFF")
-        target.execute("BEGIN IMMEDIATE")
-        try:
-            objects = target.execute(
-                "SELECT type, name FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%' "
-                "AND type IN ('table', 'view')").fetchall()
-            for kind, name in objects:
-                quoted = '"' + name.replace('"', '""') + '"'
-                target.execute(f"DROP {kind.upper()} IF EXISTS {quoted}")
-            if target.execute("SELECT 1 FROM sqlite_schema WHERE name = 'sqlite_sequence'"
-                              ).fetchone():
-                target.execute("DELETE FROM sqlite_sequence")
-            for pragma in ("user_version", "application_id"):
-                target.execute(f"PRAGMA {pragma}=0")
-            for statement in statements:
-                if statement in ("BEGIN TRANSACTION;", "COMMIT;"):
-                    continue
-                target.execute(statement)
-            target.execute("COMMIT")
-        except BaseException:
-            target.execute("ROLLBACK")
-            raise
-    finally:
-        target.execute(f"PRAGMA foreign_keys={int(fk)}")
-        target.isolation_level = keep
 
 
 def _argv0() -> str:

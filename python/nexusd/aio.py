@@ -244,13 +244,13 @@ class Connection:
     async def backup(self, target: Any, *, pages: int = -1, progress: Any = None,
                      name: str = "main", sleep: float = 0.250) -> None:
         """aiosqlite's ``await db.backup(target)``: copies the database into
-        a ``sqlite3.Connection`` as ``nexusd.Connection.backup`` does (one
-        read transaction, on a blocking connection in a worker thread, so
-        the target must be made with ``check_same_thread=False``)."""
+        a ``sqlite3.Connection`` as ``nexusd.Connection.backup`` does, in a
+        worker thread (as aiosqlite copies in its own), so ``progress`` is
+        called there."""
         self._check()
         await asyncio.get_running_loop().run_in_executor(
-            None, _backup, self._socket, self._timeout, self._client_name, target, progress,
-            name)
+            None, _backup, self._socket, self._timeout, self._client_name, target, pages,
+            progress, name, sleep)
 
     def __getattr__(self, name: str) -> Any:
         return _not_here(self, name, asynchronous=True)
