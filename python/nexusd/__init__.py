@@ -53,6 +53,16 @@ __version__ = _nexusd.__version__
 sqlite_version_info = (3, 51, 3)
 sqlite_version = "3.51.3"
 
+# sqlite3's constants (result codes such as SQLITE_CONSTRAINT_UNIQUE, the
+# authorizer's action codes, SQLITE_LIMIT_*), so a program that compares
+# ``e.sqlite_errorcode`` with ``sqlite3.SQLITE_...`` can name them here.
+_SQLITE_CONSTANTS = {
+    name: value for name, value in vars(_sqlite3).items()
+    if name.startswith("SQLITE_") and isinstance(value, int)
+}
+globals().update(_SQLITE_CONSTANTS)
+__all__ += sorted(_SQLITE_CONSTANTS)
+
 apilevel = "2.0"
 #: Threads may share the module and connections, but not cursors.
 threadsafety = 2

@@ -91,8 +91,14 @@ def test_errors_map_as_sqlite3_maps_them(conn):
     conn.execute("INSERT INTO t(name) VALUES ('ada')")
     with pytest.raises(nexusd.IntegrityError) as e:
         conn.execute("INSERT INTO t(name) VALUES ('ada')")
-    assert e.value.sqlite_errorcode == 2067
+    assert e.value.sqlite_errorcode == 2067 == nexusd.SQLITE_CONSTRAINT_UNIQUE
     assert e.value.sqlite_errorname == "SQLITE_CONSTRAINT_UNIQUE"
+    # sqlite3's constants are all on the module, as `import nexusd as sqlite3`
+    # needs.
+    import sqlite3
+    names = [n for n in dir(sqlite3) if n.startswith("SQLITE_")]
+    assert names and all(getattr(nexusd, n) == getattr(sqlite3, n) for n in names)
+    assert set(names) <= set(nexusd.__all__)
     with pytest.raises(nexusd.OperationalError, match="syntax error"):
         conn.execute("SELEKT 1")
     with pytest.raises(nexusd.OperationalError, match="no such table"):
@@ -178,9 +184,23 @@ def test_start_up_pragmas_of_sqlite3_programs_are_kept(conn, make_daemon):
     with pytest.raises(nexusd.IntegrityError, match="FOREIGN KEY"):
         conn.execute("INSERT INTO child VALUES (99)")
     conn.rollback()
+    # The usual tuning block runs too, as one script, and changes nothing.
+    conn.executescript("""
+        PRAGMA journal_mode=WAL;
+        PRAGMA synchronous=NORMAL;
+        PRAGMA cache_size=-64000;
+        PRAGMA temp_store=MEMORY;
+        PRAGMA mmap_size=268435456;
+        PRAGMA wal_autocheckpoint=1000;
+        PRAGMA busy_timeout=5000;
+    """)
+    assert conn.execute("PRAGMA cache_size").fetchone() == (-2000,)
+    assert conn.execute("PRAGMA temp_store").fetchone() == (0,)
     # What the daemon does not do stays refused, with the reason.
     with pytest.raises(nexusd.OperationalError, match="refused"):
         conn.execute("PRAGMA foreign_keys = OFF")
+    with pytest.raises(nexusd.OperationalError, match="nexusd ctl checkpoint"):
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     normal = make_daemon("--synchronous", "normal")
     c = nexusd.connect(normal.socket)
     c.execute("PRAGMA synchronous=NORMAL")

@@ -264,6 +264,14 @@ fn refusal(ctx: &AuthContext<'_>, scope: Scope) -> Option<Refusal> {
                      (the default) for durable commits",
                     pragma_value.unwrap_or_default()
                 ))
+            } else if name == "wal_checkpoint" {
+                refused(format!(
+                    "PRAGMA wal_checkpoint{} is refused: the daemon checkpoints the WAL itself, \
+                     once it passes --checkpoint-wal-bytes, and keeps the file near that size. \
+                     Drop the line; to checkpoint now, an operator can run `nexusd ctl \
+                     checkpoint` (`nexusd ctl checkpoint truncate` also empties the WAL)",
+                    pragma_value.map_or(String::new(), |v| format!("({v})"))
+                ))
             } else {
                 let shown = match pragma_value {
                     Some(v) => format!("PRAGMA {pragma_name} = {v}"),
@@ -319,13 +327,13 @@ fn temp_refusal(kind: &str, name: &str) -> String {
 /// How to treat a pragma that sets what the daemon already guarantees, so
 /// that a program moving from `sqlite3` can keep its start-up lines
 /// (`PRAGMA journal_mode=WAL`, `foreign_keys=ON`, `busy_timeout=N`,
-/// `synchronous=NORMAL`): `Allow` where running it changes nothing and
-/// answers what SQLite would (journal mode WAL, foreign keys on),
-/// `Ignore` (no effect, no rows) where running it would change the
+/// `synchronous=NORMAL`, `cache_size=N`): `Allow` where running it changes
+/// nothing and answers what SQLite would (journal mode WAL, foreign keys
+/// on), `Ignore` (no effect, no rows) where running it would change the
 /// daemon's own connection but the client already has what it asks for
-/// (a busy timeout, since no client ever waits on a lock, and a
-/// synchronous level at most the daemon's, which is FULL when
-/// `durable_full`). `None`: not one of these.
+/// (a busy timeout, since no client ever waits on a lock, a synchronous
+/// level at most the daemon's, which is FULL when `durable_full`, and the
+/// `TUNING_PRAGMAS`, which change no answer). `None`: not one of these.
 fn already_so(name: &str, value: &str, durable_full: bool) -> Option<Authorization> {
     let value = value.trim_matches(|c| c == '\'' || c == '"');
     let is = |v: &str| value.eq_ignore_ascii_case(v);
@@ -341,9 +349,29 @@ fn already_so(name: &str, value: &str, durable_full: bool) -> Option<Authorizati
         "synchronous" if (is("full") || is("2") || is("extra") || is("3")) && durable_full => {
             Some(Authorization::Ignore)
         }
+        tuning if TUNING_PRAGMAS.contains(&tuning) => Some(Authorization::Ignore),
         _ => None,
     }
 }
+
+/// Pragmas that tune a connection's memory, disk use or query planning and
+/// change no answer: the "performance" lines many programs run after
+/// `sqlite3.connect()`. Setting one is ignored (no effect, no rows): the
+/// daemon's connections are shared and tuned by the daemon, and the
+/// client's statements give the same answers either way.
+const TUNING_PRAGMAS: &[&str] = &[
+    "analysis_limit",
+    "automatic_index",
+    "cache_size",
+    "cache_spill",
+    "hard_heap_limit",
+    "journal_size_limit",
+    "mmap_size",
+    "soft_heap_limit",
+    "temp_store",
+    "threads",
+    "wal_autocheckpoint",
+];
 
 /// Reading pragmas whose argument would instead set something.
 fn is_setter(name: &str) -> bool {

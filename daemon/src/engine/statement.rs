@@ -500,9 +500,10 @@ mod tests {
             "DETACH main",
             "PRAGMA journal_mode = DELETE",
             "PRAGMA locking_mode = EXCLUSIVE",
-            "PRAGMA cache_size = -64000",
+            "PRAGMA recursive_triggers = ON",
             "PRAGMA foreign_keys = OFF",
             "PRAGMA wal_checkpoint",
+            "PRAGMA wal_checkpoint(TRUNCATE)",
             "PRAGMA schema_version = 3",
         ] {
             let err = match run_statement(
@@ -518,6 +519,14 @@ mod tests {
             };
             assert_eq!(err.kind, ErrorKind::Refused, "{sql}: {err:?}");
             assert!(err.message.contains("refused"), "{sql}: {}", err.message);
+            if sql.contains("wal_checkpoint") {
+                assert!(
+                    err.message.contains("checkpoints the WAL itself")
+                        && err.message.contains("nexusd ctl checkpoint"),
+                    "{sql}: {}",
+                    err.message
+                );
+            }
         }
         // The connection settings are untouched.
         let mode: String = conn
@@ -554,9 +563,33 @@ mod tests {
             "PRAGMA busy_timeout = 30000",
             "PRAGMA synchronous=NORMAL",
             "PRAGMA synchronous = OFF",
+            // The "performance" block of many programs: ignored, since the
+            // daemon tunes its shared connections and no answer changes.
+            "PRAGMA cache_size = -64000",
+            "PRAGMA temp_store = MEMORY",
+            "PRAGMA mmap_size = 268435456",
+            "PRAGMA wal_autocheckpoint = 1000",
+            "PRAGMA journal_size_limit = 67108864",
+            "PRAGMA cache_spill = OFF",
+            "PRAGMA automatic_index = OFF",
+            "PRAGMA threads = 4",
+            "PRAGMA soft_heap_limit = 1000000",
+            "PRAGMA hard_heap_limit = 1000000",
+            "PRAGMA analysis_limit = 400",
         ] {
             run(sql);
         }
+        let read = |name: &str| -> i64 {
+            conn.pragma_query_value(None, name, |r| r.get(0))
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+        };
+        assert_eq!(read("cache_size"), -2000, "SQLite's default cache stays");
+        assert_eq!(read("temp_store"), 0);
+        assert_eq!(read("mmap_size"), 0);
+        assert_eq!(read("wal_autocheckpoint"), 0, "the daemon checkpoints itself");
+        assert_eq!(read("automatic_index"), 1);
+        assert_eq!(read("soft_heap_limit"), 0);
+        assert_eq!(read("hard_heap_limit"), 0);
         let timeout: i64 = conn
             .pragma_query_value(None, "busy_timeout", |r| r.get(0))
             .expect("busy_timeout");
