@@ -179,6 +179,28 @@ fn run_guarded(
     limits: &StatementLimits,
     only: Only,
 ) -> Result<ReadOnly, StatementError> {
+    if is_blank(&st.sql) {
+        // SQLite prepares nothing from this, and stepping nothing is
+        // SQLITE_MISUSE, "bad parameter or other API misuse". Answer as
+        // `sqlite3` does: nothing ran, and there is nothing to bind.
+        let given = match &st.params {
+            Params::Positional(values) => values.len(),
+            Params::Named(pairs) => pairs.len(),
+        };
+        if given > 0 {
+            return Err(StatementError::Bind(format!(
+                "the SQL text holds no statement (only whitespace, comments or semicolons), but \
+                 {given} value(s) were given; send the statement with its parameters"
+            )));
+        }
+        return Ok(ReadOnly::Ran(match want {
+            Want::Rows => Output::Rows(Rows::default()),
+            Want::Changes | Want::Either => Output::Executed(Executed {
+                rows_affected: 0,
+                last_insert_rowid: conn.last_insert_rowid(),
+            }),
+        }));
+    }
     let mut stmt = conn.prepare_cached(&st.sql)?;
     if guard.control_allowed() {
         // A savepoint, allowed in this transaction: run it, and keep it out
@@ -253,6 +275,33 @@ fn run_prepared(
         rows_affected,
         last_insert_rowid: conn.last_insert_rowid(),
     })))
+}
+
+/// Whether `sql` holds no statement: only whitespace, comments and
+/// semicolons, which SQLite's tokenizer skips (an unclosed `/*` comment
+/// runs to the end). Looks no further than the first other character.
+fn is_blank(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b' ' | b'\t' | b'\n' | b'\x0c' | b'\r' | b';' => i += 1,
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                i = b[i..]
+                    .iter()
+                    .position(|&c| c == b'\n')
+                    .map_or(b.len(), |n| i + n + 1);
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i = b[i + 2..]
+                    .windows(2)
+                    .position(|w| w == b"*/")
+                    .map_or(b.len(), |n| i + 2 + n + 2);
+            }
+            _ => return false,
+        }
+    }
+    true
 }
 
 enum StatementError {
@@ -487,6 +536,60 @@ mod tests {
         (dir, conn, guard)
     }
 
+    /// Text with no statement in it runs as nothing, as in `sqlite3`,
+    /// instead of failing with SQLite's "bad parameter or other API
+    /// misuse"; a statement after a comment still runs.
+    #[test]
+    fn text_with_no_statement_runs_as_nothing() {
+        let (_dir, conn, guard) = open();
+        let run = |st: &Statement, want| {
+            run_statement(&conn, &guard, Scope::Request, st, want, &limits())
+        };
+        for sql in [
+            "",
+            "  \n\t",
+            ";",
+            " ; ;",
+            "-- a comment",
+            "-- one\n-- two\n",
+            "/* block */",
+            "/* unclosed",
+            "/**/;--",
+        ] {
+            assert!(is_blank(sql), "{sql:?}");
+            for want in [Want::Changes, Want::Either] {
+                match run(&stmt(sql), want) {
+                    Ok(Output::Executed(e)) => assert_eq!(e.rows_affected, 0, "{sql:?}"),
+                    other => panic!("{sql:?}: {:?}", other.map(|_| "rows")),
+                }
+            }
+            match run(&stmt(sql), Want::Rows) {
+                Ok(Output::Rows(r)) => assert!(r.columns.is_empty() && r.rows.is_empty()),
+                other => panic!("{sql:?}: {:?}", other.map(|_| "executed")),
+            }
+            let with_value = Statement {
+                sql: sql.into(),
+                params: Params::Positional(vec![Value::Integer(1)]),
+            };
+            let err = match run(&with_value, Want::Either) {
+                Err(e) => e,
+                Ok(_) => panic!("{sql:?} took a value"),
+            };
+            assert!(
+                err.message.contains("holds no statement"),
+                "{}",
+                err.message
+            );
+        }
+        for sql in ["-- c\nSELECT 1", "/* c */ SELECT 1", "; SELECT 1", "-"] {
+            assert!(!is_blank(sql), "{sql:?}");
+        }
+        match run(&stmt("/* c */ SELECT 7"), Want::Either) {
+            Ok(Output::Rows(r)) => assert_eq!(r.rows, [[Value::Integer(7)]]),
+            other => panic!("{:?}", other.map(|_| "executed")),
+        }
+    }
+
     #[test]
     fn refuses_transaction_control_and_connection_pragmas() {
         let (_dir, conn, guard) = open();
@@ -586,7 +689,11 @@ mod tests {
         assert_eq!(read("cache_size"), -2000, "SQLite's default cache stays");
         assert_eq!(read("temp_store"), 0);
         assert_eq!(read("mmap_size"), 0);
-        assert_eq!(read("wal_autocheckpoint"), 0, "the daemon checkpoints itself");
+        assert_eq!(
+            read("wal_autocheckpoint"),
+            0,
+            "the daemon checkpoints itself"
+        );
         assert_eq!(read("automatic_index"), 1);
         assert_eq!(read("soft_heap_limit"), 0);
         assert_eq!(read("hard_heap_limit"), 0);

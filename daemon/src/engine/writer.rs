@@ -915,8 +915,8 @@ impl Writer {
                 Err(mut e) => {
                     e.statement_index = Some(u32::try_from(i).unwrap_or(u32::MAX));
                     e.message = format!(
-                        "statement {i} of the batch failed, so none of its {} statements was \
-                         applied: {}",
+                        "statement {} of the batch's {} failed, so none of the batch was applied: {}",
+                        i + 1,
                         stmts.len(),
                         e.message
                     );
