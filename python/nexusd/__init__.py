@@ -639,8 +639,13 @@ def _load(cursor: Any, result: tuple, sql: str) -> None:
             rows = _convert(detect_types, text_factory, columns, rows, decltypes)
             if detect_types & PARSE_COLNAMES:
                 columns = [_bare(c) for c in columns]
-        cursor.description = tuple((c, None, None, None, None, None, None) for c in columns)
-        cursor._rows, cursor.rowcount = rows, -1
+        # No columns (text that holds no statement): None, as in sqlite3.
+        cursor.description = tuple(
+            (c, None, None, None, None, None, None) for c in columns) or None
+        # INSERT, UPDATE, DELETE or REPLACE ... RETURNING answers a row per
+        # row it changed, which is the count sqlite3 gives once it is read.
+        cursor._rows = rows
+        cursor.rowcount = len(rows) if _classify(sql)[1] else -1
     else:
         _, rowcount, lastrowid = result
         cursor.description, cursor._rows = None, []
@@ -1115,9 +1120,8 @@ class Cursor:
         if not seq_of_parameters:
             self.rowcount = 0
             return self
-        rowcount, lastrowid = self.connection._run_many(sql, seq_of_parameters)
-        self.rowcount = rowcount
-        self.lastrowid = lastrowid
+        # lastrowid stays as it was, as sqlite3 leaves it after executemany().
+        self.rowcount = self.connection._run_many(sql, seq_of_parameters)[0]
         return self
 
     def executescript(self, sql_script: str) -> "Cursor":

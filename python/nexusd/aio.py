@@ -371,7 +371,8 @@ class Cursor:
                     _trace(conn, sql, parameters)
             return target.run_many_async(_queue(), sql, _named_rows(sql, seq))
 
-        self.rowcount, self.lastrowid = await conn._call(send, sql)
+        # lastrowid stays as it was, as sqlite3 leaves it after executemany().
+        self.rowcount = (await conn._call(send, sql))[0]
         return self
 
     async def executescript(self, script: str) -> "Cursor":

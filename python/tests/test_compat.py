@@ -320,3 +320,53 @@ def test_asyncio_iterdump_reads_through_its_own_connection_as_aiosqlite_does(dae
     assert "INSERT INTO \"t\" VALUES('pending');" in lines, lines
     assert "INSERT INTO \"t\" VALUES('pending');" not in after, after
     assert after == list(conn.iterdump())
+
+
+def cursor_answers(conn):
+    """What a program reads off cursors, for sqlite3 and nexusd alike:
+    counts, ids, descriptions, and text that holds no statement."""
+    got = []
+    conn.execute("CREATE TABLE c(id INTEGER PRIMARY KEY, name TEXT UNIQUE, n INT)")
+    conn.commit()
+    for sql in ("", "   ", ";", "-- only a comment", "/* only a comment */"):
+        cur = conn.execute(sql)
+        got.append((sql, cur.description, cur.fetchall(), cur.rowcount))
+    cur = conn.cursor()
+    cur.execute("INSERT INTO c(name, n) VALUES ('a', 1)")
+    got.append(("insert", cur.rowcount, cur.lastrowid))
+    cur.executemany("INSERT INTO c(name, n) VALUES (?, ?)", [("b", 2), ("c", 3)])
+    got.append(("executemany keeps lastrowid", cur.rowcount, cur.lastrowid))
+    got.append(("fresh cursor", conn.executemany(
+        "INSERT INTO c(name) VALUES (?)", [("d",)]).lastrowid))
+    cur = conn.execute("UPDATE c SET n = n + 1 WHERE n IS NOT NULL RETURNING id")
+    got.append(("update returning", sorted(cur.fetchall()), cur.rowcount))
+    cur = conn.execute("DELETE FROM c WHERE name = 'zz' RETURNING id")
+    got.append(("delete nothing returning", cur.fetchall(), cur.rowcount))
+    cur = conn.execute("SELECT count(*) FROM c")
+    got.append(("select", cur.fetchall(), cur.rowcount))
+    conn.commit()
+    return got
+
+
+def test_cursors_answer_as_sqlite3s_do(daemon, tmp_path):
+    """Blank text runs as nothing (not SQLite's "bad parameter or other API
+    misuse"), executemany() leaves lastrowid alone, and a DML statement
+    with RETURNING counts its rows in rowcount once they are read."""
+    plain = sqlite3.connect(str(tmp_path / "plain.db"))
+    assert cursor_answers(nexusd.connect(daemon.socket)) == cursor_answers(plain)
+    with pytest.raises(nexusd.ProgrammingError, match="holds no statement"):
+        nexusd.connect(daemon.socket).execute("-- nothing", (1,))
+
+    async def through_asyncio():
+        async with nexusd.aio.connect(daemon.socket) as db:
+            cur = await db.execute("-- nothing")
+            assert (cur.description, await cur.fetchall()) == (None, [])
+            cur = await db.execute("INSERT INTO c(name) VALUES ('aio')")
+            first = cur.lastrowid
+            await cur.executemany("INSERT INTO c(name) VALUES (?)", [("aio2",), ("aio3",)])
+            assert (cur.rowcount, cur.lastrowid) == (2, first)
+            cur = await db.execute("DELETE FROM c WHERE name LIKE 'aio%' RETURNING id")
+            assert (len(await cur.fetchall()), cur.rowcount) == (3, 3)
+            await db.commit()
+
+    asyncio.run(through_asyncio())
