@@ -60,3 +60,5 @@ pub use lifecycle::serve;
 /// The writer actor alone, for `benches/writer.rs`: submit writes to it as
 /// the dispatcher does, without a socket in front.
 pub use engine::{CheckpointGate, Synchronous, WriteOp, WriterConfig, WriterHandle, spawn_writer};
+/// SQL text's leading whitespace and comments (for `nexusd ctl shell`).
+pub use engine::{is_blank as is_blank_sql, skip_blank as skip_blank_sql};

@@ -228,12 +228,13 @@ fn admin_suite_metrics_and_shell() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}{err}");
+    assert_eq!(out.status.code(), Some(1), "{text}{err}");
     assert!(text.contains(" t\n"), "{text}");
     assert!(text.contains("CREATE TABLE t(x);"), "{text}");
     assert!(text.contains(" 20\n"), "{text}");
     assert!(text.contains("OK: 1 row affected"), "{text}");
     assert!(err.contains("syntax error"), "{err}");
+    assert!(err.contains("1 of the input's statements"), "{err}");
 }
 
 /// BEGIN, COMMIT and ROLLBACK typed at the shell open and end a
@@ -252,7 +253,8 @@ fn the_shell_runs_transactions() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}{err}");
+    assert_eq!(out.status.code(), Some(1), "{text}{err}");
+    assert!(err.contains("2 of the input's statements"), "{err}");
     assert!(text.contains("deferred)"), "{text}");
     assert!(text.contains("immediate)"), "{text}");
     assert!(
@@ -285,7 +287,7 @@ END;
     );
     let text = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}{err}");
+    assert_eq!(out.status.code(), Some(1), "{text}{err}");
     assert!(err.contains("no such table: nope"), "{err}");
     assert!(err.contains("1 later statement(s)"), "{err}");
     let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
@@ -298,6 +300,50 @@ END;
     );
     let rows = c.query("SELECT x FROM log", params![]).expect("rows");
     assert_eq!(rows.len(), 1, "the trigger ran once, for the 3");
+}
+
+/// Fed from a pipe, the shell works as the sqlite3 shell does: comments
+/// and blank lines before a statement are skipped (a dot-command after
+/// them still runs), a clean run exits 0, and input that ends inside a
+/// statement says so, does not run it, and exits non-zero.
+#[test]
+fn the_shell_skips_comments_and_reports_unfinished_input() {
+    let d = Daemon::start(&[]);
+    let out = shell(
+        &d,
+        b"-- set up\n\n/* a table */\n.tables\nCREATE TABLE c(x);\n-- then\n\
+          INSERT INTO c VALUES (1); -- one\n-- a transaction\nBEGIN;\n\
+          /* count */ SELECT count(*) AS n FROM c;\nCOMMIT;\n",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}{err}");
+    assert!(err.is_empty(), "{err}");
+    assert!(text.contains("(0 rows)"), ".tables ran: {text}");
+    assert_eq!(
+        text.matches("(0 rows)").count(),
+        1,
+        "comments ran as nothing: {text}"
+    );
+    assert!(text.contains("BEGIN (transaction"), "{text}");
+    assert!(text.contains(" n\n---\n 1\n(1 row)"), "{text}");
+
+    let out = shell(&d, b"INSERT INTO c VALUES (2);\nINSERT INTO c VALUES (3)\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("ended inside a statement") && err.contains("INSERT INTO c VALUES (3)"),
+        "{err}"
+    );
+    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    let rows = c
+        .query("SELECT group_concat(x) FROM c", params![])
+        .expect("rows");
+    assert_eq!(
+        rows.get(0).expect("row").get::<String>(0).expect("text"),
+        "1,2",
+        "the unfinished statement did not run"
+    );
 }
 
 /// `nexusd ctl query … | head` closes ctl's stdout early: ctl ends quietly

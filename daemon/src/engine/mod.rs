@@ -32,6 +32,7 @@ pub(crate) use readers::{
 };
 pub(crate) use relay::{Sink, relay_for_this_thread};
 pub(crate) use statement::want_decltypes;
+pub use statement::{is_blank, skip_blank};
 use transactions::{End, Route, TxnMsg};
 pub(crate) use transactions::{Leases, Owner, Transactions, TxnStats};
 use writer::TxnStart;

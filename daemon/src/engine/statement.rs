@@ -278,9 +278,15 @@ fn run_prepared(
 }
 
 /// Whether `sql` holds no statement: only whitespace, comments and
-/// semicolons, which SQLite's tokenizer skips (an unclosed `/*` comment
-/// runs to the end). Looks no further than the first other character.
-fn is_blank(sql: &str) -> bool {
+/// semicolons, which SQLite's tokenizer skips.
+pub fn is_blank(sql: &str) -> bool {
+    skip_blank(sql).is_empty()
+}
+
+/// `sql` from its first statement on: past the whitespace, comments and
+/// semicolons before it (an unclosed `/*` comment runs to the end). Looks
+/// no further than the first other character.
+pub fn skip_blank(sql: &str) -> &str {
     let b = sql.as_bytes();
     let mut i = 0;
     while i < b.len() {
@@ -298,10 +304,11 @@ fn is_blank(sql: &str) -> bool {
                     .position(|w| w == b"*/")
                     .map_or(b.len(), |n| i + 2 + n + 2);
             }
-            _ => return false,
+            // Every byte skipped is ASCII, so `i` is on a char boundary.
+            _ => return &sql[i..],
         }
     }
-    true
+    ""
 }
 
 enum StatementError {
@@ -581,9 +588,17 @@ mod tests {
                 err.message
             );
         }
-        for sql in ["-- c\nSELECT 1", "/* c */ SELECT 1", "; SELECT 1", "-"] {
+        for sql in [
+            "-- c\nSELECT 1",
+            "/* c */ SELECT 1",
+            "; SELECT 1",
+            " SELECT 1",
+        ] {
             assert!(!is_blank(sql), "{sql:?}");
+            assert_eq!(skip_blank(sql), "SELECT 1", "{sql:?}");
         }
+        assert_eq!(skip_blank("-"), "-");
+        assert_eq!(skip_blank("/* é */é"), "é");
         match run(&stmt("/* c */ SELECT 7"), Want::Either) {
             Ok(Output::Rows(r)) => assert_eq!(r.rows, [[Value::Integer(7)]]),
             other => panic!("{:?}", other.map(|_| "executed")),

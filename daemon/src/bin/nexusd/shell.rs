@@ -3,14 +3,20 @@
 
 use std::path::{Path, PathBuf};
 
-use nexusd_client::{Client, Params, Transaction, Value};
+use nexusd_client::{Client, Params, StatementResult, Transaction, Value};
 
 use crate::ctl::{Failed, display, print_executed, print_status, print_table};
 
 /// `nexusd ctl shell`: SQL in, aligned tables out. Statements end with `;`
-/// and may span lines; dot-commands are one line.
+/// and may span lines; dot-commands are one line. Fed from a pipe or a
+/// file, as the sqlite3 shell is, it goes on past an error and exits
+/// non-zero at the end if anything failed.
 pub(crate) async fn run(client: &Client, socket: &Path) -> Result<(), Failed> {
     use rustyline::error::ReadlineError;
+    use std::io::IsTerminal;
+
+    let interactive = std::io::stdin().is_terminal();
+    let mut failures = 0usize;
 
     let mut editor = rustyline::DefaultEditor::new()
         .map_err(|e| Failed(format!("could not start line editing: {e}")))?;
@@ -49,18 +55,24 @@ pub(crate) async fn run(client: &Client, socket: &Path) -> Result<(), Failed> {
             match dot_command(client, trimmed).await {
                 Ok(true) => break,
                 Ok(false) => {}
-                Err(Failed(m)) => eprintln!("error: {m}"),
+                Err(Failed(m)) => {
+                    eprintln!("error: {m}");
+                    failures += 1;
+                }
             }
             continue;
         }
-        if trimmed.is_empty() && pending.is_empty() {
+        // Blank lines and comments before a statement are skipped, as the
+        // sqlite3 shell skips them, so a dot-command after them still works.
+        if pending.is_empty() && nexusd::is_blank_sql(trimmed) {
             continue;
         }
         pending.push_str(&line);
         pending.push('\n');
         // Complete as SQLite's own tokenizer sees it: a `;` inside a string
-        // or a trigger's body does not end the input.
-        if !trimmed.ends_with(';') || !is_complete(&pending) {
+        // or a trigger's body does not end the input, and a comment after
+        // the last `;` does not hold it open.
+        if !is_complete(&pending) {
             continue;
         }
         let input = std::mem::take(&mut pending);
@@ -72,6 +84,7 @@ pub(crate) async fn run(client: &Client, socket: &Path) -> Result<(), Failed> {
         for (i, sql) in statements.into_iter().enumerate() {
             if let Err(Failed(m)) = run_sql(client, &mut txn, sql).await {
                 eprintln!("error: {m}");
+                failures += 1;
                 if i + 1 < count {
                     eprintln!(
                         "({} later statement(s) on that input not run)",
@@ -82,8 +95,21 @@ pub(crate) async fn run(client: &Client, socket: &Path) -> Result<(), Failed> {
             }
         }
     }
+    if !nexusd::is_blank_sql(&pending) {
+        eprintln!(
+            "error: the input ended inside a statement, which was not run (end it with ';'): {}",
+            pending.trim()
+        );
+        failures += 1;
+    }
     if let Some(h) = &history {
         let _ = editor.save_history(h);
+    }
+    if failures > 0 && !interactive {
+        return Err(Failed(format!(
+            "{failures} of the input's statements or commands failed (the errors are above); \
+             the others ran"
+        )));
     }
     Ok(())
 }
@@ -107,14 +133,14 @@ fn split_statements(input: &str) -> Vec<&str> {
     for (i, ch) in input.char_indices() {
         if ch == ';' && is_complete(&input[start..=i]) {
             let stmt = input[start..=i].trim();
-            if stmt != ";" {
+            if !nexusd::is_blank_sql(stmt) {
                 out.push(stmt);
             }
             start = i + 1;
         }
     }
     let rest = input[start..].trim();
-    if !rest.is_empty() {
+    if !nexusd::is_blank_sql(rest) {
         out.push(rest);
     }
     out
@@ -160,7 +186,7 @@ fn control(sql: &str) -> Option<Control> {
 /// transaction; anything else goes through `query` when it may return
 /// rows, else through `execute`, inside the transaction if one is open.
 async fn run_sql(client: &Client, txn: &mut Option<Transaction>, sql: &str) -> Result<(), Failed> {
-    match (control(sql), txn.take()) {
+    match (control(nexusd::skip_blank_sql(sql)), txn.take()) {
         (Some(Control::Begin { .. }), Some(open)) => {
             let id = open.id();
             *txn = Some(open);
@@ -207,27 +233,21 @@ async fn run_sql(client: &Client, txn: &mut Option<Transaction>, sql: &str) -> R
     result
 }
 
+/// Runs one statement as a `Query`, which answers rows when the statement
+/// returns columns and its changes when not, whatever its first word is.
 async fn run_statement(
     client: &Client,
     txn: Option<&Transaction>,
     sql: &str,
 ) -> Result<(), Failed> {
-    let head = sql
-        .trim_start()
-        .split(|c: char| c.is_whitespace() || c == '(')
-        .next()
-        .unwrap_or("")
-        .to_ascii_uppercase();
-    let returns_rows = matches!(
-        head.as_str(),
-        "SELECT" | "WITH" | "VALUES" | "PRAGMA" | "EXPLAIN"
-    ) || sql.to_ascii_uppercase().contains("RETURNING");
     let params = Params::default();
-    match (returns_rows, txn) {
-        (true, Some(t)) => print_table(&t.query(sql, params).await?),
-        (true, None) => print_table(&client.query(sql, params).await?),
-        (false, Some(t)) => print_executed(&t.execute(sql, params).await?),
-        (false, None) => print_executed(&client.execute(sql, params).await?),
+    let result = match txn {
+        Some(t) => t.run(sql, params).await?,
+        None => client.run(sql, params).await?,
+    };
+    match result {
+        StatementResult::Rows(rows) => print_table(&rows),
+        StatementResult::Executed(done) => print_executed(&done),
     }
     Ok(())
 }
@@ -302,6 +322,12 @@ mod tests {
         assert!(is_complete(trigger));
         assert_eq!(split_statements(trigger), vec![trigger]);
         assert!(!is_complete("SELECT 'unterminated;"));
+        // Comments after a `;` end nothing and run as nothing.
+        assert!(is_complete("SELECT 1; -- done\n"));
+        assert_eq!(
+            split_statements("SELECT 1; -- done\n/* and */ ;"),
+            vec!["SELECT 1;"]
+        );
     }
 
     #[test]
