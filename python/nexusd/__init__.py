@@ -393,14 +393,70 @@ def _control(sql: str) -> Optional[tuple]:
 
 _DML = frozenset(("INSERT", "UPDATE", "DELETE", "REPLACE"))
 
+_SAVEPOINT_OP = re.compile(
+    r"(SAVEPOINT)\s+([^\s;]+)"
+    r"|(RELEASE)\s+(?:SAVEPOINT\s+)?([^\s;]+)"
+    r"|(ROLLBACK)\s+(?:TRANSACTION\s+)?TO\s+(?:SAVEPOINT\s+)?([^\s;]+)",
+    re.I)
+
+
+def _savepoint_op(sql: str) -> Optional[tuple]:
+    """SAVEPOINT n, RELEASE [SAVEPOINT] n and ROLLBACK [TRANSACTION] TO
+    [SAVEPOINT] n as ("savepoint" | "release" | "rollback", name), the
+    name unquoted and case-folded, as SQLite compares them."""
+    m = _SAVEPOINT_OP.match(sql, _COMMENTS.match(sql).end())
+    if m is None:
+        return None
+    op = (m.group(1) or m.group(3) or m.group(5)).lower()
+    name = m.group(2) or m.group(4) or m.group(6)
+    if len(name) > 1 and name[0] + name[-1] in ('""', "''", "``", "[]"):
+        name = name[1:-1]
+    return (op, name.lower())
+
+
+def _savepoint_step(stack: list, op: tuple) -> bool:
+    """Follows a transaction that a SAVEPOINT began through a savepoint
+    statement that succeeded; True when it was the RELEASE of that first
+    savepoint, which in SQLite commits the transaction."""
+    kind, name = op
+    if kind == "savepoint":
+        stack.append(name)
+        return False
+    if name not in stack:
+        return False
+    i = len(stack) - 1 - stack[::-1].index(name)
+    if kind == "rollback":
+        del stack[i + 1:]
+        return False
+    del stack[i:]
+    return i == 0
+
 
 @functools.lru_cache(maxsize=1024)
 def _classify(sql: str) -> tuple:
-    """(transaction control, is DML, is INSERT or REPLACE) of a statement;
-    remembered, as an app runs the same few texts over and over."""
+    """(transaction control, is DML, is INSERT or REPLACE, savepoint
+    statement) of a statement; remembered, as an app runs the same few
+    texts over and over."""
     words = _words(sql, 1)
     first = words[0].upper() if words else ""
-    return (_control(sql), first in _DML, first in ("INSERT", "REPLACE"))
+    savepoint = (_savepoint_op(sql) if first in ("SAVEPOINT", "RELEASE", "ROLLBACK")
+                 else None)
+    return (_control(sql), first in _DML, first in ("INSERT", "REPLACE"), savepoint)
+
+
+def _begins_a_transaction(sql: Optional[str]) -> bool:
+    """Whether ``sql``, outside a transaction, begins one: a SAVEPOINT does
+    (deferred), as in SQLite, and RELEASE of that savepoint commits it.
+    RELEASE or ROLLBACK TO there names no savepoint, and fails as in
+    SQLite."""
+    if sql is None:
+        return False
+    op = _classify(sql)[3]
+    if op is None:
+        return False
+    if op[0] != "savepoint":
+        raise OperationalError(f"no such savepoint: {op[1]}")
+    return True
 
 
 def _is_dml(sql: str) -> bool:
@@ -649,7 +705,7 @@ def _load(cursor: Any, result: tuple, sql: str) -> None:
     else:
         _, rowcount, lastrowid = result
         cursor.description, cursor._rows = None, []
-        _, dml, insert = _classify(sql)
+        _, dml, insert, _ = _classify(sql)
         if insert:
             cursor.lastrowid = lastrowid
         cursor.rowcount = rowcount if dml else -1
@@ -699,6 +755,8 @@ class Connection:
         self.text_factory = str
         self._trace_callback = None
         self._txn = None
+        # The savepoints of a transaction that a SAVEPOINT began, else None.
+        self._savepoints: Optional[list] = None
         self._pid = os.getpid()
         self._closed = False
         self._lock = threading.RLock()
@@ -762,6 +820,7 @@ class Connection:
         client = self._client()
         if traced is not None:
             _trace(self, traced)
+        self._savepoints = None
         try:
             self._txn = client.begin(mode)
         except _nexusd.NativeError as e:
@@ -779,7 +838,17 @@ class Connection:
                   and sql is not None and _is_dml(sql)):
                 self._begin(_MODES[self._isolation_level.upper()],
                             "BEGIN " + self._isolation_level)
+            elif _begins_a_transaction(sql):
+                self._begin("deferred")
+                self._savepoints = []
         return self._txn if self._txn is not None else client
+
+    def _after(self, sql: str) -> None:
+        """Ends a transaction that a SAVEPOINT began when its RELEASE ran."""
+        op = _classify(sql)[3]
+        if (op is not None and self._savepoints is not None and self._txn is not None
+                and _savepoint_step(self._savepoints, op)):
+            self._end(True, traced=False)
 
     def _end(self, commit: bool, traced: bool = True) -> None:
         txn, self._txn = self._txn, None
@@ -905,12 +974,14 @@ class Connection:
             if self._trace_callback is not None:
                 _trace(self, sql, parameters)
             try:
-                return target.run(sql, _named(sql, parameters))
+                result = target.run(sql, _named(sql, parameters))
             except _nexusd.NativeError as e:
                 err = _translate(e)
                 if isinstance(err, (TransactionExpired, Conflict)):
                     self._txn = None
                 raise err from None
+            self._after(sql)
+            return result
 
     def _run_control(self, control: tuple):
         if control[0] == "begin":

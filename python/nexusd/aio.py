@@ -33,6 +33,7 @@ from . import (
     TransactionExpired,
     PARSE_DECLTYPES,
     _check_autocommit,
+    _begins_a_transaction,
     _check_detect_types,
     _classify,
     _control,
@@ -46,6 +47,7 @@ from . import (
     _trace,
     _nexusd,
     _shared_client,
+    _savepoint_step,
     _split_script,
     _translate,
 )
@@ -106,6 +108,8 @@ class Connection:
         self._trace_callback = None
         self._client = None
         self._txn = None
+        # The savepoints of a transaction that a SAVEPOINT began, else None.
+        self._savepoints: Optional[list] = None
         self._closed = False
         self._lock: Optional[asyncio.Lock] = None
 
@@ -146,6 +150,7 @@ class Connection:
         client = self._check()
         if traced is not None:
             _trace(self, traced)
+        self._savepoints = None
         self._txn = await _wait(client.begin_async(_queue(), mode))
 
     async def _target(self, sql: Optional[str]):
@@ -158,7 +163,17 @@ class Connection:
                   and sql is not None and _is_dml(sql)):
                 await self._begin(_MODES[self.isolation_level.upper()],
                                   "BEGIN " + self.isolation_level)
+            elif _begins_a_transaction(sql):
+                await self._begin("deferred")
+                self._savepoints = []
         return self._txn if self._txn is not None else client
+
+    async def _after(self, sql: str) -> None:
+        """Ends a transaction that a SAVEPOINT began when its RELEASE ran."""
+        op = _classify(sql)[3]
+        if (op is not None and self._savepoints is not None and self._txn is not None
+                and _savepoint_step(self._savepoints, op)):
+            await self._end(True, traced=False)
 
     async def _end(self, commit: bool, traced: bool = True) -> None:
         txn, self._txn = self._txn, None
@@ -352,6 +367,7 @@ class Cursor:
                 return target.run_async(_queue(), sql, _named(sql, parameters))
 
             result = await conn._call(send, sql)
+            await conn._after(sql)
         _load(self, result, sql)
         return self
 

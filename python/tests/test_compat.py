@@ -370,3 +370,58 @@ def test_cursors_answer_as_sqlite3s_do(daemon, tmp_path):
             await db.commit()
 
     asyncio.run(through_asyncio())
+
+
+def savepoints_as_transactions(conn):
+    """SAVEPOINT outside a transaction begins one, and RELEASE of that
+    savepoint commits it, as in SQLite; inner savepoints nest inside."""
+    got = []
+    conn.execute("CREATE TABLE s(x)")
+    conn.commit()
+    conn.execute("SAVEPOINT outer_sp")
+    got.append(conn.in_transaction)
+    conn.execute("INSERT INTO s VALUES (1)")
+    conn.execute("SAVEPOINT [inner]")
+    conn.execute("INSERT INTO s VALUES (2)")
+    conn.execute("ROLLBACK TO SAVEPOINT inner")
+    conn.execute("RELEASE inner")
+    got.append(conn.in_transaction)
+    conn.execute("RELEASE SAVEPOINT OUTER_SP")
+    got.append(conn.in_transaction)
+    conn.execute("SAVEPOINT a")
+    conn.execute("INSERT INTO s VALUES (3)")
+    conn.execute("ROLLBACK TO a")
+    got.append(conn.in_transaction)
+    conn.execute("INSERT INTO s VALUES (4)")
+    conn.rollback()
+    got.append(conn.in_transaction)
+    with pytest.raises(sqlite3.OperationalError, match="no such savepoint"):
+        conn.execute("RELEASE nope")
+    got.append(conn.execute("SELECT x FROM s ORDER BY x").fetchall())
+    return got
+
+
+@pytest.mark.parametrize("mode", [{}, {"isolation_level": None}])
+def test_a_savepoint_begins_a_transaction_as_in_sqlite3(daemon, tmp_path, mode):
+    plain = sqlite3.connect(str(tmp_path / "plain.db"), **mode)
+    ours = nexusd.connect(daemon.socket, **mode)
+    theirs = savepoints_as_transactions(plain)
+    assert theirs == [True, True, False, True, False, [(1,)]]
+    assert savepoints_as_transactions(ours) == theirs
+    other = nexusd.connect(daemon.socket)
+    assert other.execute("SELECT x FROM s").fetchall() == [(1,)], "RELEASE committed"
+
+
+def test_asyncio_savepoint_begins_and_release_commits(daemon):
+    async def main():
+        async with nexusd.aio.connect(daemon.socket, isolation_level=None) as db:
+            await db.execute("CREATE TABLE a(x)")
+            await db.execute("SAVEPOINT sp")
+            await db.execute("INSERT INTO a VALUES (1)")
+            assert db.in_transaction
+            await db.execute("RELEASE sp")
+            assert not db.in_transaction
+        other = nexusd.connect(daemon.socket)
+        assert other.execute("SELECT x FROM a").fetchall() == [(1,)]
+
+    asyncio.run(main())
