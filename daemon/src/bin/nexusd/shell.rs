@@ -183,8 +183,8 @@ fn control(sql: &str) -> Option<Control> {
 }
 
 /// Runs one statement: transaction control opens or ends the shell's
-/// transaction; anything else goes through `query` when it may return
-/// rows, else through `execute`, inside the transaction if one is open.
+/// transaction; anything else goes to `run_statement`, inside the
+/// transaction if one is open.
 async fn run_sql(client: &Client, txn: &mut Option<Transaction>, sql: &str) -> Result<(), Failed> {
     match (control(nexusd::skip_blank_sql(sql)), txn.take()) {
         (Some(Control::Begin { .. }), Some(open)) => {
