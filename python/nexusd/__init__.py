@@ -843,9 +843,9 @@ class Connection:
                 self._savepoints = []
         return self._txn if self._txn is not None else client
 
-    def _after(self, sql: str) -> None:
-        """Ends a transaction that a SAVEPOINT began when its RELEASE ran."""
-        op = _classify(sql)[3]
+    def _after(self, op: Optional[tuple]) -> None:
+        """Ends a transaction that a SAVEPOINT began when its RELEASE ran;
+        ``op``: the statement's savepoint operation (``_classify``)."""
         if (op is not None and self._savepoints is not None and self._txn is not None
                 and _savepoint_step(self._savepoints, op)):
             self._end(True, traced=False)
@@ -966,7 +966,7 @@ class Connection:
 
     def _run(self, sql: str, parameters: Any):
         with self._lock:
-            control = _classify(sql)[0]
+            control, _, _, savepoint = _classify(sql)
             if control is not None:
                 _trace(self, sql)
                 return self._run_control(control)
@@ -980,7 +980,7 @@ class Connection:
                 if isinstance(err, (TransactionExpired, Conflict)):
                     self._txn = None
                 raise err from None
-            self._after(sql)
+            self._after(savepoint)
             return result
 
     def _run_control(self, control: tuple):

@@ -168,9 +168,9 @@ class Connection:
                 self._savepoints = []
         return self._txn if self._txn is not None else client
 
-    async def _after(self, sql: str) -> None:
-        """Ends a transaction that a SAVEPOINT began when its RELEASE ran."""
-        op = _classify(sql)[3]
+    async def _after(self, op: Optional[tuple]) -> None:
+        """Ends a transaction that a SAVEPOINT began when its RELEASE ran;
+        ``op``: the statement's savepoint operation (``_classify``)."""
         if (op is not None and self._savepoints is not None and self._txn is not None
                 and _savepoint_step(self._savepoints, op)):
             await self._end(True, traced=False)
@@ -356,7 +356,7 @@ class Cursor:
 
     async def execute(self, sql: str, parameters: Any = ()) -> "Cursor":
         conn = self.connection
-        control = _classify(sql)[0]
+        control, _, _, savepoint = _classify(sql)
         if control is not None:
             _trace(conn, sql)
             result = await conn._run_control(control)
@@ -367,7 +367,7 @@ class Cursor:
                 return target.run_async(_queue(), sql, _named(sql, parameters))
 
             result = await conn._call(send, sql)
-            await conn._after(sql)
+            await conn._after(savepoint)
         _load(self, result, sql)
         return self
 
