@@ -1033,7 +1033,9 @@ _IN_DAEMON = ("statements run in the nexusd daemon, another process, which canno
               "call into this one; ")
 _NOT_HERE = {
     "create_function": _IN_DAEMON + "compute the value in Python before or after the "
-                       "query, or use one of SQLite's built-in functions",
+                       "query, or use one of SQLite's built-in functions. REGEXP is built "
+                       "in (Python re's syntax without look-around and backreferences), so a "
+                       "create_function('regexp', ...) line can go",
     "create_aggregate": _IN_DAEMON + "aggregate in Python over the rows, or use SQLite's "
                         "built-in aggregates",
     "create_window_function": _IN_DAEMON + "use SQLite's built-in window functions",

@@ -18,8 +18,9 @@ ORM behave as on SQLite; what changes is underneath:
   level.
 - The pool never runs dry: its overflow is unbounded, since a pooled
   connection costs no socket (every connection of a process shares one).
-- REGEXP and the other Python functions pysqlite registers on each
-  connection are not there: statements run in the daemon.
+- ``regexp_match()`` works: pysqlite registers a Python REGEXP on each
+  connection, the daemon brings its own (Python ``re``'s syntax without
+  look-around and backreferences).
 """
 
 from __future__ import annotations

@@ -425,3 +425,41 @@ def test_asyncio_savepoint_begins_and_release_commits(daemon):
         assert other.execute("SELECT x FROM a").fetchall() == [(1,)]
 
     asyncio.run(main())
+
+
+def regexp_answers(conn):
+    """What a program that used REGEXP through sqlite3 reads: matches
+    anywhere, anchors, classes, inline flags, Unicode, NULLs, numbers."""
+    conn.execute("CREATE TABLE r(id INTEGER PRIMARY KEY, s)")
+    conn.executemany("INSERT INTO r(s) VALUES (?)", [
+        ("apple",), ("Banana",), ("cherry pie",), ("dátil",), ("2024-01-31",), (None,), (42,)])
+    conn.commit()
+    patterns = ["an", "^b", "(?i)^b", r"\bpie$", r"^\d{4}-\d{2}-\d{2}$", "á", "^(a|c)",
+                "e.r", "^4", "[a-c]{2}", r"\w+\s\w+"]
+    got = {p: conn.execute("SELECT id FROM r WHERE s REGEXP ? ORDER BY id", (p,)).fetchall()
+           for p in patterns}
+    got["not"] = conn.execute("SELECT id FROM r WHERE s NOT REGEXP 'a' ORDER BY id").fetchall()
+    got["null"] = conn.execute("SELECT NULL REGEXP 'a', 'a' REGEXP 'a'").fetchall()
+    return got
+
+
+def test_regexp_answers_as_the_function_sqlite3_programs_register(daemon, tmp_path):
+    """sqlite3 programs (and SQLAlchemy's pysqlite dialect) register REGEXP
+    as re.search; the daemon's answers the same, so the line can go."""
+    import re
+
+    plain = sqlite3.connect(str(tmp_path / "plain.db"))
+    plain.create_function(
+        "regexp", 2, lambda p, s: None if p is None or s is None else
+        re.search(p, s if isinstance(s, str) else str(s)) is not None)
+    theirs = regexp_answers(plain)
+    assert theirs["^b"] == [] and theirs["(?i)^b"] == [(2,)]
+    assert regexp_answers(nexusd.connect(daemon.socket)) == theirs
+
+    conn = nexusd.connect(daemon.socket)
+    with pytest.raises(nexusd.OperationalError) as raised:
+        conn.execute("SELECT 'aa' REGEXP '(a)\\1'")
+    assert "REGEXP pattern '(a)\\1' cannot be used: backreferences" in str(raised.value)
+    assert raised.value.sqlite_errorname == "SQLITE_ERROR"
+    with pytest.raises(nexusd.NotSupportedError, match="REGEXP is built in"):
+        conn.create_function("regexp", 2, re.search)

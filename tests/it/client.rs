@@ -538,3 +538,70 @@ fn idle_polling_answers_right_and_an_idle_daemon_sleeps() {
     );
     drop(c);
 }
+
+/// REGEXP, which SQLite's core leaves to the application, answers on every
+/// connection a statement can reach: the writer (a CHECK constraint), the
+/// readers, a transaction's, and the maintenance connections that check an
+/// index built on it.
+#[test]
+fn regexp_answers_on_every_connection() {
+    let d = Daemon::start(&[]);
+    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    c.execute(
+        "CREATE TABLE codes(c TEXT CHECK (c REGEXP '^[A-Z]{3}$'))",
+        params![],
+    )
+    .expect("a CHECK that calls REGEXP");
+    c.execute("CREATE INDEX codes_a ON codes(c REGEXP '^A')", params![])
+        .expect("an index on a REGEXP expression");
+    for code in ["ABC", "AXE", "BOW"] {
+        c.execute("INSERT INTO codes VALUES (?1)", params![code])
+            .expect(code);
+    }
+    let e = c
+        .execute("INSERT INTO codes VALUES ('abcd')", params![])
+        .expect_err("the CHECK fails");
+    assert!(e.to_string().contains("CHECK constraint failed"), "{e}");
+
+    let count = |sql: &str| -> i64 {
+        c.query(sql, params![])
+            .expect(sql)
+            .get(0)
+            .expect("a row")
+            .get(0)
+            .expect("an integer")
+    };
+    assert_eq!(count("SELECT count(*) FROM codes WHERE c REGEXP 'B|W'"), 2);
+    assert_eq!(count("SELECT count(*) FROM codes WHERE c REGEXP '^A'"), 2);
+    assert_eq!(
+        count("SELECT count(*) FROM codes WHERE c NOT REGEXP 'X'"),
+        2
+    );
+    let txn = c.deferred_transaction().expect("begin");
+    let rows = txn
+        .query("SELECT c FROM codes WHERE c REGEXP '(?i)^b'", params![])
+        .expect("in a transaction");
+    assert_eq!(
+        rows.get(0).expect("a row").get::<String>(0).expect("c"),
+        "BOW"
+    );
+    txn.commit().expect("commit");
+
+    let e = c
+        .query("SELECT 'a' REGEXP '(?<=a)b'", params![])
+        .expect_err("look-behind");
+    let Error::Sql(sql) = &e else { panic!("{e:?}") };
+    assert_eq!(sql.code, 1, "SQLITE_ERROR: {sql}");
+    assert!(
+        sql.message.contains("look-around") && sql.message.contains("'(?<=a)b'"),
+        "{sql}"
+    );
+
+    assert_eq!(c.integrity_check(false).expect("integrity_check"), "ok");
+    let dest = d.dir.join("codes.backup");
+    assert!(
+        c.backup(&dest)
+            .expect("backup")
+            .contains("integrity_check ok")
+    );
+}

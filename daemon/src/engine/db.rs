@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use rusqlite::{Connection, OpenFlags};
 
+use super::functions;
 use super::guard::Guard;
 
 /// Oldest bundled SQLite we accept: 3.7.0 to 3.51.2 can lose data when a
@@ -94,6 +95,7 @@ pub(crate) fn open_writer(
     let limit = i64::try_from(checkpoint_wal_bytes.saturating_mul(4)).unwrap_or(i64::MAX);
     conn.pragma_update(None, "journal_size_limit", limit)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    functions::install(&conn)?;
     let guard = Guard::install(&mut conn, litestream, sync == Synchronous::Full)?;
     Ok((conn, guard))
 }
@@ -115,6 +117,7 @@ pub(crate) fn open_reader(path: &Path, sync: Synchronous) -> anyhow::Result<(Con
     conn.pragma_update(None, "query_only", true)?;
     conn.pragma_update(None, "foreign_keys", true)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    functions::install(&conn)?;
     let guard = Guard::install(&mut conn, false, sync == Synchronous::Full)?;
     Ok((conn, guard))
 }

@@ -8,6 +8,7 @@ use nexusd_protocol::paths::backup_partial_path;
 use nexusd_protocol::{ErrorBody, ErrorKind};
 use rusqlite::{Connection, OpenFlags};
 
+use super::functions;
 use super::statement::own_statement_error;
 
 /// How long a maintenance connection waits on a lock.
@@ -37,6 +38,10 @@ fn open(db_path: &Path) -> Result<Connection, ErrorBody> {
     })?;
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(|e| io_error(format!("could not set busy_timeout: {e}")))?;
+    // integrity_check and VACUUM INTO evaluate indexed expressions, which
+    // may call the daemon's functions.
+    functions::install(&conn)
+        .map_err(|e| io_error(format!("could not add nexusd's SQL functions: {e}")))?;
     Ok(conn)
 }
 
@@ -127,6 +132,8 @@ fn write_checked_copy(db_path: &Path, partial: &Path, dest: &Path) -> Result<u64
     let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
     let copy = Connection::open_with_flags(partial, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| io_error(format!("opening the copy failed: {e}")))?;
+    functions::install(&copy)
+        .map_err(|e| io_error(format!("could not add nexusd's SQL functions: {e}")))?;
     let check: String = copy
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .map_err(|e| io_error(format!("checking the copy failed: {e}")))?;

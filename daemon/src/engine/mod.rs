@@ -7,6 +7,7 @@
 //! dispatcher above hands it statements with their deadlines.
 
 mod db;
+mod functions;
 mod guard;
 mod maintenance;
 mod readers;
