@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crate::{
     CheckpointMode, CheckpointResult, ClientInfo, ClientOptions, Error, Executed, Params, Result,
-    Rows, Statement, StatementResult, Stats, Status, TxnInfo,
+    Rows, SlowStatement, Statement, StatementResult, Stats, Status, TxnInfo,
 };
 
 /// Blocking twin of [`crate::Client`]: Clone + Send + Sync, clones share one
@@ -194,4 +194,5 @@ blocking_methods! {
     fn shutdown(&self) -> ();
     fn transactions(&self) -> Vec<TxnInfo>;
     fn rollback_transaction(&self, id: u64) -> ();
+    fn slow_log(&self, reset: bool) -> Vec<SlowStatement>;
 }

@@ -47,8 +47,8 @@ use std::time::{Duration, Instant};
 pub use error::{Error, Result, SqlError};
 pub use nexusd_protocol::paths::default_socket_path;
 pub use nexusd_protocol::{
-    CheckpointMode, CheckpointResult, ClientInfo, Executed, Params, Statement, Stats, Status,
-    TxnInfo, TxnMode, Value,
+    CheckpointMode, CheckpointResult, ClientInfo, Executed, Params, SlowStatement, Statement,
+    Stats, Status, TxnInfo, TxnMode, Value,
 };
 pub use rows::{FromValue, Row, Rows};
 pub use transaction::Transaction;
@@ -507,6 +507,16 @@ impl Client {
         }
     }
 
+    /// The statements that ran longer than the daemon's
+    /// `slow-statement-ms`, oldest first (admin role: they hold other
+    /// clients' SQL). With `reset`, the log is emptied once read.
+    pub async fn slow_log(&self, reset: bool) -> Result<Vec<SlowStatement>> {
+        match self.admin(AdminRequest::SlowLog { reset }).await? {
+            ResponseBody::SlowLog(entries) => Ok(entries),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Rolls back the open transaction `id`, whoever holds it (admin role).
     pub async fn rollback_transaction(&self, id: u64) -> Result<()> {
         match self
@@ -633,6 +643,7 @@ pub(crate) fn unexpected(body: &ResponseBody) -> Error {
         ResponseBody::Begun(_) => "Begun",
         ResponseBody::Transactions(_) => "Transactions",
         ResponseBody::TypedRows(_) => "TypedRows",
+        ResponseBody::SlowLog(_) => "SlowLog",
     };
     Error::Protocol(format!(
         "the daemon answered with an unexpected {what} reply"

@@ -92,6 +92,7 @@ impl Context {
                 self.engine
                     .readers
                     .set_max_read_ms(reloaded.config.max_read_ms);
+                crate::engine::slowlog::set_threshold_ms(reloaded.config.slow_statement_ms);
                 self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
                 tracing::info!("config reloaded: {}", reloaded.summary);
                 Ok(reloaded.summary)

@@ -126,6 +126,7 @@ struct Opened {
 }
 
 fn open(config: &ServeConfig) -> anyhow::Result<Opened> {
+    engine::slowlog::set_threshold_ms(config.slow_statement_ms);
     let db_path = config.db_path();
     create_parent_dir(&db_path, "database")?;
     let db_lock = LockFile::acquire(

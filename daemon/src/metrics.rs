@@ -114,6 +114,8 @@ pub(crate) struct Snapshot<'a> {
     pub(crate) writer: &'a WriterStats,
     pub(crate) transactions: &'a TxnStats,
     pub(crate) transactions_open: u64,
+    /// Statements that ran at least `slow-statement-ms`.
+    pub(crate) slow_statements: u64,
     pub(crate) uptime: Duration,
     pub(crate) connections: u64,
     pub(crate) max_connections: u64,
@@ -300,6 +302,12 @@ pub(crate) fn render(s: &Snapshot<'_>) -> String {
         "nexusd_transactions_open",
         "Interactive transactions open.",
         s.transactions_open as f64,
+    );
+    counter(
+        &mut out,
+        "nexusd_slow_statements_total",
+        "Statements that ran at least slow-statement-ms (`nexusd ctl slowlog` shows the last 128).",
+        s.slow_statements,
     );
     counter_f(
         &mut out,

@@ -42,8 +42,13 @@ pub mod features {
     /// which the daemon then sends in place of `Rows`.
     pub const DECLTYPES: u64 = 1 << 2;
 
+    /// The slow-statement log: the peer sends or decodes
+    /// [`AdminRequest::SlowLog`](crate::AdminRequest::SlowLog) and
+    /// [`ResponseBody::SlowLog`](crate::ResponseBody::SlowLog).
+    pub const SLOW_LOG: u64 = 1 << 3;
+
     /// Every bit this version of the crate understands.
-    pub const ALL: u64 = ERROR_KINDS_2 | TRANSACTIONS | DECLTYPES;
+    pub const ALL: u64 = ERROR_KINDS_2 | TRANSACTIONS | DECLTYPES | SLOW_LOG;
 }
 
 /// First frame from the client.
@@ -205,6 +210,10 @@ pub enum AdminRequest {
     /// Rolls the open transaction `txn` back; answers `Ok`. Its client's
     /// next request on it gets `TransactionExpired`.
     RollbackTransaction { txn: u64 },
+    /// Answers `SlowLog`: the statements that ran longer than the daemon's
+    /// `slow-statement-ms`, oldest first; with `reset`, the log is emptied
+    /// after it is read.
+    SlowLog { reset: bool },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -252,6 +261,7 @@ pub enum ResponseBody {
     /// `Rows` with each column's declared type, sent in its place to a
     /// peer that announced [`features::DECLTYPES`].
     TypedRows(TypedRows),
+    SlowLog(Vec<SlowStatement>),
 }
 
 impl ResponseBody {
@@ -282,6 +292,31 @@ impl ResponseBody {
             other => other,
         }
     }
+}
+
+/// One statement that ran longer than the daemon's `slow-statement-ms`,
+/// for `ctl slowlog`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlowStatement {
+    /// Counts up from 1 over the daemon's life; a gap between two entries
+    /// means the log dropped its oldest in between.
+    pub id: u64,
+    /// When the statement finished, in milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    /// How long the statement ran, in microseconds.
+    pub duration_us: u64,
+    /// How long its request waited before the statement began (in the
+    /// writer's queue, in a batch ahead of it, for a reader), in
+    /// microseconds.
+    pub waited_us: u64,
+    /// Where it ran: "writer", "reader" or "transaction".
+    pub ran_on: String,
+    /// The SQL text, cut at 1,024 bytes.
+    pub sql: String,
+    /// How many values were bound to it (the values are not kept).
+    pub params: u32,
+    /// Its error, or `None` if it succeeded.
+    pub error: Option<String>,
 }
 
 /// One open interactive transaction, for `ctl status` and `ctl clients`.

@@ -40,6 +40,7 @@ fn request() -> impl Strategy<Value = Request> {
         Just(RequestBody::Admin(AdminRequest::Ping)),
         Just(RequestBody::Admin(AdminRequest::Transactions)),
         any::<u64>().prop_map(|txn| RequestBody::Admin(AdminRequest::RollbackTransaction { txn })),
+        any::<bool>().prop_map(|reset| RequestBody::Admin(AdminRequest::SlowLog { reset })),
         proptest::sample::select(vec![
             TxnMode::Immediate,
             TxnMode::Deferred,
@@ -137,6 +138,20 @@ fn response() -> impl Strategy<Value = Response> {
                     age_ms: 5,
                     idle_ms: 1,
                     statements,
+                }])
+            }
+        ),
+        (any::<u64>(), ".{0,40}", proptest::option::of(".{0,20}")).prop_map(
+            |(duration_us, sql, error)| {
+                ResponseBody::SlowLog(vec![SlowStatement {
+                    id: 1,
+                    unix_ms: 1_795_000_000_000,
+                    duration_us,
+                    waited_us: 3,
+                    ran_on: "reader".into(),
+                    sql,
+                    params: 2,
+                    error,
                 }])
             }
         ),

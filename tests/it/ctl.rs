@@ -375,3 +375,96 @@ fn ctl_into_a_pipe_closed_early_ends_quietly() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(out.status.success(), "{:?}: {err}", out.status);
 }
+
+/// A statement that runs at least `slow-statement-ms` lands in the slow
+/// log, from the writer, a reader or a transaction, failed or not; a fast
+/// one does not. `ctl slowlog` prints it, `--reset` empties it, and a
+/// reload that sets 0 turns it off.
+#[test]
+fn the_slow_log_keeps_what_ran_long_and_ctl_shows_it() {
+    const SLOW: &str = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n \
+                        WHERE i < 1000000) SELECT count(*) FROM n WHERE i > ?1";
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = tmp.path().join("nexusd.toml");
+    std::fs::write(&config, "slow-statement-ms = 50\n").expect("config");
+    let d = Daemon::start(&["--config", config.to_str().expect("utf-8")]);
+    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    c.execute("CREATE TABLE t(x)", params![]).expect("create");
+    c.query("SELECT 1", params![]).expect("a fast read");
+    c.query(SLOW, params![0]).expect("a slow read");
+    c.execute(
+        &format!("INSERT INTO t {}", SLOW.replace("?1", "0")),
+        params![],
+    )
+    .expect("a slow write");
+    let txn = c.transaction().expect("begin");
+    txn.query(SLOW, params![1])
+        .expect("a slow read in a transaction");
+    txn.commit().expect("commit");
+    let e = c
+        .query(
+            &SLOW.replace(
+                "count(*) FROM n WHERE i > ?1",
+                "CASE WHEN count(*) > 0 THEN abs(-9223372036854775807 - 1) END FROM n",
+            ),
+            params![],
+        )
+        .expect_err("integer overflow after a long scan");
+    assert!(e.to_string().contains("integer overflow"), "{e}");
+
+    let log = c.slow_log(false).expect("slow log");
+    let seen: Vec<(&str, u32, bool)> = log
+        .iter()
+        .map(|s| (s.ran_on.as_str(), s.params, s.error.is_some()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("reader", 1, false),
+            ("writer", 0, false),
+            ("transaction", 1, false),
+            ("reader", 0, true)
+        ],
+        "{log:#?}"
+    );
+    assert!(log.iter().all(|s| s.duration_us >= 50_000), "{log:#?}");
+    assert_eq!(log[0].sql, SLOW);
+    assert!(
+        log[3]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("integer overflow")),
+        "{log:#?}"
+    );
+    assert!(log.windows(2).all(|w| w[0].id < w[1].id));
+    let metrics = c.metrics().expect("metrics");
+    assert!(
+        metrics.contains("\nnexusd_slow_statements_total 4\n"),
+        "{metrics}"
+    );
+
+    let out = ctl(&d, &["slowlog", "--reset"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("statements of at least 50 ms") && text.contains("on the writer"),
+        "{text}"
+    );
+    assert!(text.contains("    WITH RECURSIVE n(i)"), "{text}");
+    assert!(text.contains("failed: integer overflow"), "{text}");
+    assert!(c.slow_log(false).expect("slow log").is_empty(), "reset");
+
+    std::fs::write(&config, "slow-statement-ms = 0\n").expect("config");
+    assert!(
+        c.reload()
+            .expect("reload")
+            .contains("slow-statement-ms 50 -> 0")
+    );
+    c.query(SLOW, params![0]).expect("a slow read");
+    assert!(
+        c.slow_log(false).expect("slow log").is_empty(),
+        "turned off"
+    );
+    let out = ctl(&d, &["slowlog"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("the log is off"));
+}

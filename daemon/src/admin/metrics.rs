@@ -10,6 +10,7 @@ pub(crate) fn metrics_text(ctx: &Context) -> String {
         writer: &engine.writer.stats,
         transactions: &engine.transactions.stats,
         transactions_open: engine.transactions.open_count() as u64,
+        slow_statements: crate::engine::slowlog::recorded(),
         uptime: ctx.uptime(),
         connections: ctx.connections().open(),
         max_connections: ctx.connections().max() as u64,

@@ -12,6 +12,7 @@ use nexusd_protocol::{AdminRequest, ErrorBody, ErrorKind, ResponseBody};
 
 use crate::clients::ClientEntry;
 use crate::context::Context;
+use crate::engine::slowlog;
 
 pub(crate) use metrics::metrics_text;
 pub(crate) use status::{status, status_line};
@@ -33,6 +34,7 @@ pub(crate) async fn run(ctx: &Context, request: AdminRequest, who: &ClientEntry)
         AdminRequest::Backup { dest } => maintenance::backup(ctx, dest, who).await,
         AdminRequest::Transactions => ResponseBody::Transactions(ctx.engine.transactions.list()),
         AdminRequest::RollbackTransaction { txn } => rollback_transaction(ctx, txn, who),
+        AdminRequest::SlowLog { reset } => ResponseBody::SlowLog(slowlog::entries(reset)),
     }
 }
 

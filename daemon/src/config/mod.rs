@@ -144,6 +144,12 @@ pub struct ServeConfig {
     #[arg(long, default_value_t = 30_000)]
     pub(crate) max_read_ms: u64,
 
+    /// A statement that runs at least this long, in milliseconds, goes into
+    /// the slow-statement log that `nexusd ctl slowlog` shows (the last
+    /// 128); 0 keeps none.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) slow_statement_ms: u64,
+
     /// An interactive transaction that sends nothing for this long, in
     /// milliseconds, is rolled back, so that a stuck client cannot hold the
     /// writer (or a snapshot) for long.
@@ -237,6 +243,7 @@ struct FileConfig {
     idle_poll_us: Option<u64>,
     log_level: Option<String>,
     max_read_ms: Option<u64>,
+    slow_statement_ms: Option<u64>,
     txn_idle_timeout_ms: Option<u64>,
     txn_max_ms: Option<u64>,
     max_transactions: Option<usize>,
@@ -280,6 +287,7 @@ reloadable!(
     idle_timeout_ms,
     drain_timeout_ms,
     max_read_ms,
+    slow_statement_ms,
     txn_idle_timeout_ms,
     txn_max_ms,
     max_transactions,
@@ -345,6 +353,7 @@ impl ServeConfig {
             idle_poll_us,
             log_level,
             max_read_ms,
+            slow_statement_ms,
             txn_idle_timeout_ms,
             txn_max_ms,
             max_transactions,
@@ -408,6 +417,7 @@ impl ServeConfig {
             ("idle-poll-us", self.idle_poll_us.to_string()),
             ("log-level", self.log_level.clone()),
             ("max-read-ms", self.max_read_ms.to_string()),
+            ("slow-statement-ms", self.slow_statement_ms.to_string()),
             ("txn-idle-timeout-ms", self.txn_idle_timeout_ms.to_string()),
             ("txn-max-ms", self.txn_max_ms.to_string()),
             ("max-transactions", self.max_transactions.to_string()),

@@ -12,6 +12,7 @@ mod guard;
 mod maintenance;
 mod readers;
 mod relay;
+pub(crate) mod slowlog;
 mod statement;
 mod syncer;
 mod transactions;

@@ -13,6 +13,7 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, ffi};
 
 use super::guard::{Guard, Refusal, Scope};
+use super::slowlog;
 
 /// Whether any client has asked for declared column types
 /// (`features::DECLTYPES`) since the daemon started. Until one does,
@@ -166,9 +167,29 @@ fn run(
     limits: &StatementLimits,
     only: Only,
 ) -> Result<ReadOnly, ErrorBody> {
-    guard.client(limits.deadline, scope, || {
+    let began = Instant::now();
+    let result = guard.client(limits.deadline, scope, || {
         run_guarded(conn, guard, st, want, limits, only).or_else(|e| error_body(e, guard, limits))
-    })
+    });
+    let ran = began.elapsed();
+    if slowlog::is_slow(ran) {
+        let ran_on = if scope != Scope::Request {
+            "transaction"
+        } else if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+            "reader"
+        } else {
+            "writer"
+        };
+        let error = result.as_ref().err().map(|e| e.message.clone());
+        slowlog::record(
+            st,
+            ran,
+            began.saturating_duration_since(limits.started),
+            ran_on,
+            error,
+        );
+    }
+    result
 }
 
 fn run_guarded(

@@ -71,6 +71,12 @@ enum CtlCommand {
         /// The transaction's id.
         id: u64,
     },
+    /// The last statements that ran at least slow-statement-ms, oldest first.
+    Slowlog {
+        /// Empty the log after printing it.
+        #[arg(long)]
+        reset: bool,
+    },
     /// Run a statement and print its rows as a table.
     Query(SqlArgs),
     /// Run a statement through the writer and print what changed.
@@ -184,6 +190,20 @@ async fn command(args: CtlArgs, socket: &Path) -> Result<(), Failed> {
                 print_json(&t);
             } else {
                 print_transactions(&t);
+            }
+        }
+        CtlCommand::Slowlog { reset } => {
+            let entries = client.slow_log(reset).await?;
+            if json {
+                print_json(&entries);
+            } else {
+                let threshold = client.status().await.ok().and_then(|s| {
+                    s.settings
+                        .into_iter()
+                        .find(|(name, _)| name == "slow-statement-ms")
+                        .map(|(_, v)| v)
+                });
+                print_slow_log(&entries, threshold.as_deref(), reset);
             }
         }
         CtlCommand::Rollback { id } => {
@@ -511,6 +531,51 @@ fn print_transactions(list: &[nexusd_client::TxnInfo]) {
         })
         .collect();
     print_aligned(&header, &rows);
+}
+
+fn print_slow_log(entries: &[nexusd_client::SlowStatement], threshold: Option<&str>, reset: bool) {
+    let over = match threshold {
+        Some("0") => " (the log is off: slow-statement-ms is 0)".to_owned(),
+        Some(ms) => format!(" (statements of at least {ms} ms; the last 128 are kept)"),
+        None => String::new(),
+    };
+    outln!("slow statements{over}:");
+    if entries.is_empty() {
+        outln!("  (none)");
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    for e in entries {
+        outln!(
+            "#{}  {} ago  ran {} on the {}, after waiting {}; {} value{} bound",
+            e.id,
+            human_duration(now_ms.saturating_sub(e.unix_ms)),
+            micros(e.duration_us),
+            e.ran_on,
+            micros(e.waited_us),
+            e.params,
+            if e.params == 1 { "" } else { "s" }
+        );
+        for line in e.sql.lines() {
+            outln!("    {line}");
+        }
+        if let Some(error) = &e.error {
+            outln!("    failed: {error}");
+        }
+    }
+    if reset {
+        outln!("(the log is now empty)");
+    }
+}
+
+/// Microseconds, as milliseconds or seconds.
+fn micros(us: u64) -> String {
+    match us {
+        0..1_000 => format!("{us} us"),
+        1_000..1_000_000 => format!("{:.1} ms", us as f64 / 1e3),
+        _ => format!("{:.2} s", us as f64 / 1e6),
+    }
 }
 
 /// A progress bar on stderr while the daemon writes the backup: the copy's
