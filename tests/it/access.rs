@@ -64,6 +64,9 @@ fn roles_from_peer_credentials_allow_and_refuse() {
         out.contains("uid 2002 has the write role") && out.contains("needs the admin role"),
         "{out}"
     );
+    // The slow log holds every client's SQL: admins only.
+    let (ok, out) = ctl_as(2002, 2002, &["slowlog"]);
+    assert!(!ok && out.contains("needs the admin role"), "{out}");
 
     // Nobody else may connect at all.
     let (ok, out) = ctl_as(2003, 2003, &["query", "SELECT 1"]);
