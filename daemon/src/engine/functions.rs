@@ -9,6 +9,7 @@
 //! so no pattern a client sends can stall a reader or the writer. A match is
 //! `re.search`'s: anywhere in the text unless the pattern anchors it.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use regex::bytes::{Regex, RegexBuilder};
@@ -53,13 +54,14 @@ fn regexp(ctx: &Context<'_>) -> rusqlite::Result<Option<bool>> {
 }
 
 /// A value as the text a pattern is matched against: text and blobs as
-/// their bytes, numbers as their decimal text.
-fn as_text(value: ValueRef<'_>) -> Vec<u8> {
+/// their bytes (borrowed: a scan copies no row), numbers as their decimal
+/// text.
+fn as_text(value: ValueRef<'_>) -> Cow<'_, [u8]> {
     match value {
-        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => bytes.to_vec(),
-        ValueRef::Integer(i) => i.to_string().into_bytes(),
-        ValueRef::Real(f) => real_text(f).into_bytes(),
-        ValueRef::Null => Vec::new(),
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => Cow::Borrowed(bytes),
+        ValueRef::Integer(i) => Cow::Owned(i.to_string().into_bytes()),
+        ValueRef::Real(f) => Cow::Owned(real_text(f).into_bytes()),
+        ValueRef::Null => Cow::Borrowed(&[]),
     }
 }
 
