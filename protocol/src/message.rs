@@ -168,6 +168,20 @@ pub enum Params {
     Named(Vec<(String, Value)>),
 }
 
+impl Params {
+    /// How many values are bound, in either style.
+    pub fn len(&self) -> usize {
+        match self {
+            Params::Positional(values) => values.len(),
+            Params::Named(pairs) => pairs.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 impl Default for Params {
     fn default() -> Self {
         Params::Positional(Vec::new())

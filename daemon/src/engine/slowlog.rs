@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use nexusd_protocol::{Params, SlowStatement, Statement};
+use nexusd_protocol::{SlowStatement, Statement};
 
 /// Entries kept; the oldest goes when a new one comes.
 pub(crate) const SLOW_LOG_LEN: usize = 128;
@@ -45,10 +45,6 @@ pub(super) fn record(
     error: Option<String>,
 ) {
     let id = RECORDED.fetch_add(1, Ordering::Relaxed) + 1;
-    let params = match &st.params {
-        Params::Positional(values) => values.len(),
-        Params::Named(pairs) => pairs.len(),
-    };
     let entry = SlowStatement {
         id,
         unix_ms: SystemTime::now()
@@ -58,7 +54,7 @@ pub(super) fn record(
         waited_us: micros(waited),
         ran_on: ran_on.to_owned(),
         sql: cut(&st.sql, SQL_KEPT),
-        params: u32::try_from(params).unwrap_or(u32::MAX),
+        params: u32::try_from(st.params.len()).unwrap_or(u32::MAX),
         error,
     };
     tracing::debug!(

@@ -204,10 +204,7 @@ fn run_guarded(
         // SQLite prepares nothing from this, and stepping nothing is
         // SQLITE_MISUSE, "bad parameter or other API misuse". Answer as
         // `sqlite3` does: nothing ran, and there is nothing to bind.
-        let given = match &st.params {
-            Params::Positional(values) => values.len(),
-            Params::Named(pairs) => pairs.len(),
-        };
+        let given = st.params.len();
         if given > 0 {
             return Err(StatementError::Bind(format!(
                 "the SQL text holds no statement (only whitespace, comments or semicolons), but \
