@@ -33,6 +33,8 @@ use crate::metrics::RequestKind;
 pub(crate) struct Connection {
     pub(crate) ctx: Arc<Context>,
     pub(crate) who: Arc<ClientEntry>,
+    /// The client as the engine knows it, shared by its requests.
+    pub(crate) owner: Arc<Owner>,
     /// The connection's write queue.
     pub(crate) out: mpsc::Sender<Response>,
     /// The connection's runtime, for an answer that must wait for room in
@@ -113,21 +115,33 @@ pub(crate) fn start(conn: &Arc<Connection>, req: Request, permit: OwnedSemaphore
             answer.give(ResponseBody::Batch(Vec::new()))
         }
         RequestBody::Batch(stmts) => write(ctx, WriteOp::Batch(stmts), arrived, deadline, answer),
-        RequestBody::Query(st) => match ctx.engine.readers.in_place(&st, arrived, deadline) {
-            InPlace::Done(body) => answer.give(body),
-            InPlace::NotReadOnly => write_query(ctx, role, st, arrived, deadline, answer),
-            InPlace::ToPool => {
-                let ctx = ctx.clone();
-                tokio::spawn(async move {
-                    match ctx.engine.readers.in_pool(st, arrived, deadline).await {
-                        ReadOutcome::Done(body) => answer.give(body),
-                        ReadOutcome::NeedsWriter(st) => {
-                            write_query(&ctx, role, st, arrived, deadline, answer)
+        RequestBody::Query(st) => {
+            match ctx
+                .engine
+                .readers
+                .in_place(&st, &conn.owner, arrived, deadline)
+            {
+                InPlace::Done(body) => answer.give(body),
+                InPlace::NotReadOnly => write_query(ctx, role, st, arrived, deadline, answer),
+                InPlace::ToPool => {
+                    let ctx = ctx.clone();
+                    let owner = conn.owner.clone();
+                    tokio::spawn(async move {
+                        match ctx
+                            .engine
+                            .readers
+                            .in_pool(st, owner, arrived, deadline)
+                            .await
+                        {
+                            ReadOutcome::Done(body) => answer.give(body),
+                            ReadOutcome::NeedsWriter(st) => {
+                                write_query(&ctx, role, st, arrived, deadline, answer)
+                            }
                         }
-                    }
-                });
+                    });
+                }
             }
-        },
+        }
         RequestBody::Admin(admin) => spawn_waiting(Waits::Admin(admin), arrived, deadline, answer),
         RequestBody::Begin(mode) => spawn_waiting(Waits::Begin(mode), arrived, deadline, answer),
         RequestBody::Transaction { txn, op } => {
@@ -188,8 +202,13 @@ fn admit(ctx: &Context, req: &Request, who: &ClientEntry) -> Result<Option<Role>
 
 /// Queues a write for the writer; its answer comes through the relay.
 fn write(ctx: &Context, op: WriteOp, arrived: Instant, deadline: Instant, answer: Answer) {
+    let owner = answer.conn.owner.clone();
     let sink = answer.into_sink();
-    if let Err(wait_for_room) = ctx.engine.writer.submit_to(op, arrived, deadline, sink) {
+    if let Err(wait_for_room) = ctx
+        .engine
+        .writer
+        .submit_to(op, owner, arrived, deadline, sink)
+    {
         tokio::spawn(wait_for_room);
     }
 }
@@ -234,11 +253,7 @@ async fn waiting(
     match what {
         Waits::Admin(admin) => admin::run(ctx, admin, who).await,
         Waits::Begin(mode) => {
-            let owner = Owner {
-                client_id: who.id,
-                client_name: who.client_name.clone(),
-                pid: who.peer.pid,
-            };
+            let owner = Owner::clone(&conn.owner);
             let max_open = ctx.config().max_transactions;
             ctx.engine
                 .begin(mode, owner, max_open, arrived, deadline)

@@ -30,6 +30,7 @@ use std::sync::atomic::Ordering;
 use crate::access::Peer;
 use crate::context::Context;
 use crate::dispatch;
+use crate::engine::Owner;
 
 /// Replies encoded into one buffer before it is written.
 const WRITE_BUFFER_SOFT_LIMIT: usize = 256 * 1024;
@@ -148,6 +149,11 @@ pub(crate) async fn serve(stream: UnixStream, ctx: Arc<Context>, peer_cred: Peer
     let answers = Arc::new(dispatch::Connection {
         ctx: ctx.clone(),
         who: entry.clone(),
+        owner: Arc::new(Owner {
+            client_id: entry.id,
+            client_name: entry.client_name.clone(),
+            pid: entry.peer.pid,
+        }),
         out: out_tx.clone(),
         runtime: tokio::runtime::Handle::current(),
     });

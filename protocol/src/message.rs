@@ -323,6 +323,12 @@ pub struct SlowStatement {
     /// writer's queue, in a batch ahead of it, for a reader), in
     /// microseconds.
     pub waited_us: u64,
+    /// The client that sent it, as `ClientInfo` and `TxnInfo` name it:
+    /// its id, the name it gave, and its process id when the kernel told
+    /// the daemon.
+    pub client_id: u64,
+    pub client_name: String,
+    pub pid: Option<u32>,
     /// Where it ran: "writer", "reader" or "transaction".
     pub ran_on: String,
     /// The SQL text, cut at 1,024 bytes.

@@ -141,20 +141,28 @@ fn response() -> impl Strategy<Value = Response> {
                 }])
             }
         ),
-        (any::<u64>(), ".{0,40}", proptest::option::of(".{0,20}")).prop_map(
-            |(duration_us, sql, error)| {
+        (
+            any::<u64>(),
+            ".{0,40}",
+            proptest::option::of(".{0,20}"),
+            ".{0,12}",
+            proptest::option::of(any::<u32>())
+        )
+            .prop_map(|(duration_us, sql, error, client_name, pid)| {
                 ResponseBody::SlowLog(vec![SlowStatement {
                     id: 1,
                     unix_ms: 1_795_000_000_000,
                     duration_us,
                     waited_us: 3,
+                    client_id: 9,
+                    client_name,
+                    pid,
                     ran_on: "reader".into(),
                     sql,
                     params: 2,
                     error,
                 }])
-            }
-        ),
+            }),
     ];
     (any::<u64>(), body).prop_map(|(id, body)| Response { id, body })
 }

@@ -411,6 +411,30 @@ fn the_slow_log_keeps_what_ran_long_and_ctl_shows_it() {
         )
         .expect_err("integer overflow after a long scan");
     assert!(e.to_string().contains("integer overflow"), "{e}");
+    // Another client's slow write, and then it leaves: its entry still
+    // names it.
+    let other = nexusd_client::blocking::Client::connect_with(
+        d.socket(),
+        nexusd_client::ClientOptions {
+            client_name: "nightly-report".to_owned(),
+            ..Default::default()
+        },
+    )
+    .expect("connect");
+    let other_id = c
+        .clients()
+        .expect("clients")
+        .iter()
+        .find(|i| i.client_name == "nightly-report")
+        .map(|i| i.id)
+        .expect("the second client is listed");
+    other
+        .execute(
+            &format!("INSERT INTO t {}", SLOW.replace("?1", "2")),
+            params![],
+        )
+        .expect("another client's slow write");
+    drop(other);
 
     let log = c.slow_log(false).expect("slow log");
     let seen: Vec<(&str, u32, bool)> = log
@@ -423,8 +447,26 @@ fn the_slow_log_keeps_what_ran_long_and_ctl_shows_it() {
             ("reader", 1, false),
             ("writer", 0, false),
             ("transaction", 1, false),
-            ("reader", 0, true)
+            ("reader", 0, true),
+            ("writer", 0, false)
         ],
+        "{log:#?}"
+    );
+    let me = c
+        .clients()
+        .expect("clients")
+        .into_iter()
+        .find(|i| i.pid == Some(std::process::id()) && i.client_name != "nightly-report")
+        .expect("this client is listed");
+    assert!(
+        log[..4]
+            .iter()
+            .all(|s| s.client_id == me.id && s.client_name == me.client_name && s.pid == me.pid),
+        "{log:#?}"
+    );
+    assert_eq!(
+        (log[4].client_id, log[4].client_name.as_str(), log[4].pid),
+        (other_id, "nightly-report", Some(std::process::id())),
         "{log:#?}"
     );
     assert!(log.iter().all(|s| s.duration_us >= 50_000), "{log:#?}");
@@ -439,7 +481,7 @@ fn the_slow_log_keeps_what_ran_long_and_ctl_shows_it() {
     assert!(log.windows(2).all(|w| w[0].id < w[1].id));
     let metrics = c.metrics().expect("metrics");
     assert!(
-        metrics.contains("\nnexusd_slow_statements_total 4\n"),
+        metrics.contains("\nnexusd_slow_statements_total 5\n"),
         "{metrics}"
     );
 
@@ -452,6 +494,13 @@ fn the_slow_log_keeps_what_ran_long_and_ctl_shows_it() {
     );
     assert!(text.contains("    WITH RECURSIVE n(i)"), "{text}");
     assert!(text.contains("failed: integer overflow"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "client {other_id} (nightly-report, pid {})",
+            std::process::id()
+        )),
+        "{text}"
+    );
     assert!(c.slow_log(false).expect("slow log").is_empty(), "reset");
 
     std::fs::write(&config, "slow-statement-ms = 0\n").expect("config");

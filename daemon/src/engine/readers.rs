@@ -44,6 +44,7 @@ use super::CheckpointGate;
 use super::db::{self, Synchronous, epoch};
 use super::guard::{Guard, Scope};
 use super::statement::{self, ReadOnly, StatementLimits, Want};
+use super::transactions::Owner;
 use super::writer::WriterStats;
 
 /// How often a reader held at the checkpoint gate looks again.
@@ -186,6 +187,7 @@ pub(crate) enum ReadOutcome {
 
 struct ReadJob {
     statement: Statement,
+    owner: Arc<Owner>,
     arrived: Instant,
     deadline: Instant,
     reply: oneshot::Sender<ReadOutcome>,
@@ -268,12 +270,14 @@ impl ReaderPool {
     pub(crate) async fn in_pool(
         &self,
         statement: Statement,
+        owner: Arc<Owner>,
         arrived: Instant,
         deadline: Instant,
     ) -> ReadOutcome {
         let (reply, rx) = oneshot::channel();
         let job = ReadJob {
             statement,
+            owner,
             arrived,
             deadline,
             reply,
@@ -303,6 +307,7 @@ impl ReaderPool {
     pub(crate) fn in_place(
         &self,
         statement: &Statement,
+        owner: &Owner,
         arrived: Instant,
         deadline: Instant,
     ) -> InPlace {
@@ -374,8 +379,12 @@ impl ReaderPool {
                 }
             }
             let budget = now + INLINE_BUDGET;
-            let mut limits =
-                StatementLimits::for_request(arrived, deadline, self.shared.max_result_bytes);
+            let mut limits = StatementLimits::for_request(
+                arrived,
+                deadline,
+                self.shared.max_result_bytes,
+                owner,
+            );
             if budget < deadline {
                 limits.deadline = budget;
             }
@@ -466,15 +475,22 @@ impl Reader {
         for job in self.rx.iter() {
             let ReadJob {
                 statement,
+                owner,
                 arrived,
                 deadline,
                 reply,
             } = job;
-            let _ = reply.send(self.serve(statement, arrived, deadline));
+            let _ = reply.send(self.serve(statement, &owner, arrived, deadline));
         }
     }
 
-    fn serve(&self, statement: Statement, arrived: Instant, deadline: Instant) -> ReadOutcome {
+    fn serve(
+        &self,
+        statement: Statement,
+        owner: &Owner,
+        arrived: Instant,
+        deadline: Instant,
+    ) -> ReadOutcome {
         if Instant::now() >= deadline {
             return ReadOutcome::Done(ResponseBody::Error(ErrorBody::new(
                 ErrorKind::Timeout,
@@ -494,7 +510,8 @@ impl Reader {
             std::thread::sleep(GATE_POLL);
         }
         let now = Instant::now();
-        let mut limits = StatementLimits::for_request(arrived, deadline, self.max_result_bytes);
+        let mut limits =
+            StatementLimits::for_request(arrived, deadline, self.max_result_bytes, owner);
         if now + cap < deadline {
             limits.deadline = now + cap;
             limits.started = now;

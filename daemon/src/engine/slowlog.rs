@@ -14,6 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nexusd_protocol::{SlowStatement, Statement};
 
+use super::transactions::Owner;
+
 /// Entries kept; the oldest goes when a new one comes.
 pub(crate) const SLOW_LOG_LEN: usize = 128;
 /// SQL text kept per entry, in bytes.
@@ -35,10 +37,11 @@ pub(super) fn is_slow(ran: Duration) -> bool {
     threshold > 0 && ran.as_micros() >= u128::from(threshold)
 }
 
-/// Keeps one slow statement. `waited` is its request's time before it
-/// began; `ran_on` where it ran.
+/// Keeps one slow statement of `owner`'s. `waited` is its request's time
+/// before it began; `ran_on` where it ran.
 pub(super) fn record(
     st: &Statement,
+    owner: &Owner,
     ran: Duration,
     waited: Duration,
     ran_on: &str,
@@ -52,6 +55,9 @@ pub(super) fn record(
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         duration_us: micros(ran),
         waited_us: micros(waited),
+        client_id: owner.client_id,
+        client_name: owner.client_name.clone(),
+        pid: owner.pid,
         ran_on: ran_on.to_owned(),
         sql: cut(&st.sql, SQL_KEPT),
         params: u32::try_from(st.params.len()).unwrap_or(u32::MAX),
@@ -60,6 +66,7 @@ pub(super) fn record(
     tracing::debug!(
         duration_us = entry.duration_us,
         ran_on,
+        client = owner.client_id,
         sql = %entry.sql,
         "slow statement"
     );

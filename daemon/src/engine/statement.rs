@@ -14,6 +14,7 @@ use rusqlite::{Connection, ffi};
 
 use super::guard::{Guard, Refusal, Scope};
 use super::slowlog;
+use super::transactions::Owner;
 
 /// Whether any client has asked for declared column types
 /// (`features::DECLTYPES`) since the daemon started. Until one does,
@@ -27,9 +28,9 @@ pub(crate) fn want_decltypes() {
     DECLTYPES_WANTED.store(true, Ordering::Relaxed);
 }
 
-/// Limits one client statement runs under.
+/// Limits one client statement runs under, and whose it is.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct StatementLimits {
+pub(crate) struct StatementLimits<'a> {
     pub(crate) deadline: Instant,
     pub(crate) started: Instant,
     pub(crate) timeout: Duration,
@@ -37,15 +38,18 @@ pub(crate) struct StatementLimits {
     /// Set when `deadline` is the reader's cap on an open read transaction
     /// (`--max-read-ms`) rather than the request's own time limit.
     pub(crate) read_cap: Option<Duration>,
+    /// The client that sent it, for the slow-statement log.
+    pub(crate) owner: &'a Owner,
 }
 
-impl StatementLimits {
-    /// The limits of a request that arrived at `arrived` and must be done
-    /// by `deadline`.
+impl<'a> StatementLimits<'a> {
+    /// The limits of `owner`'s request that arrived at `arrived` and must
+    /// be done by `deadline`.
     pub(crate) fn for_request(
         arrived: Instant,
         deadline: Instant,
         max_result_bytes: usize,
+        owner: &'a Owner,
     ) -> Self {
         StatementLimits {
             deadline,
@@ -53,6 +57,7 @@ impl StatementLimits {
             timeout: deadline.saturating_duration_since(arrived),
             max_result_bytes,
             read_cap: None,
+            owner,
         }
     }
 }
@@ -183,6 +188,7 @@ fn run(
         let error = result.as_ref().err().map(|e| e.message.clone());
         slowlog::record(
             st,
+            limits.owner,
             ran,
             began.saturating_duration_since(limits.started),
             ran_on,
@@ -536,7 +542,13 @@ mod tests {
     use super::*;
     use crate::engine::db::{Synchronous, open_writer};
 
-    fn limits() -> StatementLimits {
+    static TESTER: Owner = Owner {
+        client_id: 1,
+        client_name: String::new(),
+        pid: None,
+    };
+
+    fn limits() -> StatementLimits<'static> {
         let now = Instant::now();
         StatementLimits {
             deadline: now + Duration::from_secs(5),
@@ -544,6 +556,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             max_result_bytes: 1 << 20,
             read_cap: None,
+            owner: &TESTER,
         }
     }
 

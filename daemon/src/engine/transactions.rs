@@ -36,7 +36,9 @@ use super::writer::WriterStats;
 /// Requests one transaction may have queued for the writer.
 const TXN_CHANNEL: usize = 64;
 
-/// Who opened a transaction: only that connection may use it.
+/// Who sent a request or opened a transaction: a connected client, as
+/// `ctl clients` lists it. Only the connection that opened a transaction
+/// may use it, and the slow-statement log names the client of each entry.
 #[derive(Debug, Clone)]
 pub(crate) struct Owner {
     pub(crate) client_id: u64,
@@ -485,7 +487,8 @@ impl Transactions {
             Ok(s) => s,
             Err(_) => return Route::Done(poisoned()),
         };
-        let limits = StatementLimits::for_request(arrived, deadline, self.max_result_bytes);
+        let limits =
+            StatementLimits::for_request(arrived, deadline, self.max_result_bytes, &txn.owner);
         // `None`: the request writes, so the transaction moves over.
         let answer: Option<ResponseBody> = match &op {
             TxnOp::Commit | TxnOp::Rollback => {

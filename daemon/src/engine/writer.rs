@@ -8,8 +8,8 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,7 @@ use super::guard::{Guard, Scope};
 use super::relay::{self, Ack, Relay, Reply, Sink};
 use super::statement::{self, Output, StatementLimits, Want, own_statement_error};
 use super::syncer::Syncer;
-use super::transactions::{End, Txn, TxnMsg, conflict};
+use super::transactions::{End, Owner, Txn, TxnMsg, conflict};
 use crate::histogram::Histogram;
 use nexusd_protocol::TxnOp;
 
@@ -126,13 +126,17 @@ fn own_statements() -> Vec<String> {
     Own::ALL.iter().map(|own| db::own_text(own.sql())).collect()
 }
 
+/// The owner of writes submitted from inside the daemon's process.
+static IN_PROCESS: OnceLock<Arc<Owner>> = OnceLock::new();
+
 /// How often the writer, holding an interactive transaction, wakes to show
 /// it is alive (the systemd watchdog reads the heartbeat).
 const HEARTBEAT: Duration = Duration::from_millis(100);
 
 /// What the writer takes from its queue.
 enum Work {
-    Op(WriteOp),
+    /// A client's write, and the client it came from.
+    Op(WriteOp, Arc<Owner>),
     Admin(WriterAdmin),
     /// An interactive transaction to hold: run between batches, after the
     /// batch before it has committed.
@@ -236,8 +240,18 @@ impl WriterHandle {
     /// Queues a client's write and waits for its answer, which comes only
     /// after the COMMIT holding it returned. A request that cannot even be
     /// queued by its deadline is answered "timed out, not applied".
+    /// The write is this process's own: a caller inside it, such as the
+    /// benches, not a connected client.
     pub async fn submit(&self, op: WriteOp, arrived: Instant, deadline: Instant) -> ResponseBody {
-        self.send(Work::Op(op), arrived, deadline).await
+        let owner = IN_PROCESS.get_or_init(|| {
+            Arc::new(Owner {
+                client_id: 0,
+                client_name: "in-process".to_owned(),
+                pid: Some(std::process::id()),
+            })
+        });
+        self.send(Work::Op(op, owner.clone()), arrived, deadline)
+            .await
     }
 
     /// Hands an interactive transaction to the writer and waits for the
@@ -326,12 +340,13 @@ impl WriterHandle {
     pub(crate) fn submit_to(
         &self,
         op: WriteOp,
+        owner: Arc<Owner>,
         arrived: Instant,
         deadline: Instant,
         sink: Sink,
     ) -> Result<(), WaitForRoom> {
         let job = WriteJob {
-            work: Work::Op(op),
+            work: Work::Op(op, owner),
             arrived,
             deadline,
             reply: Reply::Sink(sink),
@@ -840,10 +855,8 @@ impl Writer {
             body.message.push_str("; this request was not run");
             body
         })?;
-        let limits =
-            StatementLimits::for_request(job.arrived, job.deadline, self.config.max_result_bytes);
-        let op = match &job.work {
-            Work::Op(op) => op,
+        let (op, owner) = match &job.work {
+            Work::Op(op, owner) => (op, owner),
             Work::Admin(_) | Work::Transaction(_) => {
                 return Err(ErrorBody::new(
                     ErrorKind::Internal,
@@ -852,6 +865,12 @@ impl Writer {
                 ));
             }
         };
+        let limits = StatementLimits::for_request(
+            job.arrived,
+            job.deadline,
+            self.config.max_result_bytes,
+            owner,
+        );
         let result = match op {
             WriteOp::Execute(st) => self
                 .run_one(st, Scope::Request, Want::Changes, &limits)
@@ -1044,7 +1063,12 @@ impl Writer {
             let _ = reply.send(body);
             return true;
         }
-        let limits = StatementLimits::for_request(arrived, deadline, self.config.max_result_bytes);
+        let limits = StatementLimits::for_request(
+            arrived,
+            deadline,
+            self.config.max_result_bytes,
+            &txn.owner,
+        );
         let scope = Scope::Transaction;
         let result = match &op {
             TxnOp::Execute(st) => self

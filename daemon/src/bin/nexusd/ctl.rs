@@ -547,10 +547,23 @@ fn print_slow_log(entries: &[nexusd_client::SlowStatement], threshold: Option<&s
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     for e in entries {
+        let mut client = Vec::new();
+        if !e.client_name.is_empty() {
+            client.push(e.client_name.clone());
+        }
+        if let Some(pid) = e.pid {
+            client.push(format!("pid {pid}"));
+        }
+        let client = if client.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", client.join(", "))
+        };
         outln!(
-            "#{}  {} ago  ran {} on the {}, after waiting {}; {} value{} bound",
+            "#{}  {} ago  client {}{client}  ran {} on the {}, after waiting {}; {} value{} bound",
             e.id,
             human_duration(now_ms.saturating_sub(e.unix_ms)),
+            e.client_id,
             micros(e.duration_us),
             e.ran_on,
             micros(e.waited_us),
