@@ -253,7 +253,7 @@ async fn waiting(
     match what {
         Waits::Admin(admin) => admin::run(ctx, admin, who).await,
         Waits::Begin(mode) => {
-            let owner = Owner::clone(&conn.owner);
+            let owner = conn.owner.clone();
             let max_open = ctx.config().max_transactions;
             ctx.engine
                 .begin(mode, owner, max_open, arrived, deadline)

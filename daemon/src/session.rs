@@ -149,11 +149,11 @@ pub(crate) async fn serve(stream: UnixStream, ctx: Arc<Context>, peer_cred: Peer
     let answers = Arc::new(dispatch::Connection {
         ctx: ctx.clone(),
         who: entry.clone(),
-        owner: Arc::new(Owner {
-            client_id: entry.id,
-            client_name: entry.client_name.clone(),
-            pid: entry.peer.pid,
-        }),
+        owner: Arc::new(Owner::new(
+            entry.id,
+            entry.client_name.clone(),
+            entry.peer.pid,
+        )),
         out: out_tx.clone(),
         runtime: tokio::runtime::Handle::current(),
     });

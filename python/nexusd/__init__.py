@@ -686,7 +686,14 @@ def _convert(detect_types: int, text_factory: Any, columns: list, rows: list,
 
 def _load(cursor: Any, result: tuple, sql: str) -> None:
     """Puts one statement's result on a cursor (sync or asyncio): rows and
-    their description, or rowcount and lastrowid as sqlite3 sets them."""
+    their description, or rowcount and lastrowid as sqlite3 sets them.
+
+    lastrowid is the connection's, as in sqlite3: the rowid of the last row
+    its statements inserted, 0 before any, and unchanged by a statement that
+    inserted none (the daemon answers 0 for those). An INSERT ... RETURNING
+    answers rows and no rowid, so it leaves lastrowid as it was; its rows
+    hold what it inserted."""
+    connection = cursor.connection
     if result[0] == "rows":
         _, columns, rows, decltypes = result
         detect_types = cursor.connection._detect_types
@@ -701,14 +708,17 @@ def _load(cursor: Any, result: tuple, sql: str) -> None:
         # INSERT, UPDATE, DELETE or REPLACE ... RETURNING answers a row per
         # row it changed, which is the count sqlite3 gives once it is read.
         cursor._rows = rows
-        cursor.rowcount = len(rows) if _classify(sql)[1] else -1
+        _, dml, insert, _ = _classify(sql)
+        cursor.rowcount = len(rows) if dml else -1
+        if not insert:
+            cursor.lastrowid = connection._lastrowid
     else:
         _, rowcount, lastrowid = result
         cursor.description, cursor._rows = None, []
-        _, dml, insert, _ = _classify(sql)
-        if insert:
-            cursor.lastrowid = lastrowid
-        cursor.rowcount = rowcount if dml else -1
+        if lastrowid:
+            connection._lastrowid = lastrowid
+        cursor.lastrowid = connection._lastrowid
+        cursor.rowcount = rowcount if _classify(sql)[1] else -1
     cursor._next = 0
 
 
@@ -755,6 +765,8 @@ class Connection:
         self.text_factory = str
         self._trace_callback = None
         self._txn = None
+        # The rowid of the last row this connection inserted (cursor.lastrowid).
+        self._lastrowid = 0
         # The savepoints of a transaction that a SAVEPOINT began, else None.
         self._savepoints: Optional[list] = None
         self._pid = os.getpid()
@@ -1021,9 +1033,11 @@ class Connection:
             for statement in statements:
                 _trace(self, statement)
             try:
-                target.script(statements)
+                lastrowid = target.script(statements)
             except _nexusd.NativeError as e:
                 raise _translate(e) from None
+            if lastrowid:
+                self._lastrowid = lastrowid
 
 
 #: sqlite3 Connection members nexusd cannot have, and why; calling a method
@@ -1193,8 +1207,11 @@ class Cursor:
         if not seq_of_parameters:
             self.rowcount = 0
             return self
-        # lastrowid stays as it was, as sqlite3 leaves it after executemany().
-        self.rowcount = self.connection._run_many(sql, seq_of_parameters)[0]
+        # The cursor's lastrowid stays as it was, as sqlite3 leaves it after
+        # executemany(); the connection's moves on.
+        self.rowcount, lastrowid = self.connection._run_many(sql, seq_of_parameters)
+        if lastrowid:
+            self.connection._lastrowid = lastrowid
         return self
 
     def executescript(self, sql_script: str) -> "Cursor":

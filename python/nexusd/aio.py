@@ -108,6 +108,8 @@ class Connection:
         self._trace_callback = None
         self._client = None
         self._txn = None
+        # The rowid of the last row this connection inserted (cursor.lastrowid).
+        self._lastrowid = 0
         # The savepoints of a transaction that a SAVEPOINT began, else None.
         self._savepoints: Optional[list] = None
         self._closed = False
@@ -387,8 +389,11 @@ class Cursor:
                     _trace(conn, sql, parameters)
             return target.run_many_async(_queue(), sql, _named_rows(sql, seq))
 
-        # lastrowid stays as it was, as sqlite3 leaves it after executemany().
-        self.rowcount = (await conn._call(send, sql))[0]
+        # The cursor's lastrowid stays as it was, as sqlite3 leaves it after
+        # executemany(); the connection's moves on.
+        self.rowcount, lastrowid = await conn._call(send, sql)
+        if lastrowid:
+            conn._lastrowid = lastrowid
         return self
 
     async def executescript(self, script: str) -> "Cursor":
@@ -404,9 +409,11 @@ class Cursor:
             # A script is one batch; the native call is quick to queue, so it
             # runs in the default executor rather than holding the loop.
             try:
-                await loop.run_in_executor(None, target.script, statements)
+                lastrowid = await loop.run_in_executor(None, target.script, statements)
             except _nexusd.NativeError as e:
                 raise _translate(e) from None
+            if lastrowid:
+                conn._lastrowid = lastrowid
         self.description, self._rows, self._next, self.rowcount = None, [], 0, -1
         return self
 

@@ -345,10 +345,15 @@ fn many(sql: &str, seq_of_params: &Bound<'_, PyAny>) -> PyResult<Vec<Statement>>
     Ok(out)
 }
 
-/// `(rowcount, lastrowid)` of a batch: changes summed, the last rowid.
+/// `(rowcount, lastrowid)` of a batch: changes summed, and the rowid of
+/// the last row any of its statements inserted (0 if none did: each
+/// statement's answer is its own, 0 when it inserted nothing).
 fn batch_totals(results: &[StatementResult]) -> (u64, i64) {
     results.iter().fold((0, 0), |(n, last), r| match r {
-        StatementResult::Executed(e) => (n + e.rows_affected, e.last_insert_rowid),
+        StatementResult::Executed(e) if e.last_insert_rowid != 0 => {
+            (n + e.rows_affected, e.last_insert_rowid)
+        }
+        StatementResult::Executed(e) => (n + e.rows_affected, last),
         StatementResult::Rows(_) => (n, last),
     })
 }
@@ -465,13 +470,15 @@ impl Client {
     }
 
     /// Statements without parameters, as one atomic batch (executescript).
-    fn script(&self, py: Python<'_>, statements: Vec<String>) -> PyResult<()> {
+    /// Runs a script's statements as one batch; returns the rowid of the
+    /// last row they inserted, 0 if none.
+    fn script(&self, py: Python<'_>, statements: Vec<String>) -> PyResult<i64> {
         let statements = statements
             .into_iter()
             .map(|s| Statement::new(s, Params::default()))
             .collect();
-        self.wait(py, |client| async move { client.batch(statements).await })?;
-        Ok(())
+        let results = self.wait(py, |client| async move { client.batch(statements).await })?;
+        Ok(batch_totals(&results).1)
     }
 
     /// Opens an interactive transaction: "deferred", "immediate" or
@@ -815,14 +822,15 @@ impl Transaction {
         Ok(batch_totals(&results))
     }
 
-    fn script(&self, py: Python<'_>, statements: Vec<String>) -> PyResult<()> {
+    /// As `Client.script`, within the transaction.
+    fn script(&self, py: Python<'_>, statements: Vec<String>) -> PyResult<i64> {
         let statements: Vec<Statement> = statements
             .into_iter()
             .map(|s| Statement::new(s, Params::default()))
             .collect();
         self.with(py, |inner| async move {
             match inner.lock().await.as_ref() {
-                Some(tx) => tx.batch(statements).await.map(|_| ()),
+                Some(tx) => tx.batch(statements).await.map(|r| batch_totals(&r).1),
                 None => Err(ended()),
             }
         })

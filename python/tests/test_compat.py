@@ -4,6 +4,8 @@ in another process, an error that says why and what to do instead."""
 
 import asyncio
 import sqlite3
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -463,3 +465,68 @@ def test_regexp_answers_as_the_function_sqlite3_programs_register(daemon, tmp_pa
     assert raised.value.sqlite_errorname == "SQLITE_ERROR"
     with pytest.raises(nexusd.NotSupportedError, match="REGEXP is built in"):
         conn.create_function("regexp", 2, re.search)
+
+
+def _rowids(conn):
+    """lastrowid and SQL's last_insert_rowid() after the statements whose
+    answers differ between a connection's value and a statement's."""
+    conn.execute("CREATE TABLE p(id INTEGER PRIMARY KEY, name UNIQUE)")
+    conn.execute("CREATE TABLE log(id INTEGER PRIMARY KEY, row, seen)")
+    conn.execute("CREATE TRIGGER tr AFTER INSERT ON p BEGIN "
+                 "INSERT INTO log(row, seen) VALUES (new.id, last_insert_rowid()); END")
+    out = []
+    cur = conn.cursor()
+    out.append(("fresh cursor", cur.lastrowid))
+    cur.execute("SELECT 1")
+    out.append(("select before any insert", cur.lastrowid))
+    for sql in ("INSERT INTO p(id, name) VALUES (10, 'a')",
+                "INSERT OR IGNORE INTO p(id, name) VALUES (11, 'a')",
+                "UPDATE p SET name = 'b' WHERE id = 10",
+                "INSERT INTO p(name) VALUES ('b') ON CONFLICT(name) DO UPDATE SET name = 'b'",
+                "WITH v(n) AS (VALUES ('c')) INSERT INTO p(name) SELECT n FROM v",
+                "INSERT OR REPLACE INTO p(id, name) VALUES (10, 'd')",
+                "DELETE FROM p WHERE id = 11",
+                "SELECT count(*) FROM p"):
+        cur.execute(sql)
+        cur.fetchall()
+        out.append((sql, cur.lastrowid,
+                    conn.execute("SELECT last_insert_rowid()").fetchone()[0]))
+    cur.executemany("INSERT INTO p(name) VALUES (?)", [("e",), ("f",)])
+    out.append(("executemany leaves lastrowid", cur.lastrowid))
+    cur.executescript("INSERT INTO p(id, name) VALUES (40, 'g'); UPDATE p SET name = 'h' "
+                      "WHERE id = 40;")
+    out.append(("executescript", cur.lastrowid,
+                conn.execute("SELECT last_insert_rowid()").fetchone()[0]))
+    out.append(("trigger", conn.execute("SELECT * FROM log ORDER BY id").fetchall()))
+    other = conn.cursor()
+    other.execute("SELECT 1")
+    out.append(("another cursor of the connection", other.lastrowid))
+    return out
+
+
+@pytest.mark.parametrize("isolation_level", [None, ""])
+def test_lastrowid_and_last_insert_rowid_are_the_connections_as_in_sqlite3(
+        daemon, tmp_path, isolation_level):
+    want = _rowids(sqlite3.connect(tmp_path / "direct.db", isolation_level=isolation_level))
+    got = _rowids(nexusd.connect(daemon.socket, isolation_level=isolation_level))
+    assert got == want
+
+
+def test_another_clients_insert_leaves_this_ones_rowid_alone(daemon):
+    a = nexusd.connect(daemon.socket, autocommit=True)
+    a.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, x)")
+    a.execute("INSERT INTO t(id, x) VALUES (5, 'a')")
+    # A second process: its own socket, so its own client in the daemon.
+    script = (
+        "import nexusd, sys\n"
+        "c = nexusd.connect(sys.argv[1], autocommit=True)\n"
+        "c.execute(\"INSERT INTO t(id, x) VALUES (77, 'b')\")\n"
+        "cur = c.execute(\"UPDATE t SET x = 'c' WHERE id = 5\")\n"
+        "print(cur.lastrowid, c.execute('SELECT last_insert_rowid()').fetchone()[0])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, daemon.socket], check=True,
+                         capture_output=True, text=True).stdout.split()
+    assert out == ["77", "77"]
+    cur = a.execute("UPDATE t SET x = 'd' WHERE id = 77")
+    assert cur.lastrowid == 5
+    assert a.execute("SELECT last_insert_rowid()").fetchone()[0] == 5

@@ -53,6 +53,42 @@ def test_8_processes_by_8_threads_insert_without_errors(daemon):
     assert present == set(acked)
 
 
+def _parent_child_worker(args):
+    """One process, autocommit: a parent row, then a child that names it
+    by SQL's last_insert_rowid(), as sqlite3 programs link rows."""
+    socket, worker, count = args
+    conn = nexusd.connect(socket, autocommit=True)
+    for i in range(count):
+        name = f"{worker}-{i}"
+        conn.execute("INSERT INTO parent(name) VALUES (?)", (name,))
+        conn.execute("INSERT INTO child(parent_id, name) VALUES (last_insert_rowid(), ?)",
+                     (name,))
+        if i % 10 == 0:
+            got = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+            want = conn.execute("SELECT id FROM child WHERE name = ?", (name,)).fetchone()[0]
+            assert got == want, (name, got, want)
+    return count
+
+
+def test_last_insert_rowid_in_sql_is_each_clients_own_under_concurrent_writes(daemon):
+    # Every client's writes share the daemon's one writer connection, and
+    # reads run on readers that insert nothing, so SQLite's own
+    # last_insert_rowid() would answer another process's row, or 0.
+    c = nexusd.connect(daemon.socket, autocommit=True)
+    c.execute("CREATE TABLE parent(id INTEGER PRIMARY KEY, name TEXT)")
+    c.execute("CREATE TABLE child(id INTEGER PRIMARY KEY, parent_id INTEGER, name TEXT)")
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        done = pool.map(_parent_child_worker, [(daemon.socket, w, 150) for w in range(4)])
+    assert done == [150] * 4
+    rows = c.execute(
+        "SELECT child.name, parent.name FROM child LEFT JOIN parent "
+        "ON parent.id = child.parent_id").fetchall()
+    assert len(rows) == 600
+    wrong = [r for r in rows if r[0] != r[1]]
+    assert wrong == []
+
+
 def test_a_thread_blocked_on_a_slow_query_does_not_stall_others(daemon):
     slow_done = threading.Event()
 

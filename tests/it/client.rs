@@ -1,7 +1,7 @@
 //! The client crate as an application uses it: the blocking client, value
 //! types, named parameters, errors; and both clients' whole method sets.
 
-use nexusd_client::{CheckpointMode, Error, Statement, params};
+use nexusd_client::{CheckpointMode, Error, Statement, StatementResult, params};
 use nexusd_tests::Daemon;
 
 use crate::{client, metric, rt};
@@ -604,4 +604,94 @@ fn regexp_answers_on_every_connection() {
             .expect("backup")
             .contains("integrity_check ok")
     );
+}
+
+/// Every client's writes share the daemon's one writer connection, so
+/// SQLite's own rowid would be whichever client inserted last. Each
+/// statement answers its own (0 when it inserted nothing), and SQL's
+/// `last_insert_rowid()` answers the client's own, on the writer, on a
+/// reader, in a batch and in a transaction.
+#[test]
+fn each_client_sees_its_own_last_insert_rowid() {
+    let d = Daemon::start(&[]);
+    let a = nexusd_client::blocking::Client::connect(d.socket()).expect("connect a");
+    let b = nexusd_client::blocking::Client::connect(d.socket()).expect("connect b");
+    a.execute(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT UNIQUE)",
+        params![],
+    )
+    .expect("create");
+    let rowid = |c: &nexusd_client::blocking::Client| -> i64 {
+        c.query("SELECT last_insert_rowid()", params![])
+            .expect("last_insert_rowid()")
+            .get(0)
+            .expect("a row")
+            .get(0)
+            .expect("an integer")
+    };
+    assert_eq!(rowid(&a), 0, "before any insert");
+    let done = a
+        .execute("INSERT INTO t(id, name) VALUES (5, 'a')", params![])
+        .expect("a inserts");
+    assert_eq!(done.last_insert_rowid, 5);
+    let done = b
+        .execute("INSERT INTO t(id, name) VALUES (9, 'b')", params![])
+        .expect("b inserts");
+    assert_eq!(done.last_insert_rowid, 9);
+    for (sql, what) in [
+        ("UPDATE t SET name = 'c' WHERE id = 9", "an update"),
+        (
+            "INSERT OR IGNORE INTO t(id, name) VALUES (6, 'a')",
+            "an ignored insert",
+        ),
+        (
+            "INSERT INTO t(name) VALUES ('a') ON CONFLICT(name) DO UPDATE SET name = 'a'",
+            "an upsert that updated",
+        ),
+    ] {
+        let done = a.execute(sql, params![]).expect(what);
+        assert_eq!(done.last_insert_rowid, 0, "{what} inserted nothing");
+    }
+    assert_eq!(rowid(&a), 5, "a's own, not b's later insert");
+    assert_eq!(rowid(&b), 9);
+
+    let results = a
+        .batch(vec![
+            Statement::new("INSERT INTO t(id, name) VALUES (20, 'p')", params![]),
+            Statement::new(
+                "INSERT INTO t(id, name) VALUES (last_insert_rowid() + 1, 'q')",
+                params![],
+            ),
+            Statement::new("SELECT last_insert_rowid()", params![]),
+        ])
+        .expect("batch");
+    match &results[2] {
+        StatementResult::Rows(rows) => {
+            assert_eq!(rows.get(0).and_then(|r| r.get::<i64>(0).ok()), Some(21))
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let txn = b.transaction().expect("begin");
+    assert_eq!(
+        txn.query("SELECT last_insert_rowid()", params![])
+            .expect("in a snapshot")
+            .get(0)
+            .and_then(|r| r.get::<i64>(0).ok()),
+        Some(9)
+    );
+    txn.execute("INSERT INTO t(id, name) VALUES (30, 'r')", params![])
+        .expect("insert in the transaction");
+    txn.execute("UPDATE t SET name = 's' WHERE id = 30", params![])
+        .expect("update in the transaction");
+    assert_eq!(
+        txn.query("SELECT last_insert_rowid()", params![])
+            .expect("on the writer")
+            .get(0)
+            .and_then(|r| r.get::<i64>(0).ok()),
+        Some(30)
+    );
+    txn.commit().expect("commit");
+    assert_eq!(rowid(&b), 30);
+    assert_eq!(rowid(&a), 21);
 }

@@ -1,7 +1,16 @@
-//! SQL functions the daemon adds to its connections: `regexp(pattern,
-//! text)`, which SQLite calls for `text REGEXP pattern` and which its core
-//! leaves to the application. Python programs register one with
-//! `create_function` (SQLAlchemy's SQLite dialect does so on every
+//! SQL functions the daemon adds to its connections.
+//!
+//! `last_insert_rowid()` replaces SQLite's own, which answers for the
+//! connection: here every client shares the writer's connection, and reads
+//! run on readers that never insert, so SQLite's would answer another
+//! client's rowid, or 0. This one answers the client's own: the rowid the
+//! statement itself inserted last, while it runs (in a trigger too, as
+//! SQLite's does), else the last one the client's earlier statements
+//! inserted.
+//!
+//! `regexp(pattern, text)` is what SQLite calls for `text REGEXP pattern`
+//! and its core leaves to the application. Python programs register one
+//! with `create_function` (SQLAlchemy's SQLite dialect does so on every
 //! connection); here statements run in the daemon, so the daemon brings it.
 //!
 //! The pattern syntax is Rust's `regex` crate: Python `re`'s, without
@@ -10,6 +19,7 @@
 //! `re.search`'s: anywhere in the text unless the pattern anchors it.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::sync::Arc;
 
 use regex::bytes::{Regex, RegexBuilder};
@@ -26,12 +36,44 @@ const PATTERN_SIZE_LIMIT: usize = 4 << 20;
 /// client's statement, or checks a schema that may use them (an index on a
 /// REGEXP expression), gets them.
 pub(crate) fn install(conn: &Connection) -> rusqlite::Result<()> {
-    // Deterministic: usable in indexes and CHECK constraints. Innocuous: no
-    // side effects, so a view or trigger in the schema may call it.
-    let flags = FunctionFlags::SQLITE_UTF8
-        | FunctionFlags::SQLITE_DETERMINISTIC
-        | FunctionFlags::SQLITE_INNOCUOUS;
-    conn.create_scalar_function("regexp", 2, flags, regexp)
+    // Innocuous: no side effects, so a view or trigger in the schema may
+    // call it. Deterministic: usable in indexes and CHECK constraints.
+    let innocuous = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_INNOCUOUS;
+    conn.create_scalar_function(
+        "regexp",
+        2,
+        innocuous | FunctionFlags::SQLITE_DETERMINISTIC,
+        regexp,
+    )?;
+    conn.create_scalar_function("last_insert_rowid", 0, innocuous, last_insert_rowid)
+}
+
+thread_local! {
+    /// The last rowid the client whose statement this thread runs now had
+    /// inserted before it began.
+    static CLIENT_ROWID: Cell<i64> = const { Cell::new(0) };
+}
+
+/// Before a client's statement: the rowid its client last inserted. The
+/// statement runner also sets the connection's own to 0 (see
+/// `statement::forget_last_insert_rowid`).
+pub(super) fn set_client_rowid(rowid: i64) {
+    CLIENT_ROWID.with(|c| c.set(rowid));
+}
+
+/// `last_insert_rowid()`: the connection's own value once the running
+/// statement has inserted a row (it was 0 when the statement began), else
+/// the client's. A row inserted with rowid 0 reads as none, the one case
+/// where this differs from SQLite's.
+fn last_insert_rowid(ctx: &Context<'_>) -> rusqlite::Result<i64> {
+    // SAFETY: the handle is the connection running this statement, on this
+    // thread; the reference does not outlive the call.
+    let own = unsafe { ctx.get_connection() }?.last_insert_rowid();
+    Ok(if own != 0 {
+        own
+    } else {
+        CLIENT_ROWID.with(Cell::get)
+    })
 }
 
 /// `regexp(pattern, text)`: 1 if the pattern matches somewhere in the text,

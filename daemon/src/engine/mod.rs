@@ -171,7 +171,7 @@ impl Engine {
     pub(crate) async fn begin(
         &self,
         mode: TxnMode,
-        owner: Owner,
+        owner: Arc<Owner>,
         max_open: usize,
         arrived: Instant,
         deadline: Instant,

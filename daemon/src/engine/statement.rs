@@ -13,8 +13,8 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, ffi};
 
 use super::guard::{Guard, Refusal, Scope};
-use super::slowlog;
 use super::transactions::Owner;
+use super::{functions, slowlog};
 
 /// Whether any client has asked for declared column types
 /// (`features::DECLTYPES`) since the daemon started. Until one does,
@@ -173,9 +173,17 @@ fn run(
     only: Only,
 ) -> Result<ReadOnly, ErrorBody> {
     let began = Instant::now();
+    functions::set_client_rowid(limits.owner.last_rowid.load(Ordering::Relaxed));
+    forget_last_insert_rowid(conn);
     let result = guard.client(limits.deadline, scope, || {
         run_guarded(conn, guard, st, want, limits, only).or_else(|e| error_body(e, guard, limits))
     });
+    // Kept even when the statement failed or is rolled back, as SQLite
+    // keeps a connection's.
+    let inserted = conn.last_insert_rowid();
+    if inserted != 0 {
+        limits.owner.last_rowid.store(inserted, Ordering::Relaxed);
+    }
     let ran = began.elapsed();
     if slowlog::is_slow(ran) {
         let ran_on = if scope != Scope::Request {
@@ -221,7 +229,7 @@ fn run_guarded(
             Want::Rows => Output::Rows(Rows::default()),
             Want::Changes | Want::Either => Output::Executed(Executed {
                 rows_affected: 0,
-                last_insert_rowid: conn.last_insert_rowid(),
+                last_insert_rowid: 0,
             }),
         }));
     }
@@ -299,6 +307,19 @@ fn run_prepared(
         rows_affected,
         last_insert_rowid: conn.last_insert_rowid(),
     })))
+}
+
+/// Sets the connection's last-insert rowid to 0 before a client's
+/// statement, so that what the statement answers is its own: the rowid of
+/// the last row it inserted, or 0 if it inserted none. Without this, an
+/// UPDATE, an `INSERT OR IGNORE` that was ignored, or an upsert that
+/// updated would answer the rowid some other client's write left on the
+/// writer's connection. SQL's `last_insert_rowid()` answers the client's
+/// own value instead (`functions.rs`).
+fn forget_last_insert_rowid(conn: &Connection) {
+    // SAFETY: the handle is the open connection `conn` owns, used on this
+    // thread only; the call sets one field of it and cannot fail.
+    unsafe { rusqlite::ffi::sqlite3_set_last_insert_rowid(conn.handle(), 0) }
 }
 
 /// Whether `sql` holds no statement: only whitespace, comments and
@@ -542,11 +563,7 @@ mod tests {
     use super::*;
     use crate::engine::db::{Synchronous, open_writer};
 
-    static TESTER: Owner = Owner {
-        client_id: 1,
-        client_name: String::new(),
-        pid: None,
-    };
+    static TESTER: Owner = Owner::new(1, String::new(), None);
 
     fn limits() -> StatementLimits<'static> {
         let now = Instant::now();

@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,11 +39,25 @@ const TXN_CHANNEL: usize = 64;
 /// Who sent a request or opened a transaction: a connected client, as
 /// `ctl clients` lists it. Only the connection that opened a transaction
 /// may use it, and the slow-statement log names the client of each entry.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Owner {
     pub(crate) client_id: u64,
     pub(crate) client_name: String,
     pub(crate) pid: Option<u32>,
+    /// The rowid of the last row this client's statements inserted, 0
+    /// before any: what `last_insert_rowid()` answers in its SQL.
+    pub(crate) last_rowid: AtomicI64,
+}
+
+impl Owner {
+    pub(crate) const fn new(client_id: u64, client_name: String, pid: Option<u32>) -> Self {
+        Owner {
+            client_id,
+            client_name,
+            pid,
+            last_rowid: AtomicI64::new(0),
+        }
+    }
 }
 
 /// One request inside a transaction on the writer.
@@ -194,7 +208,7 @@ pub(crate) struct Snapshot {
 /// One interactive transaction.
 pub(crate) struct Txn {
     pub(crate) id: u64,
-    pub(crate) owner: Owner,
+    pub(crate) owner: Arc<Owner>,
     pub(crate) mode: TxnMode,
     started: Instant,
     /// Nanoseconds since `epoch()` of its last request (or of when the
@@ -356,7 +370,7 @@ impl Transactions {
         list
     }
 
-    fn register(&self, owner: Owner, mode: TxnMode, state: State) -> Arc<Txn> {
+    fn register(&self, owner: Arc<Owner>, mode: TxnMode, state: State) -> Arc<Txn> {
         let txn = Arc::new(Txn {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             owner,
@@ -377,7 +391,10 @@ impl Transactions {
 
     /// Registers an immediate transaction; the writer takes it up from the
     /// returned channel.
-    pub(crate) fn register_immediate(&self, owner: Owner) -> (Arc<Txn>, flume::Receiver<TxnMsg>) {
+    pub(crate) fn register_immediate(
+        &self,
+        owner: Arc<Owner>,
+    ) -> (Arc<Txn>, flume::Receiver<TxnMsg>) {
         let (tx, rx) = flume::bounded(TXN_CHANNEL);
         (
             self.register(owner, TxnMode::Immediate, State::Writer(tx)),
@@ -389,7 +406,7 @@ impl Transactions {
     /// of its own; its snapshot begins at its first read.
     pub(crate) fn begin_snapshot(
         &self,
-        owner: Owner,
+        owner: Arc<Owner>,
         mode: TxnMode,
     ) -> Result<Arc<Txn>, ErrorBody> {
         let (conn, guard) = db::open_reader(&self.db_path, self.synchronous).map_err(|e| {

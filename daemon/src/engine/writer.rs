@@ -244,11 +244,11 @@ impl WriterHandle {
     /// benches, not a connected client.
     pub async fn submit(&self, op: WriteOp, arrived: Instant, deadline: Instant) -> ResponseBody {
         let owner = IN_PROCESS.get_or_init(|| {
-            Arc::new(Owner {
-                client_id: 0,
-                client_name: "in-process".to_owned(),
-                pid: Some(std::process::id()),
-            })
+            Arc::new(Owner::new(
+                0,
+                "in-process".to_owned(),
+                Some(std::process::id()),
+            ))
         });
         self.send(Work::Op(op, owner.clone()), arrived, deadline)
             .await
