@@ -38,7 +38,8 @@ pub(crate) struct StatementLimits<'a> {
     /// Set when `deadline` is the reader's cap on an open read transaction
     /// (`--max-read-ms`) rather than the request's own time limit.
     pub(crate) read_cap: Option<Duration>,
-    /// The client that sent it, for the slow-statement log.
+    /// The client that sent it: the slow-statement log names it, and SQL's
+    /// `last_insert_rowid()` answers its last inserted rowid.
     pub(crate) owner: &'a Owner,
 }
 
