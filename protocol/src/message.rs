@@ -408,7 +408,11 @@ pub struct ClientInfo {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Executed {
+    /// Rows the statement itself inserted, updated or deleted; 0 for any
+    /// other statement.
     pub rows_affected: u64,
+    /// The rowid of the last row the statement inserted, or 0 if it
+    /// inserted none (never another client's).
     pub last_insert_rowid: i64,
 }
 

@@ -696,8 +696,8 @@ def _load(cursor: Any, result: tuple, sql: str) -> None:
     connection = cursor.connection
     if result[0] == "rows":
         _, columns, rows, decltypes = result
-        detect_types = cursor.connection._detect_types
-        text_factory = cursor.connection.text_factory
+        detect_types = connection._detect_types
+        text_factory = connection.text_factory
         if detect_types or text_factory is not str:
             rows = _convert(detect_types, text_factory, columns, rows, decltypes)
             if detect_types & PARSE_COLNAMES:
