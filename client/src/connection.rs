@@ -15,7 +15,9 @@ use futures_util::StreamExt;
 use nexusd_protocol::codec::{self, ClientCodec};
 use nexusd_protocol::cores::Cores;
 use nexusd_protocol::socket::{self, WriteHalf};
-use nexusd_protocol::{Hello, HelloReply, PROTOCOL_VERSION, Request, ResponseBody, features};
+use nexusd_protocol::{
+    Hello, HelloReply, PROTOCOL_VERSION, Request, ResponseBody, Value, features,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
@@ -123,6 +125,8 @@ impl Connection {
         let read_waiting = waiting.clone();
         let read_dead = dead.clone();
         tokio::spawn(async move {
+            // Rows sent ahead of their answers, by request id.
+            let mut parts = Parts::default();
             let reason = loop {
                 let frame = tokio::select! {
                     _ = read_dead.cancelled() => break "the connection failed while sending".to_owned(),
@@ -144,12 +148,15 @@ impl Connection {
                             }
                             continue;
                         }
+                        let Some(body) = parts.take(resp.id, resp.body) else {
+                            continue;
+                        };
                         let waiter = read_waiting
                             .lock()
                             .ok()
                             .and_then(|mut w| w.as_mut().and_then(|m| m.remove(&resp.id)));
                         if let Some(w) = waiter {
-                            let _ = w.send(Ok(resp.body));
+                            let _ = w.send(Ok(body));
                         }
                     }
                 }
@@ -358,6 +365,39 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.dead.cancel();
+    }
+}
+
+/// The rows a large result sends ahead of its answer
+/// (`ResponseBody::RowsPart`), held until the answer comes.
+#[derive(Default)]
+struct Parts(HashMap<u64, Vec<Vec<Value>>>);
+
+impl Parts {
+    /// `body` for request `id`: `None` when it is a part, kept here; else
+    /// the answer, with the rows of its parts put before its own. An answer
+    /// that is not rows (an error) voids the parts.
+    fn take(&mut self, id: u64, body: ResponseBody) -> Option<ResponseBody> {
+        if let ResponseBody::RowsPart(rows) = body {
+            self.0.entry(id).or_default().extend(rows);
+            return None;
+        }
+        let Some(mut ahead) = self.0.remove(&id) else {
+            return Some(body);
+        };
+        Some(match body {
+            ResponseBody::Rows(mut r) => {
+                ahead.append(&mut r.rows);
+                r.rows = ahead;
+                ResponseBody::Rows(r)
+            }
+            ResponseBody::TypedRows(mut t) => {
+                ahead.append(&mut t.rows.rows);
+                t.rows.rows = ahead;
+                ResponseBody::TypedRows(t)
+            }
+            other => other,
+        })
     }
 }
 

@@ -644,6 +644,7 @@ pub(crate) fn unexpected(body: &ResponseBody) -> Error {
         ResponseBody::Transactions(_) => "Transactions",
         ResponseBody::TypedRows(_) => "TypedRows",
         ResponseBody::SlowLog(_) => "SlowLog",
+        ResponseBody::RowsPart(_) => "RowsPart",
     };
     Error::Protocol(format!(
         "the daemon answered with an unexpected {what} reply"

@@ -11,12 +11,12 @@
 //! queue, a read that needs the pool, transactions, admin commands) runs
 //! as a spawned task.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use nexusd_protocol::{
     AdminRequest, DEFAULT_DB, ErrorBody, ErrorKind, Request, RequestBody, Response, ResponseBody,
-    Statement, TxnMode, TxnOp,
+    Statement, TxnMode, TxnOp, Value, features,
 };
 use tokio::runtime::Handle;
 use tokio::sync::OwnedSemaphorePermit;
@@ -26,7 +26,7 @@ use crate::access::Role;
 use crate::admin;
 use crate::clients::ClientEntry;
 use crate::context::Context;
-use crate::engine::{InPlace, Owner, ReadOutcome, Sink, WriteOp};
+use crate::engine::{InPlace, Owner, PARTS_AHEAD, Parts, ReadOutcome, Sink, WriteOp};
 use crate::metrics::RequestKind;
 
 /// What a connection's answers share.
@@ -36,11 +36,67 @@ pub(crate) struct Connection {
     /// The client as the engine knows it, shared by its requests.
     pub(crate) owner: Arc<Owner>,
     /// The connection's write queue.
-    pub(crate) out: mpsc::Sender<Response>,
+    pub(crate) out: mpsc::Sender<Outgoing>,
+    /// The feature bits the client announced.
+    pub(crate) features: u64,
     /// The connection's runtime, for an answer that must wait for room in
     /// the queue.
     pub(crate) runtime: Handle,
 }
+
+/// One reply in a connection's write queue.
+pub(crate) struct Outgoing {
+    pub(crate) response: Response,
+    /// A result's part holds one of its result's credits until it is
+    /// written to the socket.
+    pub(crate) credit: Option<Credit>,
+}
+
+impl From<Response> for Outgoing {
+    fn from(response: Response) -> Outgoing {
+        Outgoing {
+            response,
+            credit: None,
+        }
+    }
+}
+
+/// The parts of one result queued and not yet written: at most
+/// `PARTS_AHEAD`, so a client that reads slowly holds that much of the
+/// daemon's memory, not the whole result.
+struct Credits {
+    queued: Mutex<usize>,
+    written: Condvar,
+}
+
+/// One queued part's place among its result's `Credits`, given back when
+/// the write queue drops it (written, or the connection gone).
+pub(crate) struct Credit(Arc<Credits>);
+
+impl Credits {
+    /// Waits until fewer than `PARTS_AHEAD` parts are queued, or `deadline`.
+    fn take(self: &Arc<Self>, deadline: Instant) -> Option<Credit> {
+        let mut queued = self.queued.lock().ok()?;
+        while *queued >= PARTS_AHEAD {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            queued = self.written.wait_timeout(queued, left).ok()?.0;
+        }
+        *queued += 1;
+        Some(Credit(self.clone()))
+    }
+}
+
+impl Drop for Credit {
+    fn drop(&mut self) {
+        if let Ok(mut queued) = self.0.queued.lock() {
+            *queued = queued.saturating_sub(1);
+        }
+        self.0.written.notify_one();
+    }
+}
+
+/// How long a part waits between looks at a full write queue.
+const FULL_QUEUE_POLL: Duration = Duration::from_millis(1);
 
 /// One request's answer, owed: given exactly once, it is counted and
 /// queued for the connection, and the request's in-flight permit goes
@@ -64,7 +120,7 @@ impl Answer {
     /// connection's queue is full, by a task that waits for room.
     pub(crate) fn give(self, body: ResponseBody) {
         self.count(&body);
-        let response = Response { id: self.id, body };
+        let response = Outgoing::from(Response { id: self.id, body });
         match self.conn.out.try_send(response) {
             Ok(()) => {}
             // A closed connection just drops the reply.
@@ -83,6 +139,63 @@ impl Answer {
     /// The answer as the engine's reply sink.
     fn into_sink(self) -> Sink {
         Sink::new(move |body| self.give(body))
+    }
+
+    /// Where the engine sends a large result ahead of this answer, in
+    /// parts, if the client takes them (`features::ROW_PARTS`). Called on a
+    /// thread that may block: it waits for the client to take the parts
+    /// before, up to the statement's deadline.
+    fn parts(&self) -> Option<Parts> {
+        if self.conn.features & features::ROW_PARTS == 0 {
+            return None;
+        }
+        let id = self.id;
+        let out = self.conn.out.clone();
+        let credits = Arc::new(Credits {
+            queued: Mutex::new(0),
+            written: Condvar::new(),
+        });
+        Some(Parts::new(move |rows: Vec<Vec<Value>>, deadline| {
+            let sent = rows.len();
+            let slow = || {
+                ErrorBody::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "timed out sending the result in parts ({sent} rows waiting): the client \
+                         did not read them by the deadline; nothing was applied. Read the rows \
+                         as they come, select fewer, or raise the request's timeout"
+                    ),
+                )
+            };
+            let credit = credits.take(deadline).ok_or_else(slow)?;
+            let mut part = Outgoing {
+                response: Response {
+                    id,
+                    body: ResponseBody::RowsPart(rows),
+                },
+                credit: Some(credit),
+            };
+            loop {
+                match out.try_send(part) {
+                    Ok(()) => return Ok(()),
+                    Err(TrySendError::Closed(_)) => {
+                        // Nobody will read this answer; it is counted as
+                        // the socket failing, not as a fault in here.
+                        return Err(ErrorBody::new(
+                            ErrorKind::Io,
+                            "the client disconnected while its result was sent in parts",
+                        ));
+                    }
+                    Err(TrySendError::Full(back)) => {
+                        if Instant::now() >= deadline {
+                            return Err(slow());
+                        }
+                        part = back;
+                        std::thread::sleep(FULL_QUEUE_POLL);
+                    }
+                }
+            }
+        }))
     }
 }
 
@@ -116,21 +229,23 @@ pub(crate) fn start(conn: &Arc<Connection>, req: Request, permit: OwnedSemaphore
         }
         RequestBody::Batch(stmts) => write(ctx, WriteOp::Batch(stmts), arrived, deadline, answer),
         RequestBody::Query(st) => {
+            let takes_parts = conn.features & features::ROW_PARTS != 0;
             match ctx
                 .engine
                 .readers
-                .in_place(&st, &conn.owner, arrived, deadline)
+                .in_place(&st, &conn.owner, takes_parts, arrived, deadline)
             {
                 InPlace::Done(body) => answer.give(body),
                 InPlace::NotReadOnly => write_query(ctx, role, st, arrived, deadline, answer),
                 InPlace::ToPool => {
                     let ctx = ctx.clone();
                     let owner = conn.owner.clone();
+                    let parts = answer.parts();
                     tokio::spawn(async move {
                         match ctx
                             .engine
                             .readers
-                            .in_pool(st, owner, arrived, deadline)
+                            .in_pool(st, owner, parts, arrived, deadline)
                             .await
                         {
                             ReadOutcome::Done(body) => answer.give(body),
@@ -237,7 +352,11 @@ fn write_query(
 
 fn spawn_waiting(what: Waits, arrived: Instant, deadline: Instant, answer: Answer) {
     tokio::spawn(async move {
-        let reply = waiting(&answer.conn, what, arrived, deadline).await;
+        let parts = match &what {
+            Waits::Transaction(_, TxnOp::Query(_)) => answer.parts(),
+            _ => None,
+        };
+        let reply = waiting(&answer.conn, what, parts, arrived, deadline).await;
         answer.give(reply);
     });
 }
@@ -245,6 +364,7 @@ fn spawn_waiting(what: Waits, arrived: Instant, deadline: Instant, answer: Answe
 async fn waiting(
     conn: &Connection,
     what: Waits,
+    parts: Option<Parts>,
     arrived: Instant,
     deadline: Instant,
 ) -> ResponseBody {
@@ -261,7 +381,7 @@ async fn waiting(
         }
         Waits::Transaction(txn, op) => {
             ctx.engine
-                .in_transaction(txn, who.id, op, arrived, deadline)
+                .in_transaction(txn, who.id, op, parts, arrived, deadline)
                 .await
         }
     }

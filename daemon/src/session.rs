@@ -29,7 +29,7 @@ use std::sync::atomic::Ordering;
 
 use crate::access::Peer;
 use crate::context::Context;
-use crate::dispatch;
+use crate::dispatch::{self, Outgoing};
 use crate::engine::Owner;
 
 /// Replies encoded into one buffer before it is written.
@@ -131,7 +131,7 @@ pub(crate) async fn serve(stream: UnixStream, ctx: Arc<Context>, peer_cred: Peer
     }
 
     let max_in_flight = config.max_in_flight as usize;
-    let (out_tx, out_rx) = mpsc::channel::<Response>(max_in_flight);
+    let (out_tx, out_rx) = mpsc::channel::<Outgoing>(max_in_flight);
     let dead = CancellationToken::new();
     let stall = Duration::from_millis(config.write_stall_timeout_ms);
     let write_task = tokio::spawn(write_loop(
@@ -155,6 +155,7 @@ pub(crate) async fn serve(stream: UnixStream, ctx: Arc<Context>, peer_cred: Peer
             entry.peer.pid,
         )),
         out: out_tx.clone(),
+        features: hello.features,
         runtime: tokio::runtime::Handle::current(),
     });
     let in_flight = Arc::new(Semaphore::new(max_in_flight));
@@ -228,7 +229,7 @@ pub(crate) async fn serve(stream: UnixStream, ctx: Arc<Context>, peer_cred: Peer
                     } else {
                         tracing::info!(client, reason = %why, "closing an idle connection");
                     }
-                    let _ = out_tx.send(connection_error(why)).await;
+                    let _ = out_tx.send(connection_error(why).into()).await;
                     break;
                 }
                 continue;
@@ -248,7 +249,7 @@ pub(crate) async fn serve(stream: UnixStream, ctx: Arc<Context>, peer_cred: Peer
             }
             Some(Err(e)) => {
                 tracing::warn!(client, error = %e, "protocol error; closing the connection");
-                let _ = out_tx.send(connection_error(e.to_string())).await;
+                let _ = out_tx.send(connection_error(e.to_string()).into()).await;
                 break;
             }
         };
@@ -256,7 +257,7 @@ pub(crate) async fn serve(stream: UnixStream, ctx: Arc<Context>, peer_cred: Peer
             Ok(req) => req,
             Err(e) => {
                 tracing::warn!(client, error = %e, "undecodable request; closing the connection");
-                let _ = out_tx.send(connection_error(e.to_string())).await;
+                let _ = out_tx.send(connection_error(e.to_string()).into()).await;
                 break;
             }
         };
@@ -266,7 +267,7 @@ pub(crate) async fn serve(stream: UnixStream, ctx: Arc<Context>, peer_cred: Peer
                 ErrorKind::ShuttingDown,
                 "nexusd is shutting down and did not start this request; not applied",
             ));
-            let _ = out_tx.send(Response { id, body }).await;
+            let _ = out_tx.send(Response { id, body }.into()).await;
             continue;
         }
         dispatch::start(&answers, req, permit);
@@ -362,6 +363,9 @@ async fn handshake(
     }
 }
 
+/// The largest write buffer a connection keeps between replies.
+const KEPT_WRITE_BUFFER: usize = 1 << 20;
+
 /// How replies go out on one connection.
 struct Replies {
     max_frame: u32,
@@ -373,7 +377,7 @@ struct Replies {
 
 async fn write_loop(
     mut wr: WriteHalf,
-    mut rx: mpsc::Receiver<Response>,
+    mut rx: mpsc::Receiver<Outgoing>,
     replies: Replies,
     dead: CancellationToken,
     client: String,
@@ -384,11 +388,18 @@ async fn write_loop(
         peer_features,
     } = replies;
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    while let Some(resp) = rx.recv().await {
-        encode_response(resp, max_frame, peer_features, &mut buf);
+    // The credits of the result parts in `buf`, given back once it is
+    // written.
+    let mut credits = Vec::new();
+    while let Some(out) = rx.recv().await {
+        credits.extend(out.credit);
+        encode_response(out.response, max_frame, peer_features, &mut buf);
         while buf.len() < WRITE_BUFFER_SOFT_LIMIT {
             match rx.try_recv() {
-                Ok(resp) => encode_response(resp, max_frame, peer_features, &mut buf),
+                Ok(out) => {
+                    credits.extend(out.credit);
+                    encode_response(out.response, max_frame, peer_features, &mut buf);
+                }
                 Err(_) => break,
             }
         }
@@ -410,7 +421,14 @@ async fn write_loop(
                 return;
             }
         }
-        buf.clear();
+        credits.clear();
+        if buf.capacity() > KEPT_WRITE_BUFFER {
+            // A large result went out: do not keep its buffer for an idle
+            // connection.
+            buf = BytesMut::with_capacity(64 * 1024);
+        } else {
+            buf.clear();
+        }
     }
     let _ = wr.shutdown().await;
 }

@@ -47,8 +47,14 @@ pub mod features {
     /// [`ResponseBody::SlowLog`](crate::ResponseBody::SlowLog).
     pub const SLOW_LOG: u64 = 1 << 3;
 
+    /// Results in parts: the peer decodes
+    /// [`ResponseBody::RowsPart`](crate::ResponseBody::RowsPart), so the
+    /// daemon may answer a read larger than its result limit in parts
+    /// instead of refusing it.
+    pub const ROW_PARTS: u64 = 1 << 4;
+
     /// Every bit this version of the crate understands.
-    pub const ALL: u64 = ERROR_KINDS_2 | TRANSACTIONS | DECLTYPES | SLOW_LOG;
+    pub const ALL: u64 = ERROR_KINDS_2 | TRANSACTIONS | DECLTYPES | SLOW_LOG | ROW_PARTS;
 }
 
 /// First frame from the client.
@@ -276,6 +282,13 @@ pub enum ResponseBody {
     /// peer that announced [`features::DECLTYPES`].
     TypedRows(TypedRows),
     SlowLog(Vec<SlowStatement>),
+    /// Leading rows of a query's answer, sent ahead of it to a peer that
+    /// announced [`features::ROW_PARTS`] when the whole would exceed the
+    /// daemon's result limit. Not an answer: more parts may follow, and
+    /// then the answer itself (`Rows` or `TypedRows`, with the columns and
+    /// the last rows), whose rows come after every part's; an `Error` in
+    /// its place means the parts are void.
+    RowsPart(Vec<Vec<Value>>),
 }
 
 impl ResponseBody {

@@ -163,6 +163,8 @@ fn response() -> impl Strategy<Value = Response> {
                     error,
                 }])
             }),
+        proptest::collection::vec(proptest::collection::vec(value(), 0..4), 0..6)
+            .prop_map(ResponseBody::RowsPart),
     ];
     (any::<u64>(), body).prop_map(|(id, body)| Response { id, body })
 }

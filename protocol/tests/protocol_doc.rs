@@ -92,6 +92,13 @@ fn examples() -> Vec<(&'static str, Vec<u8>)> {
             }),
         ),
         (
+            "rows-part",
+            frame(&Response {
+                id: 2,
+                body: ResponseBody::RowsPart(vec![vec![Value::Integer(41)], vec![Value::Null]]),
+            }),
+        ),
+        (
             "error",
             frame(&Response {
                 id: 3,

@@ -33,8 +33,8 @@ def counts(path):
 GLOSS = {
     "no sequence support": "SQLite has no sequences",
     "no server side cursors support":
-        "by design: the daemon answers a query with its whole result, bounded by "
-        "max-result-bytes, so no cursor stays open on its side",
+        "by design: the daemon answers a query with its whole result (a large read "
+        "in parts, before execute() returns), so no cursor stays open on its side",
     "Backend does not require denormalized names.":
         "SQLite keeps names as written, so name normalization does not apply",
     "no non-default isolation level available":

@@ -530,3 +530,47 @@ def test_another_clients_insert_leaves_this_ones_rowid_alone(daemon):
     cur = a.execute("UPDATE t SET x = 'd' WHERE id = 77")
     assert cur.lastrowid == 5
     assert a.execute("SELECT last_insert_rowid()").fetchone()[0] == 5
+
+
+def test_a_result_over_the_daemons_limit_reads_as_from_sqlite3(make_daemon, tmp_path):
+    """sqlite3 reads a result of any size; so does nexusd, whose daemon
+    sends a read over its result limit (100 kB here) in parts: fetchall,
+    iteration and fetchmany, in autocommit, in a transaction and through
+    nexusd.aio, give what sqlite3 gives from the same rows."""
+    d = make_daemon("--max-result-bytes", "100000", "--max-frame-bytes", "200000")
+    fill = ("CREATE TABLE t(x INTEGER PRIMARY KEY, s TEXT, b BLOB);"
+            "INSERT INTO t WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+            "LIMIT 8000) SELECT x, printf('%0100d', x), randomblob(40) FROM c;")
+    conn = nexusd.connect(d.socket, isolation_level=None)
+    conn.executescript(fill)
+    expected = conn.execute("SELECT x, s, b FROM t WHERE x <= 2").fetchall()
+    sql = "SELECT x, s, b FROM t ORDER BY x"
+
+    # The same rows through sqlite3, from a copy of the database.
+    plain = sqlite3.connect(":memory:")
+    conn.backup(plain)
+    theirs = plain.execute(sql).fetchall()
+    assert len(theirs) == 8000 and theirs[:2] == expected
+
+    assert conn.execute(sql).fetchall() == theirs
+    assert list(conn.execute(sql)) == theirs
+    cur = conn.execute(sql)
+    assert cur.fetchmany(10) == theirs[:10] and cur.fetchall() == theirs[10:]
+
+    in_txn = nexusd.connect(d.socket, autocommit=False)
+    assert in_txn.execute(sql).fetchall() == theirs
+    in_txn.execute("INSERT INTO t(x, s) VALUES (-1, 'in txn')")
+    in_txn.rollback()
+
+    async def through_aio():
+        async with nexusd.aio.connect(d.socket) as db:
+            async with db.execute(sql) as cursor:
+                return [tuple(r) async for r in cursor]
+
+    assert asyncio.run(through_aio()) == theirs
+
+    # What SQLite writes still answers whole, so a write's result over the
+    # limit fails and is not applied.
+    with pytest.raises(nexusd.DataError) as caught:
+        conn.execute("UPDATE t SET s = s WHERE x > 0 RETURNING x, s, b").fetchall()
+    assert "limit of 100000 bytes" in str(caught.value)

@@ -8,6 +8,7 @@ mod concurrency;
 mod ctl;
 mod lifecycle;
 mod limits;
+mod parts;
 mod reload;
 mod snapshots;
 mod systemd;

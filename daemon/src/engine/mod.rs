@@ -10,6 +10,7 @@ mod db;
 mod functions;
 mod guard;
 mod maintenance;
+mod parts;
 mod readers;
 mod relay;
 pub(crate) mod slowlog;
@@ -29,6 +30,7 @@ use nexusd_protocol::{ErrorBody, ErrorKind, ResponseBody, TxnMode, TxnOp};
 
 pub use db::Synchronous;
 pub(crate) use db::check_sqlite_version;
+pub(crate) use parts::{PARTS_AHEAD, Parts};
 pub(crate) use readers::{
     InPlace, InPlaceCounts, ReadOutcome, ReaderPool, allow_inline_reads, end_stale_snapshots,
 };
@@ -228,6 +230,7 @@ impl Engine {
         id: u64,
         client_id: u64,
         op: TxnOp,
+        parts: Option<Parts>,
         arrived: Instant,
         deadline: Instant,
     ) -> ResponseBody {
@@ -239,7 +242,7 @@ impl Engine {
             // Blocking: SQLite runs on the transaction's own connection.
             let txns = txns.clone();
             route = tokio::task::spawn_blocking(move || {
-                txns.serve_snapshot(id, client_id, op, arrived, deadline)
+                txns.serve_snapshot(id, client_id, op, parts.as_ref(), arrived, deadline)
             })
             .await
             .unwrap_or_else(|e| {

@@ -43,6 +43,7 @@ use tokio::sync::{Notify, oneshot};
 use super::CheckpointGate;
 use super::db::{self, Synchronous, epoch};
 use super::guard::{Guard, Scope};
+use super::parts::{PART_BYTES, Parts};
 use super::statement::{self, ReadOnly, StatementLimits, Want};
 use super::transactions::Owner;
 use super::writer::WriterStats;
@@ -188,6 +189,9 @@ pub(crate) enum ReadOutcome {
 struct ReadJob {
     statement: Statement,
     owner: Arc<Owner>,
+    /// Where a result over one part goes ahead, for a client that takes
+    /// parts.
+    parts: Option<Parts>,
     arrived: Instant,
     deadline: Instant,
     reply: oneshot::Sender<ReadOutcome>,
@@ -271,6 +275,7 @@ impl ReaderPool {
         &self,
         statement: Statement,
         owner: Arc<Owner>,
+        parts: Option<Parts>,
         arrived: Instant,
         deadline: Instant,
     ) -> ReadOutcome {
@@ -278,6 +283,7 @@ impl ReaderPool {
         let job = ReadJob {
             statement,
             owner,
+            parts,
             arrived,
             deadline,
             reply,
@@ -303,11 +309,14 @@ impl ReaderPool {
     /// Runs the read on this thread's own connection, if it has one and no
     /// checkpoint is waiting for reads to leave the WAL, for at most
     /// `INLINE_BUDGET`, in the snapshot the thread holds while it is
-    /// current.
+    /// current. A result over one part goes to the pool when the client
+    /// `takes_parts`, since the pool may wait for the client and this
+    /// thread may not.
     pub(crate) fn in_place(
         &self,
         statement: &Statement,
         owner: &Owner,
+        takes_parts: bool,
         arrived: Instant,
         deadline: Instant,
     ) -> InPlace {
@@ -388,6 +397,9 @@ impl ReaderPool {
             if budget < deadline {
                 limits.deadline = budget;
             }
+            if takes_parts {
+                limits.max_result_bytes = limits.max_result_bytes.min(PART_BYTES);
+            }
             let ran = statement::run_if_read_only(
                 &inline.conn,
                 &inline.guard,
@@ -411,6 +423,7 @@ impl ReaderPool {
                 // in full.
                 Err(e)
                     if (e.kind == ErrorKind::Timeout && budget < deadline)
+                        || (e.kind == ErrorKind::TooLarge && takes_parts)
                         || e.code == rusqlite::ffi::SQLITE_BUSY =>
                 {
                     self.shared.to_pool.fetch_add(1, Ordering::Relaxed);
@@ -476,11 +489,12 @@ impl Reader {
             let ReadJob {
                 statement,
                 owner,
+                parts,
                 arrived,
                 deadline,
                 reply,
             } = job;
-            let _ = reply.send(self.serve(statement, &owner, arrived, deadline));
+            let _ = reply.send(self.serve(statement, &owner, parts.as_ref(), arrived, deadline));
         }
     }
 
@@ -488,6 +502,7 @@ impl Reader {
         &self,
         statement: Statement,
         owner: &Owner,
+        parts: Option<&Parts>,
         arrived: Instant,
         deadline: Instant,
     ) -> ReadOutcome {
@@ -517,6 +532,7 @@ impl Reader {
             limits.started = now;
             limits.read_cap = Some(cap);
         }
+        limits.parts = parts;
         let busy = &self.shared.busy_since[self.index];
         busy.store(
             epoch().elapsed().as_nanos().max(1) as u64,

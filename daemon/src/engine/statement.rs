@@ -13,6 +13,7 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, ffi};
 
 use super::guard::{Guard, Refusal, Scope};
+use super::parts::{PART_BYTES, Parts};
 use super::transactions::Owner;
 use super::{functions, slowlog};
 
@@ -41,6 +42,10 @@ pub(crate) struct StatementLimits<'a> {
     /// The client that sent it: the slow-statement log names it, and SQL's
     /// `last_insert_rowid()` answers its last inserted rowid.
     pub(crate) owner: &'a Owner,
+    /// Where a result over one part goes ahead in parts, when the client
+    /// takes them and this thread may wait for it; `None`: a result over
+    /// `max_result_bytes` fails with `TooLarge`.
+    pub(crate) parts: Option<&'a Parts>,
 }
 
 impl<'a> StatementLimits<'a> {
@@ -59,6 +64,7 @@ impl<'a> StatementLimits<'a> {
             max_result_bytes,
             read_cap: None,
             owner,
+            parts: None,
         }
     }
 }
@@ -273,25 +279,56 @@ fn run_prepared(
     } else if keep_rows {
         out.columns = stmt.column_names().map(String::from).collect();
     }
+    // With parts, the rows held here go to the client whenever the next
+    // row would take them over one part; without, over the limit fails.
+    let held_bytes = match limits.parts {
+        Some(_) => limits.max_result_bytes.min(PART_BYTES),
+        None => limits.max_result_bytes,
+    };
     let mut size = 0usize;
+    let mut seen = 0usize;
     let mut rows = stmt.raw_query();
     while let Some(row) = rows.next()? {
         if !keep_rows {
             continue;
         }
+        seen += 1;
         let mut values = Vec::with_capacity(columns);
+        let mut row_size = 0usize;
         for i in 0..columns {
             let v = to_value(row.get_ref(i)?);
-            size += VALUE_OVERHEAD + v.heap_size();
+            row_size += VALUE_OVERHEAD + v.heap_size();
             values.push(v);
         }
-        out.rows.push(values);
-        if size > limits.max_result_bytes {
-            return Err(StatementError::TooLarge {
-                rows: out.rows.len(),
-                limit: limits.max_result_bytes,
-            });
+        if size + row_size > held_bytes {
+            match limits.parts {
+                // A row over the limit would not fit a frame: no part can
+                // carry it.
+                Some(_) if row_size > limits.max_result_bytes => {
+                    return Err(StatementError::RowTooLarge {
+                        row: seen,
+                        bytes: row_size,
+                        limit: limits.max_result_bytes,
+                    });
+                }
+                Some(parts) => {
+                    if !out.rows.is_empty() {
+                        parts
+                            .send(std::mem::take(&mut out.rows), limits.deadline)
+                            .map_err(StatementError::Parts)?;
+                    }
+                    size = 0;
+                }
+                None => {
+                    return Err(StatementError::TooLarge {
+                        rows: seen,
+                        limit: limits.max_result_bytes,
+                    });
+                }
+            }
         }
+        size += row_size;
+        out.rows.push(values);
     }
     drop(rows);
     if keep_rows {
@@ -360,7 +397,18 @@ pub fn skip_blank(sql: &str) -> &str {
 enum StatementError {
     Sqlite(rusqlite::Error),
     Bind(String),
-    TooLarge { rows: usize, limit: usize },
+    TooLarge {
+        rows: usize,
+        limit: usize,
+    },
+    /// One row alone is over the limit, so no part can carry it.
+    RowTooLarge {
+        row: usize,
+        bytes: usize,
+        limit: usize,
+    },
+    /// A part of the result could not go to the client.
+    Parts(ErrorBody),
 }
 
 impl From<rusqlite::Error> for StatementError {
@@ -445,6 +493,15 @@ fn error_body(
             statement_index: None,
         },
         StatementError::TooLarge { rows, limit } => too_large(rows, limit),
+        StatementError::RowTooLarge { row, bytes, limit } => ErrorBody::new(
+            ErrorKind::TooLarge,
+            format!(
+                "row {row} of the result alone is {bytes} bytes, over the limit of {limit} \
+                 bytes; nothing was applied; select fewer or shorter columns (substr() of a \
+                 long value), or raise --max-result-bytes"
+            ),
+        ),
+        StatementError::Parts(e) => e,
         StatementError::Sqlite(e) => return sqlite_error_body(e, guard, limits),
     })
 }
@@ -575,6 +632,7 @@ mod tests {
             max_result_bytes: 1 << 20,
             read_cap: None,
             owner: &TESTER,
+            parts: None,
         }
     }
 
@@ -939,6 +997,81 @@ mod tests {
         };
         assert_eq!(err.kind, ErrorKind::TooLarge);
         assert!(err.message.contains("10000"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_result_over_the_limit_goes_ahead_in_parts_that_each_fit() {
+        let (_dir, conn, guard) = open();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<Vec<Value>>>::new()));
+        let sink = got.clone();
+        let parts = Parts::new(move |rows, _deadline| {
+            sink.lock().expect("parts").push(rows);
+            Ok(())
+        });
+        let mut l = limits();
+        l.max_result_bytes = 10_000;
+        l.parts = Some(&parts);
+        let sql = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c LIMIT 5000) \
+                   SELECT x, 'abcdefgh' AS t FROM c";
+        let last = match run_statement(&conn, &guard, Scope::Request, &stmt(sql), Want::Rows, &l) {
+            Ok(Output::Rows(r)) => r,
+            Ok(_) => panic!("a query answered no rows"),
+            Err(e) => panic!("a result in parts failed: {}", e.message),
+        };
+        assert_eq!(last.columns, ["x", "t"]);
+        let parts = got.lock().expect("parts");
+        assert!(parts.len() > 5, "{} parts for 5,000 rows", parts.len());
+        for part in parts.iter() {
+            let size = rows_size(&Rows {
+                rows: part.clone(),
+                ..Rows::default()
+            });
+            assert!(size <= 10_000, "a part of {size} bytes, over the limit");
+        }
+        let all: Vec<Value> = parts
+            .iter()
+            .flatten()
+            .chain(last.rows.iter())
+            .map(|row| row[0].clone())
+            .collect();
+        let expected: Vec<Value> = (1..=5000).map(Value::Integer).collect();
+        assert_eq!(
+            all, expected,
+            "the parts and the answer, in order, are the result"
+        );
+    }
+
+    #[test]
+    fn a_row_over_the_limit_fails_even_with_parts_and_a_failed_part_fails_the_read() {
+        let (_dir, conn, guard) = open();
+        let parts = Parts::new(|_, _| Ok(()));
+        let mut l = limits();
+        l.max_result_bytes = 10_000;
+        l.parts = Some(&parts);
+        let sql = "SELECT 1 UNION ALL SELECT zeroblob(20000)";
+        let err = match run_statement(&conn, &guard, Scope::Request, &stmt(sql), Want::Rows, &l) {
+            Err(e) => e,
+            Ok(_) => panic!("a row over the limit was returned"),
+        };
+        assert_eq!(err.kind, ErrorKind::TooLarge);
+        assert!(
+            err.message.contains("row 2") && err.message.contains("20009 bytes"),
+            "{}",
+            err.message
+        );
+
+        let refusing = Parts::new(|_, _| Err(ErrorBody::new(ErrorKind::Timeout, "client slow")));
+        l.parts = Some(&refusing);
+        let sql = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c LIMIT 5000) \
+                   SELECT x FROM c";
+        let err = match run_statement(&conn, &guard, Scope::Request, &stmt(sql), Want::Rows, &l) {
+            Err(e) => e,
+            Ok(_) => panic!("a read whose part could not go was answered"),
+        };
+        assert_eq!(
+            (err.kind, err.message.as_str()),
+            (ErrorKind::Timeout, "client slow")
+        );
     }
 
     #[test]

@@ -30,6 +30,7 @@ use rusqlite::Connection;
 
 use super::db::{self, Synchronous, epoch};
 use super::guard::{Guard, Scope};
+use super::parts::Parts;
 use super::statement::{self, ReadOnly, StatementLimits, Want};
 use super::writer::WriterStats;
 
@@ -486,6 +487,7 @@ impl Transactions {
         id: u64,
         client_id: u64,
         op: TxnOp,
+        parts: Option<&Parts>,
         arrived: Instant,
         deadline: Instant,
     ) -> Route {
@@ -504,8 +506,13 @@ impl Transactions {
             Ok(s) => s,
             Err(_) => return Route::Done(poisoned()),
         };
-        let limits =
+        let mut limits =
             StatementLimits::for_request(arrived, deadline, self.max_result_bytes, &txn.owner);
+        // A query's result may go ahead in parts (this thread may wait for
+        // the client); a batch's results come whole.
+        if matches!(op, TxnOp::Query(_)) {
+            limits.parts = parts;
+        }
         // `None`: the request writes, so the transaction moves over.
         let answer: Option<ResponseBody> = match &op {
             TxnOp::Commit | TxnOp::Rollback => {

@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""One read far over the daemon's result limit, through the Python driver,
+beside sqlite3 reading the same file, in one run.
+
+    python3 bench/large_read.py [--rows 400000] [--rounds 3]
+                                [--nexusd target/release/nexusd]
+
+It starts a daemon with its defaults (a 15 MiB result limit) on a temp
+dir, fills `t` with ROWS rows of an integer, 100 characters of text and a
+100-byte blob (about 230 bytes of values a row), then, alternating, reads
+`SELECT x, s, b FROM t` whole with `fetchall()` through nexusd and through
+sqlite3. It prints each round's seconds, the ratio of the best rounds, and
+the daemon's peak resident memory while it ran, sampled every 5 ms: the
+daemon sends such a read in parts, holding two at most, so its memory
+stays far below the result's size. Needs the built package (`pip install
+./python`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+# Run from a checkout, the folder above holds python/ without the built
+# native module: use the installed package.
+_root = str(pathlib.Path(__file__).resolve().parent.parent)
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _root]
+
+import nexusd  # noqa: E402
+
+SQL = "SELECT x, s, b FROM t"
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=400_000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--nexusd", default=str(pathlib.Path(_root) / "target/release/nexusd"))
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        db, sock = pathlib.Path(tmp) / "t.db", pathlib.Path(tmp) / "s.sock"
+        daemon = subprocess.Popen(
+            [args.nexusd, "serve", "--db", str(db), "--socket", str(sock)],
+            stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.time() + 20
+            while not sock.exists():
+                if daemon.poll() is not None or time.time() > deadline:
+                    sys.exit(f"the daemon did not start: {args.nexusd}")
+                time.sleep(0.05)
+            conn = nexusd.connect(str(sock), isolation_level=None)
+            conn.executescript(
+                "CREATE TABLE t(x INTEGER PRIMARY KEY, s TEXT, b BLOB);"
+                "INSERT INTO t WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 "
+                f"FROM c LIMIT {args.rows}) SELECT x, printf('%0100d', x), randomblob(100) "
+                "FROM c;")
+            before = rss_kb(daemon.pid)
+            peak, done = [before], threading.Event()
+
+            def watch() -> None:
+                while not done.wait(0.005):
+                    peak[0] = max(peak[0], rss_kb(daemon.pid))
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+            took: dict = {"nexusd": [], "sqlite3": []}
+            plain = sqlite3.connect(str(db))
+            for _ in range(args.rounds):
+                for name, c in (("nexusd", conn), ("sqlite3", plain)):
+                    began = time.perf_counter()
+                    rows = c.execute(SQL).fetchall()
+                    took[name].append(time.perf_counter() - began)
+                    if len(rows) != args.rows:
+                        sys.exit(f"{name} read {len(rows)} rows of {args.rows}")
+                    del rows
+            done.set()
+            watcher.join()
+        finally:
+            daemon.terminate()
+            daemon.wait()
+    size = args.rows * 230 / 1e6
+    print(f"{args.rows} rows, about {size:.0f} MB of values, read whole with fetchall()")
+    for name, times in took.items():
+        print(f"  {name:8} " + "  ".join(f"{t:.3f} s" for t in times))
+    print(f"  nexusd at {min(took['sqlite3']) / min(took['nexusd']):.2f}x sqlite3's speed "
+          "(best rounds)")
+    print(f"  daemon resident memory: {before} kB before the reads, {peak[0]} kB at most "
+          "during them")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,301 @@
+//! A read larger than the result limit comes whole, in parts, to a client
+//! that takes them (`features::ROW_PARTS`), while the daemon holds only a
+//! few parts of it however slowly the client reads; a client without the
+//! bit, and the writer, still answer `TooLarge`.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use nexusd_client::{Error, Statement, Value, params};
+use nexusd_protocol::codec::{self, encode_frame};
+use nexusd_protocol::{
+    ErrorKind, Hello, HelloReply, PROTOCOL_VERSION, Params, Request, RequestBody, Response,
+    ResponseBody, features,
+};
+use nexusd_tests::Daemon;
+
+use crate::{client, rt};
+
+/// The result limit of these daemons, in bytes.
+const LIMIT: usize = 100_000;
+
+/// Rows in `t`: 20,000 of about 130 bytes, 2.6 MB in all.
+const ROWS: i64 = 20_000;
+
+/// A daemon with a 100 kB result limit and `readers` reader threads, and
+/// `t` filled.
+fn with_table(readers: &str) -> Daemon {
+    let d = Daemon::start(&[
+        "--max-result-bytes",
+        &LIMIT.to_string(),
+        "--max-frame-bytes",
+        "200000",
+        "--readers",
+        readers,
+    ]);
+    rt().block_on(async {
+        let c = client(&d).await;
+        c.execute("CREATE TABLE t(x INTEGER PRIMARY KEY, s TEXT)", params![])
+            .await
+            .expect("create");
+        c.execute(
+            &format!(
+                "INSERT INTO t WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
+                 LIMIT {ROWS}) SELECT x, printf('%0120d', x) FROM c"
+            ),
+            params![],
+        )
+        .await
+        .expect("fill");
+    });
+    d
+}
+
+fn check_all_rows(rows: &nexusd_client::Rows) {
+    assert_eq!(rows.columns(), ["x", "s"]);
+    assert_eq!(rows.len(), ROWS as usize);
+    for (i, row) in rows.iter().enumerate() {
+        let x: i64 = row.get(0).expect("x");
+        let s: String = row.get(1).expect("s");
+        assert_eq!(x, i as i64 + 1, "row {i} out of order");
+        assert_eq!(s, format!("{x:0120}"), "row {i} garbled");
+    }
+}
+
+/// Through the client crate: a plain query, one in a read-only transaction
+/// and one in a deferred transaction before its first write come whole; a
+/// query that writes (on the writer) and a batch still fail `TooLarge`,
+/// with nothing applied.
+#[test]
+fn a_read_over_the_limit_comes_whole_and_the_writer_keeps_the_limit() {
+    let d = with_table("4");
+    rt().block_on(async {
+        let c = client(&d).await;
+        let sql = "SELECT x, s FROM t ORDER BY x";
+        check_all_rows(&c.query(sql, params![]).await.expect("a query in parts"));
+
+        let ro = c.read_transaction().await.expect("begin read-only");
+        check_all_rows(&ro.query(sql, params![]).await.expect("in a read-only txn"));
+        ro.commit().await.expect("end");
+
+        let tx = c.deferred_transaction().await.expect("begin deferred");
+        check_all_rows(&tx.query(sql, params![]).await.expect("in a deferred txn"));
+        tx.execute("INSERT INTO t(x, s) VALUES (-1, 'in txn')", params![])
+            .await
+            .expect("its write");
+        tx.rollback().await.expect("rollback");
+
+        // The writer never waits on a client: over the limit there fails.
+        let e = c
+            .query(
+                "UPDATE t SET s = s || '' WHERE x > 0 RETURNING x, s",
+                params![],
+            )
+            .await
+            .expect_err("a write's result over the limit");
+        assert!(matches!(e, Error::TooLarge(_)), "{e}");
+        assert!(e.to_string().contains("limit of 100000 bytes"), "{e}");
+        let e = c
+            .batch(vec![
+                Statement::new("INSERT INTO t(x, s) VALUES (-2, 'batch')", params![]),
+                Statement::new("SELECT x, s FROM t", params![]),
+            ])
+            .await
+            .expect_err("a batch's result over the limit");
+        assert!(matches!(e, Error::TooLarge(_)), "{e}");
+        let left = c
+            .query("SELECT count(*) FROM t WHERE x < 0", params![])
+            .await
+            .expect("count");
+        assert_eq!(left.get(0).expect("row").get::<i64>(0).expect("n"), 0);
+
+        // A single row over the limit cannot go in any part.
+        let e = c
+            .query("SELECT zeroblob(150000)", params![])
+            .await
+            .expect_err("a row over the limit");
+        assert!(matches!(e, Error::TooLarge(_)), "{e}");
+        assert!(e.to_string().contains("row 1 of the result alone"), "{e}");
+        assert!(matches!(
+            c.query("SELECT length(zeroblob(150000))", params![])
+                .await
+                .expect("small")
+                .get(0)
+                .expect("row")
+                .values()[0],
+            Value::Integer(150_000)
+        ));
+    });
+}
+
+fn frame<T: serde::Serialize>(msg: &T) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    encode_frame(msg, u32::MAX >> 2, &mut buf).expect("encode");
+    buf.to_vec()
+}
+
+fn read_frame(s: &mut UnixStream) -> Vec<u8> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).expect("a frame's length");
+    let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut payload).expect("a frame's payload");
+    payload
+}
+
+/// A raw connection announcing `features`.
+fn raw(d: &Daemon, features: u64) -> UnixStream {
+    let mut s = UnixStream::connect(d.socket()).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    s.write_all(&frame(&Hello {
+        protocol_version: PROTOCOL_VERSION,
+        client_name: "parts-test".into(),
+        features,
+    }))
+    .expect("hello");
+    assert!(matches!(
+        codec::decode_payload::<HelloReply>(&read_frame(&mut s)),
+        Ok(HelloReply::Welcome(_))
+    ));
+    s
+}
+
+fn query(s: &mut UnixStream, id: u64, sql: &str, timeout_ms: u32) {
+    s.write_all(&frame(&Request {
+        id,
+        db: "main".into(),
+        timeout_ms,
+        body: RequestBody::Query(nexusd_protocol::Statement {
+            sql: sql.into(),
+            params: Params::Positional(vec![]),
+        }),
+    }))
+    .expect("send the query");
+}
+
+/// Reads request `id`'s parts and answer: the rows of the parts, each
+/// part's frame size, and the answer.
+fn answer(s: &mut UnixStream, id: u64) -> (Vec<Vec<Value>>, Vec<usize>, ResponseBody) {
+    let (mut rows, mut sizes) = (Vec::new(), Vec::new());
+    loop {
+        let payload = read_frame(s);
+        let resp: Response = codec::decode_payload(&payload).expect("a Response");
+        assert_eq!(resp.id, id);
+        match resp.body {
+            ResponseBody::RowsPart(part) => {
+                assert!(!part.is_empty(), "an empty part");
+                sizes.push(payload.len());
+                rows.extend(part);
+            }
+            other => return (rows, sizes, other),
+        }
+    }
+}
+
+/// On the wire: a client without the bit gets `TooLarge`, as before the
+/// bit existed; one with it gets parts, each within the limit, then the
+/// answer with the columns and the last rows.
+#[test]
+fn parts_go_only_to_clients_that_announce_them_and_each_fits_the_limit() {
+    let d = with_table("4");
+    let sql = "SELECT x, s FROM t ORDER BY x";
+
+    let mut old = raw(&d, features::ALL & !features::ROW_PARTS);
+    query(&mut old, 1, sql, 0);
+    match answer(&mut old, 1) {
+        (parts, _, ResponseBody::Error(e)) if parts.is_empty() => {
+            assert_eq!(e.kind, ErrorKind::TooLarge, "{}", e.message)
+        }
+        (parts, _, other) => panic!("{} rows in parts, then {other:?}", parts.len()),
+    }
+
+    let mut new = raw(&d, features::ALL & !features::DECLTYPES);
+    query(&mut new, 2, sql, 0);
+    let (mut rows, sizes, last) = answer(&mut new, 2);
+    let ResponseBody::Rows(last) = last else {
+        panic!("the answer after the parts: {last:?}");
+    };
+    assert_eq!(last.columns, ["x", "s"]);
+    assert!(sizes.len() >= 20, "{} parts for 2.6 MB", sizes.len());
+    assert!(
+        sizes.iter().all(|&n| n <= LIMIT),
+        "a part over the limit: {sizes:?}"
+    );
+    rows.extend(last.rows);
+    assert_eq!(rows.len(), ROWS as usize);
+    assert!(
+        rows.iter()
+            .enumerate()
+            .all(|(i, r)| r[0] == Value::Integer(i as i64 + 1)),
+        "rows out of order"
+    );
+}
+
+/// The daemon's resident memory, in kB.
+fn rss_kb(d: &Daemon) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", d.pid())).expect("daemon's status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// A client that stops reading holds back its reader, not the daemon's
+/// memory: with 30 MB of result unread, the daemon grows by a few parts,
+/// not the result; others are served meanwhile; the client then reads it
+/// all. A client that never reads in time gets `Timeout` after its parts,
+/// and the one reader is free again.
+#[test]
+fn a_client_that_reads_slowly_costs_the_daemon_a_few_parts_not_the_result() {
+    let d = with_table("1");
+    let other = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    // 12 copies of t: 31 MB of rows, in about 300 parts of 100 kB.
+    let big = "SELECT t.x, t.s FROM t, (SELECT 1 FROM t LIMIT 12) ORDER BY t.x";
+    let before = rss_kb(&d);
+    let mut slow = raw(&d, features::ALL & !features::DECLTYPES);
+    query(&mut slow, 7, big, 0);
+    // Give the reader time to fill what the socket and the queue hold.
+    std::thread::sleep(Duration::from_millis(1500));
+    let during = rss_kb(&d);
+    // Others are served while the reader waits on this client.
+    for i in 0..20 {
+        let rows = other
+            .query("SELECT s FROM t WHERE x = ?1", params![i + 1])
+            .expect("another client's read");
+        assert_eq!(rows.len(), 1);
+    }
+    let (rows, sizes, last) = answer(&mut slow, 7);
+    let ResponseBody::Rows(last) = last else {
+        panic!("the answer after {} parts: {last:?}", sizes.len());
+    };
+    assert_eq!(rows.len() + last.rows.len(), 12 * ROWS as usize);
+    assert!(
+        during < before + 10_000,
+        "the daemon grew from {before} kB to {during} kB while a client left a 31 MB result \
+         unread"
+    );
+
+    // Never read within its 1 s time limit: the read gives up.
+    let mut stuck = raw(&d, features::ALL & !features::DECLTYPES);
+    query(&mut stuck, 8, big, 1000);
+    let began = Instant::now();
+    std::thread::sleep(Duration::from_millis(2000));
+    let (_, _, last) = answer(&mut stuck, 8);
+    match last {
+        ResponseBody::Error(e) => {
+            assert_eq!(e.kind, ErrorKind::Timeout, "{}", e.message);
+            assert!(e.message.contains("in parts"), "{}", e.message);
+        }
+        other => panic!("a read left unread past its deadline answered {other:?}"),
+    }
+    assert!(began.elapsed() < Duration::from_secs(30));
+    // A read over one part goes to the pool: its one reader is free.
+    let all = other
+        .query("SELECT x, s FROM t ORDER BY x", params![])
+        .expect("a large read after the stuck one");
+    check_all_rows(&all);
+}
