@@ -11,6 +11,7 @@
 //! queue, a read that needs the pool, transactions, admin commands) runs
 //! as a spawned task.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -151,6 +152,7 @@ impl Answer {
         }
         let id = self.id;
         let out = self.conn.out.clone();
+        let ctx = self.conn.ctx.clone();
         let credits = Arc::new(Credits {
             queued: Mutex::new(0),
             written: Condvar::new(),
@@ -177,7 +179,10 @@ impl Answer {
             };
             loop {
                 match out.try_send(part) {
-                    Ok(()) => return Ok(()),
+                    Ok(()) => {
+                        ctx.metrics.result_parts.fetch_add(1, Ordering::Relaxed);
+                        return Ok(());
+                    }
                     Err(TrySendError::Closed(_)) => {
                         // Nobody will read this answer; it is counted as
                         // the socket failing, not as a fault in here.

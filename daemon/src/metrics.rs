@@ -70,6 +70,8 @@ pub(crate) struct Metrics {
     pub(crate) connections_refused: AtomicU64,
     pub(crate) reloads: AtomicU64,
     pub(crate) reloads_failed: AtomicU64,
+    /// Parts of reads over the result limit, sent ahead of their answers.
+    pub(crate) result_parts: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -82,6 +84,7 @@ impl Default for Metrics {
             connections_refused: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            result_parts: AtomicU64::new(0),
         }
     }
 }
@@ -203,6 +206,12 @@ pub(crate) fn render(s: &Snapshot<'_>) -> String {
         "nexusd_reads_moved_to_pool_total",
         "Reads that ran out of the in-place budget (200 us) and went to the reader pool.",
         s.reads_in_place.to_pool,
+    );
+    counter(
+        &mut out,
+        "nexusd_result_parts_total",
+        "Parts of reads over the result limit, sent ahead of their answers (up to 1 MiB each).",
+        s.metrics.result_parts.load(Ordering::Relaxed),
     );
     counter(
         &mut out,

@@ -268,11 +268,21 @@ fn a_client_that_reads_slowly_costs_the_daemon_a_few_parts_not_the_result() {
             .expect("another client's read");
         assert_eq!(rows.len(), 1);
     }
+    let parts_before = crate::metric(&other, "nexusd_result_parts_total");
     let (rows, sizes, last) = answer(&mut slow, 7);
     let ResponseBody::Rows(last) = last else {
         panic!("the answer after {} parts: {last:?}", sizes.len());
     };
     assert_eq!(rows.len() + last.rows.len(), 12 * ROWS as usize);
+    // Operators see the parts in the metrics. Before this client began to
+    // read, the reader had sent only what the sockets' buffers and two
+    // queued parts hold (4 here), of about 300.
+    let parts_after = crate::metric(&other, "nexusd_result_parts_total");
+    assert_eq!(parts_after, sizes.len() as u64, "every part is counted");
+    assert!(
+        parts_before <= 20,
+        "{parts_before} parts of {parts_after} sent to a client that read none"
+    );
     assert!(
         during < before + 10_000,
         "the daemon grew from {before} kB to {during} kB while a client left a 31 MB result \
