@@ -1074,9 +1074,10 @@ _NOT_HERE = {
                    "file while the daemon is stopped",
     "getlimit": "limits are the daemon's, set for every client alike",
     "setlimit": "limits are the daemon's, set for every client alike",
-    "total_changes": "SQLite counts a connection's changes, and this connection's "
-                     "statements share the daemon's connection with every other client; "
-                     "sum the cursors' rowcount instead",
+    "total_changes": "the daemon counts changes per process (SQL's total_changes() "
+                     "answers for all of this process's connections together), not per "
+                     "Connection; sum the cursors' rowcount instead, or run SELECT "
+                     "total_changes() if the process has one connection",
 }
 _NOT_ATTRIBUTES = {"total_changes"}
 

@@ -194,7 +194,7 @@ def test_what_cannot_run_in_the_daemon_says_why(daemon, name):
 def test_total_changes_is_absent_with_the_reason(daemon):
     conn = nexusd.connect(daemon.socket)
     assert not hasattr(conn, "total_changes")
-    with pytest.raises(AttributeError, match="sum the cursors' rowcount"):
+    with pytest.raises(AttributeError, match="per process.*sum the cursors. rowcount"):
         conn.total_changes
     with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
         conn.nonsense
@@ -574,3 +574,71 @@ def test_a_result_over_the_daemons_limit_reads_as_from_sqlite3(make_daemon, tmp_
     with pytest.raises(nexusd.DataError) as caught:
         conn.execute("UPDATE t SET s = s WHERE x > 0 RETURNING x, s, b").fetchall()
     assert "limit of 100000 bytes" in str(caught.value)
+
+
+def _changes(conn):
+    """SQL's changes() and total_changes() after statements that set them,
+    leave them, or change rows besides their own (a trigger, a cascade)."""
+    conn.execute("PRAGMA foreign_keys = ON")
+    out = []
+
+    def after(sql):
+        try:
+            conn.execute(sql).fetchall()
+            what = sql
+        except sqlite3.Error as e:
+            what = f"{sql}: {type(e).__name__}"
+        out.append((what, conn.execute("SELECT changes(), total_changes()").fetchone()))
+
+    after("CREATE TABLE p(id INTEGER PRIMARY KEY, name UNIQUE)")
+    after("CREATE TABLE c(id INTEGER PRIMARY KEY, "
+          "p INTEGER REFERENCES p(id) ON DELETE CASCADE)")
+    after("CREATE TABLE log(n, seen)")
+    after("CREATE TRIGGER tr AFTER INSERT ON p BEGIN "
+          "INSERT INTO log VALUES (new.id, changes()); END")
+    after("INSERT INTO p(name) VALUES ('a'), ('b'), ('c')")
+    after("INSERT INTO c(p) SELECT id FROM p")
+    after("UPDATE p SET name = name || '!' WHERE id > 1")
+    after("SELECT count(*) FROM p")
+    after("UPDATE p SET name = 'x' WHERE id > 100")
+    after("CREATE INDEX i ON log(n)")
+    after("INSERT INTO log VALUES (changes(), total_changes())")
+    after("INSERT OR IGNORE INTO p(name) VALUES ('a')")
+    after("INSERT INTO p(name) VALUES ('q'), ('a')")
+    after("WITH v(n) AS (VALUES ('z')) INSERT INTO p(name) SELECT n FROM v")
+    after("DELETE FROM p WHERE id <= 2")
+    after("INSERT INTO p(name) VALUES ('a') ON CONFLICT(name) DO UPDATE SET name = 'aa'")
+    after("REPLACE INTO p(id, name) VALUES (3, 'r')")
+    after("DROP TABLE log")
+    if conn.in_transaction:
+        conn.commit()
+    out.append(("after commit", conn.execute("SELECT changes(), total_changes()").fetchone()))
+    return out
+
+
+@pytest.mark.parametrize("isolation_level", [None, ""])
+def test_changes_and_total_changes_in_sql_are_the_clients_as_in_sqlite3(
+        daemon, tmp_path, isolation_level):
+    """With one connection in the process, SQL's changes() and
+    total_changes() answer as sqlite3's do for its connection, though
+    every client's writes share the daemon's."""
+    want = _changes(sqlite3.connect(tmp_path / "direct.db", isolation_level=isolation_level))
+    got = _changes(nexusd.connect(daemon.socket, isolation_level=isolation_level))
+    assert got == want
+
+
+def test_another_clients_writes_leave_this_ones_changes_alone(daemon):
+    a = nexusd.connect(daemon.socket, autocommit=True)
+    a.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, x)")
+    a.execute("INSERT INTO t(x) VALUES (1), (2)")
+    script = (
+        "import nexusd, sys\n"
+        "c = nexusd.connect(sys.argv[1], autocommit=True)\n"
+        "c.execute('INSERT INTO t(x) SELECT x FROM t')\n"
+        "c.execute('UPDATE t SET x = x + 1')\n"
+        "print(*c.execute('SELECT changes(), total_changes()').fetchone())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, daemon.socket], check=True,
+                         capture_output=True, text=True).stdout.split()
+    assert out == ["4", "6"]
+    assert a.execute("SELECT changes(), total_changes()").fetchone() == (2, 2)

@@ -8,6 +8,13 @@
 //! SQLite's does), else the last one the client's earlier statements
 //! inserted.
 //!
+//! `changes()` and `total_changes()` replace SQLite's for the same reason,
+//! and answer what SQLite's answer while a statement runs, for the client:
+//! the rows its last completed INSERT, UPDATE or DELETE changed, and the
+//! rows all its statements changed since it connected. One difference is
+//! left: in a trigger's body, `changes()` does not see the body's own
+//! earlier statements.
+//!
 //! `regexp(pattern, text)` is what SQLite calls for `text REGEXP pattern`
 //! and its core leaves to the application. Python programs register one
 //! with `create_function` (SQLAlchemy's SQLite dialect does so on every
@@ -45,20 +52,38 @@ pub(crate) fn install(conn: &Connection) -> rusqlite::Result<()> {
         innocuous | FunctionFlags::SQLITE_DETERMINISTIC,
         regexp,
     )?;
-    conn.create_scalar_function("last_insert_rowid", 0, innocuous, last_insert_rowid)
+    conn.create_scalar_function("last_insert_rowid", 0, innocuous, last_insert_rowid)?;
+    conn.create_scalar_function("changes", 0, innocuous, |_| {
+        Ok(CLIENT.with(Cell::get).changes)
+    })?;
+    conn.create_scalar_function("total_changes", 0, innocuous, |_| {
+        Ok(CLIENT.with(Cell::get).total_changes)
+    })
+}
+
+/// What the client whose statement a thread runs now had done before the
+/// statement began.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct ClientCounts {
+    /// The rowid it last inserted.
+    pub(super) rowid: i64,
+    /// The rows its last INSERT, UPDATE or DELETE changed.
+    pub(super) changes: i64,
+    /// The rows its statements changed in all.
+    pub(super) total_changes: i64,
 }
 
 thread_local! {
-    /// The last rowid the client whose statement this thread runs now had
-    /// inserted before it began.
-    static CLIENT_ROWID: Cell<i64> = const { Cell::new(0) };
+    static CLIENT: Cell<ClientCounts> = const {
+        Cell::new(ClientCounts { rowid: 0, changes: 0, total_changes: 0 })
+    };
 }
 
-/// Before a client's statement: the rowid its client last inserted. The
-/// statement runner also sets the connection's own to 0 (see
+/// Before a client's statement: what its client had done. The statement
+/// runner also sets the connection's own rowid to 0 (see
 /// `statement::forget_last_insert_rowid`).
-pub(super) fn set_client_rowid(rowid: i64) {
-    CLIENT_ROWID.with(|c| c.set(rowid));
+pub(super) fn set_client(counts: ClientCounts) {
+    CLIENT.with(|c| c.set(counts));
 }
 
 /// `last_insert_rowid()`: the connection's own value once the running
@@ -72,7 +97,7 @@ fn last_insert_rowid(ctx: &Context<'_>) -> rusqlite::Result<i64> {
     Ok(if own != 0 {
         own
     } else {
-        CLIENT_ROWID.with(Cell::get)
+        CLIENT.with(Cell::get).rowid
     })
 }
 

@@ -12,10 +12,11 @@ use nexusd_protocol::{
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, ffi};
 
+use super::functions::{self, ClientCounts};
 use super::guard::{Guard, Refusal, Scope};
 use super::parts::{PART_BYTES, Parts};
+use super::slowlog;
 use super::transactions::Owner;
-use super::{functions, slowlog};
 
 /// Whether any client has asked for declared column types
 /// (`features::DECLTYPES`) since the daemon started. Until one does,
@@ -180,8 +181,14 @@ fn run(
     only: Only,
 ) -> Result<ReadOnly, ErrorBody> {
     let began = Instant::now();
-    functions::set_client_rowid(limits.owner.last_rowid.load(Ordering::Relaxed));
+    let owner = limits.owner;
+    functions::set_client(ClientCounts {
+        rowid: owner.last_rowid.load(Ordering::Relaxed),
+        changes: count(owner.changes.load(Ordering::Relaxed)),
+        total_changes: count(owner.total_changes.load(Ordering::Relaxed)),
+    });
     forget_last_insert_rowid(conn);
+    let total_before = conn.total_changes();
     let result = guard.client(limits.deadline, scope, || {
         run_guarded(conn, guard, st, want, limits, only).or_else(|e| error_body(e, guard, limits))
     });
@@ -189,7 +196,11 @@ fn run(
     // keeps a connection's.
     let inserted = conn.last_insert_rowid();
     if inserted != 0 {
-        limits.owner.last_rowid.store(inserted, Ordering::Relaxed);
+        owner.last_rowid.store(inserted, Ordering::Relaxed);
+    }
+    let changed = conn.total_changes().saturating_sub(total_before);
+    if changed != 0 {
+        owner.total_changes.fetch_add(changed, Ordering::Relaxed);
     }
     let ran = began.elapsed();
     if slowlog::is_slow(ran) {
@@ -263,6 +274,11 @@ fn run_prepared(
         return Ok(ReadOnly::NotReadOnly);
     }
     bind(stmt, &st.params)?;
+    let dml = is_dml(stmt, &st.sql);
+    if dml {
+        // A DML statement that fails leaves SQLite's changes() at 0.
+        limits.owner.changes.store(0, Ordering::Relaxed);
+    }
     let columns = stmt.column_count();
     let total_before = conn.total_changes();
     let keep_rows = match want {
@@ -331,6 +347,14 @@ fn run_prepared(
         out.rows.push(values);
     }
     drop(rows);
+    if dml {
+        // This statement's own count, 0 included, as SQLite's changes()
+        // keeps it for the connection.
+        limits
+            .owner
+            .changes
+            .store(conn.changes(), Ordering::Relaxed);
+    }
     if keep_rows {
         return Ok(ReadOnly::Ran(Output::Rows(out)));
     }
@@ -345,6 +369,28 @@ fn run_prepared(
         rows_affected,
         last_insert_rowid: conn.last_insert_rowid(),
     })))
+}
+
+/// Whether the statement is an INSERT, UPDATE, DELETE or REPLACE (a WITH
+/// clause before it included): one that sets SQLite's `changes()`, even
+/// when it changed no row. DDL, pragmas and savepoints write too, but set
+/// nothing.
+fn is_dml(stmt: &rusqlite::CachedStatement<'_>, sql: &str) -> bool {
+    if stmt.readonly() {
+        return false;
+    }
+    let text = skip_blank(sql);
+    let word = &text[..text
+        .find(|c: char| !c.is_ascii_alphabetic())
+        .unwrap_or(text.len())];
+    ["INSERT", "UPDATE", "DELETE", "REPLACE", "WITH"]
+        .iter()
+        .any(|k| k.eq_ignore_ascii_case(word))
+}
+
+/// A count as SQL's integers hold it.
+fn count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Sets the connection's last-insert rowid to 0 before a client's

@@ -48,6 +48,13 @@ pub(crate) struct Owner {
     /// The rowid of the last row this client's statements inserted, 0
     /// before any: what `last_insert_rowid()` answers in its SQL.
     pub(crate) last_rowid: AtomicI64,
+    /// The rows this client's last INSERT, UPDATE or DELETE changed:
+    /// what `changes()` answers in its SQL.
+    pub(crate) changes: AtomicU64,
+    /// The rows this client's statements changed since it connected,
+    /// triggers' and foreign keys' changes included: what
+    /// `total_changes()` answers in its SQL.
+    pub(crate) total_changes: AtomicU64,
 }
 
 impl Owner {
@@ -57,6 +64,8 @@ impl Owner {
             client_name,
             pid,
             last_rowid: AtomicI64::new(0),
+            changes: AtomicU64::new(0),
+            total_changes: AtomicU64::new(0),
         }
     }
 }
