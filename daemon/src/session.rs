@@ -121,11 +121,14 @@ pub(crate) async fn serve(stream: UnixStream, ctx: Arc<Context>, peer_cred: Peer
         tracing::error!(error = %e, "could not encode the welcome");
         return;
     }
+    // Listed before it is welcomed: a client that has its welcome is in
+    // `ctl clients`, so another client can find it at once.
+    let entry = ctx.clients.register(peer_cred, hello.client_name.clone());
     if wr.write_all(&buf).await.is_err() {
+        ctx.clients.unregister(entry.id);
         return;
     }
     tracing::debug!(client, "connected");
-    let entry = ctx.clients.register(peer_cred, hello.client_name.clone());
     if hello.features & features::DECLTYPES != 0 {
         crate::engine::want_decltypes();
     }
