@@ -122,7 +122,7 @@ fn connect(d: &Daemon) -> UnixStream {
     s
 }
 
-fn frame<T: serde::Serialize>(msg: &T) -> Vec<u8> {
+pub(crate) fn frame<T: serde::Serialize>(msg: &T) -> Vec<u8> {
     let mut buf = BytesMut::new();
     encode_frame(msg, u32::MAX >> 2, &mut buf).expect("encode");
     buf.to_vec()
@@ -141,7 +141,7 @@ fn hello_with(version: u32, features: u64) -> Vec<u8> {
 }
 
 /// Reads one frame's payload, or None at EOF.
-fn read_frame(s: &mut UnixStream) -> Option<Vec<u8>> {
+pub(crate) fn read_frame(s: &mut UnixStream) -> Option<Vec<u8>> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len).ok()?;
     let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
@@ -167,7 +167,8 @@ fn handshaken(d: &Daemon) -> UnixStream {
     handshaken_with(d, 0)
 }
 
-fn handshaken_with(d: &Daemon, features: u64) -> UnixStream {
+/// A raw connection, past the handshake, that announced `features`.
+pub(crate) fn handshaken_with(d: &Daemon, features: u64) -> UnixStream {
     let mut s = connect(d);
     s.write_all(&hello_with(PROTOCOL_VERSION, features))
         .expect("hello");

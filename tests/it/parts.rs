@@ -3,19 +3,16 @@
 //! few parts of it however slowly the client reads; a client without the
 //! bit, and the writer, still answer `TooLarge`.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use nexusd_client::{Error, Statement, Value, params};
-use nexusd_protocol::codec::{self, encode_frame};
-use nexusd_protocol::{
-    ErrorKind, Hello, HelloReply, PROTOCOL_VERSION, Params, Request, RequestBody, Response,
-    ResponseBody, features,
-};
+use nexusd_protocol::codec;
+use nexusd_protocol::{ErrorKind, Params, Request, RequestBody, Response, ResponseBody, features};
 use nexusd_tests::Daemon;
 
+use crate::bad_input::{frame, handshaken_with, read_frame};
 use crate::{client, rt};
 
 /// The result limit of these daemons, in bytes.
@@ -130,38 +127,6 @@ fn a_read_over_the_limit_comes_whole_and_the_writer_keeps_the_limit() {
     });
 }
 
-fn frame<T: serde::Serialize>(msg: &T) -> Vec<u8> {
-    let mut buf = BytesMut::new();
-    encode_frame(msg, u32::MAX >> 2, &mut buf).expect("encode");
-    buf.to_vec()
-}
-
-fn read_frame(s: &mut UnixStream) -> Vec<u8> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).expect("a frame's length");
-    let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
-    s.read_exact(&mut payload).expect("a frame's payload");
-    payload
-}
-
-/// A raw connection announcing `features`.
-fn raw(d: &Daemon, features: u64) -> UnixStream {
-    let mut s = UnixStream::connect(d.socket()).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(60)))
-        .expect("timeout");
-    s.write_all(&frame(&Hello {
-        protocol_version: PROTOCOL_VERSION,
-        client_name: "parts-test".into(),
-        features,
-    }))
-    .expect("hello");
-    assert!(matches!(
-        codec::decode_payload::<HelloReply>(&read_frame(&mut s)),
-        Ok(HelloReply::Welcome(_))
-    ));
-    s
-}
-
 fn query(s: &mut UnixStream, id: u64, sql: &str, timeout_ms: u32) {
     s.write_all(&frame(&Request {
         id,
@@ -180,7 +145,7 @@ fn query(s: &mut UnixStream, id: u64, sql: &str, timeout_ms: u32) {
 fn answer(s: &mut UnixStream, id: u64) -> (Vec<Vec<Value>>, Vec<usize>, ResponseBody) {
     let (mut rows, mut sizes) = (Vec::new(), Vec::new());
     loop {
-        let payload = read_frame(s);
+        let payload = read_frame(s).expect("a frame");
         let resp: Response = codec::decode_payload(&payload).expect("a Response");
         assert_eq!(resp.id, id);
         match resp.body {
@@ -202,7 +167,7 @@ fn parts_go_only_to_clients_that_announce_them_and_each_fits_the_limit() {
     let d = with_table("4");
     let sql = "SELECT x, s FROM t ORDER BY x";
 
-    let mut old = raw(&d, features::ALL & !features::ROW_PARTS);
+    let mut old = handshaken_with(&d, features::ALL & !features::ROW_PARTS);
     query(&mut old, 1, sql, 0);
     match answer(&mut old, 1) {
         (parts, _, ResponseBody::Error(e)) if parts.is_empty() => {
@@ -211,7 +176,7 @@ fn parts_go_only_to_clients_that_announce_them_and_each_fits_the_limit() {
         (parts, _, other) => panic!("{} rows in parts, then {other:?}", parts.len()),
     }
 
-    let mut new = raw(&d, features::ALL & !features::DECLTYPES);
+    let mut new = handshaken_with(&d, features::ALL & !features::DECLTYPES);
     query(&mut new, 2, sql, 0);
     let (mut rows, sizes, last) = answer(&mut new, 2);
     let ResponseBody::Rows(last) = last else {
@@ -256,7 +221,7 @@ fn a_client_that_reads_slowly_costs_the_daemon_a_few_parts_not_the_result() {
     // 12 copies of t: 31 MB of rows, in about 300 parts of 100 kB.
     let big = "SELECT t.x, t.s FROM t, (SELECT 1 FROM t LIMIT 12) ORDER BY t.x";
     let before = rss_kb(&d);
-    let mut slow = raw(&d, features::ALL & !features::DECLTYPES);
+    let mut slow = handshaken_with(&d, features::ALL & !features::DECLTYPES);
     query(&mut slow, 7, big, 0);
     // Give the reader time to fill what the socket and the queue hold.
     std::thread::sleep(Duration::from_millis(1500));
@@ -290,7 +255,7 @@ fn a_client_that_reads_slowly_costs_the_daemon_a_few_parts_not_the_result() {
     );
 
     // Never read within its 1 s time limit: the read gives up.
-    let mut stuck = raw(&d, features::ALL & !features::DECLTYPES);
+    let mut stuck = handshaken_with(&d, features::ALL & !features::DECLTYPES);
     query(&mut stuck, 8, big, 1000);
     let began = Instant::now();
     std::thread::sleep(Duration::from_millis(2000));
