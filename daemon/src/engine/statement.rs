@@ -280,7 +280,6 @@ fn run_prepared(
         limits.owner.changes.store(0, Ordering::Relaxed);
     }
     let columns = stmt.column_count();
-    let total_before = conn.total_changes();
     let keep_rows = match want {
         Want::Changes => false,
         Want::Rows => true,
@@ -347,24 +346,15 @@ fn run_prepared(
         out.rows.push(values);
     }
     drop(rows);
+    // sqlite3_changes() keeps the count of the last INSERT, UPDATE or
+    // DELETE, so it is this statement's own (0 included) only if it is one.
+    let rows_affected = if dml { conn.changes() } else { 0 };
     if dml {
-        // This statement's own count, 0 included, as SQLite's changes()
-        // keeps it for the connection.
-        limits
-            .owner
-            .changes
-            .store(conn.changes(), Ordering::Relaxed);
+        limits.owner.changes.store(rows_affected, Ordering::Relaxed);
     }
     if keep_rows {
         return Ok(ReadOnly::Ran(Output::Rows(out)));
     }
-    // sqlite3_changes() keeps the count of the last INSERT/UPDATE/DELETE, so
-    // it is only this statement's if the total moved.
-    let rows_affected = if conn.total_changes() != total_before {
-        conn.changes()
-    } else {
-        0
-    };
     Ok(ReadOnly::Ran(Output::Executed(Executed {
         rows_affected,
         last_insert_rowid: conn.last_insert_rowid(),
