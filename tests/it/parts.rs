@@ -82,6 +82,17 @@ fn a_read_over_the_limit_comes_whole_and_the_writer_keeps_the_limit() {
         tx.execute("INSERT INTO t(x, s) VALUES (-1, 'in txn')", params![])
             .await
             .expect("its write");
+        // Now the transaction holds the writer, which answers whole.
+        let e = tx
+            .query(sql, params![])
+            .await
+            .expect_err("a large read on the writer");
+        assert!(matches!(e, Error::TooLarge(_)), "{e}");
+        let mine = tx
+            .query("SELECT count(*) FROM t WHERE x = -1", params![])
+            .await
+            .expect("the transaction goes on");
+        assert_eq!(mine.get(0).expect("row").get::<i64>(0).expect("n"), 1);
         tx.rollback().await.expect("rollback");
 
         // The writer never waits on a client: over the limit there fails.
