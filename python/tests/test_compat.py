@@ -512,20 +512,25 @@ def test_lastrowid_and_last_insert_rowid_are_the_connections_as_in_sqlite3(
     assert got == want
 
 
+def _in_another_process(daemon, body):
+    """Runs ``body`` in a second Python process, with ``c`` its autocommit
+    connection (its own socket, so its own client in the daemon); returns
+    what it printed, split into words."""
+    script = ("import nexusd, sys\n"
+              "c = nexusd.connect(sys.argv[1], autocommit=True)\n" + body)
+    return subprocess.run([sys.executable, "-c", script, daemon.socket], check=True,
+                          capture_output=True, text=True).stdout.split()
+
+
 def test_another_clients_insert_leaves_this_ones_rowid_alone(daemon):
     a = nexusd.connect(daemon.socket, autocommit=True)
     a.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, x)")
     a.execute("INSERT INTO t(id, x) VALUES (5, 'a')")
-    # A second process: its own socket, so its own client in the daemon.
-    script = (
-        "import nexusd, sys\n"
-        "c = nexusd.connect(sys.argv[1], autocommit=True)\n"
+    out = _in_another_process(
+        daemon,
         "c.execute(\"INSERT INTO t(id, x) VALUES (77, 'b')\")\n"
         "cur = c.execute(\"UPDATE t SET x = 'c' WHERE id = 5\")\n"
-        "print(cur.lastrowid, c.execute('SELECT last_insert_rowid()').fetchone()[0])\n"
-    )
-    out = subprocess.run([sys.executable, "-c", script, daemon.socket], check=True,
-                         capture_output=True, text=True).stdout.split()
+        "print(cur.lastrowid, c.execute('SELECT last_insert_rowid()').fetchone()[0])\n")
     assert out == ["77", "77"]
     cur = a.execute("UPDATE t SET x = 'd' WHERE id = 77")
     assert cur.lastrowid == 5
@@ -631,14 +636,10 @@ def test_another_clients_writes_leave_this_ones_changes_alone(daemon):
     a = nexusd.connect(daemon.socket, autocommit=True)
     a.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, x)")
     a.execute("INSERT INTO t(x) VALUES (1), (2)")
-    script = (
-        "import nexusd, sys\n"
-        "c = nexusd.connect(sys.argv[1], autocommit=True)\n"
+    out = _in_another_process(
+        daemon,
         "c.execute('INSERT INTO t(x) SELECT x FROM t')\n"
         "c.execute('UPDATE t SET x = x + 1')\n"
-        "print(*c.execute('SELECT changes(), total_changes()').fetchone())\n"
-    )
-    out = subprocess.run([sys.executable, "-c", script, daemon.socket], check=True,
-                         capture_output=True, text=True).stdout.split()
+        "print(*c.execute('SELECT changes(), total_changes()').fetchone())\n")
     assert out == ["4", "6"]
     assert a.execute("SELECT changes(), total_changes()").fetchone() == (2, 2)
