@@ -396,6 +396,11 @@ impl Parts {
                 t.rows.rows = ahead;
                 ResponseBody::TypedRows(t)
             }
+            ResponseBody::InsertedRows(mut i) => {
+                ahead.append(&mut i.rows.rows.rows);
+                i.rows.rows.rows = ahead;
+                ResponseBody::InsertedRows(i)
+            }
             other => other,
         })
     }

@@ -590,16 +590,21 @@ pub(crate) fn into_executed(body: ResponseBody) -> Result<Executed> {
             rows_affected: 0,
             last_insert_rowid: 0,
         }),
+        ResponseBody::InsertedRows(r) => Ok(Executed {
+            rows_affected: 0,
+            last_insert_rowid: r.last_insert_rowid,
+        }),
         other => Err(unexpected(&other)),
     }
 }
 
 pub(crate) fn into_rows(body: ResponseBody) -> Result<Rows> {
     match body {
-        ResponseBody::Rows(r) => Ok(Rows::from_wire(r)),
-        ResponseBody::TypedRows(r) => Ok(Rows::from_wire(r.into_rows())),
         ResponseBody::Executed(_) => Ok(Rows::default()),
-        other => Err(unexpected(&other)),
+        other => match into_statement_result(other)? {
+            StatementResult::Rows(rows) => Ok(rows),
+            StatementResult::Executed(_) => Ok(Rows::default()),
+        },
     }
 }
 
@@ -607,6 +612,11 @@ pub(crate) fn into_statement_result(body: ResponseBody) -> Result<StatementResul
     match body {
         ResponseBody::Rows(r) => Ok(StatementResult::Rows(Rows::from_wire(r))),
         ResponseBody::TypedRows(r) => Ok(StatementResult::Rows(Rows::from_wire(r.into_rows()))),
+        ResponseBody::InsertedRows(r) => {
+            let mut rows = r.rows.into_rows();
+            rows.last_insert_rowid = r.last_insert_rowid;
+            Ok(StatementResult::Rows(Rows::from_wire(rows)))
+        }
         ResponseBody::Executed(e) => Ok(StatementResult::Executed(e)),
         other => Err(unexpected(&other)),
     }
@@ -645,6 +655,7 @@ pub(crate) fn unexpected(body: &ResponseBody) -> Error {
         ResponseBody::TypedRows(_) => "TypedRows",
         ResponseBody::SlowLog(_) => "SlowLog",
         ResponseBody::RowsPart(_) => "RowsPart",
+        ResponseBody::InsertedRows(_) => "InsertedRows",
     };
     Error::Protocol(format!(
         "the daemon answered with an unexpected {what} reply"

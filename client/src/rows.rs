@@ -10,6 +10,7 @@ pub struct Rows {
     columns: Vec<String>,
     rows: Vec<Vec<Value>>,
     decltypes: Vec<Option<String>>,
+    last_insert_rowid: i64,
 }
 
 impl Rows {
@@ -18,7 +19,15 @@ impl Rows {
             columns: rows.columns,
             rows: rows.rows,
             decltypes: rows.decltypes,
+            last_insert_rowid: rows.last_insert_rowid,
         }
+    }
+
+    /// The rowid of the last row the statement inserted, for one that
+    /// inserted rows and returned some (`INSERT ... RETURNING`); 0 for any
+    /// other.
+    pub fn last_insert_rowid(&self) -> i64 {
+        self.last_insert_rowid
     }
 
     /// Number of rows.
@@ -218,6 +227,7 @@ mod tests {
                 Value::Text("x".into()),
             ]],
             decltypes: Vec::new(),
+            last_insert_rowid: 0,
         }
     }
 

@@ -46,6 +46,7 @@ fn rows_response(n: usize) -> Response {
                 Some("TEXT".into()),
                 Some("BLOB".into()),
             ],
+            last_insert_rowid: 0,
         }),
     }
 }

@@ -53,8 +53,15 @@ pub mod features {
     /// instead of refusing it.
     pub const ROW_PARTS: u64 = 1 << 4;
 
+    /// The rowid with the rows: the peer decodes
+    /// [`ResponseBody::InsertedRows`](crate::ResponseBody::InsertedRows),
+    /// which the daemon sends in place of `Rows` for a statement that
+    /// inserted rows and returned some (`INSERT ... RETURNING`).
+    pub const INSERTED_ROWS: u64 = 1 << 5;
+
     /// Every bit this version of the crate understands.
-    pub const ALL: u64 = ERROR_KINDS_2 | TRANSACTIONS | DECLTYPES | SLOW_LOG | ROW_PARTS;
+    pub const ALL: u64 =
+        ERROR_KINDS_2 | TRANSACTIONS | DECLTYPES | SLOW_LOG | ROW_PARTS | INSERTED_ROWS;
 }
 
 /// First frame from the client.
@@ -289,6 +296,18 @@ pub enum ResponseBody {
     /// the last rows), whose rows come after every part's; an `Error` in
     /// its place means the parts are void.
     RowsPart(Vec<Vec<Value>>),
+    /// `Rows` of a statement that inserted rows (`INSERT ... RETURNING`),
+    /// with the rowid of the last one, sent in their place to a peer that
+    /// announced [`features::INSERTED_ROWS`]. The declared types are
+    /// empty unless the peer announced [`features::DECLTYPES`].
+    InsertedRows(InsertedRows),
+}
+
+/// Rows, and the rowid of the last row their statement inserted.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct InsertedRows {
+    pub last_insert_rowid: i64,
+    pub rows: TypedRows,
 }
 
 impl ResponseBody {
@@ -299,10 +318,22 @@ impl ResponseBody {
     /// to any other.
     pub fn for_peer(self, peer_features: u64) -> ResponseBody {
         let typed = peer_features & features::DECLTYPES != 0;
+        let with_rowid = peer_features & features::INSERTED_ROWS != 0;
         match self {
             ResponseBody::Error(mut e) => {
                 e.kind = e.kind.for_peer(peer_features);
                 ResponseBody::Error(e)
+            }
+            ResponseBody::Rows(rows) if with_rowid && rows.last_insert_rowid != 0 => {
+                let last_insert_rowid = rows.last_insert_rowid;
+                let mut rows = TypedRows::new(rows);
+                if !typed {
+                    rows.decltypes.clear();
+                }
+                ResponseBody::InsertedRows(InsertedRows {
+                    last_insert_rowid,
+                    rows,
+                })
             }
             ResponseBody::Rows(rows) if typed => ResponseBody::TypedRows(TypedRows::new(rows)),
             ResponseBody::Batch(results) if typed => ResponseBody::Batch(
@@ -439,6 +470,11 @@ pub struct Rows {
     /// it to a peer that announced [`features::DECLTYPES`].
     #[serde(skip)]
     pub decltypes: Vec<Option<String>>,
+    /// The rowid of the last row the statement inserted, 0 if none. Not
+    /// part of `Rows` on the wire: [`InsertedRows`] carries it to a peer
+    /// that announced [`features::INSERTED_ROWS`].
+    #[serde(skip)]
+    pub last_insert_rowid: i64,
 }
 
 /// `Rows` and the declared type of each column, on the wire.

@@ -78,6 +78,7 @@ fn rows() -> impl Strategy<Value = Rows> {
             columns,
             rows,
             decltypes: Vec::new(),
+            last_insert_rowid: 0,
         })
 }
 
@@ -165,6 +166,12 @@ fn response() -> impl Strategy<Value = Response> {
             }),
         proptest::collection::vec(proptest::collection::vec(value(), 0..4), 0..6)
             .prop_map(ResponseBody::RowsPart),
+        (any::<i64>(), typed_rows()).prop_map(|(last_insert_rowid, rows)| {
+            ResponseBody::InsertedRows(InsertedRows {
+                last_insert_rowid,
+                rows,
+            })
+        }),
     ];
     (any::<u64>(), body).prop_map(|(id, body)| Response { id, body })
 }
@@ -275,4 +282,43 @@ fn error_kinds_label_index_and_downgrade() {
         ErrorKind::ConfigRejected.for_peer(0),
         ErrorKind::Unsupported
     );
+}
+
+/// Rows that carry an inserted rowid go as `InsertedRows` only to a peer
+/// that announced the bit, with declared types only to one that asked for
+/// them; any other peer gets the `Rows` or `TypedRows` it always got.
+#[test]
+fn inserted_rows_go_only_to_peers_that_announce_them() {
+    let rows = Rows {
+        columns: vec!["id".into()],
+        rows: vec![vec![Value::Integer(7)]],
+        decltypes: vec![Some("INTEGER".into())],
+        last_insert_rowid: 7,
+    };
+    let body = || ResponseBody::Rows(rows.clone());
+    match body().for_peer(features::ALL) {
+        ResponseBody::InsertedRows(i) => {
+            assert_eq!(i.last_insert_rowid, 7);
+            assert_eq!(i.rows.decltypes, [Some("INTEGER".to_owned())]);
+            assert_eq!(i.rows.rows.rows, rows.rows);
+        }
+        other => panic!("{other:?}"),
+    }
+    match body().for_peer(features::INSERTED_ROWS) {
+        ResponseBody::InsertedRows(i) => assert!(i.rows.decltypes.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        body().for_peer(features::DECLTYPES),
+        ResponseBody::TypedRows(_)
+    ));
+    assert!(matches!(body().for_peer(0), ResponseBody::Rows(_)));
+    let selected = Rows {
+        last_insert_rowid: 0,
+        ..rows.clone()
+    };
+    assert!(matches!(
+        ResponseBody::Rows(selected).for_peer(features::ALL),
+        ResponseBody::TypedRows(_)
+    ));
 }

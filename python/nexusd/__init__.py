@@ -689,13 +689,12 @@ def _load(cursor: Any, result: tuple, sql: str) -> None:
     their description, or rowcount and lastrowid as sqlite3 sets them.
 
     lastrowid is the connection's, as in sqlite3: the rowid of the last row
-    its statements inserted, 0 before any, and unchanged by a statement that
-    inserted none (the daemon answers 0 for those). An INSERT ... RETURNING
-    answers rows and no rowid, so it leaves lastrowid as it was; its rows
-    hold what it inserted."""
+    its statements inserted (INSERT ... RETURNING's too), 0 before any, and
+    unchanged by a statement that inserted none (the daemon answers 0 for
+    those)."""
     connection = cursor.connection
     if result[0] == "rows":
-        _, columns, rows, decltypes = result
+        _, columns, rows, decltypes, lastrowid = result
         detect_types = connection._detect_types
         text_factory = connection.text_factory
         if detect_types or text_factory is not str:
@@ -708,10 +707,10 @@ def _load(cursor: Any, result: tuple, sql: str) -> None:
         # INSERT, UPDATE, DELETE or REPLACE ... RETURNING answers a row per
         # row it changed, which is the count sqlite3 gives once it is read.
         cursor._rows = rows
-        _, dml, insert, _ = _classify(sql)
-        cursor.rowcount = len(rows) if dml else -1
-        if not insert:
-            cursor.lastrowid = connection._lastrowid
+        cursor.rowcount = len(rows) if _classify(sql)[1] else -1
+        if lastrowid:
+            connection._lastrowid = lastrowid
+        cursor.lastrowid = connection._lastrowid
     else:
         _, rowcount, lastrowid = result
         cursor.description, cursor._rows = None, []

@@ -8,9 +8,10 @@ __version__: str
 class NativeError(Exception):
     """args: (kind, code, extended_code, message, statement_index)."""
 
-#: ("rows", columns, rows, declared types or None) or ("executed", rowcount,
-#: lastrowid).
-_Result = Union[Tuple[str, list, list, Optional[list]], Tuple[str, int, int]]
+#: ("rows", columns, rows, declared types or None, lastrowid) or
+#: ("executed", rowcount, lastrowid); lastrowid 0: the statement inserted
+#: no row.
+_Result = Union[Tuple[str, list, list, Optional[list], int], Tuple[str, int, int]]
 
 class Client:
     def __init__(

@@ -314,13 +314,15 @@ fn rows_to_py(py: Python<'_>, rows: Rows) -> PyResult<PyRows> {
     Ok((columns, list.into_any().unbind(), decltypes))
 }
 
-/// `("rows", columns, rows, decltypes)` or `("executed", rowcount,
-/// lastrowid)`.
+/// `("rows", columns, rows, decltypes, lastrowid)` or `("executed",
+/// rowcount, lastrowid)`; a lastrowid of 0 means the statement inserted
+/// no row.
 fn result_to_py(py: Python<'_>, r: StatementResult) -> PyResult<PyObject> {
     match r {
         StatementResult::Rows(rows) => {
+            let lastrowid = rows.last_insert_rowid();
             let (columns, list, decltypes) = rows_to_py(py, rows)?;
-            Ok(("rows", columns, list, decltypes)
+            Ok(("rows", columns, list, decltypes, lastrowid)
                 .into_pyobject(py)?
                 .into_any()
                 .unbind())

@@ -486,6 +486,9 @@ def _rowids(conn):
                 "WITH v(n) AS (VALUES ('c')) INSERT INTO p(name) SELECT n FROM v",
                 "INSERT OR REPLACE INTO p(id, name) VALUES (10, 'd')",
                 "DELETE FROM p WHERE id = 11",
+                "INSERT INTO p(name) VALUES ('r1'), ('r2') RETURNING id, name",
+                "UPDATE p SET name = name || '+' WHERE name = 'r1' RETURNING id",
+                "INSERT OR IGNORE INTO p(name) VALUES ('r2') RETURNING id",
                 "SELECT count(*) FROM p"):
         cur.execute(sql)
         cur.fetchall()

@@ -653,6 +653,25 @@ fn each_client_sees_its_own_last_insert_rowid() {
         assert_eq!(done.last_insert_rowid, 0, "{what} inserted nothing");
     }
     assert_eq!(rowid(&a), 5, "a's own, not b's later insert");
+    // Rows of a statement that inserted carry its last rowid; others 0.
+    let r = nexusd_client::blocking::Client::connect(d.socket()).expect("connect r");
+    let returned = r
+        .query(
+            "INSERT INTO t(id, name) VALUES (100, 'r1'), (101, 'r2') RETURNING id",
+            params![],
+        )
+        .expect("insert returning");
+    assert_eq!((returned.len(), returned.last_insert_rowid()), (2, 101));
+    let returned = r
+        .query(
+            "UPDATE t SET name = name || '+' WHERE id = 100 RETURNING id",
+            params![],
+        )
+        .expect("update returning");
+    assert_eq!((returned.len(), returned.last_insert_rowid()), (1, 0));
+    let selected = r.query("SELECT id FROM t", params![]).expect("select");
+    assert_eq!(selected.last_insert_rowid(), 0);
+    assert_eq!(rowid(&r), 101);
     assert_eq!(rowid(&b), 9);
 
     let results = a

@@ -353,6 +353,10 @@ fn run_prepared(
         limits.owner.changes.store(rows_affected, Ordering::Relaxed);
     }
     if keep_rows {
+        // INSERT ... RETURNING: the client's driver sets its lastrowid
+        // from this, as sqlite3 does (0 for any statement that inserted
+        // nothing: the connection's was set to 0 before it ran).
+        out.last_insert_rowid = conn.last_insert_rowid();
         return Ok(ReadOnly::Ran(Output::Rows(out)));
     }
     Ok(ReadOnly::Ran(Output::Executed(Executed {

@@ -80,11 +80,13 @@ fn responses() -> Vec<Response> {
             columns: vec!["a".into(), "b".into()],
             rows: vec![vec![Value::Integer(1), Value::Text("x".into())]],
             decltypes: Vec::new(),
+            last_insert_rowid: 0,
         }),
         ResponseBody::TypedRows(TypedRows::new(Rows {
             columns: vec!["a".into(), "b".into()],
             rows: vec![vec![Value::Integer(1), Value::Text("x".into())]],
             decltypes: vec![Some("TIMESTAMP".into()), None],
+            last_insert_rowid: 0,
         })),
         ResponseBody::Ok,
         ResponseBody::Error(ErrorBody::new(
