@@ -70,7 +70,7 @@ pub(crate) struct Metrics {
     pub(crate) connections_refused: AtomicU64,
     pub(crate) reloads: AtomicU64,
     pub(crate) reloads_failed: AtomicU64,
-    /// Parts of reads over the result limit, sent ahead of their answers.
+    /// Parts of reads over one part (1 MiB), sent ahead of their answers.
     pub(crate) result_parts: AtomicU64,
 }
 
@@ -210,7 +210,7 @@ pub(crate) fn render(s: &Snapshot<'_>) -> String {
     counter(
         &mut out,
         "nexusd_result_parts_total",
-        "Parts of reads over the result limit, sent ahead of their answers (up to 1 MiB each).",
+        "Parts of reads over 1 MiB, sent ahead of their answers (up to 1 MiB each).",
         s.metrics.result_parts.load(Ordering::Relaxed),
     );
     counter(

@@ -49,8 +49,8 @@ pub mod features {
 
     /// Results in parts: the peer decodes
     /// [`ResponseBody::RowsPart`](crate::ResponseBody::RowsPart), so the
-    /// daemon may answer a read larger than its result limit in parts
-    /// instead of refusing it.
+    /// daemon answers a read over 1 MiB in parts, and one larger than its
+    /// result limit instead of refusing it.
     pub const ROW_PARTS: u64 = 1 << 4;
 
     /// The rowid with the rows: the peer decodes
@@ -290,8 +290,8 @@ pub enum ResponseBody {
     TypedRows(TypedRows),
     SlowLog(Vec<SlowStatement>),
     /// Leading rows of a query's answer, sent ahead of it to a peer that
-    /// announced [`features::ROW_PARTS`] when the whole would exceed the
-    /// daemon's result limit. Not an answer: more parts may follow, and
+    /// announced [`features::ROW_PARTS`] when the whole would exceed one
+    /// part (1 MiB). Not an answer: more parts may follow, and
     /// then the answer itself (`Rows` or `TypedRows`, with the columns and
     /// the last rows), whose rows come after every part's; an `Error` in
     /// its place means the parts are void.

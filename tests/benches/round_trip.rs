@@ -4,7 +4,8 @@
 //! the blocking caller, admission on the I/O threads, reads run in place
 //! and sharing their thread's snapshot, requests answered without a task
 //! of their own, frames combined on the client, sockets registered for
-//! reading only) all sit on these, so a regression in any shows here.
+//! reading only) all sit on these, so a regression in any shows here; so
+//! does one in a large read's parts.
 //!
 //! `cargo bench -p nexusd-tests --bench round_trip` (release daemon); under
 //! `cargo test` each case runs once against the debug build.
@@ -60,6 +61,20 @@ fn round_trips(c: &mut Criterion) {
                 params![],
             )
             .expect("insert")
+        })
+    });
+    // The whole table, 1.2 MB: over one part (1 MiB), so it runs on a
+    // reader of the pool and comes in a part and an answer.
+    group.bench_function("read_10000_rows_in_parts_blocking", |b| {
+        b.iter(|| {
+            let rows = db
+                .query(
+                    "SELECT id, payload FROM bench WHERE id <= ?1",
+                    params![ROWS],
+                )
+                .expect("read");
+            assert_eq!(rows.len(), ROWS as usize);
+            rows
         })
     });
     // A commit before each read, so the read cannot share its I/O

@@ -1,7 +1,7 @@
-//! A read's result larger than the result limit, sent ahead in parts to a
-//! client that takes them (`features::ROW_PARTS`), so that such a read
-//! works instead of failing `TooLarge` and the daemon still never holds
-//! more than a few parts of it.
+//! A read's result over one part (1 MiB), sent ahead in parts to a client
+//! that takes them (`features::ROW_PARTS`), so that a read larger than the
+//! result limit works instead of failing `TooLarge`, and the daemon never
+//! holds more than a few parts of any read.
 //!
 //! The engine only cuts the rows into parts and hands each to a [`Parts`]:
 //! how a part reaches the socket, and how the reader waits for the client
