@@ -377,7 +377,7 @@ impl Parts {
     /// `body` for request `id`: `None` when it is a part, kept here; else
     /// the answer, with the rows of its parts put before its own. An answer
     /// that is not rows (an error) voids the parts.
-    fn take(&mut self, id: u64, body: ResponseBody) -> Option<ResponseBody> {
+    fn take(&mut self, id: u64, mut body: ResponseBody) -> Option<ResponseBody> {
         if let ResponseBody::RowsPart(rows) = body {
             self.0.entry(id).or_default().extend(rows);
             return None;
@@ -386,27 +386,13 @@ impl Parts {
         if self.0.is_empty() {
             return Some(body);
         }
-        let Some(mut ahead) = self.0.remove(&id) else {
-            return Some(body);
-        };
-        Some(match body {
-            ResponseBody::Rows(mut r) => {
-                ahead.append(&mut r.rows);
-                r.rows = ahead;
-                ResponseBody::Rows(r)
-            }
-            ResponseBody::TypedRows(mut t) => {
-                ahead.append(&mut t.rows.rows);
-                t.rows.rows = ahead;
-                ResponseBody::TypedRows(t)
-            }
-            ResponseBody::InsertedRows(mut i) => {
-                ahead.append(&mut i.rows.rows.rows);
-                i.rows.rows.rows = ahead;
-                ResponseBody::InsertedRows(i)
-            }
-            other => other,
-        })
+        if let Some(mut ahead) = self.0.remove(&id)
+            && let Some(rows) = body.rows_mut()
+        {
+            ahead.append(rows);
+            *rows = ahead;
+        }
+        Some(body)
     }
 }
 

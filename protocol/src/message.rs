@@ -311,6 +311,16 @@ pub struct InsertedRows {
 }
 
 impl ResponseBody {
+    /// The rows of a query's answer, whichever variant carries them.
+    pub fn rows_mut(&mut self) -> Option<&mut Vec<Vec<Value>>> {
+        match self {
+            ResponseBody::Rows(r) => Some(&mut r.rows),
+            ResponseBody::TypedRows(t) => Some(&mut t.rows.rows),
+            ResponseBody::InsertedRows(i) => Some(&mut i.rows.rows.rows),
+            _ => None,
+        }
+    }
+
     /// This answer as a peer with `peer_features` decodes it: an error
     /// kind the peer did not announce becomes the older kind nearest in
     /// meaning ([`ErrorKind::for_peer`]), and rows go with their declared
