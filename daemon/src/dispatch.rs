@@ -27,7 +27,9 @@ use crate::access::Role;
 use crate::admin;
 use crate::clients::ClientEntry;
 use crate::context::Context;
-use crate::engine::{InPlace, Owner, PARTS_AHEAD, Parts, ReadOutcome, Sink, WriteOp};
+use crate::engine::{
+    BEAT_EVERY, Beat, InPlace, Owner, PARTS_AHEAD, Parts, ReadOutcome, Sink, WriteOp,
+};
 use crate::metrics::RequestKind;
 
 /// What a connection's answers share.
@@ -75,15 +77,24 @@ struct Credits {
 pub(crate) struct Credit(Arc<Credits>);
 
 impl Credits {
-    /// Waits until fewer than `PARTS_AHEAD` parts are queued, or `deadline`.
-    fn take(self: &Arc<Self>, deadline: Instant) -> Option<Credit> {
-        let mut queued = self.queued.lock().ok()?;
+    /// Waits until fewer than `PARTS_AHEAD` parts are queued, calling `beat`
+    /// every `BEAT_EVERY` meanwhile: `Err(None)` once `deadline` passes,
+    /// `Err(Some(e))` when `beat` gives up with `e`.
+    fn take(self: &Arc<Self>, deadline: Instant, beat: &Beat) -> Result<Credit, Option<ErrorBody>> {
+        let mut queued = self.queued.lock().map_err(|_| None)?;
         while *queued >= PARTS_AHEAD {
-            let left = deadline.checked_duration_since(Instant::now())?;
-            queued = self.written.wait_timeout(queued, left).ok()?.0;
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .ok_or(None)?;
+            queued = self
+                .written
+                .wait_timeout(queued, left.min(BEAT_EVERY))
+                .map_err(|_| None)?
+                .0;
+            beat().map_err(Some)?;
         }
         *queued += 1;
-        Some(Credit(self.clone()))
+        Ok(Credit(self.clone()))
     }
 }
 
@@ -157,7 +168,7 @@ impl Answer {
             queued: Mutex::new(0),
             written: Condvar::new(),
         });
-        Some(Parts::new(move |rows: Vec<Vec<Value>>, deadline| {
+        Some(Parts::new(move |rows: Vec<Vec<Value>>, deadline, beat| {
             let sent = rows.len();
             let slow = || {
                 ErrorBody::new(
@@ -169,7 +180,9 @@ impl Answer {
                     ),
                 )
             };
-            let credit = credits.take(deadline).ok_or_else(slow)?;
+            let credit = credits
+                .take(deadline, beat)
+                .map_err(|stop| stop.unwrap_or_else(slow))?;
             let mut part = Outgoing {
                 response: Response {
                     id,
@@ -197,6 +210,7 @@ impl Answer {
                         }
                         part = back;
                         std::thread::sleep(FULL_QUEUE_POLL);
+                        beat()?;
                     }
                 }
             }

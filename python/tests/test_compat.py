@@ -543,8 +543,9 @@ def test_another_clients_insert_leaves_this_ones_rowid_alone(daemon):
 def test_a_result_over_the_daemons_limit_reads_as_from_sqlite3(make_daemon, tmp_path):
     """sqlite3 reads a result of any size; so does nexusd, whose daemon
     sends a read over its result limit (100 kB here) in parts: fetchall,
-    iteration and fetchmany, in autocommit, in a transaction and through
-    nexusd.aio, give what sqlite3 gives from the same rows."""
+    iteration and fetchmany, in autocommit, in a transaction before and
+    after it writes (INSERT ... RETURNING too), and through nexusd.aio, give
+    what sqlite3 gives from the same rows."""
     d = make_daemon("--max-result-bytes", "100000", "--max-frame-bytes", "200000")
     fill = ("CREATE TABLE t(x INTEGER PRIMARY KEY, s TEXT, b BLOB);"
             "INSERT INTO t WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
@@ -568,7 +569,21 @@ def test_a_result_over_the_daemons_limit_reads_as_from_sqlite3(make_daemon, tmp_
     in_txn = nexusd.connect(d.socket, autocommit=False)
     assert in_txn.execute(sql).fetchall() == theirs
     in_txn.execute("INSERT INTO t(x, s) VALUES (-1, 'in txn')")
+    # The transaction holds the writer now; its reads still come whole.
+    assert in_txn.execute(sql).fetchall()[1:] == theirs
     in_txn.rollback()
+
+    # The legacy default: the INSERT opens the transaction, and the same
+    # statements answer as in sqlite3, whose copy gets them too.
+    legacy = nexusd.connect(d.socket, isolation_level="IMMEDIATE")
+    copy = "INSERT INTO t(x, s, b) SELECT x + 10000, s, b FROM t RETURNING x, s, b"
+    for c in (legacy, plain):
+        c.execute("INSERT INTO t(x, s) VALUES (-2, 'legacy')")
+    ours, theirs_copied = (c.execute(copy).fetchall() for c in (legacy, plain))
+    assert len(ours) == 8001 and ours == theirs_copied
+    assert legacy.execute(sql).fetchall() == plain.execute(sql).fetchall()
+    legacy.rollback()
+    plain.rollback()
 
     async def through_aio():
         async with nexusd.aio.connect(d.socket) as db:
@@ -577,11 +592,14 @@ def test_a_result_over_the_daemons_limit_reads_as_from_sqlite3(make_daemon, tmp_
 
     assert asyncio.run(through_aio()) == theirs
 
-    # What SQLite writes still answers whole, so a write's result over the
+    # A write outside a transaction commits in a group with other clients'
+    # writes, which never wait on one client's reading: its result over the
     # limit fails and is not applied.
     with pytest.raises(nexusd.DataError) as caught:
-        conn.execute("UPDATE t SET s = s WHERE x > 0 RETURNING x, s, b").fetchall()
+        conn.execute("UPDATE t SET s = 'changed' WHERE x > 0 RETURNING x, s, b").fetchall()
     assert "limit of 100000 bytes" in str(caught.value)
+    assert conn.execute("SELECT count(*) FROM t WHERE x < 0 OR x > 10000 OR s = 'changed'"
+                        ).fetchone() == (0,)
 
 
 def _changes(conn):

@@ -5,7 +5,8 @@
 //! and sharing their thread's snapshot, requests answered without a task
 //! of their own, frames combined on the client, sockets registered for
 //! reading only) all sit on these, so a regression in any shows here; so
-//! does one in a large read's parts.
+//! does one in a large read's parts, or in a query run in a transaction
+//! that holds the writer.
 //!
 //! `cargo bench -p nexusd-tests --bench round_trip` (release daemon); under
 //! `cargo test` each case runs once against the debug build.
@@ -74,6 +75,25 @@ fn round_trips(c: &mut Criterion) {
                 )
                 .expect("read");
             assert_eq!(rows.len(), ROWS as usize);
+            rows
+        })
+    });
+    // A transaction that holds the writer: a read and an `INSERT ...
+    // RETURNING` in it (whose savepoint, and the look at whether a query
+    // writes, run on the writer), then its rollback. Four round trips.
+    group.bench_function("read_and_returning_in_write_transaction_blocking", |b| {
+        b.iter(|| {
+            i = i % ROWS + 1;
+            let tx = db.transaction().expect("begin");
+            tx.query("SELECT payload FROM bench WHERE id = ?1", params![i])
+                .expect("read in the transaction");
+            let rows = tx
+                .query(
+                    "INSERT INTO bench(payload) VALUES (randomblob(100)) RETURNING id",
+                    params![],
+                )
+                .expect("returning in the transaction");
+            tx.rollback().expect("rollback");
             rows
         })
     });

@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -116,7 +117,11 @@ impl Contained {
 }
 
 fn connect(d: &Daemon) -> UnixStream {
-    let s = UnixStream::connect(d.socket()).expect("connect");
+    connect_at(d.socket())
+}
+
+fn connect_at(socket: &Path) -> UnixStream {
+    let s = UnixStream::connect(socket).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(20)))
         .expect("timeout");
     s
@@ -169,7 +174,13 @@ fn handshaken(d: &Daemon) -> UnixStream {
 
 /// A raw connection, past the handshake, that announced `features`.
 pub(crate) fn handshaken_with(d: &Daemon, features: u64) -> UnixStream {
-    let mut s = connect(d);
+    handshaken_at(d.socket(), features)
+}
+
+/// A raw connection to the daemon serving `socket`, past the handshake,
+/// that announced `features`.
+pub(crate) fn handshaken_at(socket: &Path, features: u64) -> UnixStream {
+    let mut s = connect_at(socket);
     s.write_all(&hello_with(PROTOCOL_VERSION, features))
         .expect("hello");
     let payload = read_frame(&mut s).expect("welcome");

@@ -1,7 +1,8 @@
 //! A read larger than the result limit comes whole, in parts, to a client
 //! that takes them (`features::ROW_PARTS`), while the daemon holds only a
-//! few parts of it however slowly the client reads; a client without the
-//! bit, and the writer, still answer `TooLarge`.
+//! few parts of it however slowly the client reads, in a transaction too;
+//! a client without the bit, and the writer's group commits, still answer
+//! `TooLarge`, with nothing applied.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -9,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use nexusd_client::{Error, Statement, Value, params};
 use nexusd_protocol::codec;
-use nexusd_protocol::{ErrorKind, Params, Request, RequestBody, Response, ResponseBody, features};
+use nexusd_protocol::{
+    ErrorKind, Params, Request, RequestBody, Response, ResponseBody, TxnMode, TxnOp, features,
+};
 use nexusd_tests::Daemon;
 
 use crate::bad_input::{frame, handshaken_with, read_frame};
@@ -62,9 +65,9 @@ fn check_all_rows(rows: &nexusd_client::Rows) {
 }
 
 /// Through the client crate: a plain query, one in a read-only transaction
-/// and one in a deferred transaction before its first write come whole; a
-/// query that writes (on the writer) and a batch still fail `TooLarge`,
-/// with nothing applied.
+/// and one in a deferred transaction before and after its first write come
+/// whole; a query that writes outside a transaction (in a group commit)
+/// and a batch still fail `TooLarge`, with nothing applied.
 #[test]
 fn a_read_over_the_limit_comes_whole_and_the_writer_keeps_the_limit() {
     let d = with_table("4");
@@ -82,20 +85,18 @@ fn a_read_over_the_limit_comes_whole_and_the_writer_keeps_the_limit() {
         tx.execute("INSERT INTO t(x, s) VALUES (-1, 'in txn')", params![])
             .await
             .expect("its write");
-        // Now the transaction holds the writer, which answers whole.
-        let e = tx
+        // Now the transaction holds the writer, which waits for this
+        // client to take the parts: it holds every writer anyway.
+        let after = tx
             .query(sql, params![])
             .await
-            .expect_err("a large read on the writer");
-        assert!(matches!(e, Error::TooLarge(_)), "{e}");
-        let mine = tx
-            .query("SELECT count(*) FROM t WHERE x = -1", params![])
-            .await
-            .expect("the transaction goes on");
-        assert_eq!(mine.get(0).expect("row").get::<i64>(0).expect("n"), 1);
+            .expect("a large read in a transaction that wrote");
+        assert_eq!(after.len(), ROWS as usize + 1);
+        assert_eq!(after.get(0).expect("row").get::<i64>(0).expect("x"), -1);
         tx.rollback().await.expect("rollback");
 
-        // The writer never waits on a client: over the limit there fails.
+        // A group commit never waits on one client: outside a transaction,
+        // a write's result over the limit fails.
         let e = c
             .query(
                 "UPDATE t SET s = s || '' WHERE x > 0 RETURNING x, s",
@@ -138,22 +139,140 @@ fn a_read_over_the_limit_comes_whole_and_the_writer_keeps_the_limit() {
     });
 }
 
+/// In a transaction that holds the writer, `RETURNING` answers any number
+/// of rows in parts; one that fails part way through its rows (a row over
+/// the limit) applies nothing, though SQLite made its changes before its
+/// first row, and the transaction goes on; the client's own savepoints
+/// around it still work.
+#[test]
+fn returning_in_a_transaction_comes_whole_or_applies_nothing() {
+    let d = with_table("2");
+    rt().block_on(async {
+        let c = client(&d).await;
+        let tx = c.transaction().await.expect("begin immediate");
+        let changed = tx
+            .query(
+                "UPDATE t SET s = 'u' || s WHERE x > 0 RETURNING x, s",
+                params![],
+            )
+            .await
+            .expect("RETURNING over the limit, in parts");
+        assert_eq!(changed.len(), ROWS as usize);
+        let e = tx
+            .query(
+                "INSERT INTO t(x, s) VALUES (-1, 'small'), (-2, printf('%0150000d', 0)) \
+                 RETURNING x, s",
+                params![],
+            )
+            .await
+            .expect_err("a returned row over the limit");
+        assert!(matches!(e, Error::TooLarge(_)), "{e}");
+        assert!(e.to_string().contains("row 2"), "{e}");
+        tx.execute("SAVEPOINT mine", params![])
+            .await
+            .expect("a client's savepoint");
+        let returned = tx
+            .query("DELETE FROM t WHERE x <= 10 RETURNING x", params![])
+            .await
+            .expect("RETURNING inside the client's savepoint");
+        assert_eq!(returned.len(), 10);
+        tx.execute("ROLLBACK TO mine", params![])
+            .await
+            .expect("back to the client's savepoint");
+        tx.execute("RELEASE mine", params![])
+            .await
+            .expect("release");
+        tx.commit().await.expect("commit");
+        let left = c
+            .query(
+                "SELECT count(*), sum(x < 0), sum(s LIKE 'u%') FROM t",
+                params![],
+            )
+            .await
+            .expect("count");
+        let row = left.get(0).expect("row");
+        assert_eq!(row.get::<i64>(0).expect("rows"), ROWS, "rows after commit");
+        assert_eq!(
+            row.get::<i64>(1).expect("failed insert"),
+            0,
+            "the failed insert applied"
+        );
+        assert_eq!(row.get::<i64>(2).expect("update"), ROWS, "the update lost");
+    });
+}
+
+/// The writer waits for a transaction's client to take its parts only as
+/// long as the transaction lasts: once its lease ends it, the writer gives
+/// up at once (not at the request's deadline) and other writes go on; the
+/// slow client then finds its parts void and the transaction expired.
+#[test]
+fn the_writer_stops_waiting_for_parts_when_the_transaction_ends() {
+    let d = Daemon::start(&["--txn-max-ms", "1000", "--request-timeout-ms", "60000"]);
+    let other = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    other
+        .execute(
+            "CREATE TABLE t AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
+             LIMIT 8000) SELECT x, randomblob(1000) AS b FROM c",
+            params![],
+        )
+        .expect("8 MB");
+    let mut slow = handshaken_with(&d, features::ALL);
+    send(&mut slow, 1, RequestBody::Begin(TxnMode::Immediate));
+    let txn = match answer(&mut slow, 1).2 {
+        ResponseBody::Begun(txn) => txn,
+        other => panic!("begin: {other:?}"),
+    };
+    let op = TxnOp::Query(nexusd_protocol::Statement {
+        sql: "SELECT x, b FROM t".into(),
+        params: Params::Positional(vec![]),
+    });
+    send(&mut slow, 2, RequestBody::Transaction { txn, op });
+    std::thread::sleep(Duration::from_millis(200));
+    // The writer is held, waiting on `slow`, which reads nothing; this
+    // write waits for it no longer than the transaction's 1 s lease.
+    let began = Instant::now();
+    other
+        .execute("INSERT INTO t(x) VALUES (-1)", params![])
+        .expect("a write after the lease ended the transaction");
+    let waited = began.elapsed();
+    assert!(
+        waited < Duration::from_secs(20),
+        "a write waited {waited:?} behind a transaction of 1 s"
+    );
+    let (_, _, last) = answer(&mut slow, 2);
+    match last {
+        ResponseBody::Error(e) => {
+            assert_eq!(e.kind, ErrorKind::TransactionExpired, "{}", e.message)
+        }
+        other => panic!("the slow read answered {other:?}"),
+    }
+}
+
 fn query(s: &mut UnixStream, id: u64, sql: &str, timeout_ms: u32) {
+    let body = RequestBody::Query(nexusd_protocol::Statement {
+        sql: sql.into(),
+        params: Params::Positional(vec![]),
+    });
+    send_with(s, id, body, timeout_ms);
+}
+
+pub(crate) fn send(s: &mut UnixStream, id: u64, body: RequestBody) {
+    send_with(s, id, body, 0);
+}
+
+fn send_with(s: &mut UnixStream, id: u64, body: RequestBody, timeout_ms: u32) {
     s.write_all(&frame(&Request {
         id,
         db: "main".into(),
         timeout_ms,
-        body: RequestBody::Query(nexusd_protocol::Statement {
-            sql: sql.into(),
-            params: Params::Positional(vec![]),
-        }),
+        body,
     }))
-    .expect("send the query");
+    .expect("send the request");
 }
 
 /// Reads request `id`'s parts and answer: the rows of the parts, each
 /// part's frame size, and the answer.
-fn answer(s: &mut UnixStream, id: u64) -> (Vec<Vec<Value>>, Vec<usize>, ResponseBody) {
+pub(crate) fn answer(s: &mut UnixStream, id: u64) -> (Vec<Vec<Value>>, Vec<usize>, ResponseBody) {
     let (mut rows, mut sizes) = (Vec::new(), Vec::new());
     loop {
         let payload = read_frame(s).expect("a frame");
@@ -185,6 +304,40 @@ fn parts_go_only_to_clients_that_announce_them_and_each_fits_the_limit() {
             assert_eq!(e.kind, ErrorKind::TooLarge, "{}", e.message)
         }
         (parts, _, other) => panic!("{} rows in parts, then {other:?}", parts.len()),
+    }
+
+    // In a transaction that holds the writer, RETURNING over the limit is
+    // `TooLarge` to this client, and what it changed is rolled back, though
+    // SQLite made the changes before its first row.
+    send(&mut old, 3, RequestBody::Begin(TxnMode::Immediate));
+    let txn = match answer(&mut old, 3) {
+        (_, _, ResponseBody::Begun(txn)) => txn,
+        (_, _, other) => panic!("begin: {other:?}"),
+    };
+    let op = TxnOp::Query(nexusd_protocol::Statement {
+        sql: "UPDATE t SET s = 'changed' RETURNING x, s".into(),
+        params: Params::Positional(vec![]),
+    });
+    send(&mut old, 4, RequestBody::Transaction { txn, op });
+    match answer(&mut old, 4) {
+        (parts, _, ResponseBody::Error(e)) if parts.is_empty() => {
+            assert_eq!(e.kind, ErrorKind::TooLarge, "{}", e.message)
+        }
+        (parts, _, other) => panic!("{} rows in parts, then {other:?}", parts.len()),
+    }
+    send(
+        &mut old,
+        5,
+        RequestBody::Transaction {
+            txn,
+            op: TxnOp::Commit,
+        },
+    );
+    assert!(matches!(answer(&mut old, 5).2, ResponseBody::Ok));
+    query(&mut old, 6, "SELECT count(*) FROM t WHERE s = 'changed'", 0);
+    match answer(&mut old, 6).2 {
+        ResponseBody::TypedRows(t) => assert_eq!(t.rows.rows, [[Value::Integer(0)]], "applied"),
+        other => panic!("count: {other:?}"),
     }
 
     let mut new = handshaken_with(&d, features::ALL & !features::DECLTYPES);

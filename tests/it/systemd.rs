@@ -284,3 +284,76 @@ fn the_watchdog_is_fed_while_a_transaction_holds_the_writer() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().expect("wait").success());
 }
+
+/// A transaction's large read waits on the writer for its client to take
+/// the parts (the transaction holds every writer anyway); the writer shows
+/// its heartbeat meanwhile, so a client that reads slowly does not get a
+/// healthy daemon killed by the watchdog.
+#[test]
+fn the_watchdog_is_fed_while_the_writer_waits_for_a_client_to_read_its_parts() {
+    use nexusd_protocol::{ResponseBody, TxnMode, TxnOp, features};
+
+    use crate::bad_input::handshaken_at;
+    use crate::parts::{answer, send};
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (mut child, notify, socket) =
+        serve_notified(tmp.path(), &["--txn-idle-timeout-ms", "60000"]);
+    let mut buf = [0u8; 4096];
+    let mut recv = || {
+        let n = notify.recv(&mut buf).expect("a notification within 20 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(recv().starts_with("READY=1\n"));
+    let rt = rt();
+    let c = rt.block_on(Client::connect(&socket)).expect("connect");
+    // 8 MB: far more than two parts and the socket's buffers hold.
+    rt.block_on(c.execute(
+        "CREATE TABLE t AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
+         LIMIT 8000) SELECT x, randomblob(1000) AS b FROM c",
+        params![],
+    ))
+    .expect("fill");
+
+    let mut slow = handshaken_at(&socket, features::ALL);
+    send(
+        &mut slow,
+        1,
+        nexusd_protocol::RequestBody::Begin(TxnMode::Immediate),
+    );
+    let txn = match answer(&mut slow, 1).2 {
+        ResponseBody::Begun(txn) => txn,
+        other => panic!("begin: {other:?}"),
+    };
+    let op = TxnOp::Query(nexusd_protocol::Statement {
+        sql: "SELECT x, b FROM t ORDER BY x".into(),
+        params: nexusd_protocol::Params::Positional(vec![]),
+    });
+    send(
+        &mut slow,
+        2,
+        nexusd_protocol::RequestBody::Transaction { txn, op },
+    );
+    // Not read for over six watchdog periods: the pings keep coming.
+    let held = Instant::now();
+    let mut pings = 0;
+    while held.elapsed() < Duration::from_secs(2) {
+        if recv().starts_with("WATCHDOG=1") {
+            pings += 1;
+        }
+    }
+    assert!(
+        pings >= 10,
+        "only {pings} WATCHDOG=1 in 2 s while the writer waited for a client to read"
+    );
+    let (rows, parts, last) = answer(&mut slow, 2);
+    let last = match last {
+        ResponseBody::TypedRows(t) => t.rows.rows,
+        other => panic!("the answer after {} parts: {other:?}", parts.len()),
+    };
+    assert!(parts.len() >= 6, "{} parts for 8 MB", parts.len());
+    assert_eq!(rows.len() + last.len(), 8000);
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().expect("wait").success());
+}

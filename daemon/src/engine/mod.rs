@@ -30,7 +30,7 @@ use nexusd_protocol::{ErrorBody, ErrorKind, ResponseBody, TxnMode, TxnOp};
 
 pub use db::Synchronous;
 pub(crate) use db::check_sqlite_version;
-pub(crate) use parts::{PARTS_AHEAD, Parts};
+pub(crate) use parts::{BEAT_EVERY, Beat, PARTS_AHEAD, Parts};
 pub(crate) use readers::{
     InPlace, InPlaceCounts, ReadOutcome, ReaderPool, allow_inline_reads, end_stale_snapshots,
 };
@@ -196,6 +196,7 @@ impl Engine {
                     rx,
                     snapshot_seq: None,
                     first: None,
+                    parts: None,
                 };
                 // Answered once queued: the client's first statement then
                 // waits on the transaction's channel, and the writer finds
@@ -238,18 +239,22 @@ impl Engine {
         txns.busy(id, true);
         let ending = matches!(op, TxnOp::Commit | TxnOp::Rollback);
         let mut route = txns.route(id, client_id, op);
+        let mut parts = parts;
         if let Route::Snapshot(op) = route {
             // Blocking: SQLite runs on the transaction's own connection.
             let txns = txns.clone();
-            route = tokio::task::spawn_blocking(move || {
-                txns.serve_snapshot(id, client_id, op, parts.as_ref(), arrived, deadline)
+            (route, parts) = tokio::task::spawn_blocking(move || {
+                let route =
+                    txns.serve_snapshot(id, client_id, op, parts.as_ref(), arrived, deadline);
+                (route, parts)
             })
             .await
             .unwrap_or_else(|e| {
-                Route::Done(ResponseBody::Error(ErrorBody::new(
+                let failed = ResponseBody::Error(ErrorBody::new(
                     ErrorKind::Internal,
                     format!("the transaction's task failed: {e}"),
-                )))
+                ));
+                (Route::Done(failed), None)
             });
         }
         let body = match route {
@@ -258,13 +263,14 @@ impl Engine {
                 ErrorKind::Internal,
                 "a snapshot request was routed twice",
             )),
-            Route::Writer(tx, op) => self.to_writer(id, tx, op, arrived, deadline).await,
+            Route::Writer(tx, op) => self.to_writer(id, tx, op, parts, arrived, deadline).await,
             Route::MoveToWriter { txn, rx, seq, op } => {
                 let start = TxnStart {
                     txn,
                     rx,
                     snapshot_seq: seq,
                     first: Some(op),
+                    parts,
                 };
                 self.writer
                     .submit_transaction(start, arrived, deadline)
@@ -282,12 +288,14 @@ impl Engine {
         id: u64,
         tx: flume::Sender<TxnMsg>,
         op: TxnOp,
+        parts: Option<Parts>,
         arrived: Instant,
         deadline: Instant,
     ) -> ResponseBody {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let msg = TxnMsg {
             op,
+            parts,
             arrived,
             deadline,
             reply: relay::Reply::Waiter(reply),

@@ -7,11 +7,13 @@
 //! how a part reaches the socket, and how the reader waits for the client
 //! to take the parts before it, is the dispatcher's (it owns the
 //! connection's write queue). Only threads that may block hold one: the
-//! reader pool's and a snapshot transaction's. The writer never does, so a
-//! slow client can never hold it up; a statement there keeps the limit.
+//! reader pool's, a snapshot transaction's, and the writer while it holds
+//! that client's own interactive transaction (which holds the writer
+//! anyway). The writer's group commits never do, so a slow client never
+//! holds up other clients' writes; a statement there keeps the limit.
 
 use std::fmt;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nexusd_protocol::{ErrorBody, Value};
 
@@ -23,26 +25,62 @@ pub(crate) const PART_BYTES: usize = 1 << 20;
 /// yet written to the socket; the reader waits for the client beyond that.
 pub(crate) const PARTS_AHEAD: usize = 2;
 
-type Send = dyn Fn(Vec<Vec<Value>>, Instant) -> Result<(), ErrorBody> + std::marker::Send + Sync;
+type Send =
+    dyn Fn(Vec<Vec<Value>>, Instant, &Beat) -> Result<(), ErrorBody> + std::marker::Send + Sync;
+
+/// What a wait for the client calls now and then: `Err` stops the wait,
+/// and fails the statement with that error.
+pub(crate) type Beat = dyn Fn() -> Result<(), ErrorBody> + std::marker::Send + Sync;
 
 /// Where the leading rows of one result go, a part at a time. `send`
 /// returns once the part is queued for the client, waiting while
 /// [`PARTS_AHEAD`] parts are queued and not yet written; it fails, and the
 /// statement with it, when the deadline passes first or the client is gone.
-pub(crate) struct Parts(Box<Send>);
+/// While it waits it calls its beat (see [`Parts::beating`]) every
+/// [`BEAT_EVERY`] at most.
+pub(crate) struct Parts {
+    send: Box<Send>,
+    beat: Option<Box<Beat>>,
+}
+
+/// How often a wait for the client calls the holder's beat: the writer's
+/// heartbeat, which the systemd watchdog reads, must stay fresh while it
+/// waits in a transaction (`HEARTBEAT` in writer.rs is the same).
+pub(crate) const BEAT_EVERY: Duration = Duration::from_millis(100);
 
 impl Parts {
+    /// `send(rows, deadline, beat)` queues one part, and calls `beat` at
+    /// least every [`BEAT_EVERY`] while it waits, giving up with its error.
     pub(crate) fn new(
-        send: impl Fn(Vec<Vec<Value>>, Instant) -> Result<(), ErrorBody>
+        send: impl Fn(Vec<Vec<Value>>, Instant, &Beat) -> Result<(), ErrorBody>
         + std::marker::Send
         + Sync
         + 'static,
     ) -> Parts {
-        Parts(Box::new(send))
+        Parts {
+            send: Box::new(send),
+            beat: None,
+        }
+    }
+
+    /// The same parts, calling `beat` while they wait for the client: the
+    /// writer's, so that waiting inside a transaction reads as alive, and
+    /// stops once the transaction has ended.
+    pub(crate) fn beating(
+        self,
+        beat: impl Fn() -> Result<(), ErrorBody> + std::marker::Send + Sync + 'static,
+    ) -> Parts {
+        Parts {
+            beat: Some(Box::new(beat)),
+            ..self
+        }
     }
 
     pub(crate) fn send(&self, rows: Vec<Vec<Value>>, deadline: Instant) -> Result<(), ErrorBody> {
-        (self.0)(rows, deadline)
+        match &self.beat {
+            Some(beat) => (self.send)(rows, deadline, beat),
+            None => (self.send)(rows, deadline, &|| Ok(())),
+        }
     }
 }
 

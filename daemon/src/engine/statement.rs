@@ -149,6 +149,33 @@ pub(crate) fn run_statement(
     }
 }
 
+/// Whether `st` writes and returns rows (`INSERT`, `UPDATE` or `DELETE ...
+/// RETURNING`): such a statement has made its changes before its first row
+/// is read, so stopping it part way through its rows leaves them made.
+/// Prepared under the guard as `run` prepares it, so the run that follows
+/// finds it in the cache; a statement that fails to prepare is `false`,
+/// and fails as it would have when it runs.
+pub(crate) fn writes_rows(
+    conn: &Connection,
+    guard: &Guard,
+    scope: Scope,
+    st: &Statement,
+    deadline: Instant,
+) -> bool {
+    if is_blank(&st.sql) {
+        return false;
+    }
+    guard.client(deadline, scope, || match conn.prepare_cached(&st.sql) {
+        Ok(stmt) if guard.control_allowed() => {
+            // A savepoint is kept out of the cache (see `run_guarded`).
+            stmt.discard();
+            false
+        }
+        Ok(stmt) => !stmt.readonly() && stmt.column_count() > 0,
+        Err(_) => false,
+    })
+}
+
 /// Runs one client statement only if SQLite reports it read-only
 /// (`sqlite3_stmt_readonly`), checked before it runs: the readers' way, and
 /// a snapshot transaction's. In `Scope::Snapshot` a savepoint is handed
@@ -1044,7 +1071,7 @@ mod tests {
         let (_dir, conn, guard) = open();
         let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<Vec<Value>>>::new()));
         let sink = got.clone();
-        let parts = Parts::new(move |rows, _deadline| {
+        let parts = Parts::new(move |rows, _deadline, _beat| {
             sink.lock().expect("parts").push(rows);
             Ok(())
         });
@@ -1084,7 +1111,7 @@ mod tests {
     #[test]
     fn a_row_over_the_limit_fails_even_with_parts_and_a_failed_part_fails_the_read() {
         let (_dir, conn, guard) = open();
-        let parts = Parts::new(|_, _| Ok(()));
+        let parts = Parts::new(|_, _, _| Ok(()));
         let mut l = limits();
         l.max_result_bytes = 10_000;
         l.parts = Some(&parts);
@@ -1100,7 +1127,7 @@ mod tests {
             err.message
         );
 
-        let refusing = Parts::new(|_, _| Err(ErrorBody::new(ErrorKind::Timeout, "client slow")));
+        let refusing = Parts::new(|_, _, _| Err(ErrorBody::new(ErrorKind::Timeout, "client slow")));
         l.parts = Some(&refusing);
         let sql = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c LIMIT 5000) \
                    SELECT x FROM c";

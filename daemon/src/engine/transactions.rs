@@ -73,6 +73,8 @@ impl Owner {
 /// One request inside a transaction on the writer.
 pub(crate) struct TxnMsg {
     pub(crate) op: TxnOp,
+    /// Where a query's result goes ahead in parts, if its client takes them.
+    pub(crate) parts: Option<Parts>,
     pub(crate) arrived: Instant,
     pub(crate) deadline: Instant,
     pub(crate) reply: super::relay::Reply,

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::CheckpointGate;
 use super::db::{self, Synchronous, epoch};
 use super::guard::{Guard, Scope};
+use super::parts::Parts;
 use super::relay::{self, Ack, Relay, Reply, Sink};
 use super::statement::{self, Output, StatementLimits, Want, own_statement_error};
 use super::syncer::Syncer;
@@ -153,6 +154,9 @@ pub(crate) struct TxnStart {
     /// The request that moved it over (its first write), answered on the
     /// job's reply; `None` answers `Begun`.
     pub(crate) first: Option<TxnOp>,
+    /// Where that request's result goes ahead in parts, if it is a query
+    /// and its client takes them.
+    pub(crate) parts: Option<Parts>,
 }
 
 struct WriteJob {
@@ -225,6 +229,16 @@ impl Default for WriterStats {
             txn_held_micros: AtomicU64::new(0),
             heartbeat: AtomicU64::new(0),
         }
+    }
+}
+
+impl WriterStats {
+    /// Shows that the writer is alive while it holds a transaction.
+    fn beat(&self) {
+        self.heartbeat.store(
+            epoch().elapsed().as_nanos().max(1) as u64,
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -972,6 +986,7 @@ impl Writer {
             rx,
             snapshot_seq,
             first,
+            parts,
         } = start;
         if let Some(gone) = txn.end_error() {
             // Ended while it waited (its connection closed, say).
@@ -1007,6 +1022,7 @@ impl Writer {
                 &txn,
                 TxnMsg {
                     op,
+                    parts,
                     arrived,
                     deadline,
                     reply,
@@ -1035,17 +1051,15 @@ impl Writer {
     }
 
     fn beat(&self) {
-        self.stats.heartbeat.store(
-            epoch().elapsed().as_nanos().max(1) as u64,
-            Ordering::Relaxed,
-        );
+        self.stats.beat();
     }
 
     /// Serves one request of the open transaction; returns whether it is
     /// still open.
-    fn txn_request(&mut self, txn: &Txn, msg: TxnMsg) -> bool {
+    fn txn_request(&mut self, txn: &Arc<Txn>, msg: TxnMsg) -> bool {
         let TxnMsg {
             op,
+            parts,
             arrived,
             deadline,
             reply,
@@ -1063,20 +1077,32 @@ impl Writer {
             let _ = reply.send(body);
             return true;
         }
-        let limits = StatementLimits::for_request(
+        let mut limits = StatementLimits::for_request(
             arrived,
             deadline,
             self.config.max_result_bytes,
             &txn.owner,
         );
+        // This client's transaction holds the writer anyway, so the writer
+        // may wait for it to take its result in parts, up to the request's
+        // deadline, showing its heartbeat meanwhile, and no longer than the
+        // transaction lasts (its lease, its connection, an operator).
+        let parts = parts.map(|p| {
+            let (stats, txn) = (self.stats.clone(), txn.clone());
+            p.beating(move || {
+                stats.beat();
+                txn.end_error().map_or(Ok(()), Err)
+            })
+        });
         let scope = Scope::Transaction;
         let result = match &op {
             TxnOp::Execute(st) => self
                 .run_one(st, scope, Want::Changes, &limits)
                 .map(Into::into),
-            TxnOp::Query(st) => self
-                .run_one(st, scope, Want::Either, &limits)
-                .map(Into::into),
+            TxnOp::Query(st) => {
+                limits.parts = parts.as_ref();
+                self.txn_query(st, &limits)
+            }
             TxnOp::Batch(stmts) => self.txn_batch(stmts, &limits),
             TxnOp::Commit => {
                 let started = Instant::now();
@@ -1140,9 +1166,39 @@ impl Writer {
         stmts: &[Statement],
         limits: &StatementLimits,
     ) -> Result<ResponseBody, ErrorBody> {
+        self.in_savepoint(|w| w.run_statements(stmts, Scope::Transaction, limits))
+    }
+
+    /// A query inside a transaction. One that writes and returns rows
+    /// (`RETURNING`) has made its changes before its first row, so if its
+    /// result stops part way (over the limit, its client gone) SQLite keeps
+    /// them: it runs in a savepoint of its own, rolled back then. Others
+    /// need none (SQLite undoes a statement that fails), and a client's own
+    /// `SAVEPOINT` or `RELEASE` must not be nested in one.
+    fn txn_query(
+        &mut self,
+        st: &Statement,
+        limits: &StatementLimits,
+    ) -> Result<ResponseBody, ErrorBody> {
+        let scope = Scope::Transaction;
+        if !statement::writes_rows(&self.conn, &self.guard, scope, st, limits.deadline) {
+            return self
+                .run_one(st, scope, Want::Either, limits)
+                .map(Into::into);
+        }
+        self.in_savepoint(|w| w.run_one(st, scope, Want::Either, limits).map(Into::into))
+    }
+
+    /// Runs `work` in a savepoint inside the open transaction, released if
+    /// it succeeds and rolled back to if it fails; the transaction stays
+    /// open either way, unless SQLite ended it.
+    fn in_savepoint(
+        &mut self,
+        work: impl FnOnce(&mut Self) -> Result<ResponseBody, ErrorBody>,
+    ) -> Result<ResponseBody, ErrorBody> {
         self.exec_own(Own::BatchSavepoint)
             .map_err(|e| own_statement_error("SAVEPOINT", &e))?;
-        let result = self.run_statements(stmts, Scope::Transaction, limits);
+        let result = work(self);
         if self.conn.is_autocommit() {
             return result;
         }
@@ -1152,7 +1208,7 @@ impl Writer {
                 .exec_own(Own::BatchRollbackTo)
                 .and_then(|()| self.exec_own(Own::BatchRelease)),
         };
-        end.map_err(|e| own_statement_error("closing the batch's savepoint", &e))?;
+        end.map_err(|e| own_statement_error("closing the request's savepoint", &e))?;
         result
     }
 
