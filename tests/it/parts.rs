@@ -248,6 +248,73 @@ fn the_writer_stops_waiting_for_parts_when_the_transaction_ends() {
     }
 }
 
+/// The slow-statement log times the statement, not its client: a read
+/// that was quick but waited for its client to take the parts is not
+/// slow, on a reader or in a transaction that holds the writer; a slow
+/// statement still is.
+#[test]
+fn waiting_for_a_client_to_take_parts_is_not_a_slow_statement() {
+    let d = Daemon::start(&["--slow-statement-ms", "400"]);
+    let other = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    other
+        .execute(
+            "CREATE TABLE t AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
+             LIMIT 8000) SELECT x, randomblob(1000) AS b FROM c",
+            params![],
+        )
+        .expect("8 MB");
+    let mut slow = handshaken_with(&d, features::ALL);
+    let read_late = |slow: &mut UnixStream, id: u64| {
+        std::thread::sleep(Duration::from_millis(1500));
+        match answer(slow, id) {
+            (parts, _, ResponseBody::TypedRows(last)) => {
+                assert_eq!(parts.len() + last.rows.rows.len(), 8000)
+            }
+            (_, _, other) => panic!("the read answered {other:?}"),
+        }
+    };
+    query(&mut slow, 1, "SELECT x, b FROM t", 0);
+    read_late(&mut slow, 1);
+    send(&mut slow, 2, RequestBody::Begin(TxnMode::Immediate));
+    let txn = match answer(&mut slow, 2).2 {
+        ResponseBody::Begun(txn) => txn,
+        other => panic!("begin: {other:?}"),
+    };
+    let op = TxnOp::Query(nexusd_protocol::Statement {
+        sql: "SELECT x, b FROM t ORDER BY x".into(),
+        params: Params::Positional(vec![]),
+    });
+    send(&mut slow, 3, RequestBody::Transaction { txn, op });
+    read_late(&mut slow, 3);
+    send(
+        &mut slow,
+        4,
+        RequestBody::Transaction {
+            txn,
+            op: TxnOp::Rollback,
+        },
+    );
+    assert!(matches!(answer(&mut slow, 4).2, ResponseBody::Ok));
+    // A statement that is slow itself is still kept.
+    other
+        .query(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000000) \
+             SELECT count(*) FROM n",
+            params![],
+        )
+        .expect("a slow read");
+    let kept: Vec<String> = other
+        .slow_log(false)
+        .expect("slow log")
+        .into_iter()
+        .map(|e| e.sql)
+        .collect();
+    assert!(
+        kept.len() == 1 && kept[0].contains("5000000"),
+        "the slow log kept {kept:?}"
+    );
+}
+
 fn query(s: &mut UnixStream, id: u64, sql: &str, timeout_ms: u32) {
     let body = RequestBody::Query(nexusd_protocol::Statement {
         sql: sql.into(),

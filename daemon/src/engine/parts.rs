@@ -13,6 +13,7 @@
 //! holds up other clients' writes; a statement there keeps the limit.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nexusd_protocol::{ErrorBody, Value};
@@ -41,6 +42,8 @@ pub(crate) type Beat = dyn Fn() -> Result<(), ErrorBody> + std::marker::Send + S
 pub(crate) struct Parts {
     send: Box<Send>,
     beat: Option<Box<Beat>>,
+    /// Nanoseconds spent in `send`: waiting for the client, not working.
+    sending: AtomicU64,
 }
 
 /// How often a wait for the client calls the holder's beat: the writer's
@@ -60,6 +63,7 @@ impl Parts {
         Parts {
             send: Box::new(send),
             beat: None,
+            sending: AtomicU64::new(0),
         }
     }
 
@@ -77,10 +81,20 @@ impl Parts {
     }
 
     pub(crate) fn send(&self, rows: Vec<Vec<Value>>, deadline: Instant) -> Result<(), ErrorBody> {
-        match &self.beat {
+        let began = Instant::now();
+        let sent = match &self.beat {
             Some(beat) => (self.send)(rows, deadline, beat),
             None => (self.send)(rows, deadline, &|| Ok(())),
-        }
+        };
+        let took = u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.sending.fetch_add(took, Ordering::Relaxed);
+        sent
+    }
+
+    /// How long `send` has taken in all: time the statement spent waiting
+    /// for its client to take the parts, which the slow log leaves out.
+    pub(crate) fn sending(&self) -> Duration {
+        Duration::from_nanos(self.sending.load(Ordering::Relaxed))
     }
 }
 

@@ -229,7 +229,11 @@ fn run(
     if changed != 0 {
         owner.total_changes.fetch_add(changed, Ordering::Relaxed);
     }
-    let ran = began.elapsed();
+    // The statement's own time: a slow client's taking of the parts is
+    // its client's, not the statement's.
+    let ran = began
+        .elapsed()
+        .saturating_sub(limits.parts.map_or(Duration::ZERO, |p| p.sending()));
     if slowlog::is_slow(ran) {
         let ran_on = if scope != Scope::Request {
             "transaction"
