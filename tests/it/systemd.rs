@@ -357,3 +357,62 @@ fn the_watchdog_is_fed_while_the_writer_waits_for_a_client_to_read_its_parts() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().expect("wait").success());
 }
+
+/// A statement that runs long on the writer (a bulk write, a `CREATE
+/// INDEX` on a big table, `ctl vacuum`) is work, not a wedge: the writer
+/// shows a heartbeat while SQLite makes progress, so WATCHDOG=1 keeps
+/// coming and systemd does not kill the daemon in the middle of it.
+#[test]
+fn the_watchdog_is_fed_while_the_writer_runs_a_long_statement() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (mut child, notify, socket) = serve_notified(tmp.path(), &[]);
+    let mut buf = [0u8; 4096];
+    let mut recv = || {
+        let n = notify.recv(&mut buf).expect("a notification within 20 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(recv().starts_with("READY=1\n"));
+    let long = std::thread::spawn(move || {
+        let c = nexusd_client::blocking::Client::connect(&socket).expect("connect");
+        let began = Instant::now();
+        // Several watchdog periods of SQLite's work on the writer.
+        c.execute(
+            "CREATE TABLE t AS WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n \
+             WHERE i < 3000000) SELECT i, i * 2 AS j FROM n",
+            params![],
+        )
+        .expect("a long write");
+        c.execute("CREATE INDEX tj ON t(j, i)", params![])
+            .expect("a long index build");
+        c.execute("DELETE FROM t WHERE i % 2 = 0", params![])
+            .expect("a long delete");
+        c.vacuum().expect("ctl vacuum");
+        began.elapsed()
+    });
+    let mut pings = Vec::new();
+    let watching = Instant::now();
+    while !long.is_finished() {
+        if recv().starts_with("WATCHDOG=1") {
+            pings.push(watching.elapsed());
+        }
+    }
+    let took = long.join().expect("the long statements");
+    assert!(
+        took > Duration::from_millis(900),
+        "the statements took only {took:?}: too short to show anything"
+    );
+    // The watchdog wants one every 300 ms, and the daemon sends one every
+    // 100 ms; a gap of 2.5 periods would be a miss even on a loaded CI
+    // machine (before the writer beat, the gap was the whole 4 s).
+    let mut last = Duration::ZERO;
+    for &at in pings.iter().chain([watching.elapsed()].iter()) {
+        assert!(
+            at - last < Duration::from_millis(750),
+            "no WATCHDOG=1 from {last:?} to {at:?} while the writer worked ({took:?} in all)"
+        );
+        last = at;
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().expect("wait").success());
+}

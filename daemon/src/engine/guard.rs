@@ -35,6 +35,11 @@ pub(crate) struct Guard {
     deadline: Arc<AtomicU64>,
 }
 
+/// Where a connection's progress handler shows that SQLite is working on
+/// it: nanoseconds since `epoch()` of its last call. The writer's is its
+/// heartbeat, so a long statement there reads as alive to the watchdog.
+pub(crate) type Pulse = Arc<AtomicU64>;
+
 /// Where client code runs, which decides what transaction control it may
 /// use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,11 +72,13 @@ impl Guard {
     /// `litestream` (Litestream mode), client changes to Litestream's
     /// bookkeeping tables are refused too. `durable_full`: the daemon
     /// promises `synchronous=full`, so a client asking for it already has
-    /// it (`already_so`).
+    /// it (`already_so`). `pulse`, if given, is kept current while SQLite
+    /// runs a statement here, the daemon's own included.
     pub(super) fn install(
         conn: &mut Connection,
         litestream: bool,
         durable_full: bool,
+        pulse: Option<Pulse>,
     ) -> anyhow::Result<Guard> {
         let guard = Guard {
             scope: Arc::new(AtomicU8::new(DAEMON)),
@@ -124,6 +131,11 @@ impl Guard {
             PROGRESS_OPS,
             Some(move || {
                 let deadline = g.deadline.load(Ordering::Relaxed);
+                if let Some(pulse) = &pulse {
+                    let now = epoch().elapsed().as_nanos().max(1) as u64;
+                    pulse.store(now, Ordering::Relaxed);
+                    return deadline != 0 && now > deadline;
+                }
                 deadline != 0 && epoch().elapsed().as_nanos() as u64 > deadline
             }),
         )?;

@@ -716,8 +716,14 @@ mod tests {
 
     fn open() -> (tempfile::TempDir, Connection, Guard) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (conn, guard) =
-            open_writer(&dir.path().join("t.db"), Synchronous::Full, 4 << 20, false).expect("open");
+        let (conn, guard) = open_writer(
+            &dir.path().join("t.db"),
+            Synchronous::Full,
+            4 << 20,
+            false,
+            None,
+        )
+        .expect("open");
         (dir, conn, guard)
     }
 

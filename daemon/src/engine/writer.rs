@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::CheckpointGate;
 use super::db::{self, Synchronous, epoch};
-use super::guard::{Guard, Scope};
+use super::guard::{Guard, Pulse, Scope};
 use super::parts::Parts;
 use super::relay::{self, Ack, Relay, Reply, Sink};
 use super::statement::{self, Output, StatementLimits, Want, own_statement_error};
@@ -209,8 +209,9 @@ pub(crate) struct WriterStats {
     /// Microseconds the writer spent holding interactive transactions.
     pub(crate) txn_held_micros: AtomicU64,
     /// When the writer last showed it was alive, in nanoseconds since
-    /// `epoch()`.
-    heartbeat: AtomicU64,
+    /// `epoch()`: while it holds a transaction, and, through its guard's
+    /// progress handler, while SQLite works on a statement.
+    heartbeat: Pulse,
 }
 
 impl Default for WriterStats {
@@ -227,7 +228,7 @@ impl Default for WriterStats {
             forced_checkpoints: AtomicU64::new(0),
             commit_seq: AtomicU64::new(0),
             txn_held_micros: AtomicU64::new(0),
-            heartbeat: AtomicU64::new(0),
+            heartbeat: Arc::new(AtomicU64::new(0)),
         }
     }
 }
@@ -313,8 +314,10 @@ impl WriterHandle {
         }
     }
 
-    /// How long since the writer last showed it was alive while holding an
-    /// interactive transaction; `None` if it is not holding one.
+    /// How long since the writer last showed it was alive: while it holds
+    /// an interactive transaction, or while SQLite works on a statement (a
+    /// long one included: its progress handler beats). `None` if it has
+    /// shown nothing since it last let a transaction go.
     pub(crate) fn heartbeat_age(&self) -> Option<Duration> {
         let beat = self.stats.heartbeat.load(Ordering::Relaxed);
         (beat != 0).then(|| {
@@ -437,6 +440,7 @@ pub fn spawn(
                 config.synchronous,
                 config.checkpoint_wal_bytes,
                 config.litestream_max_wal_bytes.is_some(),
+                Some(thread_stats.heartbeat.clone()),
             )
             .and_then(|(mut conn, guard)| {
                 conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages| {
