@@ -209,24 +209,10 @@ fn returning_in_a_transaction_comes_whole_or_applies_nothing() {
 fn the_writer_stops_waiting_for_parts_when_the_transaction_ends() {
     let d = Daemon::start(&["--txn-max-ms", "1000", "--request-timeout-ms", "60000"]);
     let other = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
-    other
-        .execute(
-            "CREATE TABLE t AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
-             LIMIT 8000) SELECT x, randomblob(1000) AS b FROM c",
-            params![],
-        )
-        .expect("8 MB");
+    other.execute(EIGHT_MB, params![]).expect("8 MB");
     let mut slow = handshaken_with(&d, features::ALL);
-    send(&mut slow, 1, RequestBody::Begin(TxnMode::Immediate));
-    let txn = match answer(&mut slow, 1).2 {
-        ResponseBody::Begun(txn) => txn,
-        other => panic!("begin: {other:?}"),
-    };
-    let op = TxnOp::Query(nexusd_protocol::Statement {
-        sql: "SELECT x, b FROM t".into(),
-        params: Params::Positional(vec![]),
-    });
-    send(&mut slow, 2, RequestBody::Transaction { txn, op });
+    let txn = begin_immediate(&mut slow, 1);
+    query_in(&mut slow, 2, txn, "SELECT x, b FROM t");
     std::thread::sleep(Duration::from_millis(200));
     // The writer is held, waiting on `slow`, which reads nothing; this
     // write waits for it no longer than the transaction's 1 s lease.
@@ -256,13 +242,7 @@ fn the_writer_stops_waiting_for_parts_when_the_transaction_ends() {
 fn waiting_for_a_client_to_take_parts_is_not_a_slow_statement() {
     let d = Daemon::start(&["--slow-statement-ms", "400"]);
     let other = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
-    other
-        .execute(
-            "CREATE TABLE t AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
-             LIMIT 8000) SELECT x, randomblob(1000) AS b FROM c",
-            params![],
-        )
-        .expect("8 MB");
+    other.execute(EIGHT_MB, params![]).expect("8 MB");
     let mut slow = handshaken_with(&d, features::ALL);
     let read_late = |slow: &mut UnixStream, id: u64| {
         std::thread::sleep(Duration::from_millis(1500));
@@ -275,16 +255,8 @@ fn waiting_for_a_client_to_take_parts_is_not_a_slow_statement() {
     };
     query(&mut slow, 1, "SELECT x, b FROM t", 0);
     read_late(&mut slow, 1);
-    send(&mut slow, 2, RequestBody::Begin(TxnMode::Immediate));
-    let txn = match answer(&mut slow, 2).2 {
-        ResponseBody::Begun(txn) => txn,
-        other => panic!("begin: {other:?}"),
-    };
-    let op = TxnOp::Query(nexusd_protocol::Statement {
-        sql: "SELECT x, b FROM t ORDER BY x".into(),
-        params: Params::Positional(vec![]),
-    });
-    send(&mut slow, 3, RequestBody::Transaction { txn, op });
+    let txn = begin_immediate(&mut slow, 2);
+    query_in(&mut slow, 3, txn, "SELECT x, b FROM t ORDER BY x");
     read_late(&mut slow, 3);
     send(
         &mut slow,
@@ -313,6 +285,31 @@ fn waiting_for_a_client_to_take_parts_is_not_a_slow_statement() {
         kept.len() == 1 && kept[0].contains("5000000"),
         "the slow log kept {kept:?}"
     );
+}
+
+/// 8,000 rows of about 1 kB in `t(x, b)`: 8 MB, far more than two parts
+/// and the sockets' buffers hold, so a daemon sending it waits for its
+/// client.
+pub(crate) const EIGHT_MB: &str = "CREATE TABLE t AS WITH RECURSIVE c(x) AS (SELECT 1 UNION \
+                                   ALL SELECT x + 1 FROM c LIMIT 8000) SELECT x, \
+                                   randomblob(1000) AS b FROM c";
+
+/// Begins an immediate transaction on a raw connection, as request `id`.
+pub(crate) fn begin_immediate(s: &mut UnixStream, id: u64) -> u64 {
+    send(s, id, RequestBody::Begin(TxnMode::Immediate));
+    match answer(s, id).2 {
+        ResponseBody::Begun(txn) => txn,
+        other => panic!("begin: {other:?}"),
+    }
+}
+
+/// Sends `sql` as a query of transaction `txn`, as request `id`.
+pub(crate) fn query_in(s: &mut UnixStream, id: u64, txn: u64, sql: &str) {
+    let op = TxnOp::Query(nexusd_protocol::Statement {
+        sql: sql.into(),
+        params: Params::Positional(vec![]),
+    });
+    send(s, id, RequestBody::Transaction { txn, op });
 }
 
 fn query(s: &mut UnixStream, id: u64, sql: &str, timeout_ms: u32) {
@@ -376,16 +373,13 @@ fn parts_go_only_to_clients_that_announce_them_and_each_fits_the_limit() {
     // In a transaction that holds the writer, RETURNING over the limit is
     // `TooLarge` to this client, and what it changed is rolled back, though
     // SQLite made the changes before its first row.
-    send(&mut old, 3, RequestBody::Begin(TxnMode::Immediate));
-    let txn = match answer(&mut old, 3) {
-        (_, _, ResponseBody::Begun(txn)) => txn,
-        (_, _, other) => panic!("begin: {other:?}"),
-    };
-    let op = TxnOp::Query(nexusd_protocol::Statement {
-        sql: "UPDATE t SET s = 'changed' RETURNING x, s".into(),
-        params: Params::Positional(vec![]),
-    });
-    send(&mut old, 4, RequestBody::Transaction { txn, op });
+    let txn = begin_immediate(&mut old, 3);
+    query_in(
+        &mut old,
+        4,
+        txn,
+        "UPDATE t SET s = 'changed' RETURNING x, s",
+    );
     match answer(&mut old, 4) {
         (parts, _, ResponseBody::Error(e)) if parts.is_empty() => {
             assert_eq!(e.kind, ErrorKind::TooLarge, "{}", e.message)

@@ -29,7 +29,7 @@ fn units_in(dir: &Path) -> PathBuf {
 /// `nexusd serve` in `dir` with a NOTIFY_SOCKET the test reads (20 s read
 /// timeout) and a 300 ms watchdog; returns the child, that socket, and the
 /// daemon's socket path.
-fn serve_notified(dir: &Path, extra: &[&str]) -> (std::process::Child, UnixDatagram, PathBuf) {
+fn serve_notified(dir: &Path, extra: &[&str]) -> (std::process::Child, Notices, PathBuf) {
     let notify_path = dir.join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
     notify
@@ -50,7 +50,31 @@ fn serve_notified(dir: &Path, extra: &[&str]) -> (std::process::Child, UnixDatag
         .stderr(Stdio::null())
         .spawn()
         .expect("start nexusd");
-    (child, notify, socket)
+    (child, Notices(notify), socket)
+}
+
+/// The daemon's notifications to its service manager, as it sent them.
+struct Notices(UnixDatagram);
+
+impl Notices {
+    /// The next notification, within the socket's 20 s read timeout.
+    fn next(&self) -> String {
+        let mut buf = [0u8; 4096];
+        let n = self.0.recv(&mut buf).expect("a notification within 20 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    /// How many `WATCHDOG=1` came in the next `span`.
+    fn pings_within(&self, span: Duration) -> usize {
+        let began = Instant::now();
+        let mut pings = 0;
+        while began.elapsed() < span {
+            if self.next().starts_with("WATCHDOG=1") {
+                pings += 1;
+            }
+        }
+        pings
+    }
 }
 
 #[test]
@@ -155,12 +179,7 @@ fn exposure(out: &str, unit: &str) -> f64 {
 fn notifies_ready_watchdog_and_stopping_on_notify_socket() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (mut child, notify, socket) = serve_notified(tmp.path(), &[]);
-    let mut buf = [0u8; 4096];
-    let mut recv = || {
-        let n = notify.recv(&mut buf).expect("a notification within 20 s");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
-    let first = recv();
+    let first = notify.next();
     assert!(
         first.starts_with("READY=1\n"),
         "first notification: {first:?}"
@@ -173,7 +192,7 @@ fn notifies_ready_watchdog_and_stopping_on_notify_socket() {
     let started = Instant::now();
     let mut pings = 0;
     while pings < 3 {
-        if recv().starts_with("WATCHDOG=1") {
+        if notify.next().starts_with("WATCHDOG=1") {
             pings += 1;
         }
     }
@@ -183,7 +202,7 @@ fn notifies_ready_watchdog_and_stopping_on_notify_socket() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let mut stopping = false;
     for _ in 0..50 {
-        if recv().starts_with("STOPPING=1") {
+        if notify.next().starts_with("STOPPING=1") {
             stopping = true;
             break;
         }
@@ -254,12 +273,7 @@ fn the_watchdog_is_fed_while_a_transaction_holds_the_writer() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (mut child, notify, socket) =
         serve_notified(tmp.path(), &["--txn-idle-timeout-ms", "60000"]);
-    let mut buf = [0u8; 4096];
-    let mut recv = || {
-        let n = notify.recv(&mut buf).expect("a notification within 20 s");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
-    assert!(recv().starts_with("READY=1\n"));
+    assert!(notify.next().starts_with("READY=1\n"));
     let rt = rt();
     let c = rt.block_on(Client::connect(&socket)).expect("connect");
     rt.block_on(c.execute("CREATE TABLE t(x)", params![]))
@@ -268,13 +282,7 @@ fn the_watchdog_is_fed_while_a_transaction_holds_the_writer() {
     rt.block_on(tx.execute("INSERT INTO t VALUES (1)", params![]))
         .expect("the writer holds the transaction now");
     // Held for over six watchdog periods, the pings keep coming.
-    let held = Instant::now();
-    let mut pings = 0;
-    while held.elapsed() < Duration::from_secs(2) {
-        if recv().starts_with("WATCHDOG=1") {
-            pings += 1;
-        }
-    }
+    let pings = notify.pings_within(Duration::from_secs(2));
     assert!(
         pings >= 10,
         "only {pings} WATCHDOG=1 in 2 s with a transaction open"
@@ -291,57 +299,24 @@ fn the_watchdog_is_fed_while_a_transaction_holds_the_writer() {
 /// healthy daemon killed by the watchdog.
 #[test]
 fn the_watchdog_is_fed_while_the_writer_waits_for_a_client_to_read_its_parts() {
-    use nexusd_protocol::{ResponseBody, TxnMode, TxnOp, features};
+    use nexusd_protocol::{ResponseBody, features};
 
     use crate::bad_input::handshaken_at;
-    use crate::parts::{answer, send};
+    use crate::parts::{EIGHT_MB, answer, begin_immediate, query_in};
 
     let tmp = tempfile::tempdir().expect("tempdir");
     let (mut child, notify, socket) =
         serve_notified(tmp.path(), &["--txn-idle-timeout-ms", "60000"]);
-    let mut buf = [0u8; 4096];
-    let mut recv = || {
-        let n = notify.recv(&mut buf).expect("a notification within 20 s");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
-    assert!(recv().starts_with("READY=1\n"));
+    assert!(notify.next().starts_with("READY=1\n"));
     let rt = rt();
     let c = rt.block_on(Client::connect(&socket)).expect("connect");
-    // 8 MB: far more than two parts and the socket's buffers hold.
-    rt.block_on(c.execute(
-        "CREATE TABLE t AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
-         LIMIT 8000) SELECT x, randomblob(1000) AS b FROM c",
-        params![],
-    ))
-    .expect("fill");
+    rt.block_on(c.execute(EIGHT_MB, params![])).expect("fill");
 
     let mut slow = handshaken_at(&socket, features::ALL);
-    send(
-        &mut slow,
-        1,
-        nexusd_protocol::RequestBody::Begin(TxnMode::Immediate),
-    );
-    let txn = match answer(&mut slow, 1).2 {
-        ResponseBody::Begun(txn) => txn,
-        other => panic!("begin: {other:?}"),
-    };
-    let op = TxnOp::Query(nexusd_protocol::Statement {
-        sql: "SELECT x, b FROM t ORDER BY x".into(),
-        params: nexusd_protocol::Params::Positional(vec![]),
-    });
-    send(
-        &mut slow,
-        2,
-        nexusd_protocol::RequestBody::Transaction { txn, op },
-    );
+    let txn = begin_immediate(&mut slow, 1);
+    query_in(&mut slow, 2, txn, "SELECT x, b FROM t ORDER BY x");
     // Not read for over six watchdog periods: the pings keep coming.
-    let held = Instant::now();
-    let mut pings = 0;
-    while held.elapsed() < Duration::from_secs(2) {
-        if recv().starts_with("WATCHDOG=1") {
-            pings += 1;
-        }
-    }
+    let pings = notify.pings_within(Duration::from_secs(2));
     assert!(
         pings >= 10,
         "only {pings} WATCHDOG=1 in 2 s while the writer waited for a client to read"
@@ -366,12 +341,7 @@ fn the_watchdog_is_fed_while_the_writer_waits_for_a_client_to_read_its_parts() {
 fn the_watchdog_is_fed_while_the_writer_runs_a_long_statement() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (mut child, notify, socket) = serve_notified(tmp.path(), &[]);
-    let mut buf = [0u8; 4096];
-    let mut recv = || {
-        let n = notify.recv(&mut buf).expect("a notification within 20 s");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
-    assert!(recv().starts_with("READY=1\n"));
+    assert!(notify.next().starts_with("READY=1\n"));
     let long = std::thread::spawn(move || {
         let c = nexusd_client::blocking::Client::connect(&socket).expect("connect");
         let began = Instant::now();
@@ -392,7 +362,7 @@ fn the_watchdog_is_fed_while_the_writer_runs_a_long_statement() {
     let mut pings = Vec::new();
     let watching = Instant::now();
     while !long.is_finished() {
-        if recv().starts_with("WATCHDOG=1") {
+        if notify.next().starts_with("WATCHDOG=1") {
             pings.push(watching.elapsed());
         }
     }
