@@ -314,6 +314,12 @@ pub(crate) fn render(s: &Snapshot<'_>) -> String {
     );
     counter(
         &mut out,
+        "nexusd_transaction_connections_opened_total",
+        "Read-only connections opened for deferred and read-only transactions (idle ones are reused, up to 8).",
+        t.connections_opened.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
         "nexusd_slow_statements_total",
         "Statements that ran at least slow-statement-ms (`nexusd ctl slowlog` shows the last 128).",
         s.slow_statements,

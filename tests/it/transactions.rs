@@ -539,3 +539,69 @@ fn a_dropped_blocking_transaction_is_rolled_back_at_once() {
     assert_eq!(count(&other, "SELECT count(*) FROM t"), 1);
     assert_eq!(count(&other, "SELECT count(*) FROM t WHERE x = 1"), 0);
 }
+
+/// Deferred and read-only transactions reuse the read-only connections of
+/// ended ones, instead of opening (and loading the schema into) one each;
+/// a reused connection starts a fresh snapshot, keeps nothing of the
+/// transaction before (not its savepoints), and, idle, holds no snapshot
+/// back from a checkpoint.
+#[test]
+fn snapshot_transactions_reuse_idle_connections_which_start_fresh() {
+    let (_d, c) = crate::daemon_with_table(&[], "CREATE TABLE t(x INTEGER)");
+    c.execute("INSERT INTO t VALUES (1)", params![])
+        .expect("insert");
+    let opened = || crate::metric(&c, "nexusd_transaction_connections_opened_total");
+    let int = |rows: nexusd_client::Rows| -> i64 {
+        rows.get(0).expect("a row").get(0).expect("an integer")
+    };
+    let before = opened();
+    for _ in 0..20 {
+        let tx = c.deferred_transaction().expect("begin deferred");
+        assert_eq!(
+            int(tx.query("SELECT x FROM t", params![]).expect("read")),
+            1
+        );
+        tx.commit().expect("commit");
+        let ro = c.read_transaction().expect("begin read-only");
+        ro.query("SELECT x FROM t", params![]).expect("read");
+        ro.rollback().expect("rollback");
+    }
+    assert!(
+        opened() - before <= 1,
+        "{} connections opened for 40 transactions one after another",
+        opened() - before
+    );
+
+    // Each begins where the database is now, not where the last one read.
+    c.execute("UPDATE t SET x = 2", params![]).expect("update");
+    let tx = c.deferred_transaction().expect("begin");
+    assert_eq!(
+        int(tx.query("SELECT x FROM t", params![]).expect("read")),
+        2
+    );
+    // Moved to the writer by its write: its read connection goes back.
+    tx.execute("UPDATE t SET x = 3", params![]).expect("write");
+    tx.commit().expect("commit");
+    let ro = c.read_transaction().expect("begin read-only");
+    assert_eq!(
+        ro.query("SELECT x FROM t", params![]).expect("read").len(),
+        1
+    );
+    ro.execute("SAVEPOINT left_open", params![])
+        .expect("a savepoint in a read-only transaction");
+    ro.rollback().expect("rollback with the savepoint open");
+    let ro = c.read_transaction().expect("begin read-only");
+    let e = ro
+        .execute("RELEASE left_open", params![])
+        .expect_err("the last transaction's savepoint is gone");
+    assert!(e.to_string().contains("no such savepoint"), "{e}");
+    ro.rollback().expect("rollback");
+    assert_eq!(count(&c, "SELECT x FROM t"), 3);
+    let result = c
+        .checkpoint(nexusd_client::CheckpointMode::Truncate)
+        .expect("checkpoint");
+    assert!(
+        !result.busy && result.wal_frames == 0,
+        "an idle transaction connection held the WAL: {result:?}"
+    );
+}

@@ -215,6 +215,11 @@ impl Engine {
                 }
             }
             TxnMode::Deferred | TxnMode::ReadOnly => {
+                // An idle connection begins at once, here; only opening a
+                // new one waits on a blocking thread.
+                if let Some(begun) = self.transactions.begin_snapshot_idle(&owner, mode) {
+                    return begun.map_or_else(ResponseBody::Error, |t| ResponseBody::Begun(t.id));
+                }
                 let txns = self.transactions.clone();
                 blocking(move || {
                     txns.begin_snapshot(owner, mode)

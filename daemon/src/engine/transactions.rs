@@ -90,6 +90,9 @@ pub(crate) struct TxnStats {
     pub(crate) aborted: AtomicU64,
     pub(crate) closed: AtomicU64,
     pub(crate) by_operator: AtomicU64,
+    /// Read-only connections opened for snapshot transactions (an idle
+    /// one is reused when there is one).
+    pub(crate) connections_opened: AtomicU64,
 }
 
 /// Why a transaction is over.
@@ -206,8 +209,10 @@ enum State {
 }
 
 /// A transaction's own read-only connection, holding one snapshot.
+/// Dropped, it ends the read and goes back to the idle ones.
 pub(crate) struct Snapshot {
-    conn: Connection,
+    /// `None` only once dropped.
+    conn: Option<Connection>,
     guard: Guard,
     /// The writer's commit count before the snapshot began, set by the
     /// first statement that ran (SQLite takes the snapshot at the first
@@ -215,6 +220,40 @@ pub(crate) struct Snapshot {
     /// only while the count is unchanged. `None` while nothing was read,
     /// so a transaction whose first statement writes never conflicts.
     seq: Option<u64>,
+    idle: Arc<Idle>,
+}
+
+/// Read-only connections of ended snapshots, each out of any transaction,
+/// kept for the next: opening one, loading the schema into it and
+/// preparing its statements costs many times a transaction's reads.
+#[derive(Default)]
+struct Idle(Mutex<Vec<(Connection, Guard)>>);
+
+/// The most idle snapshot connections kept; more are closed.
+const IDLE_SNAPSHOTS: usize = 8;
+
+impl Idle {
+    fn take(&self) -> Option<(Connection, Guard)> {
+        self.0.lock().ok()?.pop()
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        // Ended, it holds no snapshot back from a checkpoint. One SQLite
+        // could not end is closed instead.
+        if !conn.is_autocommit() && conn.execute_batch("ROLLBACK").is_err() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.0.lock()
+            && idle.len() < IDLE_SNAPSHOTS
+        {
+            idle.push((conn, self.guard.clone()));
+        }
+    }
 }
 
 /// One interactive transaction.
@@ -328,6 +367,7 @@ pub(crate) struct Transactions {
     /// The daemon's durability, for the guard of a snapshot's connection.
     synchronous: Synchronous,
     max_result_bytes: usize,
+    idle: Arc<Idle>,
 }
 
 /// The leases in force (reloadable).
@@ -355,6 +395,7 @@ impl Transactions {
             db_path,
             synchronous,
             max_result_bytes,
+            idle: Arc::default(),
         }
     }
 
@@ -415,29 +456,63 @@ impl Transactions {
     }
 
     /// Opens a read-only or deferred transaction on a read-only connection
-    /// of its own; its snapshot begins at its first read.
+    /// of its own, an idle one if there is one; its snapshot begins at its
+    /// first read. Blocking when it must open a connection.
     pub(crate) fn begin_snapshot(
         &self,
         owner: Arc<Owner>,
         mode: TxnMode,
     ) -> Result<Arc<Txn>, ErrorBody> {
-        let (conn, guard) = db::open_reader(&self.db_path, self.synchronous).map_err(|e| {
-            ErrorBody::new(
-                ErrorKind::Io,
-                format!(
-                    "could not open a read-only connection for the transaction: {e:#}; nothing \
-                     was begun"
-                ),
-            )
-        })?;
+        let (conn, guard) = match self.idle.take() {
+            Some(idle) => idle,
+            None => {
+                let opened = db::open_reader(&self.db_path, self.synchronous).map_err(|e| {
+                    ErrorBody::new(
+                        ErrorKind::Io,
+                        format!(
+                            "could not open a read-only connection for the transaction: {e:#}; \
+                             nothing was begun"
+                        ),
+                    )
+                })?;
+                self.stats
+                    .connections_opened
+                    .fetch_add(1, Ordering::Relaxed);
+                opened
+            }
+        };
+        self.begin_on(owner, mode, conn, guard)
+    }
+
+    /// Opens a read-only or deferred transaction on an idle connection,
+    /// which takes no I/O; `None` when none is idle (`begin_snapshot`
+    /// then opens one, off the async threads).
+    pub(crate) fn begin_snapshot_idle(
+        &self,
+        owner: &Arc<Owner>,
+        mode: TxnMode,
+    ) -> Option<Result<Arc<Txn>, ErrorBody>> {
+        let (conn, guard) = self.idle.take()?;
+        Some(self.begin_on(owner.clone(), mode, conn, guard))
+    }
+
+    fn begin_on(
+        &self,
+        owner: Arc<Owner>,
+        mode: TxnMode,
+        conn: Connection,
+        guard: Guard,
+    ) -> Result<Arc<Txn>, ErrorBody> {
         // The WAL snapshot is taken at the first read, and from then on
-        // every read in the transaction sees it.
+        // every read in the transaction sees it. BEGIN DEFERRED itself
+        // takes no lock and reads nothing.
         conn.execute_batch("BEGIN DEFERRED")
             .map_err(|e| statement::own_statement_error("BEGIN (snapshot)", &e))?;
         let snapshot = Snapshot {
-            conn,
+            conn: Some(conn),
             guard,
             seq: None,
+            idle: self.idle.clone(),
         };
         Ok(self.register(owner, mode, State::Snapshot(Arc::new(Mutex::new(snapshot)))))
     }
@@ -605,8 +680,13 @@ impl Transactions {
         // Read before the statement can take the snapshot: a commit in
         // between makes a later move a conflict, never a lost one.
         let seq = self.writer.commit_seq.load(Ordering::SeqCst);
-        let ran =
-            statement::run_if_read_only(&snapshot.conn, &snapshot.guard, scope, st, want, limits);
+        let conn = snapshot.conn.as_ref().ok_or_else(|| {
+            ErrorBody::new(
+                ErrorKind::Internal,
+                format!("transaction {}'s connection is gone", txn.id),
+            )
+        })?;
+        let ran = statement::run_if_read_only(conn, &snapshot.guard, scope, st, want, limits);
         if matches!(ran, Ok(ReadOnly::Ran(_)) | Err(_)) && snapshot.seq.is_none() {
             snapshot.seq = Some(seq);
         }
