@@ -279,7 +279,20 @@ pub(crate) fn start(conn: &Arc<Connection>, req: Request, permit: OwnedSemaphore
         RequestBody::Admin(admin) => spawn_waiting(Waits::Admin(admin), arrived, deadline, answer),
         RequestBody::Begin(mode) => spawn_waiting(Waits::Begin(mode), arrived, deadline, answer),
         RequestBody::Transaction { txn, op } => {
-            spawn_waiting(Waits::Transaction(txn, op), arrived, deadline, answer)
+            // A read of a transaction still on its snapshot runs here when
+            // it can, as a read in place does.
+            let takes_parts = conn.features & features::ROW_PARTS != 0;
+            match ctx.engine.transactions.in_place(
+                txn,
+                conn.who.id,
+                op,
+                takes_parts,
+                arrived,
+                deadline,
+            ) {
+                Ok(body) => answer.give(body),
+                Err(op) => spawn_waiting(Waits::Transaction(txn, op), arrived, deadline, answer),
+            }
         }
     }
 }

@@ -605,3 +605,72 @@ fn snapshot_transactions_reuse_idle_connections_which_start_fresh() {
         "an idle transaction connection held the WAL: {result:?}"
     );
 }
+
+/// A transaction's reads run on the I/O thread when they can (within a
+/// short budget, as reads in place do), and on a blocking thread when
+/// they cannot; either way in the transaction's one snapshot: a read that
+/// outruns the budget is run again whole there and sees what the first
+/// read saw, as do reads sent many at once, and a read that writes still
+/// moves a deferred transaction to the writer.
+#[test]
+fn a_transactions_reads_see_its_snapshot_in_place_or_not() {
+    let (_d, c) = crate::daemon_with_table(&[], "CREATE TABLE t(x INTEGER)");
+    c.execute("INSERT INTO t VALUES (1)", params![])
+        .expect("insert");
+    let int = |rows: nexusd_client::Rows| -> i64 {
+        rows.get(0).expect("a row").get(0).expect("an integer")
+    };
+    // Over the 200 us budget: a recursive count of 300,000.
+    let slow = "SELECT (SELECT count(*) FROM t) + (WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL \
+                SELECT i + 1 FROM n WHERE i < 300000) SELECT count(*) - 300000 FROM n)";
+    for deferred in [false, true] {
+        let tx = if deferred {
+            c.deferred_transaction().expect("begin deferred")
+        } else {
+            c.read_transaction().expect("begin read-only")
+        };
+        let before = int(tx
+            .query("SELECT count(*) FROM t", params![])
+            .expect("first read"));
+        c.execute("INSERT INTO t VALUES (2)", params![])
+            .expect("a commit after the snapshot");
+        assert_eq!(int(tx.query(slow, params![]).expect("slow read")), before);
+        assert_eq!(
+            int(tx
+                .query("SELECT count(*) FROM t", params![])
+                .expect("quick read")),
+            before
+        );
+        if deferred {
+            // A commit came between: its first write conflicts, as before.
+            let e = tx
+                .execute("INSERT INTO t VALUES (3)", params![])
+                .expect_err("a write after another's commit");
+            assert!(e.to_string().contains("conflict"), "{e}");
+        } else {
+            tx.commit().expect("end");
+        }
+    }
+    // Many reads of one transaction at once, from threads sharing it.
+    let tx = c.read_transaction().expect("begin read-only");
+    let seen = int(tx.query("SELECT count(*) FROM t", params![]).expect("read"));
+    c.execute("INSERT INTO t VALUES (4)", params![])
+        .expect("a commit after the snapshot");
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..50 {
+                    let n = int(tx.query("SELECT count(*) FROM t", params![]).expect("read"));
+                    assert_eq!(n, seen, "a read left the snapshot");
+                }
+            });
+        }
+    });
+    tx.commit().expect("end");
+    let tx = c.deferred_transaction().expect("begin deferred");
+    let n = int(tx.query("SELECT count(*) FROM t", params![]).expect("read"));
+    tx.execute("INSERT INTO t VALUES (5)", params![])
+        .expect("moves to the writer");
+    tx.commit().expect("commit");
+    assert_eq!(count(&c, "SELECT count(*) FROM t"), n + 1);
+}

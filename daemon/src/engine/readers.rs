@@ -53,7 +53,7 @@ const GATE_POLL: Duration = Duration::from_millis(1);
 
 /// The longest a read runs in place on a connection thread before it is
 /// interrupted and handed to the pool.
-const INLINE_BUDGET: Duration = Duration::from_micros(200);
+pub(super) const INLINE_BUDGET: Duration = Duration::from_micros(200);
 
 /// The longest a thread's reads in place keep one snapshot, commits or
 /// not: a checkpoint restarting the WAL waits at most about this long.

@@ -30,7 +30,8 @@ use rusqlite::Connection;
 
 use super::db::{self, Synchronous, epoch};
 use super::guard::{Guard, Scope};
-use super::parts::Parts;
+use super::parts::{PART_BYTES, Parts};
+use super::readers::INLINE_BUDGET;
 use super::statement::{self, ReadOnly, StatementLimits, Want};
 use super::writer::WriterStats;
 
@@ -562,6 +563,87 @@ impl Transactions {
             Ok(State::Snapshot(_)) => Route::Snapshot(op),
             Ok(State::Ended(end)) => Route::Done(ResponseBody::Error(end.error(id))),
             Err(_) => Route::Done(poisoned()),
+        }
+    }
+
+    /// Serves a query or statement of a transaction in its snapshot phase
+    /// here, on the calling (async) thread, as a read in place is served:
+    /// only if its snapshot is free now, and for at most `INLINE_BUDGET`,
+    /// never waiting on a lock. `Err` hands the request back, unchanged in
+    /// effect, for `in_transaction` (the snapshot was busy, the statement
+    /// writes, its result goes in parts, or it ran out of the budget:
+    /// a read changed nothing, so it runs again whole there, on the same
+    /// snapshot). Saves a transaction's read the hop to a blocking thread
+    /// and back.
+    pub(crate) fn in_place(
+        &self,
+        id: u64,
+        client_id: u64,
+        op: TxnOp,
+        takes_parts: bool,
+        arrived: Instant,
+        deadline: Instant,
+    ) -> Result<ResponseBody, TxnOp> {
+        let want = match &op {
+            TxnOp::Query(_) => Want::Rows,
+            TxnOp::Execute(_) => Want::Changes,
+            _ => return Err(op),
+        };
+        let (TxnOp::Query(st) | TxnOp::Execute(st)) = &op else {
+            return Err(op);
+        };
+        // Whatever is wrong with the transaction (unknown, another
+        // client's, ended), the usual way says so, once: this look forgets
+        // nothing.
+        let txn = self.open.lock().ok().and_then(|m| m.get(&id).cloned());
+        let Some(txn) = txn.filter(|t| t.owner.client_id == client_id) else {
+            return Err(op);
+        };
+        let state = match txn.state.lock().as_deref() {
+            Ok(State::Snapshot(snap)) => snap.clone(),
+            _ => return Err(op),
+        };
+        let Ok(mut snapshot) = state.try_lock() else {
+            return Err(op);
+        };
+        let budget = Instant::now() + INLINE_BUDGET;
+        let mut limits =
+            StatementLimits::for_request(arrived, deadline, self.max_result_bytes, &txn.owner);
+        if budget < deadline {
+            limits.deadline = budget;
+        }
+        if takes_parts {
+            limits.max_result_bytes = limits.max_result_bytes.min(PART_BYTES);
+        }
+        // A lock (a WAL being restarted) fails at once here instead of
+        // stalling every connection on this thread; the usual way waits.
+        if let Some(conn) = &snapshot.conn {
+            let _ = conn.busy_timeout(Duration::ZERO);
+        }
+        let ran = self.run_read(&txn, &mut snapshot, st, want, &limits);
+        if let Some(conn) = &snapshot.conn {
+            let _ = conn.busy_timeout(db::BUSY_TIMEOUT);
+        }
+        match ran {
+            Ok(Some(answer)) => {
+                txn.touch();
+                txn.statements.fetch_add(1, Ordering::Relaxed);
+                Ok(answer)
+            }
+            // It writes: the usual way moves the transaction to the writer.
+            Ok(None) => Err(op),
+            Err(e)
+                if (e.kind == ErrorKind::Timeout && budget < deadline)
+                    || (e.kind == ErrorKind::TooLarge && takes_parts)
+                    || e.code == rusqlite::ffi::SQLITE_BUSY =>
+            {
+                Err(op)
+            }
+            Err(e) => {
+                txn.touch();
+                txn.statements.fetch_add(1, Ordering::Relaxed);
+                Ok(ResponseBody::Error(e))
+            }
         }
     }
 
