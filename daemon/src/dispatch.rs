@@ -28,7 +28,7 @@ use crate::admin;
 use crate::clients::ClientEntry;
 use crate::context::Context;
 use crate::engine::{
-    BEAT_EVERY, Beat, InPlace, Owner, PARTS_AHEAD, Parts, ReadOutcome, Sink, WriteOp,
+    BEAT_EVERY, Beat, InPlace, Owner, PARTS_AHEAD, Parts, ReadOutcome, Route, Sink, WriteOp,
 };
 use crate::metrics::RequestKind;
 
@@ -291,7 +291,10 @@ pub(crate) fn start(conn: &Arc<Connection>, req: Request, permit: OwnedSemaphore
                 deadline,
             ) {
                 Ok(body) => answer.give(body),
-                Err(op) => spawn_waiting(Waits::Transaction(txn, op), arrived, deadline, answer),
+                Err(Route::Snapshot(op)) => {
+                    spawn_waiting(Waits::Transaction(txn, op), arrived, deadline, answer)
+                }
+                Err(route) => spawn_waiting(Waits::Moved(txn, route), arrived, deadline, answer),
             }
         }
     }
@@ -303,6 +306,9 @@ enum Waits {
     Admin(AdminRequest),
     Begin(TxnMode),
     Transaction(u64, TxnOp),
+    /// A transaction's statement that `Transactions::in_place` found
+    /// writes, with the transaction moving to the writer.
+    Moved(u64, Route),
 }
 
 /// Checks the request against the database served and the peer's role;
@@ -385,7 +391,14 @@ fn write_query(
 fn spawn_waiting(what: Waits, arrived: Instant, deadline: Instant, answer: Answer) {
     tokio::spawn(async move {
         let parts = match &what {
-            Waits::Transaction(_, TxnOp::Query(_)) => answer.parts(),
+            Waits::Transaction(_, TxnOp::Query(_))
+            | Waits::Moved(
+                _,
+                Route::MoveToWriter {
+                    op: TxnOp::Query(_),
+                    ..
+                },
+            ) => answer.parts(),
             _ => None,
         };
         let reply = waiting(&answer.conn, what, parts, arrived, deadline).await;
@@ -414,6 +427,11 @@ async fn waiting(
         Waits::Transaction(txn, op) => {
             ctx.engine
                 .in_transaction(txn, who.id, op, parts, arrived, deadline)
+                .await
+        }
+        Waits::Moved(txn, route) => {
+            ctx.engine
+                .moved_to_writer(txn, route, parts, arrived, deadline)
                 .await
         }
     }

@@ -37,8 +37,8 @@ pub(crate) use readers::{
 pub(crate) use relay::{Sink, relay_for_this_thread};
 pub(crate) use statement::want_decltypes;
 pub use statement::{is_blank, skip_blank};
-use transactions::{End, Route, TxnMsg};
-pub(crate) use transactions::{Leases, Owner, Transactions, TxnStats};
+use transactions::{End, TxnMsg};
+pub(crate) use transactions::{Leases, Owner, Route, Transactions, TxnStats};
 use writer::TxnStart;
 pub use writer::{WriteOp, WriterConfig, WriterHandle, spawn as spawn_writer};
 pub(crate) use writer::{WriterAdmin, WriterStats};
@@ -262,7 +262,40 @@ impl Engine {
                 (Route::Done(failed), None)
             });
         }
-        let body = match route {
+        let body = self.follow(id, route, parts, arrived, deadline).await;
+        txns.busy(id, false);
+        self.forget_if_over(id, ending, &body);
+        body
+    }
+
+    /// The rest of a request `Transactions::in_place` found writes: the
+    /// transaction is moving to the writer with it.
+    pub(crate) async fn moved_to_writer(
+        &self,
+        id: u64,
+        route: Route,
+        parts: Option<Parts>,
+        arrived: Instant,
+        deadline: Instant,
+    ) -> ResponseBody {
+        let txns = &self.transactions;
+        txns.busy(id, true);
+        let body = self.follow(id, route, parts, arrived, deadline).await;
+        txns.busy(id, false);
+        self.forget_if_over(id, false, &body);
+        body
+    }
+
+    /// Serves a request the way `route` says, past the snapshot.
+    async fn follow(
+        &self,
+        id: u64,
+        route: Route,
+        parts: Option<Parts>,
+        arrived: Instant,
+        deadline: Instant,
+    ) -> ResponseBody {
+        match route {
             Route::Done(body) => body,
             Route::Snapshot(_) => ResponseBody::Error(ErrorBody::new(
                 ErrorKind::Internal,
@@ -281,10 +314,7 @@ impl Engine {
                     .submit_transaction(start, arrived, deadline)
                     .await
             }
-        };
-        txns.busy(id, false);
-        self.forget_if_over(id, ending, &body);
-        body
+        }
     }
 
     /// Sends a request to the writer holding transaction `id`.

@@ -569,12 +569,14 @@ impl Transactions {
     /// Serves a query or statement of a transaction in its snapshot phase
     /// here, on the calling (async) thread, as a read in place is served:
     /// only if its snapshot is free now, and for at most `INLINE_BUDGET`,
-    /// never waiting on a lock. `Err` hands the request back, unchanged in
-    /// effect, for `in_transaction` (the snapshot was busy, the statement
-    /// writes, its result goes in parts, or it ran out of the budget:
-    /// a read changed nothing, so it runs again whole there, on the same
-    /// snapshot). Saves a transaction's read the hop to a blocking thread
-    /// and back.
+    /// never waiting on a lock. Saves a transaction's read the hop to a
+    /// blocking thread and back. `Err(Route::Snapshot(op))` hands the
+    /// request back, unchanged in effect, for `in_transaction` (the
+    /// snapshot was busy, the result goes in parts, or the read ran out of
+    /// the budget: it changed nothing, so it runs again whole there, on
+    /// the same snapshot). `Err(Route::MoveToWriter)`: the statement
+    /// writes, and the transaction is moving to the writer, for
+    /// `Engine::moved_to_writer`.
     pub(crate) fn in_place(
         &self,
         id: u64,
@@ -583,28 +585,28 @@ impl Transactions {
         takes_parts: bool,
         arrived: Instant,
         deadline: Instant,
-    ) -> Result<ResponseBody, TxnOp> {
+    ) -> Result<ResponseBody, Route> {
         let want = match &op {
             TxnOp::Query(_) => Want::Rows,
             TxnOp::Execute(_) => Want::Changes,
-            _ => return Err(op),
+            _ => return Err(Route::Snapshot(op)),
         };
         let (TxnOp::Query(st) | TxnOp::Execute(st)) = &op else {
-            return Err(op);
+            return Err(Route::Snapshot(op));
         };
         // Whatever is wrong with the transaction (unknown, another
         // client's, ended), the usual way says so, once: this look forgets
         // nothing.
         let txn = self.open.lock().ok().and_then(|m| m.get(&id).cloned());
         let Some(txn) = txn.filter(|t| t.owner.client_id == client_id) else {
-            return Err(op);
+            return Err(Route::Snapshot(op));
         };
         let state = match txn.state.lock().as_deref() {
             Ok(State::Snapshot(snap)) => snap.clone(),
-            _ => return Err(op),
+            _ => return Err(Route::Snapshot(op)),
         };
         let Ok(mut snapshot) = state.try_lock() else {
-            return Err(op);
+            return Err(Route::Snapshot(op));
         };
         let budget = Instant::now() + INLINE_BUDGET;
         let mut limits =
@@ -630,14 +632,20 @@ impl Transactions {
                 txn.statements.fetch_add(1, Ordering::Relaxed);
                 Ok(answer)
             }
-            // It writes: the usual way moves the transaction to the writer.
-            Ok(None) => Err(op),
+            // It writes: the transaction moves to the writer with it.
+            Ok(None) => {
+                txn.touch();
+                txn.statements.fetch_add(1, Ordering::Relaxed);
+                let seq = snapshot.seq;
+                drop(snapshot);
+                Err(self.move_to_writer(txn, seq, op))
+            }
             Err(e)
                 if (e.kind == ErrorKind::Timeout && budget < deadline)
                     || (e.kind == ErrorKind::TooLarge && takes_parts)
                     || e.code == rusqlite::ffi::SQLITE_BUSY =>
             {
-                Err(op)
+                Err(Route::Snapshot(op))
             }
             Err(e) => {
                 txn.touch();
