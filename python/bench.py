@@ -3,14 +3,18 @@
     python3 python/bench.py [--duration 5] [--processes 8] [--threads 8]
                             [--tasks 64] [--nexusd target/release/nexusd] [--json]
 
-For each workload (single-row durable inserts of a 100-byte blob, and
-point reads by primary key) it runs, one after the other:
+For each workload (single-row durable inserts of a 100-byte blob; the
+same insert as sqlite3's default mode writes it, `execute()` then
+`commit()`, so a transaction each; and point reads by primary key) it
+runs, one after the other:
 
 - nexusd:  PROCESSES x THREADS, each thread a Connection of its own (they
            share one socket per process), autocommit;
 - sqlite3: the same processes and threads, each thread its own sqlite3
            connection: WAL, synchronous=FULL, busy_timeout 5000 ms;
-- aio:     one process, TASKS asyncio tasks on one nexusd.aio connection.
+- aio:     one process, TASKS asyncio tasks on one nexusd.aio connection
+           (a connection each for execute-then-commit, since a
+           connection's transaction is shared by whoever uses it).
 
 Then the binding's cost per call: one thread doing point reads one at a
 time through nexusd (Python), against the blocking Rust client
@@ -65,10 +69,12 @@ def _worker(args) -> tuple:
 
     def thread(t):
         rng = random.Random(seed * 1000 + t)
+        # insert-commit keeps sqlite3's default: BEGIN before the INSERT.
+        level = "" if workload == "insert-commit" else None
         if kind == "nexusd":
-            conn = nexusd.connect(target, isolation_level=None)
+            conn = nexusd.connect(target, isolation_level=level)
         else:
-            conn = sqlite3.connect(target, timeout=5.0, isolation_level=None,
+            conn = sqlite3.connect(target, timeout=5.0, isolation_level=level,
                                    check_same_thread=False)
             conn.execute("PRAGMA synchronous=FULL")
         mine, bad = [], 0
@@ -77,12 +83,17 @@ def _worker(args) -> tuple:
             try:
                 if workload == "insert":
                     conn.execute("INSERT INTO bench(payload) VALUES (?)", (PAYLOAD,))
+                elif workload == "insert-commit":
+                    conn.execute("INSERT INTO bench(payload) VALUES (?)", (PAYLOAD,))
+                    conn.commit()
                 else:
                     conn.execute("SELECT payload FROM bench WHERE id = ?",
                                  (rng.randrange(1, ROWS + 1),)).fetchone()
                 mine.append(time.perf_counter() - t0)
             except Exception:  # noqa: BLE001 - "database is locked" is the point
                 bad += 1
+                if workload == "insert-commit":
+                    conn.rollback()
         with lock:
             lat.extend(mine)
             errors[0] += bad
@@ -121,11 +132,15 @@ def run_aio(socket, workload, tasks, duration) -> dict:
         async def task(n):
             nonlocal errors
             rng = random.Random(n)
+            own = await nexusd.aio.connect(socket) if workload == "insert-commit" else None
             while time.time() < deadline:
                 t0 = time.perf_counter()
                 try:
                     if workload == "insert":
                         await db.execute("INSERT INTO bench(payload) VALUES (?)", (PAYLOAD,))
+                    elif own is not None:
+                        await own.execute("INSERT INTO bench(payload) VALUES (?)", (PAYLOAD,))
+                        await own.commit()
                     else:
                         cur = await db.execute("SELECT payload FROM bench WHERE id = ?",
                                                (rng.randrange(1, ROWS + 1),))
@@ -133,6 +148,10 @@ def run_aio(socket, workload, tasks, duration) -> dict:
                     lat.append(time.perf_counter() - t0)
                 except Exception:  # noqa: BLE001
                     errors += 1
+                    if own is not None:
+                        await own.rollback()
+            if own is not None:
+                await own.close()
 
         await asyncio.gather(*(task(n) for n in range(tasks)))
         await db.close()
@@ -238,7 +257,7 @@ def main() -> None:
         proc, sock = start_daemon(args.nexusd, tmp)
         direct_db = str(tmp / "direct.db")
         try:
-            for workload in ("insert", "point-read"):
+            for workload in ("insert", "insert-commit", "point-read"):
                 runs = []
                 prepare("nexusd", sock)
                 runs.append(run_processes("nexusd", sock, workload, args.processes,
