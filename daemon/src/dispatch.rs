@@ -294,7 +294,7 @@ pub(crate) fn start(conn: &Arc<Connection>, req: Request, permit: OwnedSemaphore
                 Err(Route::Snapshot(op)) => {
                     spawn_waiting(Waits::Transaction(txn, op), arrived, deadline, answer)
                 }
-                Err(route) => spawn_waiting(Waits::Moved(txn, route), arrived, deadline, answer),
+                Err(route) => spawn_waiting(Waits::Routed(txn, route), arrived, deadline, answer),
             }
         }
     }
@@ -306,9 +306,9 @@ enum Waits {
     Admin(AdminRequest),
     Begin(TxnMode),
     Transaction(u64, TxnOp),
-    /// A transaction's statement that `Transactions::in_place` found
-    /// writes, with the transaction moving to the writer.
-    Moved(u64, Route),
+    /// A transaction's query or statement that `Transactions::in_place`
+    /// routed to the writer.
+    Routed(u64, Route),
 }
 
 /// Checks the request against the database served and the peer's role;
@@ -392,7 +392,8 @@ fn spawn_waiting(what: Waits, arrived: Instant, deadline: Instant, answer: Answe
     tokio::spawn(async move {
         let parts = match &what {
             Waits::Transaction(_, TxnOp::Query(_))
-            | Waits::Moved(
+            | Waits::Routed(_, Route::Writer(_, TxnOp::Query(_)))
+            | Waits::Routed(
                 _,
                 Route::MoveToWriter {
                     op: TxnOp::Query(_),
@@ -429,9 +430,9 @@ async fn waiting(
                 .in_transaction(txn, who.id, op, parts, arrived, deadline)
                 .await
         }
-        Waits::Moved(txn, route) => {
+        Waits::Routed(txn, route) => {
             ctx.engine
-                .moved_to_writer(txn, route, parts, arrived, deadline)
+                .to_the_writer(txn, route, parts, arrived, deadline)
                 .await
         }
     }

@@ -262,15 +262,14 @@ impl Engine {
                 (Route::Done(failed), None)
             });
         }
-        let body = self.follow(id, route, parts, arrived, deadline).await;
-        txns.busy(id, false);
-        self.forget_if_over(id, ending, &body);
-        body
+        self.follow(id, ending, route, parts, arrived, deadline)
+            .await
     }
 
-    /// The rest of a request `Transactions::in_place` found writes: the
-    /// transaction is moving to the writer with it.
-    pub(crate) async fn moved_to_writer(
+    /// The rest of a query or statement `Transactions::in_place` routed to
+    /// the writer: the transaction holds it, or is moving to it with this
+    /// request.
+    pub(crate) async fn to_the_writer(
         &self,
         id: u64,
         route: Route,
@@ -278,24 +277,24 @@ impl Engine {
         arrived: Instant,
         deadline: Instant,
     ) -> ResponseBody {
-        let txns = &self.transactions;
-        txns.busy(id, true);
-        let body = self.follow(id, route, parts, arrived, deadline).await;
-        txns.busy(id, false);
-        self.forget_if_over(id, false, &body);
-        body
+        self.transactions.busy(id, true);
+        self.follow(id, false, route, parts, arrived, deadline)
+            .await
     }
 
-    /// Serves a request the way `route` says, past the snapshot.
+    /// Serves a request on transaction `id` the way `route` says, past the
+    /// snapshot, then marks it done (and forgets the transaction if the
+    /// request ended it).
     async fn follow(
         &self,
         id: u64,
+        ending: bool,
         route: Route,
         parts: Option<Parts>,
         arrived: Instant,
         deadline: Instant,
     ) -> ResponseBody {
-        match route {
+        let body = match route {
             Route::Done(body) => body,
             Route::Snapshot(_) => ResponseBody::Error(ErrorBody::new(
                 ErrorKind::Internal,
@@ -314,7 +313,10 @@ impl Engine {
                     .submit_transaction(start, arrived, deadline)
                     .await
             }
-        }
+        };
+        self.transactions.busy(id, false);
+        self.forget_if_over(id, ending, &body);
+        body
     }
 
     /// Sends a request to the writer holding transaction `id`.

@@ -574,9 +574,10 @@ impl Transactions {
     /// request back, unchanged in effect, for `in_transaction` (the
     /// snapshot was busy, the result goes in parts, or the read ran out of
     /// the budget: it changed nothing, so it runs again whole there, on
-    /// the same snapshot). `Err(Route::MoveToWriter)`: the statement
-    /// writes, and the transaction is moving to the writer, for
-    /// `Engine::moved_to_writer`.
+    /// the same snapshot). `Err(Route::Writer)`: the transaction holds the
+    /// writer, so the request goes there; `Err(Route::MoveToWriter)`: the
+    /// statement writes, and the transaction is moving to the writer; both
+    /// for `Engine::to_the_writer`.
     pub(crate) fn in_place(
         &self,
         id: u64,
@@ -603,6 +604,12 @@ impl Transactions {
         };
         let state = match txn.state.lock().as_deref() {
             Ok(State::Snapshot(snap)) => snap.clone(),
+            // Already on the writer: straight there, looked up once.
+            Ok(State::Writer(tx)) => {
+                txn.touch();
+                txn.statements.fetch_add(1, Ordering::Relaxed);
+                return Err(Route::Writer(tx.clone(), op));
+            }
             _ => return Err(Route::Snapshot(op)),
         };
         let Ok(mut snapshot) = state.try_lock() else {
