@@ -5,8 +5,8 @@
 //! and sharing their thread's snapshot, requests answered without a task
 //! of their own, frames combined on the client, sockets registered for
 //! reading only) all sit on these, so a regression in any shows here; so
-//! does one in a large read's parts, or in a query run in a transaction
-//! that holds the writer.
+//! does one in a large read's parts, in a query run in a transaction
+//! that holds the writer, or in a deferred transaction's reads.
 //!
 //! `cargo bench -p nexusd-tests --bench round_trip` (release daemon); under
 //! `cargo test` each case runs once against the debug build.
@@ -94,6 +94,25 @@ fn round_trips(c: &mut Criterion) {
                 )
                 .expect("returning in the transaction");
             tx.rollback().expect("rollback");
+            rows
+        })
+    });
+    // A deferred transaction of two reads, then its commit: it begins on
+    // an idle read connection, and its reads run on the I/O thread, on
+    // its snapshot. Four round trips.
+    group.bench_function("reads_in_deferred_transaction_blocking", |b| {
+        b.iter(|| {
+            i = i % ROWS + 1;
+            let tx = db.deferred_transaction().expect("begin");
+            tx.query("SELECT payload FROM bench WHERE id = ?1", params![i])
+                .expect("first read");
+            let rows = tx
+                .query(
+                    "SELECT payload FROM bench WHERE id = ?1",
+                    params![ROWS + 1 - i],
+                )
+                .expect("second read");
+            tx.commit().expect("commit");
             rows
         })
     });
