@@ -587,13 +587,10 @@ impl Transactions {
         arrived: Instant,
         deadline: Instant,
     ) -> Result<ResponseBody, Route> {
-        let want = match &op {
-            TxnOp::Query(_) => Want::Rows,
-            TxnOp::Execute(_) => Want::Changes,
+        let (want, st) = match &op {
+            TxnOp::Query(st) => (Want::Rows, st),
+            TxnOp::Execute(st) => (Want::Changes, st),
             _ => return Err(Route::Snapshot(op)),
-        };
-        let (TxnOp::Query(st) | TxnOp::Execute(st)) = &op else {
-            return Err(Route::Snapshot(op));
         };
         // Whatever is wrong with the transaction (unknown, another
         // client's, ended), the usual way says so, once: this look forgets
