@@ -386,3 +386,56 @@ fn the_watchdog_is_fed_while_the_writer_runs_a_long_statement() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().expect("wait").success());
 }
+
+/// A checkpoint of a big WAL (after a bulk load, say) is SQLite copying
+/// pages into the database, with no callback on the way: the writer shows
+/// a heartbeat from another thread meanwhile, so systemd does not kill the
+/// daemon in the middle of it, and then again at every start after.
+#[test]
+fn the_watchdog_is_fed_while_the_writer_checkpoints_a_big_wal() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (mut child, notify, socket) = serve_notified(tmp.path(), &[]);
+    assert!(notify.next().starts_with("READY=1\n"));
+    let load = std::thread::spawn(move || {
+        let c = nexusd_client::blocking::Client::connect(&socket).expect("connect");
+        // About 600 MB into the WAL in one transaction; its commit starts
+        // a checkpoint of all of it (over a second here; before the writer
+        // had its vigil, no WATCHDOG=1 came for all of it).
+        c.execute(
+            "CREATE TABLE t AS WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n \
+             WHERE i < 300000) SELECT i, zeroblob(2000) AS v FROM n",
+            params![],
+        )
+        .expect("a bulk load");
+        // Queued behind that checkpoint, so it returns once it is done.
+        let loaded = Instant::now();
+        c.execute("INSERT INTO t VALUES (0, x'00')", params![])
+            .expect("a write after the load");
+        loaded.elapsed()
+    });
+    let mut pings = Vec::new();
+    let watching = Instant::now();
+    while !load.is_finished() {
+        if notify.next().starts_with("WATCHDOG=1") {
+            pings.push(watching.elapsed());
+        }
+    }
+    let checkpoint = load.join().expect("the load");
+    let mut last = Duration::ZERO;
+    for &at in pings.iter().chain([watching.elapsed()].iter()) {
+        assert!(
+            at - last < Duration::from_millis(750),
+            "no WATCHDOG=1 from {last:?} to {at:?}; the write after the load waited \
+             {checkpoint:?} for the checkpoint"
+        );
+        last = at;
+    }
+    assert!(
+        checkpoint > Duration::from_millis(900),
+        "the write after the load waited only {checkpoint:?}: the checkpoint was too short \
+         to show anything"
+    );
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().expect("wait").success());
+}

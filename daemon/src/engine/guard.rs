@@ -40,6 +40,14 @@ pub(crate) struct Guard {
 /// heartbeat, so a long statement there reads as alive to the watchdog.
 pub(crate) type Pulse = Arc<AtomicU64>;
 
+/// Shows on `pulse` that its owner is alive now; returns now, in
+/// nanoseconds since `epoch()` (never 0, which means "no beat").
+pub(crate) fn beat(pulse: &AtomicU64) -> u64 {
+    let now = epoch().elapsed().as_nanos().max(1) as u64;
+    pulse.store(now, Ordering::Relaxed);
+    now
+}
+
 /// Where client code runs, which decides what transaction control it may
 /// use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,8 +140,7 @@ impl Guard {
             Some(move || {
                 let deadline = g.deadline.load(Ordering::Relaxed);
                 if let Some(pulse) = &pulse {
-                    let now = epoch().elapsed().as_nanos().max(1) as u64;
-                    pulse.store(now, Ordering::Relaxed);
+                    let now = beat(pulse);
                     return deadline != 0 && now > deadline;
                 }
                 deadline != 0 && epoch().elapsed().as_nanos() as u64 > deadline

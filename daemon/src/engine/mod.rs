@@ -17,6 +17,7 @@ pub(crate) mod slowlog;
 mod statement;
 mod syncer;
 mod transactions;
+mod vigil;
 mod writer;
 
 use std::path::{Path, PathBuf};

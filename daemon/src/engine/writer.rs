@@ -23,12 +23,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::CheckpointGate;
 use super::db::{self, Synchronous, epoch};
-use super::guard::{Guard, Pulse, Scope};
+use super::guard::{self, Guard, Pulse, Scope};
 use super::parts::Parts;
 use super::relay::{self, Ack, Relay, Reply, Sink};
 use super::statement::{self, Output, StatementLimits, Want, own_statement_error};
 use super::syncer::Syncer;
 use super::transactions::{End, Owner, Txn, TxnMsg, conflict};
+use super::vigil::Vigil;
 use crate::histogram::Histogram;
 use nexusd_protocol::TxnOp;
 
@@ -36,6 +37,13 @@ use nexusd_protocol::TxnOp;
 /// for the reads still on it: longer than a snapshot of reads in place
 /// lives (`readers::SNAPSHOT_HOLD`), far shorter than a long read.
 const RESTART_WAIT: Duration = Duration::from_millis(5);
+/// The longest a checkpoint of `wal_bytes` should take: its waits for
+/// reads (5 s at most) and a sync, with room to spare, plus the copy at a
+/// slow disk's 10 MiB/s. The writer shows a heartbeat that long at most.
+fn checkpoint_bound(wal_bytes: u64) -> Duration {
+    Duration::from_secs(30) + Duration::from_millis(wal_bytes / (10 * 1024 * 1024 / 1000))
+}
+
 /// Least time between two checkpoints that hold writes back.
 const FORCED_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 /// Litestream mode: how long after a try at a checkpoint over the WAL's
@@ -236,10 +244,7 @@ impl Default for WriterStats {
 impl WriterStats {
     /// Shows that the writer is alive while it holds a transaction.
     fn beat(&self) {
-        self.heartbeat.store(
-            epoch().elapsed().as_nanos().max(1) as u64,
-            Ordering::Relaxed,
-        );
+        guard::beat(&self.heartbeat);
     }
 }
 
@@ -458,14 +463,17 @@ pub fn spawn(
                     }
                     Synchronous::Normal => None,
                 };
+                let vigil = Vigil::spawn("nexusd-vigil", thread_stats.heartbeat.clone())
+                    .context("could not start the writer's vigil thread")?;
                 Ok((
                     conn,
                     guard,
                     u64::try_from(page_size).unwrap_or(4096),
                     syncer,
+                    vigil,
                 ))
             });
-            let (conn, guard, page_size, syncer) = match opened {
+            let (conn, guard, page_size, syncer, vigil) = match opened {
                 Ok(c) => {
                     let _ = opened_tx.send(Ok(()));
                     c
@@ -477,6 +485,7 @@ pub fn spawn(
             };
             let mut writer = Writer {
                 syncer,
+                vigil,
                 own: own_statements(),
                 gate,
                 wal_frames,
@@ -504,6 +513,9 @@ struct Writer {
     /// Sends replies once their commit is durable; `None` under
     /// `synchronous=normal`, where a reply goes as soon as COMMIT returns.
     syncer: Option<Syncer>,
+    /// Shows the heartbeat while a checkpoint runs, which SQLite's progress
+    /// handler does not see.
+    vigil: Vigil,
     /// The daemon's own statements' texts, indexed by `Own`.
     own: Vec<String>,
     gate: CheckpointGate,
@@ -618,13 +630,18 @@ impl Writer {
 
     fn checkpoint(&mut self, mode: CheckpointMode) -> rusqlite::Result<CheckpointResult> {
         let sql = format!("PRAGMA wal_checkpoint({})", mode.as_sql());
-        let (busy, log, done) = self.conn.query_row(&sql, [], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })?;
+        let wal_bytes = self.wal_frames.load(Ordering::Relaxed) * self.page_size;
+        let (busy, log, done) =
+            self.vigil
+                .over("checkpoint", checkpoint_bound(wal_bytes), || {
+                    self.conn.query_row(&sql, [], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, i64>(2)?,
+                        ))
+                    })
+                })?;
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         if busy != 0 {
             self.stats.checkpoints_busy.fetch_add(1, Ordering::Relaxed);
