@@ -21,6 +21,10 @@ pub struct SqlError {
     /// True when nexusd refused the statement (BEGIN, ATTACH, a connection
     /// pragma) rather than SQLite failing it.
     pub refused: bool,
+    /// Rows the statement (for a batch, its statements) changed before it
+    /// failed. None of them was applied, but SQLite counts them in
+    /// `total_changes()`, and so do drivers that keep that count.
+    pub total_changes: u64,
 }
 
 impl std::fmt::Display for SqlError {
@@ -165,6 +169,7 @@ impl Error {
                 message: body.message,
                 statement_index: body.statement_index.map(|i| i as usize),
                 refused: body.kind == ErrorKind::Refused,
+                total_changes: body.total_changes,
             }),
             ErrorKind::Timeout => Error::Timeout(body.message),
             ErrorKind::Overloaded => Error::Overloaded(body.message),

@@ -53,7 +53,7 @@ pub use nexusd_protocol::{
 pub use rows::{FromValue, Row, Rows};
 pub use transaction::Transaction;
 
-use nexusd_protocol::{AdminRequest, DEFAULT_DB, Request, RequestBody, ResponseBody};
+use nexusd_protocol::{AdminRequest, Changed, DEFAULT_DB, Request, RequestBody, ResponseBody};
 use tokio::sync::Mutex;
 
 use crate::connection::{CallError, Connection};
@@ -410,10 +410,7 @@ impl Client {
                 conn.call(*req, wait).await
             }
         };
-        match answer? {
-            ResponseBody::Error(body) => Err(Error::from_body(body)),
-            body => Ok(body),
-        }
+        answered(answer?)
     }
 
     /// How long a reply is waited for: the request's own time limit plus
@@ -432,10 +429,7 @@ impl Client {
         conn: &Connection,
         body: RequestBody,
     ) -> Result<ResponseBody> {
-        match conn.call(self.request(body), self.reply_wait()).await? {
-            ResponseBody::Error(body) => Err(Error::from_body(body)),
-            body => Ok(body),
-        }
+        answered(conn.call(self.request(body), self.reply_wait()).await?)
     }
 
     pub(crate) fn request(&self, body: RequestBody) -> Request {
@@ -583,18 +577,58 @@ impl Client {
     }
 }
 
-pub(crate) fn into_executed(body: ResponseBody) -> Result<Executed> {
+/// An answer, or the error it is (one that changed rows before it failed
+/// comes in `Changed`).
+fn answered(body: ResponseBody) -> Result<ResponseBody> {
     match body {
-        ResponseBody::Executed(e) => Ok(e),
+        ResponseBody::Error(body) => Err(Error::from_body(body)),
+        ResponseBody::Changed(Changed {
+            total_changes,
+            answer,
+        }) => match *answer {
+            ResponseBody::Error(mut body) => {
+                body.total_changes = total_changes;
+                Err(Error::from_body(body))
+            }
+            answer => Ok(ResponseBody::Changed(Changed {
+                total_changes,
+                answer: Box::new(answer),
+            })),
+        },
+        body => Ok(body),
+    }
+}
+
+/// The answer inside a `Changed`, and the change total it carried.
+fn change_total(body: ResponseBody) -> (ResponseBody, Option<u64>) {
+    match body {
+        ResponseBody::Changed(c) => (*c.answer, Some(c.total_changes)),
+        other => (other, None),
+    }
+}
+
+pub(crate) fn into_executed(body: ResponseBody) -> Result<Executed> {
+    let (body, total) = change_total(body);
+    match body {
+        ResponseBody::Executed(e) => Ok(executed(e, total)),
         ResponseBody::Rows(_) | ResponseBody::TypedRows(_) => Ok(Executed {
-            rows_affected: 0,
-            last_insert_rowid: 0,
+            total_changes: total.unwrap_or(0),
+            ..Executed::new(0, 0)
         }),
         ResponseBody::InsertedRows(r) => Ok(Executed {
-            rows_affected: 0,
-            last_insert_rowid: r.last_insert_rowid,
+            total_changes: total.unwrap_or(0),
+            ..Executed::new(0, r.last_insert_rowid)
         }),
         other => Err(unexpected(&other)),
+    }
+}
+
+/// `e` as it came, with its change total: the one sent, or else the one
+/// its count implies.
+fn executed(e: Executed, total: Option<u64>) -> Executed {
+    Executed {
+        total_changes: total.unwrap_or(e.rows_affected),
+        ..e
     }
 }
 
@@ -609,32 +643,46 @@ pub(crate) fn into_rows(body: ResponseBody) -> Result<Rows> {
 }
 
 pub(crate) fn into_statement_result(body: ResponseBody) -> Result<StatementResult> {
+    let (body, total) = change_total(body);
+    let rows = |mut rows: nexusd_protocol::Rows| {
+        rows.total_changes = total.unwrap_or(0);
+        StatementResult::Rows(Rows::from_wire(rows))
+    };
     match body {
-        ResponseBody::Rows(r) => Ok(StatementResult::Rows(Rows::from_wire(r))),
-        ResponseBody::TypedRows(r) => Ok(StatementResult::Rows(Rows::from_wire(r.into_rows()))),
+        ResponseBody::Rows(r) => Ok(rows(r)),
+        ResponseBody::TypedRows(r) => Ok(rows(r.into_rows())),
         ResponseBody::InsertedRows(r) => {
-            let mut rows = r.rows.into_rows();
-            rows.last_insert_rowid = r.last_insert_rowid;
-            Ok(StatementResult::Rows(Rows::from_wire(rows)))
+            let mut inserted = r.rows.into_rows();
+            inserted.last_insert_rowid = r.last_insert_rowid;
+            Ok(rows(inserted))
         }
-        ResponseBody::Executed(e) => Ok(StatementResult::Executed(e)),
+        ResponseBody::Executed(e) => Ok(StatementResult::Executed(executed(e, total))),
         other => Err(unexpected(&other)),
     }
 }
 
 pub(crate) fn into_batch(body: ResponseBody) -> Result<Vec<StatementResult>> {
     match body {
-        ResponseBody::Batch(results) => Ok(results
-            .into_iter()
-            .map(|r| match r {
-                WireStatementResult::Executed(e) => StatementResult::Executed(e),
-                WireStatementResult::Rows(r) => StatementResult::Rows(Rows::from_wire(r)),
-                WireStatementResult::TypedRows(r) => {
-                    StatementResult::Rows(Rows::from_wire(r.into_rows()))
-                }
-            })
-            .collect()),
+        ResponseBody::Batch(results) => {
+            Ok(results.into_iter().map(|r| batch_result(r, None)).collect())
+        }
         other => Err(unexpected(&other)),
+    }
+}
+
+fn batch_result(r: WireStatementResult, total: Option<u64>) -> StatementResult {
+    let rows = |mut rows: nexusd_protocol::Rows| {
+        rows.total_changes = total.unwrap_or(0);
+        StatementResult::Rows(Rows::from_wire(rows))
+    };
+    match r {
+        WireStatementResult::Executed(e) => StatementResult::Executed(executed(e, total)),
+        WireStatementResult::Rows(r) => rows(r),
+        WireStatementResult::TypedRows(r) => rows(r.into_rows()),
+        WireStatementResult::Changed {
+            total_changes,
+            result,
+        } => batch_result(*result, Some(total_changes)),
     }
 }
 
@@ -655,6 +703,7 @@ pub(crate) fn unexpected(body: &ResponseBody) -> Error {
         ResponseBody::TypedRows(_) => "TypedRows",
         ResponseBody::SlowLog(_) => "SlowLog",
         ResponseBody::RowsPart(_) => "RowsPart",
+        ResponseBody::Changed(_) => "Changed",
         ResponseBody::InsertedRows(_) => "InsertedRows",
     };
     Error::Protocol(format!(

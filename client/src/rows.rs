@@ -11,6 +11,7 @@ pub struct Rows {
     rows: Vec<Vec<Value>>,
     decltypes: Vec<Option<String>>,
     last_insert_rowid: i64,
+    total_changes: u64,
 }
 
 impl Rows {
@@ -20,7 +21,16 @@ impl Rows {
             rows: rows.rows,
             decltypes: rows.decltypes,
             last_insert_rowid: rows.last_insert_rowid,
+            total_changes: rows.total_changes,
         }
+    }
+
+    /// Rows the statement changed in all, its triggers' and foreign-key
+    /// actions' included (SQLite's `total_changes()` moved by this much
+    /// while it ran): for `INSERT ... RETURNING` and the like; 0 for a
+    /// read.
+    pub fn total_changes(&self) -> u64 {
+        self.total_changes
     }
 
     /// The rowid of the last row the statement inserted, for one that
@@ -228,6 +238,7 @@ mod tests {
             ]],
             decltypes: Vec::new(),
             last_insert_rowid: 0,
+            total_changes: 0,
         }
     }
 

@@ -47,6 +47,7 @@ fn rows_response(n: usize) -> Response {
                 Some("BLOB".into()),
             ],
             last_insert_rowid: 0,
+            total_changes: 0,
         }),
     }
 }
@@ -77,10 +78,7 @@ fn codec(c: &mut Criterion) {
 
     let ok = Response {
         id: 1,
-        body: ResponseBody::Executed(Executed {
-            rows_affected: 1,
-            last_insert_rowid: 123_456,
-        }),
+        body: ResponseBody::Executed(Executed::new(1, 123_456)),
     };
     g.bench_function("encode+decode executed response", |b| {
         let mut server = codec::ServerCodec::new(DEFAULT_MAX_FRAME_BYTES);

@@ -59,9 +59,22 @@ pub mod features {
     /// inserted rows and returned some (`INSERT ... RETURNING`).
     pub const INSERTED_ROWS: u64 = 1 << 5;
 
+    /// Change totals: the peer decodes
+    /// [`ResponseBody::Changed`](crate::ResponseBody::Changed) and
+    /// [`StatementResult::Changed`](crate::StatementResult::Changed), which
+    /// the daemon wraps around a statement's answer when the rows it
+    /// changed in all (triggers' and foreign-key actions' included) are
+    /// not the count the answer implies.
+    pub const CHANGE_TOTALS: u64 = 1 << 6;
+
     /// Every bit this version of the crate understands.
-    pub const ALL: u64 =
-        ERROR_KINDS_2 | TRANSACTIONS | DECLTYPES | SLOW_LOG | ROW_PARTS | INSERTED_ROWS;
+    pub const ALL: u64 = ERROR_KINDS_2
+        | TRANSACTIONS
+        | DECLTYPES
+        | SLOW_LOG
+        | ROW_PARTS
+        | INSERTED_ROWS
+        | CHANGE_TOTALS;
 }
 
 /// First frame from the client.
@@ -301,6 +314,22 @@ pub enum ResponseBody {
     /// announced [`features::INSERTED_ROWS`]. The declared types are
     /// empty unless the peer announced [`features::DECLTYPES`].
     InsertedRows(InsertedRows),
+    /// A statement's answer, and the rows the statement changed in all,
+    /// sent in its place to a peer that announced
+    /// [`features::CHANGE_TOTALS`] when that count is not the one the
+    /// answer implies: `rows_affected` for `Executed`, 0 for rows and for
+    /// an `Error` (a statement that failed after changing rows, which
+    /// SQLite counts though they were rolled back).
+    Changed(Changed),
+}
+
+/// A statement's answer and how many rows it changed in all: SQLite's
+/// `total_changes()` moved by that many while it ran, its triggers' and
+/// foreign-key actions' changes included.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Changed {
+    pub total_changes: u64,
+    pub answer: Box<ResponseBody>,
 }
 
 /// Rows, and the rowid of the last row their statement inserted.
@@ -317,6 +346,7 @@ impl ResponseBody {
             ResponseBody::Rows(r) => Some(&mut r.rows),
             ResponseBody::TypedRows(t) => Some(&mut t.rows.rows),
             ResponseBody::InsertedRows(i) => Some(&mut i.rows.rows.rows),
+            ResponseBody::Changed(c) => c.answer.rows_mut(),
             _ => None,
         }
     }
@@ -325,8 +355,36 @@ impl ResponseBody {
     /// kind the peer did not announce becomes the older kind nearest in
     /// meaning ([`ErrorKind::for_peer`]), and rows go with their declared
     /// types to a peer that announced [`features::DECLTYPES`], without them
-    /// to any other.
+    /// to any other. To a peer that announced [`features::CHANGE_TOTALS`],
+    /// a statement whose change total is not the one its answer implies
+    /// goes in [`ResponseBody::Changed`], alone or in a batch.
     pub fn for_peer(self, peer_features: u64) -> ResponseBody {
+        if peer_features & features::CHANGE_TOTALS == 0 {
+            return self.shaped_for(peer_features);
+        }
+        let unimplied = match &self {
+            ResponseBody::Executed(e) => e.unimplied_changes(),
+            ResponseBody::Rows(r) => r.unimplied_changes(),
+            ResponseBody::Error(e) => (e.total_changes != 0).then_some(e.total_changes),
+            _ => None,
+        };
+        let body = self.shaped_for(peer_features);
+        match (unimplied, body) {
+            (Some(total_changes), answer) => ResponseBody::Changed(Changed {
+                total_changes,
+                answer: Box::new(answer),
+            }),
+            (None, ResponseBody::Batch(results)) => ResponseBody::Batch(
+                results
+                    .into_iter()
+                    .map(StatementResult::with_change_total)
+                    .collect(),
+            ),
+            (None, body) => body,
+        }
+    }
+
+    fn shaped_for(self, peer_features: u64) -> ResponseBody {
         let typed = peer_features & features::DECLTYPES != 0;
         let with_rowid = peer_features & features::INSERTED_ROWS != 0;
         match self {
@@ -468,6 +526,29 @@ pub struct Executed {
     /// The rowid of the last row the statement inserted, or 0 if it
     /// inserted none (never another client's).
     pub last_insert_rowid: i64,
+    /// Rows the statement changed in all, its triggers' and foreign-key
+    /// actions' included (SQLite's `total_changes()` moved by this much).
+    /// Not part of `Executed` on the wire: [`Changed`] carries it to a
+    /// peer that announced [`features::CHANGE_TOTALS`] when it is not
+    /// `rows_affected`, and the Rust client fills it in either way.
+    #[serde(skip)]
+    pub total_changes: u64,
+}
+
+impl Executed {
+    /// What a statement without rows answers: `rows_affected` rows
+    /// changed, its own and in all (no trigger or cascade changed more).
+    pub fn new(rows_affected: u64, last_insert_rowid: i64) -> Executed {
+        Executed {
+            rows_affected,
+            last_insert_rowid,
+            total_changes: rows_affected,
+        }
+    }
+
+    fn unimplied_changes(&self) -> Option<u64> {
+        (self.total_changes != self.rows_affected).then_some(self.total_changes)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -485,6 +566,18 @@ pub struct Rows {
     /// that announced [`features::INSERTED_ROWS`].
     #[serde(skip)]
     pub last_insert_rowid: i64,
+    /// Rows the statement changed in all (`INSERT ... RETURNING`, its
+    /// triggers' included); 0 for a read. Not part of `Rows` on the wire:
+    /// [`Changed`] carries it to a peer that announced
+    /// [`features::CHANGE_TOTALS`] when it is not 0.
+    #[serde(skip)]
+    pub total_changes: u64,
+}
+
+impl Rows {
+    fn unimplied_changes(&self) -> Option<u64> {
+        (self.total_changes != 0).then_some(self.total_changes)
+    }
 }
 
 /// `Rows` and the declared type of each column, on the wire.
@@ -521,6 +614,33 @@ pub enum StatementResult {
     /// `Rows` with declared types, for a peer that announced
     /// [`features::DECLTYPES`].
     TypedRows(TypedRows),
+    /// A statement's result and the rows it changed in all, for a peer that
+    /// announced [`features::CHANGE_TOTALS`], when that count is not the
+    /// one the result implies (as [`ResponseBody::Changed`]).
+    Changed {
+        total_changes: u64,
+        result: Box<StatementResult>,
+    },
+}
+
+impl StatementResult {
+    /// This result, in `Changed` if its change total is not the one it
+    /// implies.
+    fn with_change_total(self) -> StatementResult {
+        let unimplied = match &self {
+            StatementResult::Executed(e) => e.unimplied_changes(),
+            StatementResult::Rows(r) => r.unimplied_changes(),
+            StatementResult::TypedRows(t) => t.rows.unimplied_changes(),
+            StatementResult::Changed { .. } => None,
+        };
+        match unimplied {
+            Some(total_changes) => StatementResult::Changed {
+                total_changes,
+                result: Box::new(self),
+            },
+            None => self,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -672,6 +792,13 @@ pub struct ErrorBody {
     pub message: String,
     /// For a batch, the 0-based index of the statement that failed.
     pub statement_index: Option<u32>,
+    /// Rows the failed statement (for a batch, its statements) changed
+    /// before it failed, though none of it was applied: SQLite counts them
+    /// in `total_changes()` all the same. Not part of `ErrorBody` on the
+    /// wire: [`Changed`] carries it to a peer that announced
+    /// [`features::CHANGE_TOTALS`] when it is not 0.
+    #[serde(skip)]
+    pub total_changes: u64,
 }
 
 impl ErrorBody {
@@ -682,6 +809,7 @@ impl ErrorBody {
             extended_code: 0,
             message: message.into(),
             statement_index: None,
+            total_changes: 0,
         }
     }
 }

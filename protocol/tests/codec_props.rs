@@ -79,6 +79,7 @@ fn rows() -> impl Strategy<Value = Rows> {
             rows,
             decltypes: Vec::new(),
             last_insert_rowid: 0,
+            total_changes: 0,
         })
 }
 
@@ -107,20 +108,42 @@ fn response() -> impl Strategy<Value = Response> {
                 extended_code,
                 message,
                 statement_index,
+                total_changes: 0,
             },
         );
+    // As decoded: the change total is not on the wire as such.
     let executed =
         (any::<u64>(), any::<i64>()).prop_map(|(rows_affected, last_insert_rowid)| Executed {
-            rows_affected,
-            last_insert_rowid,
+            total_changes: 0,
+            ..Executed::new(rows_affected, last_insert_rowid)
         });
     let result = prop_oneof![
         executed.clone().prop_map(StatementResult::Executed),
         rows().prop_map(StatementResult::Rows),
         typed_rows().prop_map(StatementResult::TypedRows),
+        (any::<u64>(), executed.clone()).prop_map(|(total_changes, e)| {
+            StatementResult::Changed {
+                total_changes,
+                result: Box::new(StatementResult::Executed(e)),
+            }
+        }),
     ];
     let body = prop_oneof![
-        executed.prop_map(ResponseBody::Executed),
+        executed.clone().prop_map(ResponseBody::Executed),
+        (
+            any::<u64>(),
+            prop_oneof![
+                executed.prop_map(ResponseBody::Executed),
+                typed_rows().prop_map(ResponseBody::TypedRows),
+                error.clone().prop_map(ResponseBody::Error),
+            ]
+        )
+            .prop_map(|(total_changes, answer)| {
+                ResponseBody::Changed(Changed {
+                    total_changes,
+                    answer: Box::new(answer),
+                })
+            }),
         rows().prop_map(ResponseBody::Rows),
         typed_rows().prop_map(ResponseBody::TypedRows),
         proptest::collection::vec(result, 0..4).prop_map(ResponseBody::Batch),
@@ -294,6 +317,7 @@ fn inserted_rows_go_only_to_peers_that_announce_them() {
         rows: vec![vec![Value::Integer(7)]],
         decltypes: vec![Some("INTEGER".into())],
         last_insert_rowid: 7,
+        total_changes: 0,
     };
     let body = || ResponseBody::Rows(rows.clone());
     match body().for_peer(features::ALL) {
@@ -321,4 +345,110 @@ fn inserted_rows_go_only_to_peers_that_announce_them() {
         ResponseBody::Rows(selected).for_peer(features::ALL),
         ResponseBody::TypedRows(_)
     ));
+}
+
+/// A statement whose change total its answer does not imply (a trigger's
+/// rows, `INSERT ... RETURNING`, a failure after changes) goes in
+/// `Changed` to a peer that announced the bit, in a batch statement by
+/// statement; every other answer, and any answer to another peer, goes as
+/// it always did.
+#[test]
+fn change_totals_go_where_the_answer_does_not_imply_them() {
+    let without = features::ALL & !features::CHANGE_TOTALS;
+    let executed = |total_changes| Executed {
+        total_changes,
+        ..Executed::new(1, 42)
+    };
+    let plain = ResponseBody::Executed(executed(1));
+    assert_eq!(plain.clone().for_peer(features::ALL), plain);
+    match ResponseBody::Executed(executed(3)).for_peer(features::ALL) {
+        ResponseBody::Changed(c) => {
+            assert_eq!(c.total_changes, 3);
+            assert!(matches!(*c.answer, ResponseBody::Executed(e) if e.rows_affected == 1));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        ResponseBody::Executed(executed(3)).for_peer(without),
+        ResponseBody::Executed(_)
+    ));
+
+    let returning = Rows {
+        columns: vec!["id".into()],
+        rows: vec![vec![Value::Integer(7)], vec![Value::Integer(8)]],
+        decltypes: Vec::new(),
+        last_insert_rowid: 8,
+        total_changes: 2,
+    };
+    let mut changed = ResponseBody::Rows(returning.clone()).for_peer(features::ALL);
+    assert_eq!(
+        changed.rows_mut().map(|r| r.len()),
+        Some(2),
+        "rows reached inside"
+    );
+    match changed {
+        ResponseBody::Changed(c) => {
+            assert_eq!(c.total_changes, 2);
+            assert!(matches!(*c.answer, ResponseBody::InsertedRows(i) if i.last_insert_rowid == 8));
+        }
+        other => panic!("{other:?}"),
+    }
+    let read = Rows {
+        total_changes: 0,
+        last_insert_rowid: 0,
+        ..returning.clone()
+    };
+    assert!(matches!(
+        ResponseBody::Rows(read).for_peer(features::ALL),
+        ResponseBody::TypedRows(_)
+    ));
+
+    let mut failed = ErrorBody::new(ErrorKind::Io, "disk full");
+    failed.total_changes = 5;
+    match ResponseBody::Error(failed.clone()).for_peer(features::CHANGE_TOTALS) {
+        ResponseBody::Changed(c) => match *c.answer {
+            // The kind still goes as the peer decodes it.
+            ResponseBody::Error(e) => assert_eq!(e.kind, ErrorKind::Internal),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        ResponseBody::Error(failed).for_peer(without),
+        ResponseBody::Error(_)
+    ));
+
+    let batch = || {
+        ResponseBody::Batch(vec![
+            StatementResult::Executed(executed(1)),
+            StatementResult::Executed(executed(4)),
+            StatementResult::Rows(returning.clone()),
+        ])
+    };
+    match batch().for_peer(features::ALL) {
+        ResponseBody::Batch(results) => {
+            assert!(matches!(results[0], StatementResult::Executed(_)));
+            assert!(matches!(
+                results[1],
+                StatementResult::Changed {
+                    total_changes: 4,
+                    ..
+                }
+            ));
+            assert!(matches!(
+                &results[2],
+                StatementResult::Changed { total_changes: 2, result }
+                    if matches!(**result, StatementResult::TypedRows(_))
+            ));
+        }
+        other => panic!("{other:?}"),
+    }
+    match batch().for_peer(without) {
+        ResponseBody::Batch(results) => assert!(
+            results
+                .iter()
+                .all(|r| !matches!(r, StatementResult::Changed { .. }))
+        ),
+        other => panic!("{other:?}"),
+    }
 }

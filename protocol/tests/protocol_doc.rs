@@ -46,9 +46,16 @@ fn examples() -> Vec<(&'static str, Vec<u8>)> {
             "executed",
             frame(&Response {
                 id: 1,
-                body: ResponseBody::Executed(Executed {
-                    rows_affected: 1,
-                    last_insert_rowid: 42,
+                body: ResponseBody::Executed(Executed::new(1, 42)),
+            }),
+        ),
+        (
+            "changed",
+            frame(&Response {
+                id: 1,
+                body: ResponseBody::Changed(Changed {
+                    total_changes: 3,
+                    answer: Box::new(ResponseBody::Executed(Executed::new(1, 42))),
                 }),
             }),
         ),
@@ -78,6 +85,7 @@ fn examples() -> Vec<(&'static str, Vec<u8>)> {
                     ],
                     decltypes: Vec::new(),
                     last_insert_rowid: 0,
+                    total_changes: 0,
                 }),
             }),
         ),
@@ -90,6 +98,7 @@ fn examples() -> Vec<(&'static str, Vec<u8>)> {
                     rows: vec![vec![Value::Text("2026-11-24".into()), Value::Integer(3)]],
                     decltypes: vec![Some("DATE".into()), None],
                     last_insert_rowid: 0,
+                    total_changes: 0,
                 })),
             }),
         ),
@@ -110,6 +119,7 @@ fn examples() -> Vec<(&'static str, Vec<u8>)> {
                     extended_code: 2067,
                     message: "UNIQUE constraint failed: t.x".into(),
                     statement_index: Some(1),
+                    total_changes: 0,
                 }),
             }),
         ),

@@ -89,6 +89,9 @@ class Error(_sqlite3.Error):
 
     sqlite_errorcode: Optional[int] = None
     sqlite_errorname: Optional[str] = None
+    #: Rows the failed statement changed before it failed (none applied),
+    #: which the connection's total_changes counts, as sqlite3's does.
+    _total_changes: int = 0
 
 
 class InterfaceError(Error, _sqlite3.InterfaceError):
@@ -199,7 +202,7 @@ _BY_KIND = {
 
 
 def _translate(e: _nexusd.NativeError) -> Error:
-    kind, code, extended, message, index = e.args
+    kind, code, extended, message, index, total_changes = e.args
     if kind == "sql":
         cls = _by_code(code)
     else:
@@ -209,6 +212,7 @@ def _translate(e: _nexusd.NativeError) -> Error:
         err.sqlite_errorcode = extended or code
         err.sqlite_errorname = _ERROR_NAMES.get(extended) or _ERROR_NAMES.get(code)
     err.statement_index = index
+    err._total_changes = total_changes
     return err
 
 
@@ -694,7 +698,7 @@ def _load(cursor: Any, result: tuple, sql: str) -> None:
     those)."""
     connection = cursor.connection
     if result[0] == "rows":
-        _, columns, rows, decltypes, lastrowid = result
+        _, columns, rows, decltypes, lastrowid, total = result
         detect_types = connection._detect_types
         text_factory = connection.text_factory
         if detect_types or text_factory is not str:
@@ -712,12 +716,13 @@ def _load(cursor: Any, result: tuple, sql: str) -> None:
             connection._lastrowid = lastrowid
         cursor.lastrowid = connection._lastrowid
     else:
-        _, rowcount, lastrowid = result
+        _, rowcount, lastrowid, total = result
         cursor.description, cursor._rows = None, []
         if lastrowid:
             connection._lastrowid = lastrowid
         cursor.lastrowid = connection._lastrowid
         cursor.rowcount = rowcount if _classify(sql)[1] else -1
+    connection._total_changes += total
     cursor._next = 0
 
 
@@ -766,6 +771,7 @@ class Connection:
         self._txn = None
         # The rowid of the last row this connection inserted (cursor.lastrowid).
         self._lastrowid = 0
+        self._total_changes = 0
         # The savepoints of a transaction that a SAVEPOINT began, else None.
         self._savepoints: Optional[list] = None
         self._pid = os.getpid()
@@ -822,6 +828,16 @@ class Connection:
     @property
     def in_transaction(self) -> bool:
         return self._txn is not None and self._pid == _current_pid()
+
+    @property
+    def total_changes(self) -> int:
+        """As sqlite3's: the rows this connection's statements inserted,
+        updated or deleted since it opened, its triggers' and foreign-key
+        actions' included (the daemon counts each statement's, and this
+        connection sums them)."""
+        if self._closed:
+            raise ProgrammingError("Cannot operate on a closed database.")
+        return self._total_changes
 
     # -- transactions -------------------------------------------------------
 
@@ -988,6 +1004,7 @@ class Connection:
                 result = target.run(sql, _named(sql, parameters))
             except _nexusd.NativeError as e:
                 err = _translate(e)
+                self._total_changes += err._total_changes
                 if isinstance(err, (TransactionExpired, Conflict)):
                     self._txn = None
                 raise err from None
@@ -1008,7 +1025,7 @@ class Connection:
                 raise OperationalError(
                     f"cannot {control[0]} - no transaction is active")
             self._end(control[0] == "commit", traced=False)
-        return ("executed", 0, 0)
+        return ("executed", 0, 0, 0)
 
     def _run_many(self, sql: str, seq_of_parameters: Any):
         with self._lock:
@@ -1019,7 +1036,9 @@ class Connection:
             try:
                 return target.run_many(sql, _named_rows(sql, seq_of_parameters))
             except _nexusd.NativeError as e:
-                raise _translate(e) from None
+                err = _translate(e)
+                self._total_changes += err._total_changes
+                raise err from None
 
     def _run_script(self, script: str) -> None:
         with self._lock:
@@ -1032,9 +1051,12 @@ class Connection:
             for statement in statements:
                 _trace(self, statement)
             try:
-                lastrowid = target.script(statements)
+                lastrowid, total = target.script(statements)
             except _nexusd.NativeError as e:
-                raise _translate(e) from None
+                err = _translate(e)
+                self._total_changes += err._total_changes
+                raise err from None
+            self._total_changes += total
             if lastrowid:
                 self._lastrowid = lastrowid
 
@@ -1073,24 +1095,17 @@ _NOT_HERE = {
                    "file while the daemon is stopped",
     "getlimit": "limits are the daemon's, set for every client alike",
     "setlimit": "limits are the daemon's, set for every client alike",
-    "total_changes": "the daemon counts changes per process (SQL's total_changes() "
-                     "answers for all of this process's connections together), not per "
-                     "Connection; sum the cursors' rowcount instead, or run SELECT "
-                     "total_changes() if the process has one connection",
 }
-_NOT_ATTRIBUTES = {"total_changes"}
 
 
 def _not_here(owner: Any, name: str, asynchronous: bool) -> Any:
     """``__getattr__`` of both connection classes: for a member of
     ``_NOT_HERE``, a method that raises NotSupportedError with the reason
-    (a coroutine function for ``nexusd.aio``), or an AttributeError with it;
-    for any other name, the usual AttributeError."""
+    (a coroutine function for ``nexusd.aio``); for any other name, the
+    usual AttributeError."""
     why = _NOT_HERE.get(name)
     if why is None:
         raise AttributeError(f"{type(owner).__name__!r} object has no attribute {name!r}")
-    if name in _NOT_ATTRIBUTES:
-        raise AttributeError(f"nexusd connections have no {name}: {why}")
     message = f"{name}() is not supported by nexusd: {why}"
 
     def not_supported(*args: Any, **kwargs: Any) -> Any:
@@ -1209,7 +1224,8 @@ class Cursor:
             return self
         # The cursor's lastrowid stays as it was, as sqlite3 leaves it after
         # executemany(); the connection's moves on.
-        self.rowcount, lastrowid = self.connection._run_many(sql, seq_of_parameters)
+        self.rowcount, lastrowid, total = self.connection._run_many(sql, seq_of_parameters)
+        self.connection._total_changes += total
         if lastrowid:
             self.connection._lastrowid = lastrowid
         return self

@@ -110,6 +110,7 @@ class Connection:
         self._txn = None
         # The rowid of the last row this connection inserted (cursor.lastrowid).
         self._lastrowid = 0
+        self._total_changes = 0
         # The savepoints of a transaction that a SAVEPOINT began, else None.
         self._savepoints: Optional[list] = None
         self._closed = False
@@ -137,6 +138,13 @@ class Connection:
     @property
     def in_transaction(self) -> bool:
         return self._txn is not None
+
+    @property
+    def total_changes(self) -> int:
+        """As aiosqlite's (sqlite3's): the rows this connection's
+        statements inserted, updated or deleted since it opened, its
+        triggers' and foreign-key actions' included."""
+        return self._total_changes
 
     def _check(self):
         if self._closed:
@@ -193,14 +201,16 @@ class Connection:
             target = await self._target(sql)
         try:
             return await _wait(make(target))
+        except Error as e:
+            # What a failed statement changed counts, as in sqlite3.
+            self._total_changes += e._total_changes
+            if isinstance(e, (TransactionExpired, Conflict)) and target is self._txn:
+                self._txn = None
+            raise
         except asyncio.CancelledError:
             if target is self._txn and self._txn is not None:
                 self._txn = None
                 target.abandon()
-            raise
-        except (TransactionExpired, Conflict):
-            if target is self._txn:
-                self._txn = None
             raise
 
     def execute(self, sql: str, parameters: Any = ()) -> "_CursorResult":
@@ -315,7 +325,7 @@ class Connection:
                 if self._txn is None:
                     raise OperationalError(f"cannot {control[0]} - no transaction is active")
                 await self._end(control[0] == "commit", traced=False)
-        return ("executed", 0, 0)
+        return ("executed", 0, 0, 0)
 
 
 class _CursorResult:
@@ -391,7 +401,8 @@ class Cursor:
 
         # The cursor's lastrowid stays as it was, as sqlite3 leaves it after
         # executemany(); the connection's moves on.
-        self.rowcount, lastrowid = await conn._call(send, sql)
+        self.rowcount, lastrowid, total = await conn._call(send, sql)
+        conn._total_changes += total
         if lastrowid:
             conn._lastrowid = lastrowid
         return self
@@ -409,9 +420,12 @@ class Cursor:
             # A script is one batch; the native call is quick to queue, so it
             # runs in the default executor rather than holding the loop.
             try:
-                lastrowid = await loop.run_in_executor(None, target.script, statements)
+                lastrowid, total = await loop.run_in_executor(None, target.script, statements)
             except _nexusd.NativeError as e:
-                raise _translate(e) from None
+                err = _translate(e)
+                conn._total_changes += err._total_changes
+                raise err from None
+            conn._total_changes += total
             if lastrowid:
                 conn._lastrowid = lastrowid
         self.description, self._rows, self._next, self.rowcount = None, [], 0, -1

@@ -9,7 +9,9 @@
 //!   never touches the parent's threads or socket: what it inherited is
 //!   leaked, not dropped.
 //! - Errors cross as `NativeError(kind, code, extended_code, message,
-//!   statement_index)`; the Python layer maps them onto DB-API's classes.
+//!   statement_index, total_changes)`; the Python layer maps them onto
+//!   DB-API's classes (total_changes: the rows a failed statement changed
+//!   before it failed, which sqlite3 counts).
 
 use std::mem::ManuallyDrop;
 use std::path::PathBuf;
@@ -102,7 +104,14 @@ fn native(
     message: String,
     statement_index: Option<usize>,
 ) -> PyErr {
-    NativeError::new_err((kind.to_owned(), code, extended, message, statement_index))
+    NativeError::new_err((
+        kind.to_owned(),
+        code,
+        extended,
+        message,
+        statement_index,
+        0u64,
+    ))
 }
 
 fn to_py_err(e: Error) -> PyErr {
@@ -110,7 +119,16 @@ fn to_py_err(e: Error) -> PyErr {
     match e {
         Error::Sql(s) => {
             let kind = if s.refused { "refused" } else { "sql" };
-            native(kind, s.code, s.extended_code, s.message, s.statement_index)
+            // With the rows it changed before it failed, which sqlite3
+            // counts in its connection's total_changes.
+            NativeError::new_err((
+                kind,
+                s.code,
+                s.extended_code,
+                s.message,
+                s.statement_index,
+                s.total_changes,
+            ))
         }
         Error::Timeout(m) => native("timeout", 0, 0, m, None),
         Error::Overloaded(m) => native("overloaded", 0, 0, m, None),
@@ -314,15 +332,16 @@ fn rows_to_py(py: Python<'_>, rows: Rows) -> PyResult<PyRows> {
     Ok((columns, list.into_any().unbind(), decltypes))
 }
 
-/// `("rows", columns, rows, decltypes, lastrowid)` or `("executed",
-/// rowcount, lastrowid)`; a lastrowid of 0 means the statement inserted
-/// no row.
+/// `("rows", columns, rows, decltypes, lastrowid, total_changes)` or
+/// `("executed", rowcount, lastrowid, total_changes)`; a lastrowid of 0
+/// means the statement inserted no row, and total_changes counts the rows
+/// it changed in all, triggers' and cascades' included.
 fn result_to_py(py: Python<'_>, r: StatementResult) -> PyResult<PyObject> {
     match r {
         StatementResult::Rows(rows) => {
-            let lastrowid = rows.last_insert_rowid();
+            let (lastrowid, total) = (rows.last_insert_rowid(), rows.total_changes());
             let (columns, list, decltypes) = rows_to_py(py, rows)?;
-            Ok(("rows", columns, list, decltypes, lastrowid)
+            Ok(("rows", columns, list, decltypes, lastrowid, total)
                 .into_pyobject(py)?
                 .into_any()
                 .unbind())
@@ -330,10 +349,13 @@ fn result_to_py(py: Python<'_>, r: StatementResult) -> PyResult<PyObject> {
         StatementResult::Executed(Executed {
             rows_affected,
             last_insert_rowid,
-        }) => Ok(("executed", rows_affected, last_insert_rowid)
-            .into_pyobject(py)?
-            .into_any()
-            .unbind()),
+            total_changes,
+        }) => Ok(
+            ("executed", rows_affected, last_insert_rowid, total_changes)
+                .into_pyobject(py)?
+                .into_any()
+                .unbind(),
+        ),
     }
 }
 
@@ -347,17 +369,25 @@ fn many(sql: &str, seq_of_params: &Bound<'_, PyAny>) -> PyResult<Vec<Statement>>
     Ok(out)
 }
 
-/// `(rowcount, lastrowid)` of a batch: changes summed, and the rowid of
-/// the last row any of its statements inserted (0 if none did: each
-/// statement's answer is its own, 0 when it inserted nothing).
-fn batch_totals(results: &[StatementResult]) -> (u64, i64) {
-    results.iter().fold((0, 0), |(n, last), r| match r {
-        StatementResult::Executed(e) if e.last_insert_rowid != 0 => {
-            (n + e.rows_affected, e.last_insert_rowid)
-        }
-        StatementResult::Executed(e) => (n + e.rows_affected, last),
-        StatementResult::Rows(_) => (n, last),
-    })
+/// `(rowcount, lastrowid, total_changes)` of a batch: changes summed, the
+/// rowid of the last row any of its statements inserted (0 if none did:
+/// each statement's answer is its own, 0 when it inserted nothing), and
+/// the rows its statements changed in all.
+fn batch_totals(results: &[StatementResult]) -> (u64, i64, u64) {
+    results
+        .iter()
+        .fold((0, 0, 0), |(n, last, total), r| match r {
+            StatementResult::Executed(e) => (
+                n + e.rows_affected,
+                if e.last_insert_rowid != 0 {
+                    e.last_insert_rowid
+                } else {
+                    last
+                },
+                total + e.total_changes,
+            ),
+            StatementResult::Rows(rows) => (n, last, total + rows.total_changes()),
+        })
 }
 
 /// A connection to the daemon; clones of the Rust client inside share
@@ -459,28 +489,29 @@ impl Client {
     }
 
     /// One SQL with many parameter sets, as one atomic batch request.
-    /// Returns `(rowcount, lastrowid)`.
+    /// Returns `(rowcount, lastrowid, total_changes)`.
     fn run_many(
         &self,
         py: Python<'_>,
         sql: &str,
         seq_of_params: &Bound<'_, PyAny>,
-    ) -> PyResult<(u64, i64)> {
+    ) -> PyResult<(u64, i64, u64)> {
         let statements = many(sql, seq_of_params)?;
         let results = self.wait(py, |client| async move { client.batch(statements).await })?;
         Ok(batch_totals(&results))
     }
 
     /// Statements without parameters, as one atomic batch (executescript).
-    /// Runs a script's statements as one batch; returns the rowid of the
-    /// last row they inserted, 0 if none.
-    fn script(&self, py: Python<'_>, statements: Vec<String>) -> PyResult<i64> {
+    /// Returns `(lastrowid, total_changes)`: the rowid of the last row they
+    /// inserted (0 if none), and the rows they changed in all.
+    fn script(&self, py: Python<'_>, statements: Vec<String>) -> PyResult<(i64, u64)> {
         let statements = statements
             .into_iter()
             .map(|s| Statement::new(s, Params::default()))
             .collect();
         let results = self.wait(py, |client| async move { client.batch(statements).await })?;
-        Ok(batch_totals(&results).1)
+        let (_, lastrowid, total) = batch_totals(&results);
+        Ok((lastrowid, total))
     }
 
     /// Opens an interactive transaction: "deferred", "immediate" or
@@ -507,7 +538,7 @@ impl Client {
         })
     }
 
-    /// `run_many`, for asyncio; settles to `(rowcount, lastrowid)`.
+    /// `run_many`, for asyncio; settles to `(rowcount, lastrowid, total_changes)`.
     fn run_many_async<'py>(
         &self,
         py: Python<'py>,
@@ -555,7 +586,7 @@ async fn begin(
 /// What an async call settles to.
 enum Answer {
     Result(StatementResult),
-    Totals((u64, i64)),
+    Totals((u64, i64, u64)),
     Transaction(nexusd_client::Transaction),
     Done,
 }
@@ -813,7 +844,7 @@ impl Transaction {
         py: Python<'_>,
         sql: &str,
         seq_of_params: &Bound<'_, PyAny>,
-    ) -> PyResult<(u64, i64)> {
+    ) -> PyResult<(u64, i64, u64)> {
         let statements = many(sql, seq_of_params)?;
         let results = self.with(py, |inner| async move {
             match inner.lock().await.as_ref() {
@@ -825,14 +856,17 @@ impl Transaction {
     }
 
     /// As `Client.script`, within the transaction.
-    fn script(&self, py: Python<'_>, statements: Vec<String>) -> PyResult<i64> {
+    fn script(&self, py: Python<'_>, statements: Vec<String>) -> PyResult<(i64, u64)> {
         let statements: Vec<Statement> = statements
             .into_iter()
             .map(|s| Statement::new(s, Params::default()))
             .collect();
         self.with(py, |inner| async move {
             match inner.lock().await.as_ref() {
-                Some(tx) => tx.batch(statements).await.map(|r| batch_totals(&r).1),
+                Some(tx) => tx.batch(statements).await.map(|r| {
+                    let (_, lastrowid, total) = batch_totals(&r);
+                    (lastrowid, total)
+                }),
                 None => Err(ended()),
             }
         })

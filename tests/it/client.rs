@@ -714,3 +714,96 @@ fn each_client_sees_its_own_last_insert_rowid() {
     assert_eq!(rowid(&b), 30);
     assert_eq!(rowid(&a), 21);
 }
+
+/// Each answer says how many rows its statement changed in all, as SQLite's
+/// `total_changes()` counts them (a trigger's and a cascade's included,
+/// and a failed statement's, rolled back though they are), so a driver can
+/// keep a per-connection total: on the writer, in a batch, after a failure
+/// and in a transaction.
+#[test]
+fn each_answer_carries_the_rows_its_statement_changed_in_all() {
+    let d = Daemon::start(&[]);
+    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    c.batch(
+        [
+            "CREATE TABLE p(id INTEGER PRIMARY KEY, name TEXT UNIQUE)",
+            "CREATE TABLE k(id INTEGER PRIMARY KEY, p REFERENCES p(id) ON DELETE CASCADE)",
+            "CREATE TABLE log(n)",
+            "CREATE TRIGGER tr AFTER INSERT ON p BEGIN INSERT INTO log VALUES (new.id); END",
+        ]
+        .into_iter()
+        .map(|sql| Statement::new(sql, params![]))
+        .collect(),
+    )
+    .expect("schema");
+    let total = |c: &nexusd_client::blocking::Client| -> i64 {
+        c.query("SELECT total_changes()", params![])
+            .expect("total_changes()")
+            .get(0)
+            .expect("a row")
+            .get(0)
+            .expect("an integer")
+    };
+    let base = total(&c);
+    let done = c
+        .execute("INSERT INTO p(name) VALUES ('a'), ('b')", params![])
+        .expect("insert");
+    assert_eq!(
+        (done.rows_affected, done.total_changes),
+        (2, 4),
+        "the trigger's two"
+    );
+    let done = c
+        .execute("INSERT INTO k(p) VALUES (1), (1), (2)", params![])
+        .expect("no trigger");
+    assert_eq!((done.rows_affected, done.total_changes), (3, 3));
+    let done = c
+        .execute("DELETE FROM p WHERE id = 1", params![])
+        .expect("cascade");
+    assert_eq!(
+        (done.rows_affected, done.total_changes),
+        (1, 3),
+        "two children"
+    );
+    let rows = c
+        .query("INSERT INTO p(name) VALUES ('c') RETURNING id", params![])
+        .expect("returning");
+    assert_eq!(rows.total_changes(), 2);
+    let read = c
+        .query("SELECT count(*) FROM log", params![])
+        .expect("read");
+    assert_eq!(read.total_changes(), 0);
+    match c.execute("INSERT INTO p(name) VALUES ('d'), ('b')", params![]) {
+        // SQLite drops a failed statement's own count, not its trigger's
+        // ('d''s log row), and so does the answer.
+        Err(Error::Sql(e)) => assert_eq!(e.total_changes, 1, "{e}"),
+        other => panic!("a UNIQUE failure: {other:?}"),
+    }
+    let results = c
+        .batch(vec![
+            Statement::new("INSERT INTO p(name) VALUES ('e')", params![]),
+            Statement::new("UPDATE log SET n = n", params![]),
+        ])
+        .expect("batch");
+    let changed: Vec<u64> = results
+        .iter()
+        .map(|r| r.executed().expect("executed").total_changes)
+        .collect();
+    assert_eq!(changed, [2, 4]);
+    match c.batch(vec![
+        Statement::new("INSERT INTO p(name) VALUES ('f')", params![]),
+        Statement::new("INSERT INTO p(name) VALUES ('a'), ('a')", params![]),
+    ]) {
+        Err(Error::Sql(e)) => assert_eq!(e.total_changes, 2 + 1, "both statements': {e}"),
+        other => panic!("a UNIQUE failure: {other:?}"),
+    }
+    let tx = c.transaction().expect("begin");
+    let done = tx
+        .execute("INSERT INTO p(name) VALUES ('g')", params![])
+        .expect("in a transaction");
+    assert_eq!(done.total_changes, 2);
+    tx.rollback().expect("rollback");
+    // Every count above is what SQL's total_changes() moved by, and what
+    // sqlite3 counts for the same statements on one connection.
+    assert_eq!(total(&c) - base, 4 + 3 + 3 + 2 + 1 + 2 + 4 + 3 + 2);
+}

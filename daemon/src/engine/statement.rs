@@ -216,7 +216,7 @@ fn run(
     });
     forget_last_insert_rowid(conn);
     let total_before = conn.total_changes();
-    let result = guard.client(limits.deadline, scope, || {
+    let mut result = guard.client(limits.deadline, scope, || {
         run_guarded(conn, guard, st, want, limits, only).or_else(|e| error_body(e, guard, limits))
     });
     // Kept even when the statement failed or is rolled back, as SQLite
@@ -228,6 +228,14 @@ fn run(
     let changed = conn.total_changes().saturating_sub(total_before);
     if changed != 0 {
         owner.total_changes.fetch_add(changed, Ordering::Relaxed);
+    }
+    // The answer carries it too, for a driver's per-connection total; a
+    // failure's too, as SQLite counts what it changed before it failed.
+    match &mut result {
+        Ok(ReadOnly::Ran(Output::Executed(e))) => e.total_changes = changed,
+        Ok(ReadOnly::Ran(Output::Rows(r))) => r.total_changes = changed,
+        Ok(ReadOnly::NotReadOnly) => {}
+        Err(e) => e.total_changes = changed,
     }
     // The statement's own time: a slow client's taking of the parts is
     // its client's, not the statement's.
@@ -276,10 +284,7 @@ fn run_guarded(
         }
         return Ok(ReadOnly::Ran(match want {
             Want::Rows => Output::Rows(Rows::default()),
-            Want::Changes | Want::Either => Output::Executed(Executed {
-                rows_affected: 0,
-                last_insert_rowid: 0,
-            }),
+            Want::Changes | Want::Either => Output::Executed(Executed::new(0, 0)),
         }));
     }
     let mut stmt = conn.prepare_cached(&st.sql)?;
@@ -390,10 +395,10 @@ fn run_prepared(
         out.last_insert_rowid = conn.last_insert_rowid();
         return Ok(ReadOnly::Ran(Output::Rows(out)));
     }
-    Ok(ReadOnly::Ran(Output::Executed(Executed {
+    Ok(ReadOnly::Ran(Output::Executed(Executed::new(
         rows_affected,
-        last_insert_rowid: conn.last_insert_rowid(),
-    })))
+        conn.last_insert_rowid(),
+    ))))
 }
 
 /// Whether the statement is an INSERT, UPDATE, DELETE or REPLACE (a WITH
@@ -562,6 +567,7 @@ fn error_body(
             extended_code: ffi::SQLITE_RANGE,
             message: msg,
             statement_index: None,
+            total_changes: 0,
         },
         StatementError::TooLarge { rows, limit } => too_large(rows, limit),
         StatementError::RowTooLarge { row, bytes, limit } => ErrorBody::new(
@@ -597,6 +603,7 @@ fn sqlite_error_body(
                           request, or several statements as a batch"
                     .into(),
                 statement_index: None,
+                total_changes: 0,
             });
         }
         other => (ffi::SQLITE_ERROR, ffi::SQLITE_ERROR, other.to_string()),
@@ -612,6 +619,7 @@ fn sqlite_error_body(
                     extended_code: extended,
                     message: why,
                     statement_index: None,
+                    total_changes: 0,
                 });
             }
             None => {}
@@ -658,6 +666,7 @@ fn sqlite_error_body(
                       for a compact copy (what VACUUM INTO makes)"
                 .into(),
             statement_index: None,
+            total_changes: 0,
         });
     }
     let _ = code;
@@ -667,6 +676,7 @@ fn sqlite_error_body(
         extended_code: extended,
         message,
         statement_index: None,
+        total_changes: 0,
     })
 }
 
@@ -684,6 +694,7 @@ pub(crate) fn own_statement_error(what: &str, e: &rusqlite::Error) -> ErrorBody 
         extended_code: extended,
         message: format!("{what} failed: {e}"),
         statement_index: None,
+        total_changes: 0,
     }
 }
 

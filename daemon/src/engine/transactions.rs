@@ -796,6 +796,7 @@ impl Transactions {
                     txn.id
                 ),
                 statement_index: None,
+                total_changes: 0,
             }),
             ReadOnly::NotReadOnly => Ok(None),
         }

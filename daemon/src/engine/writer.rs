@@ -955,18 +955,28 @@ impl Writer {
     ) -> Result<ResponseBody, ErrorBody> {
         let mut results = Vec::with_capacity(stmts.len());
         let (mut size, mut row_count) = (0usize, 0usize);
+        // What the statements before a failure changed, which SQLite
+        // counts though the batch is rolled back.
+        let mut changed = 0;
         for (i, st) in stmts.iter().enumerate() {
             match self.run_one(st, scope, Want::Either, limits) {
-                Ok(Output::Executed(e)) => results.push(StatementResult::Executed(e)),
+                Ok(Output::Executed(e)) => {
+                    changed += e.total_changes;
+                    results.push(StatementResult::Executed(e));
+                }
                 Ok(Output::Rows(r)) => {
+                    changed += r.total_changes;
                     size += statement::rows_size(&r);
                     row_count += r.rows.len();
                     if size > limits.max_result_bytes {
-                        return Err(statement::too_large(row_count, limits.max_result_bytes));
+                        let mut e = statement::too_large(row_count, limits.max_result_bytes);
+                        e.total_changes = changed;
+                        return Err(e);
                     }
                     results.push(StatementResult::Rows(r));
                 }
                 Err(mut e) => {
+                    e.total_changes += changed;
                     e.statement_index = Some(u32::try_from(i).unwrap_or(u32::MAX));
                     e.message = format!(
                         "statement {} of the batch's {} failed, so none of the batch was applied: {}",

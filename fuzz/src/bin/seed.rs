@@ -72,21 +72,24 @@ fn requests() -> Vec<Request> {
 
 fn responses() -> Vec<Response> {
     let bodies = vec![
-        ResponseBody::Executed(Executed {
-            rows_affected: 1,
-            last_insert_rowid: 99,
+        ResponseBody::Executed(Executed::new(1, 99)),
+        ResponseBody::Changed(Changed {
+            total_changes: 3,
+            answer: Box::new(ResponseBody::Executed(Executed::new(1, 99))),
         }),
         ResponseBody::Rows(Rows {
             columns: vec!["a".into(), "b".into()],
             rows: vec![vec![Value::Integer(1), Value::Text("x".into())]],
             decltypes: Vec::new(),
             last_insert_rowid: 0,
+            total_changes: 0,
         }),
         ResponseBody::TypedRows(TypedRows::new(Rows {
             columns: vec!["a".into(), "b".into()],
             rows: vec![vec![Value::Integer(1), Value::Text("x".into())]],
             decltypes: vec![Some("TIMESTAMP".into()), None],
             last_insert_rowid: 0,
+            total_changes: 0,
         })),
         ResponseBody::Ok,
         ResponseBody::Error(ErrorBody::new(
