@@ -158,6 +158,8 @@ fn returning_in_a_transaction_comes_whole_or_applies_nothing() {
             .await
             .expect("RETURNING over the limit, in parts");
         assert_eq!(changed.len(), ROWS as usize);
+        // The change total comes with the answer after the parts.
+        assert_eq!(changed.total_changes(), ROWS as u64);
         let e = tx
             .query(
                 "INSERT INTO t(x, s) VALUES (-1, 'small'), (-2, printf('%0150000d', 0)) \
