@@ -1061,9 +1061,8 @@ class Connection:
                 self._lastrowid = lastrowid
 
 
-#: sqlite3 Connection members nexusd cannot have, and why; calling a method
-#: raises NotSupportedError with the reason (reading an attribute here
-#: raises AttributeError with it, so that ``hasattr`` stays False).
+#: sqlite3 Connection methods nexusd cannot have, and why; calling one
+#: raises NotSupportedError with the reason.
 _IN_DAEMON = ("statements run in the nexusd daemon, another process, which cannot "
               "call into this one; ")
 _NOT_HERE = {
