@@ -224,7 +224,10 @@ fn admin_suite_metrics_and_shell() {
     // The shell, fed from a pipe.
     let out = shell(
         &d,
-        b".tables\n.schema t\nSELECT count(*)\n  FROM t;\nINSERT INTO t VALUES (99);\nSELEC 1;\n.quit\n",
+        b".tables\n.schema t\nSELECT count(*)\n  FROM t;\nINSERT INTO t VALUES (99);\n\
+          CREATE TABLE log(x);\nCREATE TRIGGER tr AFTER INSERT ON t BEGIN \
+          INSERT INTO log VALUES (new.x); END;\nINSERT INTO t VALUES (100), (101);\n\
+          SELEC 1;\n.quit\n",
     );
     let text = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -232,7 +235,11 @@ fn admin_suite_metrics_and_shell() {
     assert!(text.contains(" t\n"), "{text}");
     assert!(text.contains("CREATE TABLE t(x);"), "{text}");
     assert!(text.contains(" 20\n"), "{text}");
-    assert!(text.contains("OK: 1 row affected"), "{text}");
+    assert!(text.contains("OK: 1 row affected, last"), "{text}");
+    assert!(
+        text.contains("OK: 2 rows affected (4 changed in all, by triggers or cascades)"),
+        "{text}"
+    );
     assert!(err.contains("syntax error"), "{err}");
     assert!(err.contains("1 of the input's statements"), "{err}");
 }

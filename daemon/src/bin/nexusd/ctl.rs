@@ -329,8 +329,17 @@ fn print_text(json: bool, message: String) {
 }
 
 pub(crate) fn print_executed(done: &Executed) {
+    // Rows a trigger or a foreign key's action changed besides.
+    let in_all = if done.total_changes == done.rows_affected {
+        String::new()
+    } else {
+        format!(
+            " ({} changed in all, by triggers or cascades)",
+            done.total_changes
+        )
+    };
     outln!(
-        "OK: {} row{} affected, last insert rowid {}",
+        "OK: {} row{} affected{in_all}, last insert rowid {}",
         done.rows_affected,
         if done.rows_affected == 1 { "" } else { "s" },
         done.last_insert_rowid
