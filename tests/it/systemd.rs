@@ -64,6 +64,22 @@ impl Notices {
         String::from_utf8_lossy(&buf[..n]).into_owned()
     }
 
+    /// The longest time without a `WATCHDOG=1`, from now until `work`
+    /// has finished, and what `work` returned.
+    fn longest_gap_while<T>(&self, work: std::thread::JoinHandle<T>) -> (Duration, T) {
+        let watching = Instant::now();
+        let (mut last, mut gap) = (Duration::ZERO, Duration::ZERO);
+        while !work.is_finished() {
+            if self.next().starts_with("WATCHDOG=1") {
+                let at = watching.elapsed();
+                gap = gap.max(at - last);
+                last = at;
+            }
+        }
+        let gap = gap.max(watching.elapsed() - last);
+        (gap, work.join().expect("the work watched"))
+    }
+
     /// How many `WATCHDOG=1` came in the next `span`.
     fn pings_within(&self, span: Duration) -> usize {
         let began = Instant::now();
@@ -359,14 +375,7 @@ fn the_watchdog_is_fed_while_the_writer_runs_a_long_statement() {
         c.vacuum().expect("ctl vacuum");
         began.elapsed()
     });
-    let mut pings = Vec::new();
-    let watching = Instant::now();
-    while !long.is_finished() {
-        if notify.next().starts_with("WATCHDOG=1") {
-            pings.push(watching.elapsed());
-        }
-    }
-    let took = long.join().expect("the long statements");
+    let (gap, took) = notify.longest_gap_while(long);
     assert!(
         took > Duration::from_millis(900),
         "the statements took only {took:?}: too short to show anything"
@@ -374,14 +383,10 @@ fn the_watchdog_is_fed_while_the_writer_runs_a_long_statement() {
     // The watchdog wants one every 300 ms, and the daemon sends one every
     // 100 ms; a gap of 2.5 periods would be a miss even on a loaded CI
     // machine (before the writer beat, the gap was the whole 4 s).
-    let mut last = Duration::ZERO;
-    for &at in pings.iter().chain([watching.elapsed()].iter()) {
-        assert!(
-            at - last < Duration::from_millis(750),
-            "no WATCHDOG=1 from {last:?} to {at:?} while the writer worked ({took:?} in all)"
-        );
-        last = at;
-    }
+    assert!(
+        gap < Duration::from_millis(750),
+        "{gap:?} without a WATCHDOG=1 while the writer worked ({took:?} in all)"
+    );
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().expect("wait").success());
@@ -413,23 +418,12 @@ fn the_watchdog_is_fed_while_the_writer_checkpoints_a_big_wal() {
             .expect("a write after the load");
         loaded.elapsed()
     });
-    let mut pings = Vec::new();
-    let watching = Instant::now();
-    while !load.is_finished() {
-        if notify.next().starts_with("WATCHDOG=1") {
-            pings.push(watching.elapsed());
-        }
-    }
-    let checkpoint = load.join().expect("the load");
-    let mut last = Duration::ZERO;
-    for &at in pings.iter().chain([watching.elapsed()].iter()) {
-        assert!(
-            at - last < Duration::from_millis(750),
-            "no WATCHDOG=1 from {last:?} to {at:?}; the write after the load waited \
-             {checkpoint:?} for the checkpoint"
-        );
-        last = at;
-    }
+    let (gap, checkpoint) = notify.longest_gap_while(load);
+    assert!(
+        gap < Duration::from_millis(750),
+        "{gap:?} without a WATCHDOG=1; the write after the load waited {checkpoint:?} for \
+         the checkpoint"
+    );
     assert!(
         checkpoint > Duration::from_millis(900),
         "the write after the load waited only {checkpoint:?}: the checkpoint was too short \
