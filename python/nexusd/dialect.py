@@ -13,6 +13,10 @@ ORM behave as on SQLite; what changes is underneath:
   never fails with a conflict. ``?begin=deferred`` reads from a snapshot
   until the first write instead, as SQLite's default does, and a write
   after another client's commit then fails with ``nexusd.Conflict``.
+  ``?begin=dml`` begins where pysqlite's own default does, at the first
+  statement that is not a read: the reads before it run outside the
+  transaction, on the daemon's readers, each seeing what is committed, and
+  the transaction then begins IMMEDIATE, so it never conflicts either.
   ``begin_nested()`` runs on real savepoints, and
   ``isolation_level="AUTOCOMMIT"`` works at the engine and the connection
   level.
@@ -61,6 +65,17 @@ def _raw(connection: Any) -> Any:
     return getattr(connection, "dbapi_connection", None) or connection
 
 
+def _reads_only(statement: str) -> bool:
+    """Whether ``statement`` surely only reads: a SELECT, VALUES or
+    EXPLAIN, or a PRAGMA that sets nothing. Anything else (a WITH, which
+    may write, included) counts as a write."""
+    words = nexusd._words(statement, 1)
+    first = words[0].upper() if words else ""
+    if first in ("SELECT", "VALUES", "EXPLAIN"):
+        return True
+    return first == "PRAGMA" and "=" not in statement
+
+
 def _connect_args(url) -> dict:
     query = dict(url.query)
     query.pop("begin", None)  # the dialect's own
@@ -74,7 +89,7 @@ def _connect_args(url) -> dict:
     if query:
         raise ValueError(
             f"unknown nexusd URL parameters {sorted(query)}; "
-            "use socket=, timeout=, client_name= or begin=immediate")
+            "use socket=, timeout=, client_name= or begin=immediate|deferred|dml")
     if url.database or url.host or url.username:
         raise ValueError(
             f"{url} names a database file or host; nexusd serves the daemon's own database: "
@@ -99,9 +114,11 @@ class NexusdDialect(SQLiteDialect_pysqlite):
 
     def create_connect_args(self, url: Any) -> Any:
         begin = url.query.get("begin", "immediate").upper()
-        if begin not in ("DEFERRED", "IMMEDIATE", "EXCLUSIVE"):
-            raise ValueError(f"begin={begin.lower()} is not deferred, immediate or exclusive")
-        self._begin = f"BEGIN {begin}"
+        if begin not in ("DEFERRED", "IMMEDIATE", "EXCLUSIVE", "DML"):
+            raise ValueError(
+                f"begin={begin.lower()} is not deferred, immediate, exclusive or dml")
+        self._begin_at_write = begin == "DML"
+        self._begin = "BEGIN IMMEDIATE" if self._begin_at_write else f"BEGIN {begin}"
         return ([], _connect_args(url))
 
     def _get_server_version_info(self, connection: Any) -> Any:
@@ -125,22 +142,24 @@ class NexusdDialect(SQLiteDialect_pysqlite):
         if not getattr(raw, "_sa_autocommit", False):
             raw._sa_begin_pending = True
 
-    def _begin_pending(self, cursor: Any) -> None:
+    def _begin_pending(self, cursor: Any, statement: str) -> None:
         raw = getattr(cursor, "_adapt_connection", None) or cursor.connection
         if getattr(raw, "_sa_begin_pending", False):
+            if getattr(self, "_begin_at_write", False) and _reads_only(statement):
+                return
             raw._sa_begin_pending = False
             cursor.execute(getattr(self, "_begin", "BEGIN IMMEDIATE"))
 
     def do_execute(self, cursor: Any, statement: Any, parameters: Any, context: Any = None) -> None:
-        self._begin_pending(cursor)
+        self._begin_pending(cursor, statement)
         cursor.execute(statement, parameters)
 
     def do_execute_no_params(self, cursor: Any, statement: Any, context: Any = None) -> None:
-        self._begin_pending(cursor)
+        self._begin_pending(cursor, statement)
         cursor.execute(statement)
 
     def do_executemany(self, cursor: Any, statement: Any, parameters: Any, context: Any = None) -> None:
-        self._begin_pending(cursor)
+        self._begin_pending(cursor, statement)
         cursor.executemany(statement, parameters)
 
     def do_commit(self, dbapi_connection: Any) -> None:

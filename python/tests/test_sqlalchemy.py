@@ -191,6 +191,57 @@ def test_transactions_begin_immediate_by_default_and_deferred_on_request(daemon)
         engine.dispose()
 
 
+def test_begin_at_the_first_write_leaves_reads_to_the_readers(daemon):
+    """?begin=dml begins where pysqlite does, at the first statement that
+    is not a read: a session that has only read holds nothing, so another
+    writer commits at once (under the default it would wait for the
+    session, here in the same thread, until its time limit), and the
+    session's reads see each commit. Its first write begins IMMEDIATE:
+    no conflict, savepoints work, and a rollback undoes all it wrote."""
+    e = create_engine(f"sqlite+nexusd://?socket={daemon.socket}&begin=dml")
+    Base.metadata.create_all(e)
+    other = create_engine(f"sqlite+nexusd://?socket={daemon.socket}&timeout=3",
+                          isolation_level="AUTOCOMMIT")
+    count = select(sqlalchemy.func.count()).select_from(User)
+    with Session(e) as s:
+        assert s.scalar(count) == 0
+        assert s.connection().exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert not s.connection().connection.dbapi_connection.in_transaction
+        with other.connect() as conn:
+            conn.execute(text("INSERT INTO users(name) VALUES ('between')"))
+        assert s.scalar(count) == 1
+        s.add(User(name="mine"))
+        s.flush()
+        assert s.connection().connection.dbapi_connection.in_transaction
+        nested = s.begin_nested()
+        s.add(User(name="nested"))
+        nested.rollback()
+        s.commit()
+    with Session(e) as s:
+        s.add(User(name="gone"))
+        s.flush()
+        s.rollback()
+        assert sorted(s.scalars(select(User.name))) == ["between", "mine"]
+    with pytest.raises(ValueError, match="begin=sometimes is not deferred, immediate, "
+                                         "exclusive or dml"):
+        create_engine(f"sqlite+nexusd://?socket={daemon.socket}&begin=sometimes").connect()
+
+    async def main():
+        engine = create_async_engine(f"sqlite+nexusd_async://?socket={daemon.socket}&begin=dml")
+        async with AsyncSession(engine) as s:
+            assert await s.scalar(count) == 2
+            with other.connect() as conn:
+                conn.execute(text("INSERT INTO users(name) VALUES ('async between')"))
+            s.add(User(name="async"))
+            await s.commit()
+            assert await s.scalar(count) == 4
+        await engine.dispose()
+
+    asyncio.run(main())
+    for engine in (e, other):
+        engine.dispose()
+
+
 def test_a_transaction_holds_nothing_before_its_first_statement(daemon):
     """SQLAlchemy begins when a connection is first used; BEGIN IMMEDIATE
     goes out with the first statement, so a connection opened early does
