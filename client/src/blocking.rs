@@ -143,6 +143,11 @@ impl Transaction {
         self.runtime.block_on(self.open()?.batch(statements))
     }
 
+    /// Blocking [`crate::Transaction::batch_all`].
+    pub fn batch_all(&self, statements: Vec<Statement>) -> Result<Vec<StatementResult>> {
+        self.runtime.block_on(self.open()?.batch_all(statements))
+    }
+
     /// Blocking [`crate::Transaction::commit`].
     pub fn commit(mut self) -> Result<()> {
         match self.inner.take() {
@@ -180,6 +185,7 @@ blocking_methods! {
     fn query(&self, sql: &str, params: Params) -> Rows;
     fn run(&self, sql: &str, params: Params) -> StatementResult;
     fn batch(&self, statements: Vec<Statement>) -> Vec<StatementResult>;
+    fn batch_all(&self, statements: Vec<Statement>) -> Vec<StatementResult>;
     fn ping(&self) -> ();
     fn status(&self) -> Status;
     fn stats(&self) -> Stats;

@@ -51,6 +51,11 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
+    /// The largest frame the daemon takes (its `Welcome`).
+    pub(crate) fn max_frame(&self) -> u32 {
+        self.max_frame
+    }
+
     pub(crate) async fn open(
         path: &Path,
         client_name: &str,

@@ -34,6 +34,7 @@
 //! ```
 
 pub mod blocking;
+mod chunks;
 mod connection;
 mod error;
 mod rows;
@@ -60,7 +61,7 @@ use crate::connection::{CallError, Connection};
 
 /// Positional parameters: `params![1, "two", 3.0, None::<i64>]`.
 /// Accepts anything that converts into a [`Value`]: i64, i32, f64, bool,
-/// &str, String, Vec<u8>, &[u8], `Option<_>` of those, and `Value`.
+/// `&str`, `String`, `Vec<u8>`, `&[u8]`, `Option<_>` of those, and `Value`.
 #[macro_export]
 macro_rules! params {
     () => {
@@ -107,6 +108,15 @@ impl StatementResult {
         match self {
             StatementResult::Executed(e) => Some(e),
             StatementResult::Rows(_) => None,
+        }
+    }
+
+    /// The rows the statement changed in all, its triggers' and foreign-key
+    /// actions' included (SQLite's `total_changes()` moved by this much).
+    pub fn total_changes(&self) -> u64 {
+        match self {
+            StatementResult::Executed(e) => e.total_changes,
+            StatementResult::Rows(r) => r.total_changes(),
         }
     }
 }
@@ -283,7 +293,10 @@ impl Client {
     }
 
     /// Runs the statements atomically, in order: all apply, or none do and
-    /// the error's `statement_index` names the one that failed.
+    /// the error's `statement_index` names the one that failed. It is one
+    /// request, so one over the daemon's frame limit fails with
+    /// [`Error::TooLarge`] and applies nothing; [`Client::batch_all`] sends
+    /// such a batch in parts.
     ///
     /// ```no_run
     /// # async fn demo(db: nexusd_client::Client) -> nexusd_client::Result<()> {
@@ -296,6 +309,34 @@ impl Client {
     /// ```
     pub async fn batch(&self, statements: Vec<Statement>) -> Result<Vec<StatementResult>> {
         into_batch(self.call(RequestBody::Batch(statements)).await?)
+    }
+
+    /// As [`Client::batch`], however large: a batch that would not fit in
+    /// one request (the daemon's frame limit, 16 MiB by default) goes in
+    /// parts that each fit, inside an immediate transaction of its own, so
+    /// it still applies all or nothing; a failing statement's
+    /// `statement_index` counts over the whole batch. The transaction's
+    /// lease bounds how long the parts may take (`txn-max-ms`, 30 s by
+    /// default).
+    pub async fn batch_all(&self, statements: Vec<Statement>) -> Result<Vec<StatementResult>> {
+        let budget = chunks::budget(self.connection().await?.max_frame());
+        let mut parts = chunks::split(statements, budget);
+        if parts.len() == 1 {
+            return self.batch(parts.pop().unwrap_or_default()).await;
+        }
+        let tx = self.transaction().await?;
+        match tx.batch_parts(parts).await {
+            Ok(results) => {
+                tx.commit().await?;
+                Ok(results)
+            }
+            Err(e) => {
+                // What the rollback might say adds nothing to `e`; the
+                // transaction ends either way.
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
     }
 
     /// A round trip that touches no data; needs only the read role.

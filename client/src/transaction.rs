@@ -5,11 +5,17 @@ use std::sync::{Arc, Mutex};
 
 use nexusd_protocol::{RequestBody, ResponseBody, TxnOp};
 
+use crate::chunks;
 use crate::connection::Connection;
 use crate::{
     Client, Error, Executed, Params, Result, Rows, Statement, StatementResult, into_batch,
     into_executed, into_rows, into_statement_result, unexpected,
 };
+
+/// The savepoint a [`Transaction::batch_all`] in parts runs in.
+const SAVEPOINT: &str = "SAVEPOINT nexusd_batch_all";
+const RELEASE: &str = "RELEASE nexusd_batch_all";
+const ROLLBACK_TO: &str = "ROLLBACK TO nexusd_batch_all";
 
 /// An open transaction, from [`Client::transaction`],
 /// [`Client::deferred_transaction`] or [`Client::read_transaction`].
@@ -116,6 +122,52 @@ impl Transaction {
     /// (which stays open either way), as [`Client::batch`].
     pub async fn batch(&self, statements: Vec<Statement>) -> Result<Vec<StatementResult>> {
         into_batch(self.call(TxnOp::Batch(statements)).await?)
+    }
+
+    /// As [`Transaction::batch`], however large: a batch that would not fit
+    /// in one request goes in parts that each fit, inside a savepoint of
+    /// its own, so it still applies all or nothing within the transaction
+    /// (as [`Client::batch_all`](crate::Client::batch_all)).
+    pub async fn batch_all(&self, statements: Vec<Statement>) -> Result<Vec<StatementResult>> {
+        let mut parts = chunks::split(statements, chunks::budget(self.conn.max_frame()));
+        if parts.len() == 1 {
+            return self.batch(parts.pop().unwrap_or_default()).await;
+        }
+        self.execute(SAVEPOINT, Params::default()).await?;
+        match self.batch_parts(parts).await {
+            Ok(results) => {
+                self.execute(RELEASE, Params::default()).await?;
+                Ok(results)
+            }
+            Err(e) => {
+                // Back to before the batch; the transaction goes on. If
+                // that fails too, the transaction is over, and says so at
+                // its next call.
+                if self.execute(ROLLBACK_TO, Params::default()).await.is_ok() {
+                    let _ = self.execute(RELEASE, Params::default()).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The parts of one batch in order, stopping at the first that fails.
+    pub(crate) async fn batch_parts(
+        &self,
+        parts: Vec<Vec<Statement>>,
+    ) -> Result<Vec<StatementResult>> {
+        let (count, mut results) = (parts.len(), Vec::new());
+        for (i, part) in parts.into_iter().enumerate() {
+            let offset = results.len();
+            match self.batch(part).await {
+                Ok(done) => results.extend(done),
+                Err(e) => {
+                    let earlier = results.iter().map(StatementResult::total_changes).sum();
+                    return Err(chunks::in_whole(e, i, count, offset, earlier));
+                }
+            }
+        }
+        Ok(results)
     }
 
     /// Applies the transaction; returns once it is durable. On an error

@@ -497,7 +497,10 @@ impl Client {
         seq_of_params: &Bound<'_, PyAny>,
     ) -> PyResult<(u64, i64, u64)> {
         let statements = many(sql, seq_of_params)?;
-        let results = self.wait(py, |client| async move { client.batch(statements).await })?;
+        let results = self.wait(
+            py,
+            |client| async move { client.batch_all(statements).await },
+        )?;
         Ok(batch_totals(&results))
     }
 
@@ -509,7 +512,10 @@ impl Client {
             .into_iter()
             .map(|s| Statement::new(s, Params::default()))
             .collect();
-        let results = self.wait(py, |client| async move { client.batch(statements).await })?;
+        let results = self.wait(
+            py,
+            |client| async move { client.batch_all(statements).await },
+        )?;
         let (_, lastrowid, total) = batch_totals(&results);
         Ok((lastrowid, total))
     }
@@ -550,7 +556,7 @@ impl Client {
         let client = (*self.inner).clone();
         spawn_future(py, self.flavor, completions, async move {
             client
-                .batch(statements)
+                .batch_all(statements)
                 .await
                 .map(|r| Answer::Totals(batch_totals(&r)))
         })
@@ -848,7 +854,7 @@ impl Transaction {
         let statements = many(sql, seq_of_params)?;
         let results = self.with(py, |inner| async move {
             match inner.lock().await.as_ref() {
-                Some(tx) => tx.batch(statements).await,
+                Some(tx) => tx.batch_all(statements).await,
                 None => Err(ended()),
             }
         })?;
@@ -863,7 +869,7 @@ impl Transaction {
             .collect();
         self.with(py, |inner| async move {
             match inner.lock().await.as_ref() {
-                Some(tx) => tx.batch(statements).await.map(|r| {
+                Some(tx) => tx.batch_all(statements).await.map(|r| {
                     let (_, lastrowid, total) = batch_totals(&r);
                     (lastrowid, total)
                 }),
@@ -912,7 +918,7 @@ impl Transaction {
         spawn_future(py, self.flavor, completions, async move {
             match inner.lock().await.as_ref() {
                 Some(tx) => tx
-                    .batch(statements)
+                    .batch_all(statements)
                     .await
                     .map(|r| Answer::Totals(batch_totals(&r))),
                 None => Err(ended()),

@@ -122,6 +122,48 @@ def test_executemany_is_one_atomic_request(conn):
         conn.executemany("SELECT ?", [(1,)])
 
 
+def test_executemany_and_executescript_of_any_size_stay_atomic(daemon):
+    """sqlite3 takes an executemany of any size; one request is bounded by
+    the daemon's frame limit (16 MiB), so a larger batch goes in parts,
+    inside a transaction (autocommit) or a savepoint (in a transaction) of
+    its own: all of it applies, or none, and a failure names its statement
+    over the whole batch."""
+    rows = 60_000  # about 20 MB of parameters: over one frame
+    blob = b"\xab" * 300
+
+    def many(prefix, last=None):
+        """``rows`` rows named prefix0, prefix1...; the last named ``last``
+        if given (a name already taken, to fail there)."""
+        yield from ((f"{prefix}{i}", blob) for i in range(rows - 1))
+        yield (last or f"{prefix}{rows - 1}", blob)
+
+    auto = nexusd.connect(daemon.socket, isolation_level=None)
+    auto.execute("CREATE TABLE big(id INTEGER PRIMARY KEY, name TEXT UNIQUE, b BLOB)")
+    cur = auto.executemany("INSERT INTO big(name, b) VALUES (?, ?)", many("r"))
+    assert cur.rowcount == rows
+    assert auto.total_changes == rows
+    with pytest.raises(nexusd.IntegrityError) as failed:
+        auto.executemany("INSERT INTO big(name, b) VALUES (?, ?)", many("s", "r0"))
+    assert failed.value.statement_index == rows - 1, str(failed.value)
+    assert "parts" in str(failed.value)
+    assert auto.execute("SELECT count(*) FROM big").fetchone() == (rows,)
+
+    legacy = nexusd.connect(daemon.socket)
+    legacy.execute("DELETE FROM big WHERE id > 10")
+    with pytest.raises(nexusd.IntegrityError):
+        legacy.executemany("INSERT INTO big(name, b) VALUES (?, ?)", many("t", "r0"))
+    assert legacy.in_transaction, "the transaction goes on, without the batch"
+    legacy.executemany("INSERT INTO big(name, b) VALUES (?, ?)", many("u"))
+    legacy.commit()
+    assert auto.execute("SELECT count(*) FROM big").fetchone() == (10 + rows,)
+
+    script = ";\n".join(f"INSERT INTO big(name, b) VALUES ('v{i}', x'{blob.hex()}')"
+                         for i in range(rows))
+    assert len(script) > 16 * 1024 * 1024, "over one frame"
+    auto.executescript(script)
+    assert auto.execute("SELECT count(*) FROM big WHERE name LIKE 'v%'").fetchone() == (rows,)
+
+
 def test_executescript_is_one_atomic_batch(conn):
     conn.executescript("""
         BEGIN;

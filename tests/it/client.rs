@@ -807,3 +807,69 @@ fn each_answer_carries_the_rows_its_statement_changed_in_all() {
     // sqlite3 counts for the same statements on one connection.
     assert_eq!(total(&c) - base, 4 + 3 + 3 + 2 + 1 + 2 + 4 + 3 + 2);
 }
+
+/// A batch over the frame limit goes in parts with `batch_all`, still all
+/// or nothing: in a transaction of its own outside one, in a savepoint of
+/// its own inside one, which goes on without it when it fails. A failing
+/// statement's index counts over the whole batch.
+#[test]
+fn batch_all_sends_a_batch_over_the_frame_limit_in_parts_all_or_nothing() {
+    let d = Daemon::start(&[]);
+    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    c.execute(
+        "CREATE TABLE big(id INTEGER PRIMARY KEY, name TEXT UNIQUE, b BLOB)",
+        params![],
+    )
+    .expect("create");
+    const ROWS: usize = 40_000; // 500 bytes each: 20 MB, over the 16 MiB frame
+    let batch = |prefix: &str, last: Option<&str>| -> Vec<Statement> {
+        (0..ROWS)
+            .map(|i| {
+                let name = match last {
+                    Some(last) if i == ROWS - 1 => last.to_owned(),
+                    _ => format!("{prefix}{i}"),
+                };
+                Statement::new(
+                    "INSERT INTO big(name, b) VALUES (?1, ?2)",
+                    params![name, vec![7u8; 500]],
+                )
+            })
+            .collect()
+    };
+    let count = |c: &nexusd_client::blocking::Client| -> i64 {
+        c.query("SELECT count(*) FROM big", params![])
+            .expect("count")
+            .get(0)
+            .expect("a row")
+            .get(0)
+            .expect("an integer")
+    };
+    match c.batch(batch("a", None)) {
+        Err(Error::TooLarge(m)) => assert!(m.contains("exceeds the limit"), "{m}"),
+        other => panic!("one request over the frame limit: {other:?}"),
+    }
+    let done = c.batch_all(batch("a", None)).expect("in parts");
+    assert_eq!(done.len(), ROWS);
+    assert_eq!(count(&c), ROWS as i64);
+    match c.batch_all(batch("b", Some("a0"))) {
+        Err(Error::Sql(e)) => {
+            assert_eq!(e.statement_index, Some(ROWS - 1), "{e}");
+            assert!(e.message.contains("parts"), "{e}");
+        }
+        other => panic!("a UNIQUE failure in the last part: {other:?}"),
+    }
+    assert_eq!(count(&c), ROWS as i64, "none of the failed batch applied");
+
+    let tx = c.transaction().expect("begin");
+    tx.execute("DELETE FROM big WHERE id > 10", params![])
+        .expect("delete");
+    assert!(tx.batch_all(batch("c", Some("a0"))).is_err());
+    tx.batch_all(batch("d", None))
+        .expect("in parts, in the transaction");
+    tx.commit().expect("commit");
+    assert_eq!(
+        count(&c),
+        10 + ROWS as i64,
+        "the delete and the second batch"
+    );
+}
