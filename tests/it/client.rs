@@ -4,7 +4,7 @@
 use nexusd_client::{CheckpointMode, Error, Statement, StatementResult, params};
 use nexusd_tests::Daemon;
 
-use crate::{client, metric, rt};
+use crate::{client, count, daemon_with_table, metric, rt};
 
 #[test]
 fn blocking_client_and_typed_values() {
@@ -736,15 +736,7 @@ fn each_answer_carries_the_rows_its_statement_changed_in_all() {
         .collect(),
     )
     .expect("schema");
-    let total = |c: &nexusd_client::blocking::Client| -> i64 {
-        c.query("SELECT total_changes()", params![])
-            .expect("total_changes()")
-            .get(0)
-            .expect("a row")
-            .get(0)
-            .expect("an integer")
-    };
-    let base = total(&c);
+    let base = count(&c, "SELECT total_changes()");
     let done = c
         .execute("INSERT INTO p(name) VALUES ('a'), ('b')", params![])
         .expect("insert");
@@ -805,7 +797,10 @@ fn each_answer_carries_the_rows_its_statement_changed_in_all() {
     tx.rollback().expect("rollback");
     // Every count above is what SQL's total_changes() moved by, and what
     // sqlite3 counts for the same statements on one connection.
-    assert_eq!(total(&c) - base, 4 + 3 + 3 + 2 + 1 + 2 + 4 + 3 + 2);
+    assert_eq!(
+        count(&c, "SELECT total_changes()") - base,
+        4 + 3 + 3 + 2 + 1 + 2 + 4 + 3 + 2
+    );
 }
 
 /// A batch over the frame limit goes in parts with `batch_all`, still all
@@ -814,13 +809,10 @@ fn each_answer_carries_the_rows_its_statement_changed_in_all() {
 /// statement's index counts over the whole batch.
 #[test]
 fn batch_all_sends_a_batch_over_the_frame_limit_in_parts_all_or_nothing() {
-    let d = Daemon::start(&[]);
-    let c = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
-    c.execute(
+    let (_d, c) = daemon_with_table(
+        &[],
         "CREATE TABLE big(id INTEGER PRIMARY KEY, name TEXT UNIQUE, b BLOB)",
-        params![],
-    )
-    .expect("create");
+    );
     const ROWS: usize = 40_000; // 500 bytes each: 20 MB, over the 16 MiB frame
     let batch = |prefix: &str, last: Option<&str>| -> Vec<Statement> {
         (0..ROWS)
@@ -836,21 +828,14 @@ fn batch_all_sends_a_batch_over_the_frame_limit_in_parts_all_or_nothing() {
             })
             .collect()
     };
-    let count = |c: &nexusd_client::blocking::Client| -> i64 {
-        c.query("SELECT count(*) FROM big", params![])
-            .expect("count")
-            .get(0)
-            .expect("a row")
-            .get(0)
-            .expect("an integer")
-    };
+    let rows = |c: &nexusd_client::blocking::Client| count(c, "SELECT count(*) FROM big");
     match c.batch(batch("a", None)) {
         Err(Error::TooLarge(m)) => assert!(m.contains("exceeds the limit"), "{m}"),
         other => panic!("one request over the frame limit: {other:?}"),
     }
     let done = c.batch_all(batch("a", None)).expect("in parts");
     assert_eq!(done.len(), ROWS);
-    assert_eq!(count(&c), ROWS as i64);
+    assert_eq!(rows(&c), ROWS as i64);
     match c.batch_all(batch("b", Some("a0"))) {
         Err(Error::Sql(e)) => {
             assert_eq!(e.statement_index, Some(ROWS - 1), "{e}");
@@ -858,7 +843,7 @@ fn batch_all_sends_a_batch_over_the_frame_limit_in_parts_all_or_nothing() {
         }
         other => panic!("a UNIQUE failure in the last part: {other:?}"),
     }
-    assert_eq!(count(&c), ROWS as i64, "none of the failed batch applied");
+    assert_eq!(rows(&c), ROWS as i64, "none of the failed batch applied");
 
     let tx = c.transaction().expect("begin");
     tx.execute("DELETE FROM big WHERE id > 10", params![])
@@ -868,7 +853,7 @@ fn batch_all_sends_a_batch_over_the_frame_limit_in_parts_all_or_nothing() {
         .expect("in parts, in the transaction");
     tx.commit().expect("commit");
     assert_eq!(
-        count(&c),
+        rows(&c),
         10 + ROWS as i64,
         "the delete and the second batch"
     );

@@ -48,6 +48,16 @@ pub fn metric(c: &nexusd_client::blocking::Client, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
 }
 
+/// The integer that `sql`'s first row starts with (a count, say).
+pub fn count(c: &nexusd_client::blocking::Client, sql: &str) -> i64 {
+    c.query(sql, nexusd_client::params![])
+        .expect("count")
+        .get(0)
+        .expect("a row")
+        .get(0)
+        .expect("an integer")
+}
+
 /// A daemon started with `args`, a blocking client, and the table that
 /// `create` makes: how many tests begin.
 pub fn daemon_with_table(args: &[&str], create: &str) -> (Daemon, nexusd_client::blocking::Client) {

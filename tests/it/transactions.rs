@@ -10,16 +10,7 @@ use std::time::{Duration, Instant};
 use nexusd_client::{Client, params};
 use nexusd_tests::{Daemon, wait_until};
 
-use crate::{LONG, client, ctl, finish_worker, rt, s, spawn_worker};
-
-fn count(c: &nexusd_client::blocking::Client, sql: &str) -> i64 {
-    c.query(sql, params![])
-        .expect("count")
-        .get(0)
-        .expect("a row")
-        .get(0)
-        .expect("an integer")
-}
+use crate::{LONG, client, count, ctl, finish_worker, rt, s, spawn_worker};
 
 /// 8 processes move money as read-check-write transactions (half of them
 /// deferred, retrying conflicts): the total is conserved, no balance goes
