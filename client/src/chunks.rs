@@ -8,7 +8,7 @@
 
 use nexusd_protocol::{Params, Statement, Value};
 
-use crate::Error;
+use crate::{Client, Error, Result, StatementResult, Transaction};
 
 /// An upper bound on what `statement` takes in a request: its text, its
 /// values and their tags and lengths as bincode writes them (a varint is at
@@ -30,49 +30,257 @@ fn size_bound(statement: &Statement) -> usize {
     20 + statement.sql.len() + params
 }
 
-/// `statements` in order, cut into parts of at most `budget` bytes each
-/// by [`size_bound`]. A statement larger than the budget is a part of its
-/// own (the daemon then refuses it, saying why).
-pub(crate) fn split(statements: Vec<Statement>, budget: usize) -> Vec<Vec<Statement>> {
-    let mut parts = vec![Vec::new()];
-    let mut size = 0;
-    for statement in statements {
-        let bound = size_bound(&statement);
-        if size + bound > budget && size > 0 {
-            parts.push(Vec::new());
-            size = 0;
-        }
-        size += bound;
-        if let Some(part) = parts.last_mut() {
-            part.push(statement);
+/// A batch's statements gathered into parts of at most `budget` bytes each
+/// by [`size_bound`], as they come. A statement larger than the budget is a
+/// part of its own (the daemon then refuses it, saying why).
+struct Parts {
+    budget: usize,
+    part: Vec<Statement>,
+    size: usize,
+}
+
+impl Parts {
+    fn new(budget: usize) -> Parts {
+        Parts {
+            budget,
+            part: Vec::new(),
+            size: 0,
         }
     }
-    parts
+
+    /// Adds `statement`; when it does not fit in the part being filled,
+    /// that part is full and comes back, and `statement` begins the next.
+    fn push(&mut self, statement: Statement) -> Option<Vec<Statement>> {
+        let bound = size_bound(&statement);
+        let full = if self.size + bound > self.budget && self.size > 0 {
+            self.size = 0;
+            Some(std::mem::take(&mut self.part))
+        } else {
+            None
+        };
+        self.size += bound;
+        self.part.push(statement);
+        full
+    }
+}
+
+/// `statements` in order, cut into parts as [`Parts`] cuts them.
+#[cfg(test)]
+fn split(statements: Vec<Statement>, budget: usize) -> Vec<Vec<Statement>> {
+    let mut parts = Parts::new(budget);
+    let mut out: Vec<Vec<Statement>> = statements
+        .into_iter()
+        .filter_map(|s| parts.push(s))
+        .collect();
+    out.push(parts.part);
+    out
 }
 
 /// What part of a frame a batch's part may fill: half, so that the
 /// request's other fields and any error in the bound leave room.
-pub(crate) fn budget(max_frame: u32) -> usize {
+fn budget(max_frame: u32) -> usize {
     usize::try_from(max_frame / 2).unwrap_or(usize::MAX)
 }
 
-/// An error from part `part` (from 0) of `parts`, whose first statement
-/// is the batch's `offset`th: its statement index counted over the whole
+/// A batch of any size, sent in parts as its statements come, so that the
+/// caller never holds it whole, and still applied all or nothing: push the
+/// statements in order, [`send`](Self::send) each part
+/// [`push`](Self::push) hands back, then [`finish`](Self::finish). Made by
+/// [`Client::batch_writer`](crate::Client::batch_writer) or
+/// [`Transaction::batch_writer`](crate::Transaction::batch_writer).
+///
+/// A batch that fits one part goes as one plain batch request. A larger
+/// one goes in an immediate transaction of its own, begun before its
+/// first part and committed after its last, or, within a caller's
+/// transaction, in a savepoint of its own, so the transaction goes on
+/// after a failure. A failing statement's `statement_index` counts over
+/// the whole batch. Dropped unfinished, a writer's own transaction is
+/// rolled back; within a caller's transaction, call
+/// [`abandon`](Self::abandon) so that the savepoint is rolled back.
+pub struct BatchWriter {
+    parts: Parts,
+    scope: Scope,
+    /// Parts sent, statements in them, and the rows they changed in all.
+    sent: usize,
+    offset: usize,
+    changes: u64,
+    /// A part failed or the batch was given up: nothing more goes.
+    failed: bool,
+}
+
+/// What holds a batch's parts together.
+enum Scope {
+    /// A transaction of its own, begun at the first part.
+    Own {
+        client: Client,
+        tx: Option<Transaction>,
+    },
+    /// A savepoint in the caller's transaction, opened at the first part.
+    Within(Transaction),
+}
+
+impl std::fmt::Debug for BatchWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (scope, tx) = match &self.scope {
+            Scope::Own { tx, .. } => ("own transaction", tx.as_ref().map(Transaction::id)),
+            Scope::Within(tx) => ("savepoint", Some(tx.id())),
+        };
+        f.debug_struct("BatchWriter")
+            .field("scope", &scope)
+            .field("transaction", &tx)
+            .field("budget", &self.parts.budget)
+            .field("pending", &self.parts.part.len())
+            .field("parts_sent", &self.sent)
+            .field("statements_sent", &self.offset)
+            .finish()
+    }
+}
+
+impl BatchWriter {
+    /// Outside any transaction, on `client`, whose daemon takes frames of
+    /// up to `max_frame` bytes.
+    pub(crate) fn new(client: Client, max_frame: u32) -> Self {
+        Self::with_scope(Scope::Own { client, tx: None }, max_frame)
+    }
+
+    /// Within the transaction `tx` is a handle of, whose daemon takes
+    /// frames of up to `max_frame` bytes.
+    pub(crate) fn within(tx: Transaction, max_frame: u32) -> Self {
+        Self::with_scope(Scope::Within(tx), max_frame)
+    }
+
+    fn with_scope(scope: Scope, max_frame: u32) -> Self {
+        BatchWriter {
+            parts: Parts::new(budget(max_frame)),
+            scope,
+            sent: 0,
+            offset: 0,
+            changes: 0,
+            failed: false,
+        }
+    }
+
+    /// Adds the next statement. When the part being filled cannot take it,
+    /// that part is full and comes back: [`send`](Self::send) it before
+    /// pushing more.
+    pub fn push(&mut self, statement: Statement) -> Option<Vec<Statement>> {
+        self.parts.push(statement)
+    }
+
+    /// Sends `part`, the batch's next, beginning the batch's transaction or
+    /// savepoint first if it is the first. On an error the batch is over
+    /// and none of it applied (its transaction rolled back, or its
+    /// savepoint); the error's statement index and change total count over
+    /// the whole batch.
+    pub async fn send(&mut self, part: Vec<Statement>) -> Result<Vec<StatementResult>> {
+        if self.failed {
+            return Err(Error::InvalidArgument(
+                "this batch already failed and none of it was applied; \
+                 start a new batch to send its statements again"
+                    .into(),
+            ));
+        }
+        let first = self.sent == 0;
+        let tx = match &mut self.scope {
+            Scope::Own { client, tx } => match tx {
+                Some(tx) => &*tx,
+                None => &*tx.insert(client.transaction().await?),
+            },
+            Scope::Within(tx) => {
+                if first {
+                    tx.execute(SAVEPOINT, Params::default()).await?;
+                }
+                &*tx
+            }
+        };
+        let len = part.len();
+        self.sent += 1;
+        match tx.batch(part).await {
+            Ok(results) => {
+                self.offset += len;
+                self.changes += results
+                    .iter()
+                    .map(StatementResult::total_changes)
+                    .sum::<u64>();
+                Ok(results)
+            }
+            Err(e) => {
+                let e = in_whole(e, self.sent - 1, self.offset, self.changes);
+                self.undo().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends what is left, and applies the batch (a batch that never
+    /// filled a part goes as one plain batch request). Returns the last
+    /// part's results.
+    pub async fn finish(mut self) -> Result<Vec<StatementResult>> {
+        let rest = std::mem::take(&mut self.parts.part);
+        if self.sent == 0 && !self.failed {
+            return match &self.scope {
+                Scope::Own { client, .. } => client.batch(rest).await,
+                Scope::Within(tx) => tx.batch(rest).await,
+            };
+        }
+        let results = self.send(rest).await?;
+        match self.scope {
+            Scope::Own { tx: Some(tx), .. } => tx.commit().await?,
+            Scope::Own { tx: None, .. } => {}
+            Scope::Within(tx) => {
+                tx.execute(RELEASE, Params::default()).await?;
+            }
+        }
+        Ok(results)
+    }
+
+    /// Gives the batch up (its statements' source failed, say): none of it
+    /// is applied.
+    pub async fn abandon(mut self) {
+        self.undo().await;
+    }
+
+    /// Rolls back what the parts sent so far did, and ends the scope. What
+    /// the rollback might say adds nothing to the caller's error: a failed
+    /// rollback of its own transaction ends it all the same, and one of the
+    /// savepoint ends the caller's transaction, which says so at its next
+    /// call.
+    async fn undo(&mut self) {
+        if self.failed {
+            return;
+        }
+        match &mut self.scope {
+            Scope::Own { tx, .. } => {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.rollback().await;
+                }
+            }
+            Scope::Within(tx) => {
+                if self.sent > 0 && tx.execute(ROLLBACK_TO, Params::default()).await.is_ok() {
+                    let _ = tx.execute(RELEASE, Params::default()).await;
+                }
+            }
+        }
+        self.failed = true;
+    }
+}
+
+/// The savepoint a batch in parts runs in, within a caller's transaction.
+const SAVEPOINT: &str = "SAVEPOINT nexusd_batch_all";
+const RELEASE: &str = "RELEASE nexusd_batch_all";
+const ROLLBACK_TO: &str = "ROLLBACK TO nexusd_batch_all";
+
+/// An error from part `part` (from 0) of a batch, whose first statement is
+/// the batch's `offset`th: its statement index counted over the whole
 /// batch, the message saying so, and the rows the parts before it changed
 /// (`earlier_changes`) in its change total, as for one batch.
-pub(crate) fn in_whole(
-    e: Error,
-    part: usize,
-    parts: usize,
-    offset: usize,
-    earlier_changes: u64,
-) -> Error {
+fn in_whole(e: Error, part: usize, offset: usize, earlier_changes: u64) -> Error {
     match e {
         Error::Sql(mut s) => {
             s.statement_index = s.statement_index.map(|i| i + offset);
             s.total_changes += earlier_changes;
             s.message = format!(
-                "{} (the batch went in {parts} parts to fit the frame limit; this was part {}, \
+                "{} (the batch went in parts to fit the frame limit; this was part {}, \
                  from statement {}; none of the batch was applied)",
                 s.message,
                 part + 1,

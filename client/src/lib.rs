@@ -45,6 +45,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+pub use chunks::BatchWriter;
 pub use error::{Error, Result, SqlError};
 pub use nexusd_protocol::paths::default_socket_path;
 pub use nexusd_protocol::{
@@ -317,26 +318,28 @@ impl Client {
     /// it still applies all or nothing; a failing statement's
     /// `statement_index` counts over the whole batch. The transaction's
     /// lease bounds how long the parts may take (`txn-max-ms`, 30 s by
-    /// default).
-    pub async fn batch_all(&self, statements: Vec<Statement>) -> Result<Vec<StatementResult>> {
-        let budget = chunks::budget(self.connection().await?.max_frame());
-        let mut parts = chunks::split(statements, budget);
-        if parts.len() == 1 {
-            return self.batch(parts.pop().unwrap_or_default()).await;
-        }
-        let tx = self.transaction().await?;
-        match tx.batch_parts(parts).await {
-            Ok(results) => {
-                tx.commit().await?;
-                Ok(results)
-            }
-            Err(e) => {
-                // What the rollback might say adds nothing to `e`; the
-                // transaction ends either way.
-                let _ = tx.rollback().await;
-                Err(e)
+    /// default). The statements may come from an iterator: each part goes
+    /// as it fills, so only one part is held at a time.
+    pub async fn batch_all<I>(&self, statements: I) -> Result<Vec<StatementResult>>
+    where
+        I: IntoIterator<Item = Statement>,
+    {
+        let mut writer = self.batch_writer().await?;
+        let mut results = Vec::new();
+        for statement in statements {
+            if let Some(part) = writer.push(statement) {
+                results.extend(writer.send(part).await?);
             }
         }
+        results.extend(writer.finish().await?);
+        Ok(results)
+    }
+
+    /// A [`BatchWriter`] for a batch sent in parts as its statements come,
+    /// outside any transaction: for a batch too large to hold whole.
+    pub async fn batch_writer(&self) -> Result<BatchWriter> {
+        let max_frame = self.connection().await?.max_frame();
+        Ok(BatchWriter::new(self.clone(), max_frame))
     }
 
     /// A round trip that touches no data; needs only the read role.

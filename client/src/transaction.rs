@@ -5,17 +5,11 @@ use std::sync::{Arc, Mutex};
 
 use nexusd_protocol::{RequestBody, ResponseBody, TxnOp};
 
-use crate::chunks;
 use crate::connection::Connection;
 use crate::{
-    Client, Error, Executed, Params, Result, Rows, Statement, StatementResult, into_batch,
-    into_executed, into_rows, into_statement_result, unexpected,
+    BatchWriter, Client, Error, Executed, Params, Result, Rows, Statement, StatementResult,
+    into_batch, into_executed, into_rows, into_statement_result, unexpected,
 };
-
-/// The savepoint a [`Transaction::batch_all`] in parts runs in.
-const SAVEPOINT: &str = "SAVEPOINT nexusd_batch_all";
-const RELEASE: &str = "RELEASE nexusd_batch_all";
-const ROLLBACK_TO: &str = "ROLLBACK TO nexusd_batch_all";
 
 /// An open transaction, from [`Client::transaction`],
 /// [`Client::deferred_transaction`] or [`Client::read_transaction`].
@@ -32,8 +26,8 @@ pub struct Transaction {
     finished: bool,
     /// Set once the daemon said the transaction is over (expired, or a
     /// conflict), with its words: later calls answer from it without a
-    /// round trip.
-    over: Mutex<Option<Over>>,
+    /// round trip. Shared with its handles.
+    over: Arc<Mutex<Option<Over>>>,
 }
 
 impl std::fmt::Debug for Transaction {
@@ -49,7 +43,20 @@ impl Transaction {
             conn,
             id,
             finished: false,
-            over: Mutex::new(None),
+            over: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Another way to send this transaction's requests, which does not own
+    /// it: dropping the handle rolls nothing back (it counts as finished),
+    /// and what the daemon says of the transaction's end, either learns.
+    fn handle(&self) -> Transaction {
+        Transaction {
+            client: self.client.clone(),
+            conn: self.conn.clone(),
+            id: self.id,
+            finished: true,
+            over: self.over.clone(),
         }
     }
 
@@ -127,47 +134,27 @@ impl Transaction {
     /// As [`Transaction::batch`], however large: a batch that would not fit
     /// in one request goes in parts that each fit, inside a savepoint of
     /// its own, so it still applies all or nothing within the transaction
-    /// (as [`Client::batch_all`](crate::Client::batch_all)).
-    pub async fn batch_all(&self, statements: Vec<Statement>) -> Result<Vec<StatementResult>> {
-        let mut parts = chunks::split(statements, chunks::budget(self.conn.max_frame()));
-        if parts.len() == 1 {
-            return self.batch(parts.pop().unwrap_or_default()).await;
-        }
-        self.execute(SAVEPOINT, Params::default()).await?;
-        match self.batch_parts(parts).await {
-            Ok(results) => {
-                self.execute(RELEASE, Params::default()).await?;
-                Ok(results)
-            }
-            Err(e) => {
-                // Back to before the batch; the transaction goes on. If
-                // that fails too, the transaction is over, and says so at
-                // its next call.
-                if self.execute(ROLLBACK_TO, Params::default()).await.is_ok() {
-                    let _ = self.execute(RELEASE, Params::default()).await;
-                }
-                Err(e)
+    /// (as [`Client::batch_all`](crate::Client::batch_all), whose
+    /// statements may come from an iterator too).
+    pub async fn batch_all<I>(&self, statements: I) -> Result<Vec<StatementResult>>
+    where
+        I: IntoIterator<Item = Statement>,
+    {
+        let mut writer = self.batch_writer();
+        let mut results = Vec::new();
+        for statement in statements {
+            if let Some(part) = writer.push(statement) {
+                results.extend(writer.send(part).await?);
             }
         }
+        results.extend(writer.finish().await?);
+        Ok(results)
     }
 
-    /// The parts of one batch in order, stopping at the first that fails.
-    pub(crate) async fn batch_parts(
-        &self,
-        parts: Vec<Vec<Statement>>,
-    ) -> Result<Vec<StatementResult>> {
-        let (count, mut results) = (parts.len(), Vec::new());
-        for (i, part) in parts.into_iter().enumerate() {
-            let offset = results.len();
-            match self.batch(part).await {
-                Ok(done) => results.extend(done),
-                Err(e) => {
-                    let earlier = results.iter().map(StatementResult::total_changes).sum();
-                    return Err(chunks::in_whole(e, i, count, offset, earlier));
-                }
-            }
-        }
-        Ok(results)
+    /// A [`BatchWriter`] for a batch sent in parts as its statements come,
+    /// within this transaction: for a batch too large to hold whole.
+    pub fn batch_writer(&self) -> BatchWriter {
+        BatchWriter::within(self.handle(), self.conn.max_frame())
     }
 
     /// Applies the transaction; returns once it is durable. On an error

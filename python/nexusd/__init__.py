@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import itertools
 import os
 import re
 import sqlite3 as _sqlite3
@@ -565,11 +566,29 @@ class _Unraisable:
         self.object = obj
 
 
-def _named_rows(sql: str, seq: Any) -> Any:
-    """``_named`` for executemany's rows (all of one style, as the first)."""
-    if seq and isinstance(seq[0], Mapping):
-        return [_named(sql, p) for p in seq]
-    return seq
+#: What ``next(rows, _END)`` gives for an iterator that has ended.
+_END = object()
+
+
+def _named_rows(sql: str, rows: Any) -> Iterator:
+    """executemany's rows as they come, through ``_named`` if the first is
+    a mapping (all are of one style, as the first)."""
+    rows = iter(rows)
+    first = next(rows, _END)
+    if first is _END:
+        return iter(())
+    rows = itertools.chain((first,), rows)
+    if isinstance(first, Mapping):
+        return (_named(sql, p) for p in rows)
+    return rows
+
+
+def _traced(conn: "Connection", sql: str, rows: Iterator) -> Iterator:
+    """``rows``, each passed to the connection's trace callback as it is
+    read."""
+    for parameters in rows:
+        _trace(conn, sql, parameters)
+        yield parameters
 
 
 def _named(sql: str, parameters: Any) -> Any:
@@ -1030,11 +1049,12 @@ class Connection:
     def _run_many(self, sql: str, seq_of_parameters: Any):
         with self._lock:
             target = self._target(sql)
+            rows = seq_of_parameters
             if self._trace_callback is not None:
-                for parameters in seq_of_parameters:
-                    _trace(self, sql, parameters)
+                rows = _traced(self, sql, rows)
             try:
-                return target.run_many(sql, _named_rows(sql, seq_of_parameters))
+                # Read as the batch goes: each part is sent as it fills.
+                return target.run_many(sql, _named_rows(sql, rows))
             except _nexusd.NativeError as e:
                 err = _translate(e)
                 self._total_changes += err._total_changes
@@ -1210,20 +1230,23 @@ class Cursor:
         return self
 
     def executemany(self, sql: str, seq_of_parameters: Any) -> "Cursor":
-        """Runs ``sql`` once per parameter set, all in one request."""
+        """Runs ``sql`` once per parameter set, as one atomic batch: one
+        request, or parts sent as the parameters are read if they would not
+        fit in one (so an iterator of any length is never held whole)."""
         self._check()
         if not _is_dml(sql):
             raise ProgrammingError("executemany() can only execute DML statements.")
-        if not isinstance(seq_of_parameters, (list, tuple)):
-            seq_of_parameters = list(seq_of_parameters)
+        rows = iter(seq_of_parameters)
+        first = next(rows, _END)
         self.description = None
         self._rows, self._next = [], 0
-        if not seq_of_parameters:
+        if first is _END:
             self.rowcount = 0
             return self
         # The cursor's lastrowid stays as it was, as sqlite3 leaves it after
         # executemany(); the connection's moves on.
-        self.rowcount, lastrowid, total = self.connection._run_many(sql, seq_of_parameters)
+        self.rowcount, lastrowid, total = self.connection._run_many(
+            sql, itertools.chain((first,), rows))
         self.connection._total_changes += total
         if lastrowid:
             self.connection._lastrowid = lastrowid

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nexusd_client::{
-    ClientOptions, Error, Executed, Params, Rows, Statement, StatementResult, Value,
+    BatchWriter, ClientOptions, Error, Executed, Params, Rows, Statement, StatementResult, Value,
 };
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyOverflowError};
@@ -369,25 +369,64 @@ fn many(sql: &str, seq_of_params: &Bound<'_, PyAny>) -> PyResult<Vec<Statement>>
     Ok(out)
 }
 
+/// Runs `sql` once per parameter set of `seq_of_params` as one batch
+/// through `writer`: each set is read and pushed as it comes, and each
+/// part goes as it fills, with the GIL released, so neither the parameters
+/// nor the statements are ever held whole. If reading or converting a set
+/// fails, the batch is given up (none of it applied) and that error
+/// raised. Returns `(rowcount, lastrowid, total_changes)`.
+fn write_many(
+    py: Python<'_>,
+    rt: &'static tokio::runtime::Runtime,
+    mut writer: BatchWriter,
+    sql: &str,
+    seq_of_params: &Bound<'_, PyAny>,
+) -> PyResult<(u64, i64, u64)> {
+    let mut totals = (0, 0, 0);
+    for params in seq_of_params.try_iter()? {
+        let statement = match params.and_then(|p| to_params(Some(&p))) {
+            Ok(params) => Statement::new(sql, params),
+            Err(e) => {
+                py.allow_threads(|| rt.block_on(writer.abandon()));
+                return Err(e);
+            }
+        };
+        if let Some(part) = writer.push(statement) {
+            let results = py
+                .allow_threads(|| rt.block_on(writer.send(part)))
+                .map_err(to_py_err)?;
+            totals = add_totals(totals, &results);
+        }
+    }
+    let results = py
+        .allow_threads(|| rt.block_on(writer.finish()))
+        .map_err(to_py_err)?;
+    Ok(add_totals(totals, &results))
+}
+
 /// `(rowcount, lastrowid, total_changes)` of a batch: changes summed, the
 /// rowid of the last row any of its statements inserted (0 if none did:
 /// each statement's answer is its own, 0 when it inserted nothing), and
 /// the rows its statements changed in all.
 fn batch_totals(results: &[StatementResult]) -> (u64, i64, u64) {
-    results
-        .iter()
-        .fold((0, 0, 0), |(n, last, total), r| match r {
-            StatementResult::Executed(e) => (
-                n + e.rows_affected,
-                if e.last_insert_rowid != 0 {
-                    e.last_insert_rowid
-                } else {
-                    last
-                },
-                total + e.total_changes,
-            ),
-            StatementResult::Rows(rows) => (n, last, total + rows.total_changes()),
-        })
+    add_totals((0, 0, 0), results)
+}
+
+/// `totals` of a batch's earlier parts, with those of its next part's
+/// `results` added.
+fn add_totals(totals: (u64, i64, u64), results: &[StatementResult]) -> (u64, i64, u64) {
+    results.iter().fold(totals, |(n, last, total), r| match r {
+        StatementResult::Executed(e) => (
+            n + e.rows_affected,
+            if e.last_insert_rowid != 0 {
+                e.last_insert_rowid
+            } else {
+                last
+            },
+            total + e.total_changes,
+        ),
+        StatementResult::Rows(rows) => (n, last, total + rows.total_changes()),
+    })
 }
 
 /// A connection to the daemon; clones of the Rust client inside share
@@ -496,12 +535,12 @@ impl Client {
         sql: &str,
         seq_of_params: &Bound<'_, PyAny>,
     ) -> PyResult<(u64, i64, u64)> {
-        let statements = many(sql, seq_of_params)?;
-        let results = self.wait(
-            py,
-            |client| async move { client.batch_all(statements).await },
-        )?;
-        Ok(batch_totals(&results))
+        let rt = self.rt;
+        let client = (*self.inner).clone();
+        let writer = py
+            .allow_threads(|| rt.block_on(client.batch_writer()))
+            .map_err(to_py_err)?;
+        write_many(py, rt, writer, sql, seq_of_params)
     }
 
     /// Statements without parameters, as one atomic batch (executescript).
@@ -510,8 +549,7 @@ impl Client {
     fn script(&self, py: Python<'_>, statements: Vec<String>) -> PyResult<(i64, u64)> {
         let statements = statements
             .into_iter()
-            .map(|s| Statement::new(s, Params::default()))
-            .collect();
+            .map(|s| Statement::new(s, Params::default()));
         let results = self.wait(
             py,
             |client| async move { client.batch_all(statements).await },
@@ -851,14 +889,17 @@ impl Transaction {
         sql: &str,
         seq_of_params: &Bound<'_, PyAny>,
     ) -> PyResult<(u64, i64, u64)> {
-        let statements = many(sql, seq_of_params)?;
-        let results = self.with(py, |inner| async move {
-            match inner.lock().await.as_ref() {
-                Some(tx) => tx.batch_all(statements).await,
-                None => Err(ended()),
-            }
-        })?;
-        Ok(batch_totals(&results))
+        let rt = self.rt;
+        let inner = self.inner.clone();
+        // Not held while the parameters are read: reading them may call
+        // this transaction (a generator that queries the connection).
+        let writer = py.allow_threads(|| {
+            rt.block_on(async { inner.lock().await.as_ref().map(|tx| tx.batch_writer()) })
+        });
+        let Some(writer) = writer else {
+            return Err(to_py_err(ended()));
+        };
+        write_many(py, rt, writer, sql, seq_of_params)
     }
 
     /// As `Client.script`, within the transaction.

@@ -2,6 +2,10 @@
 values, rows, errors, executemany and executescript."""
 
 import datetime
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -162,6 +166,84 @@ def test_executemany_and_executescript_of_any_size_stay_atomic(daemon):
     assert len(script) > 16 * 1024 * 1024, "over one frame"
     auto.executescript(script)
     assert auto.execute("SELECT count(*) FROM big WHERE name LIKE 'v%'").fetchone() == (rows,)
+
+
+def test_executemany_streams_its_parameters_as_they_are_read(daemon):
+    """A generator's parameter sets go in parts as they are read, not after
+    the generator ends: the parts sent so far are visible inside the
+    connection's own transaction (a generator may query the connection it
+    feeds) and to nobody else; a generator that raises applies nothing and
+    its own exception comes out; and the process never holds the batch
+    whole (peak RSS, measured in a child process)."""
+    blob = b"\xcd" * 300
+    part_rows = 16 * 1024 * 1024 // 2 // (len(blob) + 40)  # about one part
+    rows = 4 * part_rows
+    legacy = nexusd.connect(daemon.socket)
+    legacy.execute("CREATE TABLE big(id INTEGER PRIMARY KEY, name TEXT UNIQUE, b BLOB)")
+    legacy.commit()
+    other = nexusd.connect(daemon.socket, isolation_level=None)
+    seen = {}
+
+    def feed(prefix, raise_at=None):
+        for i in range(rows):
+            if i == 3 * part_rows:
+                count = f"SELECT count(*) FROM big WHERE name LIKE '{prefix}%'"
+                seen["own"] = legacy.execute(count).fetchone()[0]
+                seen["other"] = other.execute(count).fetchone()[0]
+            if i == raise_at:
+                raise ValueError(f"feed failed at row {i}")
+            yield (f"{prefix}{i}", blob)
+
+    # In the implicit transaction: parts go in a savepoint as they fill.
+    legacy.execute("INSERT INTO big(name, b) VALUES ('before', x'00')")
+    cur = legacy.executemany("INSERT INTO big(name, b) VALUES (?, ?)", feed("g"))
+    assert cur.rowcount == rows
+    assert part_rows < seen["own"] < 3 * part_rows + 1, seen
+    assert seen["other"] == 0, "nothing visible outside before the commit"
+    with pytest.raises(ValueError, match=f"feed failed at row {3 * part_rows + 5}"):
+        legacy.executemany("INSERT INTO big(name, b) VALUES (?, ?)",
+                           feed("h", raise_at=3 * part_rows + 5))
+    assert seen["own"] > 0, "parts had gone before the feed failed"
+    assert legacy.in_transaction, "the transaction goes on, without the batch"
+    legacy.commit()
+    count = "SELECT count(*) FROM big WHERE name LIKE ?"
+    assert other.execute(count, ("g%",)).fetchone() == (rows,)
+    assert other.execute(count, ("h%",)).fetchone() == (0,)
+    assert other.execute(count, ("before",)).fetchone() == (1,)
+
+    # In autocommit: the parts go in a transaction of the batch's own.
+    seen.clear()
+    legacy.isolation_level = None
+    legacy.executemany("INSERT INTO big(name, b) VALUES (?, ?)", feed("k"))
+    assert seen["own"] == 0 and seen["other"] == 0, seen
+    assert other.execute(count, ("k%",)).fetchone() == (rows,)
+    with pytest.raises(ValueError, match="feed failed"):
+        legacy.executemany("INSERT INTO big(name, b) VALUES (?, ?)",
+                           feed("m", raise_at=2 * part_rows))
+    assert other.execute(count, ("m%",)).fetchone() == (0,)
+    assert not legacy.in_transaction
+    legacy.execute("INSERT INTO big(name, b) VALUES ('after', x'00')")
+
+    # 300,000 rows of 1,000 bytes: 300 MB of parameters, from a generator.
+    child = textwrap.dedent(f"""
+        import nexusd
+        conn = nexusd.connect({daemon.socket!r}, isolation_level=None)
+        conn.execute("CREATE TABLE huge(n INTEGER, b BLOB)")
+        blob = b"\\xee" * 1000
+        cur = conn.executemany("INSERT INTO huge VALUES (?, ?)",
+                               ((i, blob) for i in range(300_000)))
+        assert cur.rowcount == 300_000, cur.rowcount
+        assert conn.execute("SELECT count(*) FROM huge").fetchone() == (300_000,)
+        # VmHWM, not ru_maxrss: Linux carries the latter over from the
+        # forked parent (pytest) across exec.
+        hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")]
+        print(int(hwm[0].split()[1]) // 1024)
+    """)
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert out.returncode == 0, out.stderr
+    peak_mib = int(out.stdout.split()[-1])
+    assert peak_mib < 150, f"peak RSS {peak_mib} MiB for a 300 MB batch"
 
 
 def test_executescript_is_one_atomic_batch(conn):

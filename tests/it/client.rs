@@ -858,3 +858,115 @@ fn batch_all_sends_a_batch_over_the_frame_limit_in_parts_all_or_nothing() {
         "the delete and the second batch"
     );
 }
+
+/// `BatchWriter` sends each part as it fills, not at the end: the parts
+/// sent so far are in the batch's own transaction (which another client
+/// sees open, and whose rows it does not see), or in a savepoint of the
+/// caller's transaction (whose own queries see them). `abandon` applies
+/// none of it, and a writer whose part failed sends nothing more.
+#[test]
+fn batch_writer_sends_parts_as_they_fill_and_applies_all_or_nothing() {
+    let (d, c) = daemon_with_table(
+        &[],
+        "CREATE TABLE big(id INTEGER PRIMARY KEY, name TEXT UNIQUE, b BLOB)",
+    );
+    let rt = rt();
+    let a = rt.block_on(client(&d));
+    let insert = |name: String| {
+        Statement::new(
+            "INSERT INTO big(name, b) VALUES (?1, ?2)",
+            params![name, vec![7u8; 500]],
+        )
+    };
+    // The async client: the blocking one cannot run inside `block_on`.
+    let named = async |prefix: &str| -> i64 {
+        let sql = format!("SELECT count(*) FROM big WHERE name LIKE '{prefix}%'");
+        let rows = a.query(&sql, params![]).await.expect("count");
+        rows.get(0).expect("a row").get(0).expect("an integer")
+    };
+    rt.block_on(async {
+        // Outside a transaction: three parts, then the rest.
+        let mut w = a.batch_writer().await.expect("writer");
+        let (mut pushed, mut parts) = (0, 0);
+        while parts < 3 {
+            pushed += 1;
+            if let Some(part) = w.push(insert(format!("a{pushed}"))) {
+                w.send(part).await.expect("a part");
+                parts += 1;
+                assert_eq!(
+                    a.transactions().await.expect("transactions").len(),
+                    1,
+                    "the batch's own transaction is open"
+                );
+                assert_eq!(named("a").await, 0, "nothing visible before the end");
+            }
+        }
+        let last = w.finish().await.expect("finish");
+        assert_eq!(last.len(), 1, "the statement that did not fit");
+        assert_eq!(named("a").await, pushed);
+        assert!(a.transactions().await.expect("transactions").is_empty());
+
+        // Given up after two parts: nothing applied, nothing left open.
+        let mut w = a.batch_writer().await.expect("writer");
+        let (mut i, mut parts) = (0, 0);
+        while parts < 2 {
+            i += 1;
+            if let Some(part) = w.push(insert(format!("b{i}"))) {
+                w.send(part).await.expect("a part");
+                parts += 1;
+            }
+        }
+        w.abandon().await;
+        assert_eq!(named("b").await, 0);
+        assert!(a.transactions().await.expect("transactions").is_empty());
+
+        // Within a transaction: a savepoint the transaction's own queries
+        // see into; a failing part undoes every part, the transaction goes
+        // on, and the writer refuses to send more.
+        let tx = a.transaction().await.expect("begin");
+        tx.execute("INSERT INTO big(name) VALUES ('kept')", params![])
+            .await
+            .expect("insert");
+        let mut w = tx.batch_writer();
+        let (mut i, mut sent, mut parts, mut taken) = (0, 0, 0, None);
+        let failed = loop {
+            i += 1;
+            // Once two parts are in, one statement of the third takes a
+            // name already used.
+            let name = if parts == 2 && taken.is_none() {
+                taken = Some(i - 1);
+                "a1".to_owned()
+            } else {
+                format!("c{i}")
+            };
+            if let Some(part) = w.push(insert(name)) {
+                match w.send(part).await {
+                    Ok(done) => sent += done.len(),
+                    Err(e) => break e,
+                }
+                parts += 1;
+                let seen = tx
+                    .query("SELECT count(*) FROM big WHERE name LIKE 'c%'", params![])
+                    .await
+                    .expect("count");
+                let seen: i64 = seen.get(0).expect("a row").get(0).expect("count");
+                assert_eq!(seen, sent as i64, "the parts so far, inside the savepoint");
+            }
+        };
+        match &failed {
+            Error::Sql(e) => {
+                assert_eq!(e.statement_index, taken, "{e}");
+                assert!(e.message.contains("part 3"), "{e}");
+            }
+            other => panic!("a UNIQUE failure in the third part: {other:?}"),
+        }
+        match w.send(vec![insert("d".into())]).await {
+            Err(Error::InvalidArgument(m)) => assert!(m.contains("already failed"), "{m}"),
+            other => panic!("a failed writer sends nothing more: {other:?}"),
+        }
+        tx.commit().await.expect("the transaction goes on");
+        assert_eq!(named("c").await, 0, "none of the failed batch");
+        assert_eq!(named("kept").await, 1, "the transaction's own statement");
+    });
+    drop(c);
+}
