@@ -144,7 +144,10 @@ impl Transaction {
     }
 
     /// Blocking [`crate::Transaction::batch_all`].
-    pub fn batch_all(&self, statements: Vec<Statement>) -> Result<Vec<StatementResult>> {
+    pub fn batch_all(
+        &self,
+        statements: impl IntoIterator<Item = Statement>,
+    ) -> Result<Vec<StatementResult>> {
         self.runtime.block_on(self.open()?.batch_all(statements))
     }
 
@@ -185,7 +188,7 @@ blocking_methods! {
     fn query(&self, sql: &str, params: Params) -> Rows;
     fn run(&self, sql: &str, params: Params) -> StatementResult;
     fn batch(&self, statements: Vec<Statement>) -> Vec<StatementResult>;
-    fn batch_all(&self, statements: Vec<Statement>) -> Vec<StatementResult>;
+    fn batch_all(&self, statements: impl IntoIterator<Item = Statement>) -> Vec<StatementResult>;
     fn ping(&self) -> ();
     fn status(&self) -> Status;
     fn stats(&self) -> Stats;

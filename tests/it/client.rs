@@ -849,8 +849,14 @@ fn batch_all_sends_a_batch_over_the_frame_limit_in_parts_all_or_nothing() {
     tx.execute("DELETE FROM big WHERE id > 10", params![])
         .expect("delete");
     assert!(tx.batch_all(batch("c", Some("a0"))).is_err());
-    tx.batch_all(batch("d", None))
-        .expect("in parts, in the transaction");
+    // From an iterator: each part is made and sent as it fills.
+    tx.batch_all((0..ROWS).map(|i| {
+        Statement::new(
+            "INSERT INTO big(name, b) VALUES (?1, ?2)",
+            params![format!("d{i}"), vec![7u8; 500]],
+        )
+    }))
+    .expect("in parts, in the transaction");
     tx.commit().expect("commit");
     assert_eq!(
         rows(&c),
