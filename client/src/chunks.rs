@@ -181,16 +181,26 @@ impl BatchWriter {
             ));
         }
         let first = self.sent == 0;
-        let tx = match &mut self.scope {
-            Scope::Own { client, tx } => match tx {
-                Some(tx) => &*tx,
-                None => &*tx.insert(client.transaction().await?),
-            },
-            Scope::Within(tx) => {
-                if first {
-                    tx.execute(SAVEPOINT, Params::default()).await?;
-                }
-                &*tx
+        // A part that cannot even begin fails the batch too: its
+        // statements are gone with it, so no later part may go.
+        let opened = match &mut self.scope {
+            Scope::Own { client, tx } if tx.is_none() => {
+                client.transaction().await.map(|t| *tx = Some(t))
+            }
+            Scope::Within(tx) if first => tx.execute(SAVEPOINT, Params::default()).await.map(drop),
+            _ => Ok(()),
+        };
+        if let Err(e) = opened {
+            self.failed = true;
+            return Err(e);
+        }
+        let tx = match &self.scope {
+            Scope::Own { tx: Some(tx), .. } | Scope::Within(tx) => tx,
+            Scope::Own { tx: None, .. } => {
+                self.failed = true;
+                return Err(Error::Protocol(
+                    "the batch's transaction did not begin".into(),
+                ));
             }
         };
         let len = part.len();
