@@ -244,6 +244,22 @@ impl BatchWriter {
         Ok(results)
     }
 
+    /// Pushes every statement of `statements`, sending each part as it
+    /// fills, then finishes: the whole of `batch_all`.
+    pub(crate) async fn write_all<I>(mut self, statements: I) -> Result<Vec<StatementResult>>
+    where
+        I: IntoIterator<Item = Statement>,
+    {
+        let mut results = Vec::new();
+        for statement in statements {
+            if let Some(part) = self.push(statement) {
+                results.extend(self.send(part).await?);
+            }
+        }
+        results.extend(self.finish().await?);
+        Ok(results)
+    }
+
     /// Gives the batch up (its statements' source failed, say): none of it
     /// is applied.
     pub async fn abandon(mut self) {

@@ -324,15 +324,7 @@ impl Client {
     where
         I: IntoIterator<Item = Statement>,
     {
-        let mut writer = self.batch_writer().await?;
-        let mut results = Vec::new();
-        for statement in statements {
-            if let Some(part) = writer.push(statement) {
-                results.extend(writer.send(part).await?);
-            }
-        }
-        results.extend(writer.finish().await?);
-        Ok(results)
+        self.batch_writer().await?.write_all(statements).await
     }
 
     /// A [`BatchWriter`] for a batch sent in parts as its statements come,

@@ -140,15 +140,7 @@ impl Transaction {
     where
         I: IntoIterator<Item = Statement>,
     {
-        let mut writer = self.batch_writer();
-        let mut results = Vec::new();
-        for statement in statements {
-            if let Some(part) = writer.push(statement) {
-                results.extend(writer.send(part).await?);
-            }
-        }
-        results.extend(writer.finish().await?);
-        Ok(results)
+        self.batch_writer().write_all(statements).await
     }
 
     /// A [`BatchWriter`] for a batch sent in parts as its statements come,

@@ -884,6 +884,18 @@ fn batch_writer_sends_parts_as_they_fill_and_applies_all_or_nothing() {
             params![name, vec![7u8; 500]],
         )
     };
+    // Pushes rows named `prefix` from `from` + 1 on until a part is full,
+    // and sends it; returns how many it pushed.
+    let fill = async |w: &mut nexusd_client::BatchWriter, prefix: &str, from: usize| {
+        let mut i = from;
+        loop {
+            i += 1;
+            if let Some(part) = w.push(insert(format!("{prefix}{i}"))) {
+                w.send(part).await.expect("a part");
+                return i - from;
+            }
+        }
+    };
     // The async client: the blocking one cannot run inside `block_on`.
     let named = async |prefix: &str| -> i64 {
         let sql = format!("SELECT count(*) FROM big WHERE name LIKE '{prefix}%'");
@@ -893,35 +905,25 @@ fn batch_writer_sends_parts_as_they_fill_and_applies_all_or_nothing() {
     rt.block_on(async {
         // Outside a transaction: three parts, then the rest.
         let mut w = a.batch_writer().await.expect("writer");
-        let (mut pushed, mut parts) = (0, 0);
-        while parts < 3 {
-            pushed += 1;
-            if let Some(part) = w.push(insert(format!("a{pushed}"))) {
-                w.send(part).await.expect("a part");
-                parts += 1;
-                assert_eq!(
-                    a.transactions().await.expect("transactions").len(),
-                    1,
-                    "the batch's own transaction is open"
-                );
-                assert_eq!(named("a").await, 0, "nothing visible before the end");
-            }
+        let mut pushed = 0;
+        for _ in 0..3 {
+            pushed += fill(&mut w, "a", pushed).await;
+            assert_eq!(
+                a.transactions().await.expect("transactions").len(),
+                1,
+                "the batch's own transaction is open"
+            );
+            assert_eq!(named("a").await, 0, "nothing visible before the end");
         }
         let last = w.finish().await.expect("finish");
         assert_eq!(last.len(), 1, "the statement that did not fit");
-        assert_eq!(named("a").await, pushed);
+        assert_eq!(named("a").await, pushed as i64);
         assert!(a.transactions().await.expect("transactions").is_empty());
 
         // Given up after two parts: nothing applied, nothing left open.
         let mut w = a.batch_writer().await.expect("writer");
-        let (mut i, mut parts) = (0, 0);
-        while parts < 2 {
-            i += 1;
-            if let Some(part) = w.push(insert(format!("b{i}"))) {
-                w.send(part).await.expect("a part");
-                parts += 1;
-            }
-        }
+        let first = fill(&mut w, "b", 0).await;
+        fill(&mut w, "b", first).await;
         w.abandon().await;
         assert_eq!(named("b").await, 0);
         assert!(a.transactions().await.expect("transactions").is_empty());
