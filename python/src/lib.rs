@@ -776,9 +776,18 @@ where
     let future = event_loop.call_method0("create_future")?;
     let queue = completions.get().queue.clone();
     let future_ref = future.clone().unbind();
-    rt.spawn(async move {
+    let mut task = Box::pin(async move {
         queue.push(future_ref, work.await);
     });
+    // Polled once here, on the loop's thread, in the runtime's context: a
+    // lone request's frame goes out now, from this thread, instead of once
+    // a runtime worker has woken to send it. What is left (the reply) runs
+    // on the runtime, which polls it again with its own waker.
+    let _in_runtime = rt.enter();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    if task.as_mut().poll(&mut cx).is_pending() {
+        rt.spawn(task);
+    }
     Ok(future)
 }
 
