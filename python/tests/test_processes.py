@@ -192,3 +192,41 @@ print("done", flush=True)
     assert time.monotonic() - started < 20
     c = nexusd.connect(daemon.socket)
     assert c.execute("SELECT x FROM e").fetchall() == [("acked",)]
+
+
+def test_a_process_killed_in_the_middle_of_an_executemany_applies_none_of_it(daemon):
+    """kill -9 of a process whose executemany has sent parts and is still
+    reading its generator: the daemon rolls the batch's transaction back as
+    the socket closes, so none of it lands, and the writer is free at once."""
+    script = f"""
+import os, sys, time, nexusd
+conn = nexusd.connect({daemon.socket!r}, isolation_level=None)
+conn.execute("CREATE TABLE IF NOT EXISTS k(n INTEGER, b BLOB)")
+blob = b"\\xaa" * 1000
+def rows():
+    for i in range(100_000):
+        if i == 40_000:  # past four parts of about 8 MiB each
+            print("sent", flush=True)
+            time.sleep(600)
+        yield (i, blob)
+conn.executemany("INSERT INTO k VALUES (?, ?)", rows())
+"""
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "sent", child.stderr.read()
+        # The batch's own transaction holds the writer: its parts went.
+        waiting = nexusd.connect(daemon.socket, isolation_level=None, timeout=0.5)
+        with pytest.raises(nexusd.Timeout):
+            waiting.execute("INSERT INTO k VALUES (-2, NULL)")
+        waiting.close()
+        child.kill()
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    other = nexusd.connect(daemon.socket, isolation_level=None, timeout=5)
+    started = time.monotonic()
+    other.execute("INSERT INTO k VALUES (-1, NULL)")
+    assert time.monotonic() - started < 3, "the writer was freed when the socket closed"
+    assert other.execute("SELECT count(*), min(n) FROM k").fetchone() == (1, -1)

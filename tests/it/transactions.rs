@@ -137,6 +137,96 @@ fn an_idle_transaction_expires_and_others_proceed() {
     });
 }
 
+/// A write or a transaction queued behind a transaction that holds the
+/// writer is answered by its own deadline, "timed out, not applied",
+/// naming the transaction in the way, not when that transaction ends (its
+/// lease here is a minute); the transaction goes on, and none of what
+/// timed out is ever applied.
+#[test]
+fn writes_queued_behind_a_transaction_time_out_by_their_own_deadline() {
+    let d = Daemon::start(&["--txn-idle-timeout-ms", "60000"]);
+    rt().block_on(async {
+        let a = client(&d).await;
+        a.execute("CREATE TABLE t(x TEXT)", params![])
+            .await
+            .expect("create");
+        let hurried = Client::connect_with(
+            d.socket(),
+            nexusd_client::ClientOptions {
+                request_timeout: Some(Duration::from_millis(300)),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("connect");
+        let tx = a.transaction().await.expect("begin");
+        tx.execute("INSERT INTO t VALUES ('held')", params![])
+            .await
+            .expect("insert");
+
+        let started = Instant::now();
+        let e = hurried
+            .execute("INSERT INTO t VALUES ('queued')", params![])
+            .await
+            .expect_err("the writer is held for a minute");
+        let waited = started.elapsed();
+        assert!(matches!(e, nexusd_client::Error::Timeout(_)), "{e}");
+        let message = e.to_string();
+        assert!(message.contains("not applied"), "{e}");
+        assert!(message.contains(&format!("transaction {}", tx.id())), "{e}");
+        assert!(waited < Duration::from_secs(3), "answered after {waited:?}");
+
+        // The same while the holder keeps the writer busy.
+        let busy = async {
+            let until = Instant::now() + Duration::from_millis(1500);
+            while Instant::now() < until {
+                tx.execute("UPDATE t SET x = x WHERE x = 'held'", params![])
+                    .await
+                    .expect("the holder's statements");
+            }
+        };
+        let behind = async {
+            let started = Instant::now();
+            let r = hurried
+                .execute("INSERT INTO t VALUES ('queued')", params![])
+                .await;
+            (r, started.elapsed())
+        };
+        let ((r, waited), ()) = tokio::join!(behind, busy);
+        let e = r.expect_err("the writer is busy for 1.5 s");
+        assert!(matches!(e, nexusd_client::Error::Timeout(_)), "{e}");
+        assert!(
+            waited < Duration::from_millis(1200),
+            "answered after {waited:?}"
+        );
+
+        // A transaction queued behind it ends the same way at its first
+        // write.
+        let started = Instant::now();
+        let queued = hurried.transaction().await.expect("begin is queued");
+        let e = queued
+            .execute("INSERT INTO t VALUES ('queued txn')", params![])
+            .await
+            .expect_err("the writer is still held");
+        assert!(
+            matches!(e, nexusd_client::Error::Timeout(_)) || e.is_transaction_expired(),
+            "{e}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(6));
+
+        tx.execute("INSERT INTO t VALUES ('still open')", params![])
+            .await
+            .expect("the holder goes on");
+        tx.commit().await.expect("commit");
+        let rows = a
+            .query("SELECT x FROM t ORDER BY x", params![])
+            .await
+            .expect("rows");
+        let got: Vec<String> = rows.iter().map(|r| r.get(0).expect("x")).collect();
+        assert_eq!(got, ["held", "still open"], "nothing that timed out");
+    });
+}
+
 /// kill -9 of a client process holding a transaction: the daemon rolls it
 /// back at once (the lease here is a minute), and the others carry on.
 #[test]

@@ -1070,8 +1070,15 @@ impl Writer {
                 },
             ),
         };
+        let mut swept = Instant::now();
         while open {
             self.beat();
+            if swept.elapsed() >= HEARTBEAT {
+                // However busy the transaction keeps the writer, what
+                // waits behind it is answered by its deadline.
+                self.expire_queued(txn.id, held);
+                swept = Instant::now();
+            }
             match rx.recv_timeout(HEARTBEAT) {
                 Ok(msg) => open = self.txn_request(&txn, msg),
                 Err(flume::RecvTimeoutError::Timeout) => {}
@@ -1093,6 +1100,51 @@ impl Writer {
 
     fn beat(&self) {
         self.stats.beat();
+    }
+
+    /// While an interactive transaction holds the writer, answers each
+    /// queued write and transaction whose deadline has passed, "timed out,
+    /// not applied", then rather than once the writer gets to it, so that
+    /// a request is answered by its deadline (plus a heartbeat) however
+    /// long the transaction ahead of it lasts. Takes jobs from the queue
+    /// into `pending` (in order) up to the queue's capacity, so waiting
+    /// clients still meet its backpressure.
+    fn expire_queued(&mut self, holder: u64, held: Instant) {
+        while self.pending.len() < self.config.queue_capacity {
+            match self.rx.try_recv() {
+                Ok(job) => self.pending.push_back(job),
+                Err(_) => break,
+            }
+        }
+        let now = Instant::now();
+        let due = |job: &WriteJob| {
+            job.deadline <= now && matches!(job.work, Work::Op(..) | Work::Transaction(_))
+        };
+        if !self.pending.iter().any(due) {
+            return;
+        }
+        let (expired, kept): (VecDeque<WriteJob>, VecDeque<WriteJob>) =
+            std::mem::take(&mut self.pending).into_iter().partition(due);
+        self.pending = kept;
+        for job in expired {
+            let body = match &job.work {
+                Work::Transaction(start) => {
+                    start.txn.end(End::NotStarted);
+                    ResponseBody::Error(End::NotStarted.error(start.txn.id))
+                }
+                _ => ResponseBody::Error(ErrorBody::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "timed out after {} ms waiting for the writer, which transaction {holder} \
+                         has held for {} ms; not applied. Retry, send a larger timeout, or keep \
+                         transactions short (`nexusd ctl transactions` shows them)",
+                        job.arrived.elapsed().as_millis(),
+                        held.elapsed().as_millis()
+                    ),
+                )),
+            };
+            let _ = job.reply.send(body);
+        }
     }
 
     /// Serves one request of the open transaction; returns whether it is
