@@ -16,6 +16,13 @@ runs, one after the other:
            (a connection each for execute-then-commit, since a
            connection's transaction is shared by whoever uses it).
 
+Each row also gives the CPU per operation of the client processes (their
+own, all threads, from getrusage) and of the daemon (from /proc), and the
+ceiling the clients alone allow: every core busy with the clients' CPU
+per operation and a daemon that cost nothing, as a multiple of sqlite3's
+rate. A target above that ceiling cannot be met on this machine by any
+daemon.
+
 Then the binding's cost per call: one thread doing point reads one at a
 time through nexusd (Python), against the blocking Rust client
 (client/examples/round_trip.rs, built with cargo) doing the same from one
@@ -33,6 +40,7 @@ import json
 import multiprocessing
 import os
 import pathlib
+import resource
 import socket as socketlib
 import sqlite3
 import subprocess
@@ -40,6 +48,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Optional
 
 # Run from a checkout, this file's folder holds the package's sources
 # without the built native module: use the installed package instead.
@@ -66,6 +75,7 @@ def _worker(args) -> tuple:
     import nexusd
 
     lat, errors, lock = [], [0], threading.Lock()
+    cpu0 = _cpu_seconds()
 
     def thread(t):
         rng = random.Random(seed * 1000 + t)
@@ -103,23 +113,51 @@ def _worker(args) -> tuple:
         t.start()
     for t in ts:
         t.join()
-    return lat, errors[0]
+    return lat, errors[0], _cpu_seconds() - cpu0
 
 
-def run_processes(kind, target, workload, processes, threads, duration) -> dict:
+def _cpu_seconds() -> float:
+    """This process's CPU time, all its threads, user and system."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _daemon_cpu_seconds(pid) -> Optional[float]:
+    """The daemon's CPU time so far, from /proc (None where there is none)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _cpu_per_op(row: dict, client_s: float, daemon_s: Optional[float]) -> dict:
+    """`row` with the clients' and the daemon's CPU per operation, in us."""
+    ops = max(row["ops"], 1)
+    row["client_cpu_us"] = client_s / ops * 1e6
+    row["daemon_cpu_us"] = None if daemon_s is None else daemon_s / ops * 1e6
+    return row
+
+
+def run_processes(kind, target, workload, processes, threads, duration, daemon_pid) -> dict:
     ctx = multiprocessing.get_context("spawn")
     deadline = time.time() + duration + 1.0  # the pool's start-up is not measured
+    d0 = _daemon_cpu_seconds(daemon_pid) if kind == "nexusd" else None
     with ctx.Pool(processes) as pool:
         results = pool.map(_worker, [(kind, target, workload, threads, deadline, p)
                                      for p in range(processes)])
+    d1 = _daemon_cpu_seconds(daemon_pid) if kind == "nexusd" else None
     lat = [x for r in results for x in r[0]]
     errors = sum(r[1] for r in results)
     p50, p99, mx = _quantiles(lat)
-    return {"setup": kind, "ops": len(lat), "ops_per_sec": len(lat) / duration, "errors": errors,
-            "p50_ms": p50, "p99_ms": p99, "max_ms": mx}
+    row = {"setup": kind, "ops": len(lat), "ops_per_sec": len(lat) / duration, "errors": errors,
+           "p50_ms": p50, "p99_ms": p99, "max_ms": mx}
+    return _cpu_per_op(row, sum(r[2] for r in results),
+                       None if d0 is None or d1 is None else d1 - d0)
 
 
-def run_aio(socket, workload, tasks, duration) -> dict:
+def run_aio(socket, workload, tasks, duration, daemon_pid) -> dict:
     import random
 
     import nexusd.aio
@@ -157,10 +195,13 @@ def run_aio(socket, workload, tasks, duration) -> dict:
         await db.close()
         return lat, errors
 
+    c0, d0 = _cpu_seconds(), _daemon_cpu_seconds(daemon_pid)
     lat, errors = asyncio.run(main())
+    c1, d1 = _cpu_seconds(), _daemon_cpu_seconds(daemon_pid)
     p50, p99, mx = _quantiles(lat)
-    return {"setup": "aio", "ops": len(lat), "ops_per_sec": len(lat) / duration,
-            "errors": errors, "p50_ms": p50, "p99_ms": p99, "max_ms": mx}
+    row = {"setup": "aio", "ops": len(lat), "ops_per_sec": len(lat) / duration,
+           "errors": errors, "p50_ms": p50, "p99_ms": p99, "max_ms": mx}
+    return _cpu_per_op(row, c1 - c0, None if d0 is None or d1 is None else d1 - d0)
 
 
 def _round_trip_example() -> str:
@@ -261,12 +302,12 @@ def main() -> None:
                 runs = []
                 prepare("nexusd", sock)
                 runs.append(run_processes("nexusd", sock, workload, args.processes,
-                                          args.threads, args.duration))
+                                          args.threads, args.duration, proc.pid))
                 prepare("sqlite3", direct_db)
                 runs.append(run_processes("sqlite3", direct_db, workload, args.processes,
-                                          args.threads, args.duration))
+                                          args.threads, args.duration, proc.pid))
                 prepare("nexusd", sock)
-                runs.append(run_aio(sock, workload, args.tasks, args.duration))
+                runs.append(run_aio(sock, workload, args.tasks, args.duration, proc.pid))
                 results["workloads"][workload] = runs
             prepare("nexusd", sock)
             results["per_call"] = per_call(sock, args.nexusd)
@@ -282,12 +323,18 @@ def main() -> None:
           f"{args.duration:g} s each, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     for workload, runs in results["workloads"].items():
         direct = next(r for r in runs if r["setup"] == "sqlite3")["ops_per_sec"]
-        print(f"\n{workload}\n| setup | ops/s | p50 ms | p99 ms | max ms | errors | vs sqlite3 |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print(f"\n{workload}\n| setup | ops/s | p50 ms | p99 ms | max ms | errors | vs sqlite3 "
+              "| client CPU us/op | daemon CPU us/op | ceiling vs sqlite3 |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for r in runs:
+            # What the clients alone allow: every core busy with their CPU
+            # per operation, the daemon costing nothing.
+            ceiling = os.cpu_count() * 1e6 / max(r["client_cpu_us"], 1e-9)
             print(f"| {r['setup']} | {r['ops_per_sec']:,.0f} | {fmt(r['p50_ms'])} | "
                   f"{fmt(r['p99_ms'])} | {fmt(r['max_ms'])} | {r['errors']} | "
-                  f"{r['ops_per_sec'] / max(direct, 1e-9):.2f}x |")
+                  f"{r['ops_per_sec'] / max(direct, 1e-9):.2f}x | {r['client_cpu_us']:.1f} | "
+                  f"{fmt(r['daemon_cpu_us'])} | "
+                  f"{'' if r['setup'] == 'sqlite3' else f'{ceiling / max(direct, 1e-9):.2f}x'} |")
     pc = results["per_call"]
     print(f"\nper call, one point read at a time (median of {len(pc['python_rounds_us'])} "
           f"interleaved rounds): Python {pc['python_us']:.1f} us, blocking Rust client "
