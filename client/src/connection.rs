@@ -40,6 +40,8 @@ pub(crate) struct Connection {
     /// (one wakeup fewer per request: the caller need not wake the task).
     writer: Arc<tokio::sync::Mutex<WriteHalf>>,
     max_frame: u32,
+    /// What the daemon announced it takes (its `Welcome`).
+    features: u64,
     /// `None` once the connection is dead: nobody may wait on it any more.
     waiting: Arc<Mutex<Option<HashMap<u64, Waiter>>>>,
     dead: CancellationToken,
@@ -51,6 +53,11 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
+    /// Whether the daemon announced feature `bit` (its `Welcome`).
+    pub(crate) fn daemon_has(&self, bit: u64) -> bool {
+        self.features & bit != 0
+    }
+
     /// The largest frame the daemon takes (its `Welcome`).
     pub(crate) fn max_frame(&self) -> u32 {
         self.max_frame
@@ -182,6 +189,7 @@ impl Connection {
             outgoing,
             writer,
             max_frame: welcome.max_frame_bytes,
+            features: welcome.features,
             waiting,
             dead,
             reply_spin,

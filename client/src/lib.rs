@@ -55,7 +55,10 @@ pub use nexusd_protocol::{
 pub use rows::{FromValue, Row, Rows};
 pub use transaction::Transaction;
 
-use nexusd_protocol::{AdminRequest, Changed, DEFAULT_DB, Request, RequestBody, ResponseBody};
+use nexusd_protocol::{
+    AdminRequest, BegunWith, Changed, DEFAULT_DB, Request, RequestBody, ResponseBody, TxnOp,
+    features,
+};
 use tokio::sync::Mutex;
 
 use crate::connection::{CallError, Connection};
@@ -480,6 +483,48 @@ impl Client {
         }
     }
 
+    /// Begins a transaction in `mode` and runs its first statement (of any
+    /// kind, as [`Transaction::run`] does), in one round trip where the
+    /// daemon takes it (`features::BEGIN_WITH`), else in two. The
+    /// transaction is open whatever the statement did, as after a begin:
+    /// the inner `Result` is the statement's, the outer one the begin's.
+    ///
+    /// ```no_run
+    /// # async fn demo(db: nexusd_client::Client) -> nexusd_client::Result<()> {
+    /// use nexusd_client::{TxnMode, params};
+    /// let (tx, inserted) = db
+    ///     .begin_with(TxnMode::Deferred, "INSERT INTO t(x) VALUES (?1)", params![1])
+    ///     .await?;
+    /// inserted?;
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn begin_with(
+        &self,
+        mode: TxnMode,
+        sql: &str,
+        params: Params,
+    ) -> Result<(Transaction, Result<StatementResult>)> {
+        let conn = self.connection().await?;
+        if !conn.daemon_has(features::BEGIN_WITH) {
+            let tx = self.begin(mode).await?;
+            let first = tx.run(sql, params).await;
+            return Ok((tx, first));
+        }
+        let op = TxnOp::Query(Statement::new(sql, params));
+        match self
+            .call_on(&conn, RequestBody::BeginWith { mode, op })
+            .await?
+        {
+            ResponseBody::BegunWith(BegunWith { txn, answer }) => {
+                let tx = Transaction::new(self.clone(), conn, txn);
+                let first = tx.first_answer(*answer);
+                Ok((tx, first))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
     async fn begin(&self, mode: TxnMode) -> Result<Transaction> {
         let conn = self.connection().await?;
         match self.call_on(&conn, RequestBody::Begin(mode)).await? {
@@ -615,7 +660,7 @@ impl Client {
 
 /// An answer, or the error it is (one that changed rows before it failed
 /// comes in `Changed`).
-fn answered(body: ResponseBody) -> Result<ResponseBody> {
+pub(crate) fn answered(body: ResponseBody) -> Result<ResponseBody> {
     match body {
         ResponseBody::Error(body) => Err(Error::from_body(body)),
         ResponseBody::Changed(Changed {
@@ -741,6 +786,7 @@ pub(crate) fn unexpected(body: &ResponseBody) -> Error {
         ResponseBody::RowsPart(_) => "RowsPart",
         ResponseBody::Changed(_) => "Changed",
         ResponseBody::InsertedRows(_) => "InsertedRows",
+        ResponseBody::BegunWith(_) => "BegunWith",
     };
     Error::Protocol(format!(
         "the daemon answered with an unexpected {what} reply"

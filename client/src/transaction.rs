@@ -8,7 +8,7 @@ use nexusd_protocol::{RequestBody, ResponseBody, TxnOp};
 use crate::connection::Connection;
 use crate::{
     BatchWriter, Client, Error, Executed, Params, Result, Rows, Statement, StatementResult,
-    into_batch, into_executed, into_rows, into_statement_result, unexpected,
+    answered, into_batch, into_executed, into_rows, into_statement_result, unexpected,
 };
 
 /// An open transaction, from [`Client::transaction`],
@@ -78,7 +78,23 @@ impl Transaction {
             return Err(e);
         }
         let result = self.send(op).await;
-        let ended = match &result {
+        self.note_end(&result);
+        result
+    }
+
+    /// The answer to the request that came with the begin
+    /// (`Client::begin_with`), as `run` would give it, noting the
+    /// transaction over if the daemon said so.
+    pub(crate) fn first_answer(&self, body: ResponseBody) -> Result<StatementResult> {
+        let result = answered(body).and_then(into_statement_result);
+        self.note_end(&result);
+        result
+    }
+
+    /// Remembers the daemon's word that the transaction is over, so later
+    /// calls answer from it.
+    fn note_end<T>(&self, result: &Result<T>) {
+        let ended = match result {
             Err(Error::Conflict(m)) => Some(Over::Conflict(m.clone())),
             Err(Error::TransactionExpired(m)) => Some(Over::Expired(m.clone())),
             _ => None,
@@ -88,7 +104,6 @@ impl Transaction {
         {
             *over = Some(ended);
         }
-        result
     }
 
     async fn send(&self, op: TxnOp) -> Result<ResponseBody> {

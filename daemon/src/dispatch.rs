@@ -16,8 +16,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use nexusd_protocol::{
-    AdminRequest, DEFAULT_DB, ErrorBody, ErrorKind, Request, RequestBody, Response, ResponseBody,
-    Statement, TxnMode, TxnOp, Value, features,
+    AdminRequest, BegunWith, DEFAULT_DB, ErrorBody, ErrorKind, Request, RequestBody, Response,
+    ResponseBody, Statement, TxnMode, TxnOp, Value, features,
 };
 use tokio::runtime::Handle;
 use tokio::sync::OwnedSemaphorePermit;
@@ -225,7 +225,9 @@ pub(crate) fn start(conn: &Arc<Connection>, req: Request, permit: OwnedSemaphore
         RequestBody::Query(_) => RequestKind::Query,
         RequestBody::Batch(_) => RequestKind::Batch,
         RequestBody::Admin(_) => RequestKind::Admin,
-        RequestBody::Begin(_) | RequestBody::Transaction { .. } => RequestKind::Transaction,
+        RequestBody::Begin(_) | RequestBody::Transaction { .. } | RequestBody::BeginWith { .. } => {
+            RequestKind::Transaction
+        }
     };
     conn.who.started();
     let answer = Answer {
@@ -278,6 +280,9 @@ pub(crate) fn start(conn: &Arc<Connection>, req: Request, permit: OwnedSemaphore
         }
         RequestBody::Admin(admin) => spawn_waiting(Waits::Admin(admin), arrived, deadline, answer),
         RequestBody::Begin(mode) => spawn_waiting(Waits::Begin(mode), arrived, deadline, answer),
+        RequestBody::BeginWith { mode, op } => {
+            spawn_waiting(Waits::BeginWith(mode, op), arrived, deadline, answer)
+        }
         RequestBody::Transaction { txn, op } => {
             // A read of a transaction still on its snapshot runs here when
             // it can, as a read in place does.
@@ -305,6 +310,8 @@ pub(crate) fn start(conn: &Arc<Connection>, req: Request, permit: OwnedSemaphore
 enum Waits {
     Admin(AdminRequest),
     Begin(TxnMode),
+    /// `Begin`, then the first request on the transaction it opened.
+    BeginWith(TxnMode, TxnOp),
     Transaction(u64, TxnOp),
     /// A transaction's query or statement that `Transactions::in_place`
     /// routed to the writer.
@@ -330,8 +337,12 @@ fn admit(ctx: &Context, req: &Request, who: &ClientEntry) -> Result<Option<Role>
         RequestBody::Execute(_) | RequestBody::Batch(_) => Role::Write,
         RequestBody::Query(_) | RequestBody::Admin(AdminRequest::Ping) => Role::Read,
         RequestBody::Admin(_) => Role::Admin,
-        RequestBody::Begin(TxnMode::ReadOnly) => Role::Read,
-        RequestBody::Begin(_) => Role::Write,
+        RequestBody::Begin(TxnMode::ReadOnly)
+        | RequestBody::BeginWith {
+            mode: TxnMode::ReadOnly,
+            ..
+        } => Role::Read,
+        RequestBody::Begin(_) | RequestBody::BeginWith { .. } => Role::Write,
         // Ending one needs no more than reading; anything else in a
         // transaction that may write needs the write role, as it would
         // outside one.
@@ -392,6 +403,7 @@ fn spawn_waiting(what: Waits, arrived: Instant, deadline: Instant, answer: Answe
     tokio::spawn(async move {
         let parts = match &what {
             Waits::Transaction(_, TxnOp::Query(_))
+            | Waits::BeginWith(_, TxnOp::Query(_))
             | Waits::Routed(_, Route::Writer(_, TxnOp::Query(_)))
             | Waits::Routed(
                 _,
@@ -424,6 +436,47 @@ async fn waiting(
             ctx.engine
                 .begin(mode, owner, max_open, arrived, deadline)
                 .await
+        }
+        Waits::BeginWith(mode, op) => {
+            let owner = conn.owner.clone();
+            let max_open = ctx.config().max_transactions;
+            match ctx
+                .engine
+                .begin(mode, owner, max_open, arrived, deadline)
+                .await
+            {
+                ResponseBody::Begun(txn) => {
+                    // Routed as a `Transaction` request is: a read in
+                    // place, a write straight to the writer.
+                    let takes_parts = conn.features & features::ROW_PARTS != 0;
+                    let answer = match ctx.engine.transactions.in_place(
+                        txn,
+                        who.id,
+                        op,
+                        takes_parts,
+                        arrived,
+                        deadline,
+                    ) {
+                        Ok(body) => body,
+                        Err(Route::Snapshot(op)) => {
+                            ctx.engine
+                                .in_transaction(txn, who.id, op, parts, arrived, deadline)
+                                .await
+                        }
+                        Err(route) => {
+                            ctx.engine
+                                .to_the_writer(txn, route, parts, arrived, deadline)
+                                .await
+                        }
+                    };
+                    ResponseBody::BegunWith(BegunWith {
+                        txn,
+                        answer: Box::new(answer),
+                    })
+                }
+                // Nothing was begun: the begin's error is the answer.
+                other => other,
+            }
         }
         Waits::Transaction(txn, op) => {
             ctx.engine
@@ -469,7 +522,7 @@ fn request_name(body: &RequestBody) -> &'static str {
         RequestBody::Batch(_) => "a batch",
         RequestBody::Admin(AdminRequest::Ping) => "ping",
         RequestBody::Admin(_) => "an admin command",
-        RequestBody::Begin(_) => "a transaction that may write",
+        RequestBody::Begin(_) | RequestBody::BeginWith { .. } => "a transaction that may write",
         RequestBody::Transaction { .. } => "a statement in a transaction that may write",
     }
 }

@@ -67,6 +67,12 @@ pub mod features {
     /// not the count the answer implies.
     pub const CHANGE_TOTALS: u64 = 1 << 6;
 
+    /// A transaction begun with its first request: the peer sends or
+    /// decodes [`RequestBody::BeginWith`](crate::RequestBody::BeginWith)
+    /// and [`ResponseBody::BegunWith`](crate::ResponseBody::BegunWith), one
+    /// round trip where `Begin` and the request take two.
+    pub const BEGIN_WITH: u64 = 1 << 7;
+
     /// Every bit this version of the crate understands.
     pub const ALL: u64 = ERROR_KINDS_2
         | TRANSACTIONS
@@ -74,7 +80,8 @@ pub mod features {
         | SLOW_LOG
         | ROW_PARTS
         | INSERTED_ROWS
-        | CHANGE_TOTALS;
+        | CHANGE_TOTALS
+        | BEGIN_WITH;
 }
 
 /// First frame from the client.
@@ -139,6 +146,11 @@ pub enum RequestBody {
     /// A statement, or the end, of the open transaction `txn` (opened on
     /// this connection).
     Transaction { txn: u64, op: TxnOp },
+    /// `Begin(mode)` and then `Transaction { txn, op }` on the transaction
+    /// it opened, in one request; answers `BegunWith` (or, if the begin
+    /// fails, its error alone). Sent only to a daemon that announced
+    /// [`features::BEGIN_WITH`].
+    BeginWith { mode: TxnMode, op: TxnOp },
 }
 
 /// How an interactive transaction starts.
@@ -321,6 +333,16 @@ pub enum ResponseBody {
     /// an `Error` (a statement that failed after changing rows, which
     /// SQLite counts though they were rolled back).
     Changed(Changed),
+    /// The answer to `BeginWith`: the transaction it opened, which stays
+    /// open whatever `answer` (its first request's) says, as after `Begin`.
+    BegunWith(BegunWith),
+}
+
+/// A transaction's id and its first request's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BegunWith {
+    pub txn: u64,
+    pub answer: Box<ResponseBody>,
 }
 
 /// A statement's answer and how many rows it changed in all: SQLite's
@@ -347,6 +369,7 @@ impl ResponseBody {
             ResponseBody::TypedRows(t) => Some(&mut t.rows.rows),
             ResponseBody::InsertedRows(i) => Some(&mut i.rows.rows.rows),
             ResponseBody::Changed(c) => c.answer.rows_mut(),
+            ResponseBody::BegunWith(b) => b.answer.rows_mut(),
             _ => None,
         }
     }
@@ -359,6 +382,12 @@ impl ResponseBody {
     /// a statement whose change total is not the one its answer implies
     /// goes in [`ResponseBody::Changed`], alone or in a batch.
     pub fn for_peer(self, peer_features: u64) -> ResponseBody {
+        if let ResponseBody::BegunWith(BegunWith { txn, answer }) = self {
+            return ResponseBody::BegunWith(BegunWith {
+                txn,
+                answer: Box::new(answer.for_peer(peer_features)),
+            });
+        }
         if peer_features & features::CHANGE_TOTALS == 0 {
             return self.shaped_for(peer_features);
         }

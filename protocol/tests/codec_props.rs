@@ -58,6 +58,19 @@ fn request() -> impl Strategy<Value = Request> {
             ]
         )
             .prop_map(|(txn, op)| RequestBody::Transaction { txn, op }),
+        (
+            proptest::sample::select(vec![
+                TxnMode::Immediate,
+                TxnMode::Deferred,
+                TxnMode::ReadOnly
+            ]),
+            prop_oneof![
+                statement().prop_map(TxnOp::Execute),
+                statement().prop_map(TxnOp::Query),
+                proptest::collection::vec(statement(), 0..3).prop_map(TxnOp::Batch),
+            ]
+        )
+            .prop_map(|(mode, op)| RequestBody::BeginWith { mode, op }),
     ];
     (any::<u64>(), "[a-z]{0,8}", any::<u32>(), body).prop_map(|(id, db, timeout_ms, body)| {
         Request {
@@ -133,7 +146,7 @@ fn response() -> impl Strategy<Value = Response> {
         (
             any::<u64>(),
             prop_oneof![
-                executed.prop_map(ResponseBody::Executed),
+                executed.clone().prop_map(ResponseBody::Executed),
                 typed_rows().prop_map(ResponseBody::TypedRows),
                 error.clone().prop_map(ResponseBody::Error),
             ]
@@ -148,7 +161,7 @@ fn response() -> impl Strategy<Value = Response> {
         typed_rows().prop_map(ResponseBody::TypedRows),
         proptest::collection::vec(result, 0..4).prop_map(ResponseBody::Batch),
         Just(ResponseBody::Ok),
-        error.prop_map(ResponseBody::Error),
+        error.clone().prop_map(ResponseBody::Error),
         any::<u64>().prop_map(ResponseBody::Begun),
         (any::<u64>(), any::<u64>(), ".{0,10}", any::<u64>()).prop_map(
             |(id, client_id, client_name, statements)| {
@@ -195,6 +208,20 @@ fn response() -> impl Strategy<Value = Response> {
                 rows,
             })
         }),
+        (
+            any::<u64>(),
+            prop_oneof![
+                executed.clone().prop_map(ResponseBody::Executed),
+                typed_rows().prop_map(ResponseBody::TypedRows),
+                error.clone().prop_map(ResponseBody::Error),
+            ]
+        )
+            .prop_map(|(txn, answer)| {
+                ResponseBody::BegunWith(BegunWith {
+                    txn,
+                    answer: Box::new(answer),
+                })
+            }),
     ];
     (any::<u64>(), body).prop_map(|(id, body)| Response { id, body })
 }
@@ -451,4 +478,46 @@ fn change_totals_go_where_the_answer_does_not_imply_them() {
         ),
         other => panic!("{other:?}"),
     }
+}
+
+/// `BegunWith` carries its first request's answer shaped for the peer as
+/// that answer would go alone: wrapped in `Changed` where the total is not
+/// implied, an error kind the peer does not know downgraded; and the rows
+/// of a large first read are reached inside it, for its parts.
+#[test]
+fn begun_with_shapes_its_answer_as_it_would_go_alone() {
+    let begun = |answer| {
+        ResponseBody::BegunWith(BegunWith {
+            txn: 9,
+            answer: Box::new(answer),
+        })
+    };
+    let triggered = ResponseBody::Executed(Executed {
+        total_changes: 3,
+        ..Executed::new(1, 42)
+    });
+    match begun(triggered).for_peer(features::ALL) {
+        ResponseBody::BegunWith(b) => {
+            assert_eq!(b.txn, 9);
+            assert!(matches!(*b.answer, ResponseBody::Changed(c) if c.total_changes == 3));
+        }
+        other => panic!("{other:?}"),
+    }
+    let refused = ResponseBody::Error(ErrorBody::new(ErrorKind::InvalidArgument, "no"));
+    match begun(refused).for_peer(features::ALL & !features::ERROR_KINDS_2) {
+        ResponseBody::BegunWith(b) => {
+            assert!(
+                matches!(*b.answer, ResponseBody::Error(e) if e.kind == ErrorKind::Unsupported)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut rows = begun(ResponseBody::Rows(Rows {
+        columns: vec!["x".into()],
+        rows: vec![vec![Value::Integer(1)]],
+        decltypes: Vec::new(),
+        last_insert_rowid: 0,
+        total_changes: 0,
+    }));
+    assert_eq!(rows.rows_mut().map(|r| r.len()), Some(1));
 }

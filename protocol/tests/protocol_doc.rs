@@ -164,6 +164,34 @@ fn examples() -> Vec<(&'static str, Vec<u8>)> {
             }),
         ),
         (
+            "begin-with",
+            frame(&Request {
+                id: 8,
+                db: "main".into(),
+                timeout_ms: 0,
+                body: RequestBody::BeginWith {
+                    mode: TxnMode::Deferred,
+                    op: TxnOp::Query(Statement::new("SELECT 1", Params::Positional(vec![]))),
+                },
+            }),
+        ),
+        (
+            "begun-with",
+            frame(&Response {
+                id: 8,
+                body: ResponseBody::BegunWith(BegunWith {
+                    txn: 9,
+                    answer: Box::new(ResponseBody::Rows(Rows {
+                        columns: vec!["1".into()],
+                        rows: vec![vec![Value::Integer(1)]],
+                        decltypes: Vec::new(),
+                        last_insert_rowid: 0,
+                        total_changes: 0,
+                    })),
+                }),
+            }),
+        ),
+        (
             "error-io",
             frame(&Response {
                 id: 4,

@@ -751,6 +751,46 @@ _MODES = {"": "deferred", "DEFERRED": "deferred", "IMMEDIATE": "immediate",
           "EXCLUSIVE": "immediate"}
 
 
+class _Unsent:
+    """A transaction begun in the driver but not yet on the daemon: its
+    BEGIN goes with its first statement (``Client.begin_run``: one round
+    trip where two would go), and one that ends before any statement
+    costs none. It has the native transaction's methods."""
+
+    __slots__ = ("_client", "_mode", "_txn")
+
+    def __init__(self, client: Any, mode: str) -> None:
+        self._client, self._mode, self._txn = client, mode, None
+
+    def _open(self) -> Any:
+        if self._txn is None:
+            self._txn = self._client.begin(self._mode)
+        return self._txn
+
+    def run(self, sql: str, params: Any = None) -> Any:
+        if self._txn is not None:
+            return self._txn.run(sql, params)
+        txn, result, error = self._client.begin_run(self._mode, sql, params)
+        self._txn = txn
+        if error is not None:
+            raise error
+        return result
+
+    def run_many(self, sql: str, rows: Any) -> Any:
+        return self._open().run_many(sql, rows)
+
+    def script(self, statements: Any) -> Any:
+        return self._open().script(statements)
+
+    def commit(self) -> None:
+        if self._txn is not None:
+            self._txn.commit()
+
+    def rollback(self) -> None:
+        if self._txn is not None:
+            self._txn.rollback()
+
+
 class Connection:
     """A DB-API connection. Many may share one socket; a transaction belongs
     to one Connection."""
@@ -860,30 +900,50 @@ class Connection:
 
     # -- transactions -------------------------------------------------------
 
-    def _begin(self, mode: str, traced: Optional[str] = None) -> None:
+    def _begin(self, mode: str, traced: Optional[str] = None, *, lazily: bool = False) -> None:
         """Opens a transaction; ``traced``: the statement the trace callback
-        sees for it (None when the caller's own BEGIN was traced)."""
+        sees for it (None when the caller's own BEGIN was traced).
+        ``lazily``: its BEGIN goes to the daemon with its first statement
+        (`_Unsent`), for a BEGIN nothing can be observed between and that
+        statement: a deferred one, or one the driver sends right before it."""
         client = self._client()
         if traced is not None:
             _trace(self, traced)
         self._savepoints = None
+        if lazily:
+            self._txn = _Unsent(client, mode)
+            return
         try:
             self._txn = client.begin(mode)
         except _nexusd.NativeError as e:
             raise _translate(e) from None
+
+    def _begin_lazily(self, statement: str) -> bool:
+        """The SQLAlchemy dialect's BEGIN, sent with the statement that
+        follows it; False if ``statement`` is not a plain BEGIN or a
+        transaction is open (run it as a statement then)."""
+        with self._lock:
+            control = _control(statement)
+            if control is None or control[0] != "begin" or self._txn is not None \
+                    or self._autocommit is False:
+                return False
+            self._begin(_MODES[control[1]], statement, lazily=True)
+            return True
 
     def _target(self, sql: Optional[str]):
         """Where a statement runs: the open transaction, one opened for it
         as the transaction mode says, or the daemon directly."""
         client = self._client()
         if self._txn is None:
+            # The driver's own BEGIN goes right before the statement: with
+            # it, in one round trip.
             if self._autocommit is False:
-                self._begin("deferred", "BEGIN")
+                self._begin("deferred", "BEGIN", lazily=True)
             elif (self._autocommit == LEGACY_TRANSACTION_CONTROL
                   and self._isolation_level is not None
                   and sql is not None and _is_dml(sql)):
                 self._begin(_MODES[self._isolation_level.upper()],
-                            "BEGIN " + self._isolation_level)
+                            "BEGIN " + self._isolation_level, lazily=True)
             elif _begins_a_transaction(sql):
                 self._begin("deferred")
                 self._savepoints = []
@@ -1024,7 +1084,10 @@ class Connection:
             except _nexusd.NativeError as e:
                 err = _translate(e)
                 self._total_changes += err._total_changes
-                if isinstance(err, (TransactionExpired, Conflict)):
+                if isinstance(err, (TransactionExpired, Conflict)) or (
+                        isinstance(target, _Unsent) and target._txn is None):
+                    # Over, or never begun (the BEGIN that went with the
+                    # statement failed): no transaction is open.
                     self._txn = None
                 raise err from None
             self._after(savepoint)
@@ -1038,7 +1101,10 @@ class Connection:
                 raise OperationalError(
                     "cannot start a transaction within a transaction (autocommit=False "
                     "keeps one open)")
-            self._begin(_MODES[control[1]])
+            # A deferred one's snapshot begins at its first statement, in
+            # SQLite too: it goes with that statement.
+            mode = _MODES[control[1]]
+            self._begin(mode, lazily=mode == "deferred")
         else:
             if self._txn is None:
                 raise OperationalError(

@@ -148,7 +148,11 @@ class NexusdDialect(SQLiteDialect_pysqlite):
             if getattr(self, "_begin_at_write", False) and _reads_only(statement):
                 return
             raw._sa_begin_pending = False
-            cursor.execute(getattr(self, "_begin", "BEGIN IMMEDIATE"))
+            begin = getattr(self, "_begin", "BEGIN IMMEDIATE")
+            # With the statement, in one round trip, where the driver can.
+            lazily = getattr(raw, "_begin_lazily", None)
+            if lazily is None or not lazily(begin):
+                cursor.execute(begin)
 
     def do_execute(self, cursor: Any, statement: Any, parameters: Any, context: Any = None) -> None:
         self._begin_pending(cursor, statement)

@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nexusd_client::{
-    BatchWriter, ClientOptions, Error, Executed, Params, Rows, Statement, StatementResult, Value,
+    BatchWriter, ClientOptions, Error, Executed, Params, Rows, Statement, StatementResult, TxnMode,
+    Value,
 };
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyOverflowError};
@@ -556,6 +557,35 @@ impl Client {
         )?;
         let (_, lastrowid, total) = batch_totals(&results);
         Ok((lastrowid, total))
+    }
+
+    /// Opens an interactive transaction ("deferred", "immediate" or
+    /// "read") and runs its first statement, in one round trip. Returns
+    /// `(transaction, result, error)`: the transaction is open either way,
+    /// and exactly one of `result` (as `run` gives it) and `error` (a
+    /// `NativeError`) is set. A begin that fails raises, opening nothing.
+    #[pyo3(signature = (mode, sql, params=None))]
+    fn begin_run(
+        &self,
+        py: Python<'_>,
+        mode: &str,
+        sql: &str,
+        params: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<(Transaction, PyObject, PyObject)> {
+        let params = to_params(params)?;
+        let mode = match mode {
+            "immediate" | "exclusive" => TxnMode::Immediate,
+            "read" => TxnMode::ReadOnly,
+            _ => TxnMode::Deferred,
+        };
+        let (tx, first) = self.wait(py, |client| async move {
+            client.begin_with(mode, sql, params).await
+        })?;
+        let tx = Transaction::new(tx, self.flavor, self.rt);
+        match first.map_err(to_py_err).and_then(|r| result_to_py(py, r)) {
+            Ok(result) => Ok((tx, result, py.None())),
+            Err(e) => Ok((tx, py.None(), e.into_value(py).into_any())),
+        }
     }
 
     /// Opens an interactive transaction: "deferred", "immediate" or

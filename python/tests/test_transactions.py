@@ -154,3 +154,63 @@ def test_a_connection_dropped_mid_transaction_frees_the_writer_at_once(make_daem
         check=True, timeout=60)
     assert time.monotonic() - started < 10, "the rollback of the dropped transaction was not sent"
     assert count(setup_conn) == 1
+
+
+def _transaction_requests(daemon) -> int:
+    """Transaction requests the daemon has answered, by its metrics."""
+    from conftest import nexusd_bin
+
+    text = subprocess.run([nexusd_bin(), "ctl", "--socket", daemon.socket, "metrics"],
+                          capture_output=True, text=True, check=True).stdout
+    name = 'nexusd_requests_total{kind="transaction",outcome="ok"}'
+    return sum(int(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_the_drivers_own_begin_goes_with_the_first_statement(setup):
+    """sqlite3's default mode begins before an INSERT, and autocommit=False
+    before any statement: the BEGIN goes to the daemon with that
+    statement, one request where two went, and a transaction that ends
+    before any statement costs none. A BEGIN that fails leaves no
+    transaction open, as in sqlite3."""
+    legacy = nexusd.connect(setup.socket)
+    before = _transaction_requests(setup)
+    legacy.execute("INSERT INTO t VALUES (10)")
+    assert legacy.in_transaction
+    legacy.execute("INSERT INTO t VALUES (11)")
+    legacy.commit()
+    assert _transaction_requests(setup) - before == 3, "begin+insert, insert, commit"
+    assert count(legacy) == 2
+
+    pep249 = nexusd.connect(setup.socket, autocommit=False)
+    before = _transaction_requests(setup)
+    pep249.commit()
+    pep249.rollback()
+    assert _transaction_requests(setup) == before, "nothing to send"
+    assert pep249.execute("SELECT count(*) FROM t").fetchone() == (2,)
+    pep249.rollback()
+    assert _transaction_requests(setup) - before == 2, "begin+select, rollback"
+
+    # A failing first statement: the transaction is open, as after BEGIN.
+    with pytest.raises(nexusd.OperationalError):
+        legacy.execute("INSERT INTO nope VALUES (1)")
+    assert legacy.in_transaction
+    legacy.execute("INSERT INTO t VALUES (12)")
+    legacy.rollback()
+    assert count(legacy) == 2
+
+
+def test_a_begin_that_fails_with_its_statement_opens_nothing(make_daemon):
+    d = make_daemon("--max-transactions", "1")
+    setup_conn = nexusd.connect(d.socket, autocommit=True)
+    setup_conn.execute("CREATE TABLE t(x INTEGER)")
+    holder = nexusd.connect(d.socket)
+    holder.execute("INSERT INTO t VALUES (1)")
+    other = nexusd.connect(d.socket)
+    with pytest.raises(nexusd.Overloaded):
+        other.execute("INSERT INTO t VALUES (2)")
+    assert not other.in_transaction, "the refused BEGIN opened nothing"
+    holder.commit()
+    other.execute("INSERT INTO t VALUES (3)")
+    assert other.in_transaction
+    other.commit()
+    assert count(setup_conn) == 2

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nexusd_client::{Client, params};
+use nexusd_client::{Client, StatementResult, params};
 use nexusd_tests::{Daemon, wait_until};
 
 use crate::{LONG, client, count, ctl, finish_worker, rt, s, spawn_worker};
@@ -754,4 +754,136 @@ fn a_transactions_reads_see_its_snapshot_in_place_or_not() {
         .expect("moves to the writer");
     tx.commit().expect("commit");
     assert_eq!(count(&c, "SELECT count(*) FROM t"), n + 1);
+}
+
+/// `begin_with` opens a transaction and runs its first statement in one
+/// request: the statement's answer comes with the transaction, which stays
+/// open whatever the statement did (a constraint failure, a write refused
+/// in a read-only one), and a large first read comes in parts as any
+/// other. A begin the daemon refuses is the outer error, with nothing
+/// open.
+#[test]
+fn begin_with_runs_the_first_statement_in_the_same_round_trip() {
+    let d = Daemon::start(&["--max-transactions", "2"]);
+    rt().block_on(async {
+        let a = client(&d).await;
+        // The async client's: the blocking one cannot run inside `block_on`.
+        let transaction_requests = async || -> u64 {
+            let text = a.metrics().await.expect("metrics");
+            let name = "nexusd_requests_total{kind=\"transaction\",outcome=\"ok\"}";
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let rows_in_t = async || -> i64 {
+            let rows = a
+                .query("SELECT count(*) FROM t", params![])
+                .await
+                .expect("count");
+            rows.get(0).expect("a row").get(0).expect("an integer")
+        };
+        a.execute(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, x TEXT UNIQUE)",
+            params![],
+        )
+        .await
+        .expect("create");
+        a.execute("INSERT INTO t(x) VALUES ('first')", params![])
+            .await
+            .expect("seed");
+
+        let before = transaction_requests().await;
+        let (tx, first) = a
+            .begin_with(
+                nexusd_client::TxnMode::Deferred,
+                "INSERT INTO t(x) VALUES (?1)",
+                params!["second"],
+            )
+            .await
+            .expect("begun");
+        match first.expect("inserted") {
+            StatementResult::Executed(e) => {
+                assert_eq!(e.rows_affected, 1);
+                assert_eq!(e.last_insert_rowid, 2);
+            }
+            other => panic!("an insert's answer: {other:?}"),
+        }
+        assert_eq!(
+            transaction_requests().await - before,
+            1,
+            "one request for the begin and the insert"
+        );
+        assert_eq!(rows_in_t().await, 1, "not yet");
+        tx.commit().await.expect("commit");
+        assert_eq!(rows_in_t().await, 2);
+
+        // The first statement fails: the transaction is open all the same.
+        let (tx, first) = a
+            .begin_with(
+                nexusd_client::TxnMode::Immediate,
+                "INSERT INTO t(x) VALUES ('first')",
+                params![],
+            )
+            .await
+            .expect("begun");
+        let e = first.expect_err("UNIQUE");
+        assert!(e.is_constraint(), "{e}");
+        tx.execute("INSERT INTO t(x) VALUES ('third')", params![])
+            .await
+            .expect("the transaction goes on");
+        tx.commit().await.expect("commit");
+        assert_eq!(rows_in_t().await, 3);
+
+        // A read-only one refuses a write and stays open for reads.
+        let (tx, first) = a
+            .begin_with(nexusd_client::TxnMode::ReadOnly, "DELETE FROM t", params![])
+            .await
+            .expect("begun");
+        assert!(first.is_err(), "a read-only transaction refuses a write");
+        let rows = tx
+            .query("SELECT count(*) FROM t", params![])
+            .await
+            .expect("reads go on");
+        assert_eq!(rows.get(0).and_then(|r| r.get::<i64>(0).ok()), Some(3));
+        tx.rollback().await.expect("end");
+
+        // A first read over one part (1 MiB) comes in parts, whole.
+        a.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1500) \
+             INSERT INTO t(x) SELECT printf('%.2000c', 'r') || i FROM n",
+            params![],
+        )
+        .await
+        .expect("big rows");
+        let (tx, first) = a
+            .begin_with(
+                nexusd_client::TxnMode::Deferred,
+                "SELECT x FROM t WHERE x LIKE 'r%' ORDER BY id",
+                params![],
+            )
+            .await
+            .expect("begun");
+        match first.expect("rows") {
+            StatementResult::Rows(rows) => {
+                assert_eq!(rows.len(), 1500);
+                let last: String = rows.get(1499).expect("row").get(0).expect("x");
+                assert!(last.ends_with("1500"), "in order: {}", &last[1990..]);
+            }
+            other => panic!("rows: {other:?}"),
+        }
+        tx.commit().await.expect("commit");
+
+        // Over the daemon's limit of open transactions, nothing is begun.
+        let one = a.transaction().await.expect("one");
+        let two = a.transaction().await.expect("two");
+        match a
+            .begin_with(nexusd_client::TxnMode::Deferred, "SELECT 1", params![])
+            .await
+        {
+            Err(e) => assert!(e.is_timeout_or_overload(), "{e}"),
+            Ok(_) => panic!("a third transaction over max-transactions 2"),
+        }
+        one.rollback().await.expect("end");
+        two.rollback().await.expect("end");
+    });
 }
