@@ -54,6 +54,63 @@ from . import (
 
 __all__ = ["connect", "Connection", "Cursor"]
 
+
+class _Unsent:
+    """A transaction begun in the driver but not yet on the daemon, as the
+    sync driver's `_Unsent`: its BEGIN goes with its first statement
+    (``Client.begin_run_async``), and one that ends before any statement
+    costs nothing. It has the native transaction's asyncio methods."""
+
+    __slots__ = ("_client", "_mode", "_txn")
+
+    def __init__(self, client: Any, mode: str) -> None:
+        self._client, self._mode, self._txn = client, mode, None
+
+    async def _open(self, queue: Any) -> Any:
+        if self._txn is None:
+            self._txn = await self._client.begin_async(queue, self._mode)
+        return self._txn
+
+    async def _first(self, queue: Any, sql: str, params: Any) -> Any:
+        txn, result, error = await self._client.begin_run_async(queue, self._mode, sql, params)
+        self._txn = txn
+        if error is not None:
+            raise error
+        return result
+
+    def run_async(self, queue: Any, sql: str, params: Any = None) -> Any:
+        if self._txn is not None:
+            return self._txn.run_async(queue, sql, params)
+        return asyncio.ensure_future(self._first(queue, sql, params))
+
+    def run_many_async(self, queue: Any, sql: str, rows: Any) -> Any:
+        async def run():
+            return await (await self._open(queue)).run_many_async(queue, sql, rows)
+        return asyncio.ensure_future(run())
+
+    def script(self, statements: Any) -> Any:
+        # Runs on a worker thread (see `executescript`): a blocking begin.
+        if self._txn is None:
+            self._txn = self._client.begin(self._mode)
+        return self._txn.script(statements)
+
+    def commit_async(self, queue: Any) -> Any:
+        return self._end(queue, True)
+
+    def rollback_async(self, queue: Any) -> Any:
+        return self._end(queue, False)
+
+    def _end(self, queue: Any, commit: bool) -> Any:
+        if self._txn is None:
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        return self._txn.commit_async(queue) if commit else self._txn.rollback_async(queue)
+
+    def abandon(self) -> None:
+        if self._txn is not None:
+            self._txn.abandon()
+
 #: Lines of ``iterdump`` fetched per trip to the worker thread.
 _DUMP_CHUNK = 1000
 
@@ -156,23 +213,30 @@ class Connection:
                 "this asyncio connection was made in another process; connect again here")
         return self._client
 
-    async def _begin(self, mode: str, traced: Optional[str] = None) -> None:
+    async def _begin(self, mode: str, traced: Optional[str] = None, *,
+                     lazily: bool = False) -> None:
+        """Opens a transaction; ``lazily``: its BEGIN goes to the daemon
+        with its first statement (`_Unsent`), as the sync driver's does."""
         client = self._check()
         if traced is not None:
             _trace(self, traced)
         self._savepoints = None
+        if lazily:
+            self._txn = _Unsent(client, mode)
+            return
         self._txn = await _wait(client.begin_async(_queue(), mode))
 
     async def _target(self, sql: Optional[str]):
         client = self._check()
         if self._txn is None:
+            # The driver's own BEGIN goes with the statement after it.
             if self.autocommit is False:
-                await self._begin("deferred", "BEGIN")
+                await self._begin("deferred", "BEGIN", lazily=True)
             elif (self.autocommit == LEGACY_TRANSACTION_CONTROL
                   and self.isolation_level is not None
                   and sql is not None and _is_dml(sql)):
                 await self._begin(_MODES[self.isolation_level.upper()],
-                                  "BEGIN " + self.isolation_level)
+                                  "BEGIN " + self.isolation_level, lazily=True)
             elif _begins_a_transaction(sql):
                 await self._begin("deferred")
                 self._savepoints = []
@@ -204,7 +268,10 @@ class Connection:
         except Error as e:
             # What a failed statement changed counts, as in sqlite3.
             self._total_changes += e._total_changes
-            if isinstance(e, (TransactionExpired, Conflict)) and target is self._txn:
+            if target is self._txn and (
+                    isinstance(e, (TransactionExpired, Conflict))
+                    or (isinstance(target, _Unsent) and target._txn is None)):
+                # Over, or never begun (its BEGIN failed with the statement).
                 self._txn = None
             raise
         except asyncio.CancelledError:
@@ -320,7 +387,8 @@ class Connection:
             if control[0] == "begin":
                 if self._txn is not None or self.autocommit is False:
                     raise OperationalError("cannot start a transaction within a transaction")
-                await self._begin(_MODES[control[1]])
+                mode = _MODES[control[1]]
+                await self._begin(mode, lazily=mode == "deferred")
             else:
                 if self._txn is None:
                     raise OperationalError(f"cannot {control[0]} - no transaction is active")

@@ -573,19 +573,11 @@ impl Client {
         params: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<(Transaction, PyObject, PyObject)> {
         let params = to_params(params)?;
-        let mode = match mode {
-            "immediate" | "exclusive" => TxnMode::Immediate,
-            "read" => TxnMode::ReadOnly,
-            _ => TxnMode::Deferred,
-        };
+        let mode = txn_mode(mode);
         let (tx, first) = self.wait(py, |client| async move {
             client.begin_with(mode, sql, params).await
         })?;
-        let tx = Transaction::new(tx, self.flavor, self.rt);
-        match first.map_err(to_py_err).and_then(|r| result_to_py(py, r)) {
-            Ok(result) => Ok((tx, result, py.None())),
-            Err(e) => Ok((tx, py.None(), e.into_value(py).into_any())),
-        }
+        begun_to_py(py, Transaction::new(tx, self.flavor, self.rt), first)
     }
 
     /// Opens an interactive transaction: "deferred", "immediate" or
@@ -630,6 +622,26 @@ impl Client {
         })
     }
 
+    /// `begin_run`, for asyncio; settles to `(transaction, result, error)`.
+    #[pyo3(signature = (completions, mode, sql, params=None))]
+    fn begin_run_async<'py>(
+        &self,
+        py: Python<'py>,
+        completions: &Bound<'py, Completions>,
+        mode: String,
+        sql: String,
+        params: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let params = to_params(params)?;
+        let client = (*self.inner).clone();
+        spawn_future(py, self.flavor, completions, async move {
+            client
+                .begin_with(txn_mode(&mode), &sql, params)
+                .await
+                .map(|(tx, first)| Answer::Begun(tx, first))
+        })
+    }
+
     /// `begin`, for asyncio; settles to a `Transaction`.
     fn begin_async<'py>(
         &self,
@@ -641,6 +653,29 @@ impl Client {
         spawn_future(py, self.flavor, completions, async move {
             begin(&client, &mode).await.map(Answer::Transaction)
         })
+    }
+}
+
+/// A transaction's mode from sqlite3's name for it: "immediate" (or
+/// "exclusive"), "read", else deferred.
+fn txn_mode(mode: &str) -> TxnMode {
+    match mode {
+        "immediate" | "exclusive" => TxnMode::Immediate,
+        "read" => TxnMode::ReadOnly,
+        _ => TxnMode::Deferred,
+    }
+}
+
+/// `(transaction, result, error)` of a `begin_run`: exactly one of the
+/// first statement's result and its error (a `NativeError`) is set.
+fn begun_to_py(
+    py: Python<'_>,
+    tx: Transaction,
+    first: nexusd_client::Result<StatementResult>,
+) -> PyResult<(Transaction, PyObject, PyObject)> {
+    match first.map_err(to_py_err).and_then(|r| result_to_py(py, r)) {
+        Ok(result) => Ok((tx, result, py.None())),
+        Err(e) => Ok((tx, py.None(), e.into_value(py).into_any())),
     }
 }
 
@@ -662,6 +697,11 @@ enum Answer {
     Result(StatementResult),
     Totals((u64, i64, u64)),
     Transaction(nexusd_client::Transaction),
+    /// A transaction and its first statement's outcome (`begin_run`).
+    Begun(
+        nexusd_client::Transaction,
+        nexusd_client::Result<StatementResult>,
+    ),
     Done,
 }
 
@@ -673,6 +713,11 @@ impl Answer {
             Answer::Transaction(tx) => {
                 let rt = runtime(Flavor::Asyncio)?;
                 Ok(Py::new(py, Transaction::new(tx, Flavor::Asyncio, rt))?.into_any())
+            }
+            Answer::Begun(tx, first) => {
+                let rt = runtime(Flavor::Asyncio)?;
+                let begun = begun_to_py(py, Transaction::new(tx, Flavor::Asyncio, rt), first)?;
+                Ok(begun.into_pyobject(py)?.into_any().unbind())
             }
             Answer::Done => Ok(py.None()),
         }

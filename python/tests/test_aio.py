@@ -132,3 +132,52 @@ def test_deferred_conflict_is_its_own_error(daemon):
         await b.close()
 
     run(main())
+
+
+def test_the_drivers_own_begin_goes_with_the_first_statement(daemon):
+    """As in the sync driver: the implicit BEGIN goes with the INSERT in one
+    request; a transaction with no statement sends nothing; a failing first
+    statement leaves the transaction open; and cancelling the first
+    statement, with its BEGIN, rolls back whatever the daemon began."""
+    from test_transactions import _transaction_requests
+
+    async def main():
+        db = await nexusd.aio.connect(daemon.socket)
+        await db.execute("CREATE TABLE t(x INTEGER)")
+        await db.commit()
+        before = _transaction_requests(daemon)
+        await db.execute("INSERT INTO t VALUES (1)")
+        assert db.in_transaction
+        await db.commit()
+        assert _transaction_requests(daemon) - before == 2, "begin+insert, commit"
+
+        pep249 = await nexusd.aio.connect(daemon.socket, autocommit=False)
+        before = _transaction_requests(daemon)
+        await pep249.commit()
+        await pep249.rollback()
+        assert _transaction_requests(daemon) == before, "nothing to send"
+        await pep249.close()
+
+        with pytest.raises(nexusd.OperationalError):
+            await db.execute("INSERT INTO nope VALUES (1)")
+        assert db.in_transaction, "open, as after BEGIN"
+        await db.execute("INSERT INTO t VALUES (2)")
+        await db.commit()
+
+        slow = ("INSERT INTO t SELECT count(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 "
+                "UNION ALL SELECT x + 1 FROM c LIMIT 3000000) SELECT x FROM c)")
+        task = asyncio.ensure_future(db.execute(slow))
+        await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not db.in_transaction
+        # The daemon's transaction is rolled back: the writer is free.
+        other = await nexusd.aio.connect(daemon.socket, autocommit=True, timeout=10)
+        await other.execute("INSERT INTO t VALUES (3)")
+        rows = await (await other.execute("SELECT x FROM t ORDER BY x")).fetchall()
+        assert rows == [(1,), (2,), (3,)]
+        await other.close()
+        await db.close()
+
+    run(main())
