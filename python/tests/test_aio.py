@@ -13,6 +13,16 @@ def run(coro):
     return asyncio.run(coro)
 
 
+async def cancelled(coro, after):
+    """Runs ``coro`` as a task, cancels it ``after`` seconds in, and checks
+    that the cancellation came out."""
+    task = asyncio.ensure_future(coro)
+    await asyncio.sleep(after)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 def test_connect_execute_iterate_commit(daemon):
     async def main():
         async with nexusd.aio.connect(daemon.socket) as db:
@@ -89,20 +99,12 @@ def test_cancellation_leaves_the_connection_usable_and_rolls_back(daemon):
         slow = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
                 "LIMIT 2000000) SELECT count(*) FROM c")
         # Outside a transaction: cancel a slow read, then go on.
-        task = asyncio.ensure_future(db.execute(slow))
-        await asyncio.sleep(0.01)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await cancelled(db.execute(slow), 0.01)
         assert await (await db.execute("SELECT 1")).fetchone() == (1,)
         # Inside one: its write, then a cancelled statement: rolled back.
         await db.execute("INSERT INTO t VALUES (1)")
         assert db.in_transaction
-        task = asyncio.ensure_future(db.execute(slow))
-        await asyncio.sleep(0.01)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await cancelled(db.execute(slow), 0.01)
         assert not db.in_transaction
         for _ in range(100):
             cur = await db.execute("SELECT count(*) FROM t")
@@ -166,11 +168,7 @@ def test_the_drivers_own_begin_goes_with_the_first_statement(daemon):
 
         slow = ("INSERT INTO t SELECT count(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 "
                 "UNION ALL SELECT x + 1 FROM c LIMIT 3000000) SELECT x FROM c)")
-        task = asyncio.ensure_future(db.execute(slow))
-        await asyncio.sleep(0.02)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await cancelled(db.execute(slow), 0.02)
         assert not db.in_transaction
         # The daemon's transaction is rolled back: the writer is free.
         other = await nexusd.aio.connect(daemon.socket, autocommit=True, timeout=10)
