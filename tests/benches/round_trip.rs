@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::future::join_all;
-use nexusd_client::{Client, blocking, params};
+use nexusd_client::{Client, TxnMode, blocking, params};
 use nexusd_tests::Daemon;
 
 const ROWS: i64 = 10_000;
@@ -142,6 +142,34 @@ fn round_trips(c: &mut Criterion) {
     let client: Client = rt
         .block_on(Client::connect(d.socket()))
         .expect("connect async");
+    // `reads_in_deferred_transaction_blocking` with its begin sent with
+    // its first read (`begin_with`): three round trips, not four.
+    group.bench_function("reads_in_deferred_transaction_begun_with_async", |b| {
+        b.iter(|| {
+            i = i % ROWS + 1;
+            rt.block_on(async {
+                let (tx, first) = client
+                    .begin_with(
+                        TxnMode::Deferred,
+                        "SELECT payload FROM bench WHERE id = ?1",
+                        params![i],
+                    )
+                    .await
+                    .expect("begin");
+                first.expect("first read");
+                let rows = tx
+                    .query(
+                        "SELECT payload FROM bench WHERE id = ?1",
+                        params![ROWS + 1 - i],
+                    )
+                    .await
+                    .expect("second read");
+                tx.commit().await.expect("commit");
+                rows
+            })
+        })
+    });
+
     group.throughput(Throughput::Elements(64));
     group.bench_function("point_read_async_64_in_flight", |b| {
         b.iter_custom(|iters| {
