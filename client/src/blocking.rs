@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crate::{
     CheckpointMode, CheckpointResult, ClientInfo, ClientOptions, Error, Executed, Params, Result,
-    Rows, SlowStatement, Statement, StatementResult, Stats, Status, TxnInfo,
+    Rows, SlowStatement, Statement, StatementResult, Stats, Status, TxnInfo, TxnMode,
 };
 
 /// Blocking twin of [`crate::Client`]: Clone + Send + Sync, clones share one
@@ -78,6 +78,19 @@ impl Client {
     /// Blocking [`crate::Client::read_transaction`].
     pub fn read_transaction(&self) -> Result<Transaction> {
         self.wrap(self.runtime.block_on(self.inner.read_transaction()))
+    }
+
+    /// Blocking [`crate::Client::begin_with`].
+    pub fn begin_with(
+        &self,
+        mode: TxnMode,
+        sql: &str,
+        params: Params,
+    ) -> Result<(Transaction, Result<StatementResult>)> {
+        let (tx, first) = self
+            .runtime
+            .block_on(self.inner.begin_with(mode, sql, params))?;
+        Ok((self.wrap(Ok(tx))?, first))
     }
 }
 

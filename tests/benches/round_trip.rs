@@ -116,6 +116,29 @@ fn round_trips(c: &mut Criterion) {
             rows
         })
     });
+    // The same with its begin sent with its first read (`begin_with`):
+    // three round trips, not four.
+    group.bench_function("reads_in_deferred_transaction_begun_with_blocking", |b| {
+        b.iter(|| {
+            i = i % ROWS + 1;
+            let (tx, first) = db
+                .begin_with(
+                    TxnMode::Deferred,
+                    "SELECT payload FROM bench WHERE id = ?1",
+                    params![i],
+                )
+                .expect("begin");
+            first.expect("first read");
+            let rows = tx
+                .query(
+                    "SELECT payload FROM bench WHERE id = ?1",
+                    params![ROWS + 1 - i],
+                )
+                .expect("second read");
+            tx.commit().expect("commit");
+            rows
+        })
+    });
     // A commit before each read, so the read cannot share its I/O
     // thread's snapshot and begins one of its own: this less
     // `insert_blocking` is a read's cost without the sharing.
@@ -142,34 +165,6 @@ fn round_trips(c: &mut Criterion) {
     let client: Client = rt
         .block_on(Client::connect(d.socket()))
         .expect("connect async");
-    // `reads_in_deferred_transaction_blocking` with its begin sent with
-    // its first read (`begin_with`): three round trips, not four.
-    group.bench_function("reads_in_deferred_transaction_begun_with_async", |b| {
-        b.iter(|| {
-            i = i % ROWS + 1;
-            rt.block_on(async {
-                let (tx, first) = client
-                    .begin_with(
-                        TxnMode::Deferred,
-                        "SELECT payload FROM bench WHERE id = ?1",
-                        params![i],
-                    )
-                    .await
-                    .expect("begin");
-                first.expect("first read");
-                let rows = tx
-                    .query(
-                        "SELECT payload FROM bench WHERE id = ?1",
-                        params![ROWS + 1 - i],
-                    )
-                    .await
-                    .expect("second read");
-                tx.commit().await.expect("commit");
-                rows
-            })
-        })
-    });
-
     group.throughput(Throughput::Elements(64));
     group.bench_function("point_read_async_64_in_flight", |b| {
         b.iter_custom(|iters| {
