@@ -1082,16 +1082,22 @@ class Connection:
             try:
                 result = target.run(sql, _named(sql, parameters))
             except _nexusd.NativeError as e:
-                err = _translate(e)
-                self._total_changes += err._total_changes
-                if isinstance(err, (TransactionExpired, Conflict)) or (
-                        isinstance(target, _Unsent) and target._txn is None):
-                    # Over, or never begun (the BEGIN that went with the
-                    # statement failed): no transaction is open.
-                    self._txn = None
-                raise err from None
+                raise self._failed(target, e) from None
             self._after(savepoint)
             return result
+
+    def _failed(self, target: Any, e: Any) -> "Error":
+        """The error to raise for a request to ``target`` that failed with
+        ``e``: what the failed statement changed counts, as in sqlite3, and
+        a transaction that is over, or was never begun (the BEGIN that went
+        with the statement failed), is no longer open."""
+        err = _translate(e)
+        self._total_changes += err._total_changes
+        if target is self._txn and (
+                isinstance(err, (TransactionExpired, Conflict))
+                or (isinstance(target, _Unsent) and target._txn is None)):
+            self._txn = None
+        return err
 
     def _run_control(self, control: tuple):
         if control[0] == "begin":
@@ -1122,9 +1128,7 @@ class Connection:
                 # Read as the batch goes: each part is sent as it fills.
                 return target.run_many(sql, _named_rows(sql, rows))
             except _nexusd.NativeError as e:
-                err = _translate(e)
-                self._total_changes += err._total_changes
-                raise err from None
+                raise self._failed(target, e) from None
 
     def _run_script(self, script: str) -> None:
         with self._lock:
@@ -1139,9 +1143,7 @@ class Connection:
             try:
                 lastrowid, total = target.script(statements)
             except _nexusd.NativeError as e:
-                err = _translate(e)
-                self._total_changes += err._total_changes
-                raise err from None
+                raise self._failed(target, e) from None
             self._total_changes += total
             if lastrowid:
                 self._lastrowid = lastrowid
