@@ -132,6 +132,20 @@ def test_an_expired_transaction_says_so(make_daemon):
     c.execute("INSERT INTO t VALUES (3)")
     c.commit()
     assert c.execute("SELECT x FROM t").fetchall() == [(3,)]
+    # The same through executemany and executescript's transaction.
+    c.execute("INSERT INTO t VALUES (4)")
+    time.sleep(0.6)
+    with pytest.raises(nexusd.TransactionExpired):
+        c.executemany("INSERT INTO t VALUES (?)", [(5,), (6,)])
+    assert not c.in_transaction
+    auto = nexusd.connect(d.socket, autocommit=False)
+    auto.execute("SELECT 1")
+    time.sleep(0.6)
+    with pytest.raises(nexusd.TransactionExpired):
+        auto.executescript("INSERT INTO t VALUES (7)")
+    auto.executescript("INSERT INTO t VALUES (8)")
+    auto.commit()
+    assert c.execute("SELECT x FROM t ORDER BY x").fetchall() == [(3,), (8,)]
 
 
 def test_a_connection_dropped_mid_transaction_frees_the_writer_at_once(make_daemon):
