@@ -141,22 +141,20 @@ fn response() -> impl Strategy<Value = Response> {
             }
         }),
     ];
+    // A statement's answer, as `Changed` and `BegunWith` carry one.
+    let answer = prop_oneof![
+        executed.clone().prop_map(ResponseBody::Executed),
+        typed_rows().prop_map(ResponseBody::TypedRows),
+        error.clone().prop_map(ResponseBody::Error),
+    ];
     let body = prop_oneof![
         executed.clone().prop_map(ResponseBody::Executed),
-        (
-            any::<u64>(),
-            prop_oneof![
-                executed.clone().prop_map(ResponseBody::Executed),
-                typed_rows().prop_map(ResponseBody::TypedRows),
-                error.clone().prop_map(ResponseBody::Error),
-            ]
-        )
-            .prop_map(|(total_changes, answer)| {
-                ResponseBody::Changed(Changed {
-                    total_changes,
-                    answer: Box::new(answer),
-                })
-            }),
+        (any::<u64>(), answer.clone()).prop_map(|(total_changes, answer)| {
+            ResponseBody::Changed(Changed {
+                total_changes,
+                answer: Box::new(answer),
+            })
+        }),
         rows().prop_map(ResponseBody::Rows),
         typed_rows().prop_map(ResponseBody::TypedRows),
         proptest::collection::vec(result, 0..4).prop_map(ResponseBody::Batch),
@@ -208,20 +206,12 @@ fn response() -> impl Strategy<Value = Response> {
                 rows,
             })
         }),
-        (
-            any::<u64>(),
-            prop_oneof![
-                executed.clone().prop_map(ResponseBody::Executed),
-                typed_rows().prop_map(ResponseBody::TypedRows),
-                error.clone().prop_map(ResponseBody::Error),
-            ]
-        )
-            .prop_map(|(txn, answer)| {
-                ResponseBody::BegunWith(BegunWith {
-                    txn,
-                    answer: Box::new(answer),
-                })
-            }),
+        (any::<u64>(), answer).prop_map(|(txn, answer)| {
+            ResponseBody::BegunWith(BegunWith {
+                txn,
+                answer: Box::new(answer),
+            })
+        }),
     ];
     (any::<u64>(), body).prop_map(|(id, body)| Response { id, body })
 }
