@@ -284,22 +284,9 @@ pub(crate) fn start(conn: &Arc<Connection>, req: Request, permit: OwnedSemaphore
             spawn_waiting(Waits::BeginWith(mode, op), arrived, deadline, answer)
         }
         RequestBody::Transaction { txn, op } => {
-            // A read of a transaction still on its snapshot runs here when
-            // it can, as a read in place does.
-            let takes_parts = conn.features & features::ROW_PARTS != 0;
-            match ctx.engine.transactions.in_place(
-                txn,
-                conn.who.id,
-                op,
-                takes_parts,
-                arrived,
-                deadline,
-            ) {
+            match in_transaction_here(conn, txn, op, arrived, deadline) {
                 Ok(body) => answer.give(body),
-                Err(Route::Snapshot(op)) => {
-                    spawn_waiting(Waits::Transaction(txn, op), arrived, deadline, answer)
-                }
-                Err(route) => spawn_waiting(Waits::Routed(txn, route), arrived, deadline, answer),
+                Err(waits) => spawn_waiting(*waits, arrived, deadline, answer),
             }
         }
     }
@@ -399,6 +386,32 @@ fn write_query(
     write(ctx, WriteOp::Query(st), arrived, deadline, answer);
 }
 
+/// A request on transaction `txn`: answered here when it is a read of a
+/// transaction still on its snapshot that runs in place (as a read in
+/// place does), else what it waits for.
+fn in_transaction_here(
+    conn: &Connection,
+    txn: u64,
+    op: TxnOp,
+    arrived: Instant,
+    deadline: Instant,
+) -> Result<ResponseBody, Box<Waits>> {
+    let takes_parts = conn.features & features::ROW_PARTS != 0;
+    match conn.ctx.engine.transactions.in_place(
+        txn,
+        conn.who.id,
+        op,
+        takes_parts,
+        arrived,
+        deadline,
+    ) {
+        Ok(body) => Ok(body),
+        // Boxed: only the path that spawns a task anyway pays for it.
+        Err(Route::Snapshot(op)) => Err(Box::new(Waits::Transaction(txn, op))),
+        Err(route) => Err(Box::new(Waits::Routed(txn, route))),
+    }
+}
+
 fn spawn_waiting(what: Waits, arrived: Instant, deadline: Instant, answer: Answer) {
     tokio::spawn(async move {
         let parts = match &what {
@@ -446,27 +459,11 @@ async fn waiting(
                 .await
             {
                 ResponseBody::Begun(txn) => {
-                    // Routed as a `Transaction` request is: a read in
-                    // place, a write straight to the writer.
-                    let takes_parts = conn.features & features::ROW_PARTS != 0;
-                    let answer = match ctx.engine.transactions.in_place(
-                        txn,
-                        who.id,
-                        op,
-                        takes_parts,
-                        arrived,
-                        deadline,
-                    ) {
+                    // Routed as a `Transaction` request is.
+                    let answer = match in_transaction_here(conn, txn, op, arrived, deadline) {
                         Ok(body) => body,
-                        Err(Route::Snapshot(op)) => {
-                            ctx.engine
-                                .in_transaction(txn, who.id, op, parts, arrived, deadline)
-                                .await
-                        }
-                        Err(route) => {
-                            ctx.engine
-                                .to_the_writer(txn, route, parts, arrived, deadline)
-                                .await
+                        Err(waits) => {
+                            Box::pin(waiting(conn, *waits, parts, arrived, deadline)).await
                         }
                     };
                     ResponseBody::BegunWith(BegunWith {
