@@ -253,6 +253,13 @@ pub(crate) fn render(s: &Snapshot<'_>) -> String {
     );
     counter(
         &mut out,
+        "nexusd_writer_yields_total",
+        "Statements stopped because they ran long after other writes in their batch, in \
+         time for those to commit by their deadlines; each ran again alone.",
+        w.yields.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
         "nexusd_checkpointed_frames_total",
         "WAL frames copied into the database by checkpoints.",
         w.checkpointed_frames.load(Ordering::Relaxed),

@@ -2,7 +2,7 @@
 //! runaway read, a write that cannot start by its deadline, and the
 //! connection limit. Each on a daemon of its own with small limits.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nexusd_client::{Client, ClientOptions, Error, Statement, params};
 use nexusd_tests::Daemon;
@@ -110,8 +110,12 @@ fn writes_that_cannot_start_by_their_deadline_are_not_applied() {
             )
             .await
         });
-        // Waves of short writes until the long write holds the writer (no
-        // sleeps: a wave that times out is the sign).
+        // A wave that reaches the writer with the long write, ahead of it
+        // in one batch, shares its commit and waits for it, so give the long
+        // write time to start alone (this sleep orders, it measures
+        // nothing). Then waves of short writes until one times out behind
+        // it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let (mut sent, mut timed_out) = (0i64, 0i64);
         while timed_out == 0 && !long.is_finished() {
             let mut wave = Vec::new();
@@ -148,6 +152,155 @@ fn writes_that_cannot_start_by_their_deadline_are_not_applied() {
             landed,
             sent - timed_out,
             "timed-out writes must not be applied"
+        );
+    });
+}
+
+/// A write queued behind a statement that holds the writer for long (here
+/// one that runs to its own 3 s limit) is answered "timed out, not
+/// applied" by its own deadline, not once the writer gets to it; and indeed
+/// it is not applied.
+#[test]
+fn a_write_behind_a_long_statement_is_answered_by_its_own_deadline() {
+    let d = Daemon::start(&[]);
+    rt().block_on(async {
+        let c = client(&d).await;
+        c.execute("CREATE TABLE t(x INTEGER)", params![])
+            .await
+            .expect("create");
+        let slow = Client::connect_with(
+            d.socket(),
+            ClientOptions {
+                request_timeout: Some(Duration::from_secs(3)),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("connect");
+        let fast = fast(&d).await;
+        let long = tokio::spawn(async move {
+            slow.execute(
+                "INSERT INTO t WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) \
+                 SELECT -count(*) FROM c",
+                params![],
+            )
+            .await
+        });
+        // A write that reaches the writer with the long statement, ahead of
+        // it in one batch, shares its commit and so waits for it: give the
+        // long statement time to start (the only sleep here orders, it
+        // measures nothing). Then short writes one after another until one
+        // waits behind it.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut applied = 0i64;
+        let (message, waited) = loop {
+            assert!(!long.is_finished(), "the long statement ended first");
+            let started = Instant::now();
+            match fast.execute("INSERT INTO t VALUES (1)", params![]).await {
+                Ok(_) => applied += 1,
+                Err(Error::Timeout(message)) => break (message, started.elapsed()),
+                Err(e) => panic!("unexpected error {e}"),
+            }
+        };
+        assert!(message.contains("not applied"), "{message}");
+        assert!(message.contains("one batch of writes"), "{message}");
+        assert!(
+            waited < Duration::from_millis(1500),
+            "answered after {waited:?}, not by its 300 ms deadline (plus a sweep)"
+        );
+        let e = long
+            .await
+            .expect("task")
+            .expect_err("the endless statement is interrupted");
+        assert!(matches!(e, Error::Timeout(_)), "{e}");
+        let rows = c
+            .query("SELECT count(*), min(x) FROM t", params![])
+            .await
+            .expect("count");
+        let row = rows.get(0).expect("row");
+        assert_eq!(
+            row.get::<i64>(0).expect("n"),
+            applied,
+            "only what was acknowledged"
+        );
+        if applied > 0 {
+            assert_eq!(
+                row.get::<i64>(1).expect("min"),
+                1,
+                "nothing of the long one"
+            );
+        }
+    });
+}
+
+/// A write that ran ahead of a long statement in one batch waits for that
+/// batch's commit. The long statement is stopped in time for the write to
+/// commit by its deadline, and runs again, alone, to its own end.
+#[test]
+fn a_long_statement_yields_to_the_commit_of_writes_batched_before_it() {
+    let d = Daemon::start(&["--txn-idle-timeout-ms", "60000"]);
+    rt().block_on(async {
+        let c = client(&d).await;
+        c.execute("CREATE TABLE t(x INTEGER)", params![])
+            .await
+            .expect("create");
+        let with_timeout = |ms| {
+            Client::connect_with(
+                d.socket(),
+                ClientOptions {
+                    request_timeout: Some(Duration::from_millis(ms)),
+                    ..Default::default()
+                },
+            )
+        };
+        let short = with_timeout(1500).await.expect("connect");
+        let slow = with_timeout(3000).await.expect("connect");
+        // A transaction holds the writer while the two queue, the short
+        // write first; its commit lets them into one batch, in that order.
+        // (The sleeps order the sends; they measure nothing.)
+        let tx = c.transaction().await.expect("begin");
+        tx.execute("INSERT INTO t VALUES (0)", params![])
+            .await
+            .expect("insert");
+        let first = tokio::spawn(async move {
+            let started = Instant::now();
+            let r = short.execute("INSERT INTO t VALUES (1)", params![]).await;
+            (r, started.elapsed())
+        });
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let long = tokio::spawn(async move {
+            let started = Instant::now();
+            let r = slow
+                .execute(
+                    "INSERT INTO t WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 \
+                     FROM c) SELECT -count(*) FROM c",
+                    params![],
+                )
+                .await;
+            (r, started.elapsed())
+        });
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        tx.commit().await.expect("commit");
+
+        let (r, waited) = first.await.expect("task");
+        r.expect("the short write commits by its deadline");
+        assert!(waited < Duration::from_millis(1500), "after {waited:?}");
+        let (r, ran) = long.await.expect("task");
+        let e = r.expect_err("the endless statement is interrupted");
+        assert!(e.to_string().contains("time limit of 3000 ms"), "{e}");
+        assert!(
+            ran >= Duration::from_millis(2900),
+            "it ran to its own end: {ran:?}"
+        );
+        let rows = c
+            .query("SELECT x FROM t ORDER BY x", params![])
+            .await
+            .expect("rows");
+        let got: Vec<i64> = rows.iter().map(|r| r.get(0).expect("x")).collect();
+        assert_eq!(got, [0, 1]);
+        assert!(
+            d.log_text().contains("runs again alone"),
+            "the daemon logs the yield"
         );
     });
 }

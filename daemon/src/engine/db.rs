@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use rusqlite::{Connection, OpenFlags};
 
 use super::functions;
-use super::guard::{Guard, Pulse};
+use super::guard::{Guard, Heartbeat};
 
 /// Oldest bundled SQLite we accept: 3.7.0 to 3.51.2 can lose data when a
 /// WAL reset races a checkpoint.
@@ -60,7 +60,7 @@ pub(crate) fn open_writer(
     sync: Synchronous,
     checkpoint_wal_bytes: u64,
     litestream: bool,
-    pulse: Option<Pulse>,
+    heartbeat: Option<Heartbeat>,
 ) -> anyhow::Result<(Connection, Guard)> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
@@ -97,7 +97,7 @@ pub(crate) fn open_writer(
     conn.pragma_update(None, "journal_size_limit", limit)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     functions::install(&conn)?;
-    let guard = Guard::install(&mut conn, litestream, sync == Synchronous::Full, pulse)?;
+    let guard = Guard::install(&mut conn, litestream, sync == Synchronous::Full, heartbeat)?;
     Ok((conn, guard))
 }
 

@@ -48,6 +48,35 @@ pub(crate) fn beat(pulse: &AtomicU64) -> u64 {
     now
 }
 
+/// What runs at each beat besides the pulse, given now (nanoseconds since
+/// `epoch()`): the writer's sweep of its backlog. It must be cheap when it
+/// has nothing to do, and never block.
+pub(crate) type Tick = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// The writer's heartbeat: its pulse, kept wherever the writer shows it is
+/// alive (its transaction loop, SQLite's progress handler, the vigil), and
+/// the tick that goes with each beat.
+#[derive(Clone)]
+pub(crate) struct Heartbeat {
+    pulse: Pulse,
+    tick: Option<Tick>,
+}
+
+impl Heartbeat {
+    pub(crate) fn new(pulse: Pulse, tick: Option<Tick>) -> Heartbeat {
+        Heartbeat { pulse, tick }
+    }
+
+    /// Beats the pulse, then the tick; returns now (see [`beat`]).
+    pub(crate) fn beat(&self) -> u64 {
+        let now = beat(&self.pulse);
+        if let Some(tick) = &self.tick {
+            tick(now);
+        }
+        now
+    }
+}
+
 /// Where client code runs, which decides what transaction control it may
 /// use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +115,7 @@ impl Guard {
         conn: &mut Connection,
         litestream: bool,
         durable_full: bool,
-        pulse: Option<Pulse>,
+        heartbeat: Option<Heartbeat>,
     ) -> anyhow::Result<Guard> {
         let guard = Guard {
             scope: Arc::new(AtomicU8::new(DAEMON)),
@@ -139,8 +168,8 @@ impl Guard {
             PROGRESS_OPS,
             Some(move || {
                 let deadline = g.deadline.load(Ordering::Relaxed);
-                if let Some(pulse) = &pulse {
-                    let now = beat(pulse);
+                if let Some(heartbeat) = &heartbeat {
+                    let now = heartbeat.beat();
                     return deadline != 0 && now > deadline;
                 }
                 deadline != 0 && epoch().elapsed().as_nanos() as u64 > deadline

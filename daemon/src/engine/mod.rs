@@ -6,6 +6,7 @@
 //! Nothing in here knows about sockets, sessions or access rules: the
 //! dispatcher above hands it statements with their deadlines.
 
+mod backlog;
 mod db;
 mod functions;
 mod guard;

@@ -10,12 +10,11 @@
 //! work could take at a slow disk's pace and no longer: a disk that hangs
 //! still stops the beats, and the watchdog still sees it.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::guard::{Pulse, beat};
+use super::guard::Heartbeat;
 use super::parts::BEAT_EVERY;
 
 /// Beats a heartbeat from its own thread while its owner is in a call that
@@ -43,8 +42,9 @@ enum Watch {
 }
 
 impl Vigil {
-    /// Starts the thread that beats `pulse` (`name`: the thread's name).
-    pub(crate) fn spawn(name: &str, pulse: Pulse) -> std::io::Result<Vigil> {
+    /// Starts the thread that beats `heartbeat` (`name`: the thread's
+    /// name).
+    pub(crate) fn spawn(name: &str, heartbeat: Heartbeat) -> std::io::Result<Vigil> {
         let shared = Arc::new(Shared {
             watch: Mutex::new(Watch::Idle),
             changed: Condvar::new(),
@@ -52,7 +52,7 @@ impl Vigil {
         let theirs = shared.clone();
         let thread = std::thread::Builder::new()
             .name(name.to_owned())
-            .spawn(move || keep(&theirs, &pulse))?;
+            .spawn(move || keep(&theirs, &heartbeat))?;
         Ok(Vigil {
             shared,
             thread: Some(thread),
@@ -102,7 +102,7 @@ fn lock(watch: &Mutex<Watch>) -> MutexGuard<'_, Watch> {
 
 /// The thread: beats while told to, up to the bound, and says once when a
 /// call outlasts it.
-fn keep(shared: &Shared, pulse: &AtomicU64) {
+fn keep(shared: &Shared, heartbeat: &Heartbeat) {
     let mut watch = lock(&shared.watch);
     let mut warned_for = None;
     loop {
@@ -111,7 +111,7 @@ fn keep(shared: &Shared, pulse: &AtomicU64) {
             Watch::Idle => None,
             Watch::Beating { what, since, until } => {
                 if Instant::now() < until {
-                    beat(pulse);
+                    heartbeat.beat();
                     Some(BEAT_EVERY)
                 } else {
                     if warned_for != Some(since) {
@@ -149,7 +149,8 @@ fn keep(shared: &Shared, pulse: &AtomicU64) {
 mod tests {
     use super::*;
     use crate::engine::db::epoch;
-    use std::sync::atomic::Ordering;
+    use crate::engine::guard::Pulse;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     fn age(pulse: &AtomicU64) -> Duration {
         Duration::from_nanos(
@@ -160,17 +161,31 @@ mod tests {
     #[test]
     fn beats_while_the_work_runs_and_stops_after_it_or_its_bound() {
         let pulse: Pulse = Arc::new(AtomicU64::new(0));
-        let vigil = Vigil::spawn("test-vigil", pulse.clone()).expect("spawn");
-        // Work of four beats: the heartbeat stays fresh through it.
+        let ticks = Arc::new(AtomicU64::new(0));
+        let counted = ticks.clone();
+        let tick = move |_| {
+            counted.fetch_add(1, Ordering::Relaxed);
+        };
+        let heartbeat = Heartbeat::new(pulse.clone(), Some(Arc::new(tick)));
+        let vigil = Vigil::spawn("test-vigil", heartbeat).expect("spawn");
+        // Work of four beats: the heartbeat stays fresh through it, and each
+        // beat ticks (the writer's backlog is swept).
         vigil.over("checkpoint", Duration::from_secs(60), || {
             for _ in 0..8 {
                 std::thread::sleep(BEAT_EVERY / 2);
                 assert!(age(&pulse) < BEAT_EVERY * 3, "stale: {:?}", age(&pulse));
             }
         });
+        let ticked = ticks.load(Ordering::Relaxed);
+        assert!(ticked >= 2, "{ticked} ticks");
         // Done: no more beats.
         std::thread::sleep(BEAT_EVERY * 3);
         assert!(age(&pulse) >= BEAT_EVERY * 3);
+        assert_eq!(
+            ticks.load(Ordering::Relaxed),
+            ticked,
+            "no tick after the work"
+        );
         // Past its bound, the work no longer shows as alive.
         vigil.over("checkpoint", BEAT_EVERY, || {
             std::thread::sleep(BEAT_EVERY * 5);

@@ -6,7 +6,6 @@
 //! one `COMMIT`. A request is answered only after that COMMIT returned, so an
 //! acknowledged write is durable. A lone request waits for nothing.
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -22,8 +21,9 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::CheckpointGate;
+use super::backlog::{Backlog, Holder, Job};
 use super::db::{self, Synchronous, epoch};
-use super::guard::{self, Guard, Pulse, Scope};
+use super::guard::{Guard, Heartbeat, Pulse, Scope};
 use super::parts::Parts;
 use super::relay::{self, Ack, Relay, Reply, Sink};
 use super::statement::{self, Output, StatementLimits, Want, own_statement_error};
@@ -37,11 +37,12 @@ use nexusd_protocol::TxnOp;
 /// for the reads still on it: longer than a snapshot of reads in place
 /// lives (`readers::SNAPSHOT_HOLD`), far shorter than a long read.
 const RESTART_WAIT: Duration = Duration::from_millis(5);
-/// The longest a checkpoint of `wal_bytes` should take: its waits for
-/// reads (5 s at most) and a sync, with room to spare, plus the copy at a
-/// slow disk's 10 MiB/s. The writer shows a heartbeat that long at most.
-fn checkpoint_bound(wal_bytes: u64) -> Duration {
-    Duration::from_secs(30) + Duration::from_millis(wal_bytes / (10 * 1024 * 1024 / 1000))
+/// The longest maintenance that copies `bytes` should take (a checkpoint
+/// of a WAL that size, a VACUUM): its waits for reads (5 s at most) and a
+/// sync, with room to spare, plus the copy at a slow disk's 10 MiB/s. The
+/// writer shows a heartbeat that long at most.
+fn copy_bound(bytes: u64) -> Duration {
+    Duration::from_secs(30) + Duration::from_millis(bytes / (10 * 1024 * 1024 / 1000))
 }
 
 /// A PASSIVE checkpoint (which waits on no lock) of a WAL under this
@@ -49,6 +50,12 @@ fn checkpoint_bound(wal_bytes: u64) -> Duration {
 /// while a read holds the WAL one runs after every batch: it goes without
 /// the vigil, and so without waking its thread.
 const VIGIL_FROM: u64 = 8 * 1024 * 1024;
+
+/// A batch's requests that have run wait for its commit. A statement that
+/// runs long after them is stopped this long before the first of their
+/// deadlines, so that they commit in time; it runs again at once, first in
+/// a batch of its own.
+const COMMIT_MARGIN: Duration = Duration::from_millis(100);
 
 /// Least time between two checkpoints that hold writes back.
 const FORCED_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
@@ -180,6 +187,33 @@ struct WriteJob {
     reply: Reply,
     /// Where the reply goes back through (the I/O thread that sent it).
     relay: Option<Relay>,
+    /// It ran long after others in a batch and yielded to their commit: it
+    /// runs next, first in a batch, where nothing waits for it.
+    alone: bool,
+}
+
+impl Job for WriteJob {
+    fn overdue(&self, now: Instant) -> bool {
+        self.deadline <= now && matches!(self.work, Work::Op(..) | Work::Transaction(_))
+    }
+
+    fn expire(self, holder: Holder) {
+        let body = match self.work {
+            Work::Transaction(start) => {
+                start.txn.end(End::NotStarted);
+                ResponseBody::Error(End::NotStarted.error(start.txn.id))
+            }
+            _ => ResponseBody::Error(ErrorBody::new(
+                ErrorKind::Timeout,
+                format!(
+                    "timed out after {} ms waiting for the writer, {}",
+                    self.arrived.elapsed().as_millis(),
+                    holder.explain()
+                ),
+            )),
+        };
+        let _ = self.reply.send(body);
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -222,6 +256,9 @@ pub(crate) struct WriterStats {
     pub(crate) commit_seq: AtomicU64,
     /// Microseconds the writer spent holding interactive transactions.
     pub(crate) txn_held_micros: AtomicU64,
+    /// Statements stopped because they ran long after other requests in
+    /// their batch, near those requests' deadlines, and run again alone.
+    pub(crate) yields: AtomicU64,
     /// When the writer last showed it was alive, in nanoseconds since
     /// `epoch()`: while it holds a transaction, and, through its guard's
     /// progress handler, while SQLite works on a statement.
@@ -242,15 +279,9 @@ impl Default for WriterStats {
             forced_checkpoints: AtomicU64::new(0),
             commit_seq: AtomicU64::new(0),
             txn_held_micros: AtomicU64::new(0),
+            yields: AtomicU64::new(0),
             heartbeat: Arc::new(AtomicU64::new(0)),
         }
-    }
-}
-
-impl WriterStats {
-    /// Shows that the writer is alive while it holds a transaction.
-    fn beat(&self) {
-        guard::beat(&self.heartbeat);
     }
 }
 
@@ -310,6 +341,7 @@ impl WriterHandle {
             deadline,
             reply: Reply::Waiter(reply),
             relay: None,
+            alone: false,
         };
         match tokio::time::timeout_at(deadline.into(), self.tx.send(job)).await {
             Ok(Ok(())) => Ok(()),
@@ -350,6 +382,7 @@ impl WriterHandle {
             deadline,
             reply: Reply::Waiter(reply),
             relay: relay::here(),
+            alone: false,
         };
         let sent = tokio::time::timeout_at(deadline.into(), self.tx.send(job)).await;
         match sent {
@@ -379,6 +412,7 @@ impl WriterHandle {
             deadline,
             reply: Reply::Sink(sink),
             relay: relay::here(),
+            alone: false,
         };
         match self.tx.try_send(job) {
             Ok(()) => Ok(()),
@@ -433,6 +467,14 @@ pub fn spawn(
 ) -> anyhow::Result<(WriterHandle, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
     let stats = Arc::new(WriterStats::default());
+    let backlog = Arc::new(Backlog::new(rx, config.queue_capacity));
+    let swept = backlog.clone();
+    // Wherever the writer shows it is alive while something holds it, what
+    // waits behind is answered by its deadline.
+    let heartbeat = Heartbeat::new(
+        stats.heartbeat.clone(),
+        Some(Arc::new(move |now| swept.sweep(now))),
+    );
     let (opened_tx, opened_rx) = std::sync::mpsc::sync_channel(1);
     let thread_stats = stats.clone();
     let thread = std::thread::Builder::new()
@@ -451,7 +493,7 @@ pub fn spawn(
                 config.synchronous,
                 config.checkpoint_wal_bytes,
                 config.litestream_max_wal_bytes.is_some(),
-                Some(thread_stats.heartbeat.clone()),
+                Some(heartbeat.clone()),
             )
             .and_then(|(mut conn, guard)| {
                 conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages| {
@@ -469,7 +511,7 @@ pub fn spawn(
                     }
                     Synchronous::Normal => None,
                 };
-                let vigil = Vigil::spawn("nexusd-vigil", thread_stats.heartbeat.clone())
+                let vigil = Vigil::spawn("nexusd-vigil", heartbeat.clone())
                     .context("could not start the writer's vigil thread")?;
                 Ok((
                     conn,
@@ -502,8 +544,8 @@ pub fn spawn(
                 guard,
                 config,
                 stats: thread_stats.clone(),
-                rx,
-                pending: VecDeque::new(),
+                heartbeat,
+                backlog,
             };
             writer.run();
             writer.close();
@@ -538,10 +580,12 @@ struct Writer {
     guard: Guard,
     config: WriterConfig,
     stats: Arc<WriterStats>,
-    rx: mpsc::Receiver<WriteJob>,
-    /// Jobs taken from the queue but not yet run (a batch cut short by the
-    /// transaction time limit, or retried after SQLite aborted a batch).
-    pending: VecDeque<WriteJob>,
+    /// Beats the pulse and sweeps the backlog.
+    heartbeat: Heartbeat,
+    /// The queue, and the jobs taken from it but not yet run (a batch cut
+    /// short by the transaction time limit, or retried after SQLite
+    /// aborted a batch).
+    backlog: Arc<Backlog<WriteJob>>,
 }
 
 /// A job that ran inside the open transaction, waiting for COMMIT.
@@ -553,19 +597,11 @@ struct Done {
 impl Writer {
     fn run(&mut self) {
         loop {
-            if self.pending.is_empty() {
-                match self.rx.blocking_recv() {
-                    Some(job) => self.pending.push_back(job),
-                    None => return,
-                }
+            if !self.backlog.wait() {
+                return;
             }
-            while self.pending.len() < self.config.max_batch {
-                match self.rx.try_recv() {
-                    Ok(job) => self.pending.push_back(job),
-                    Err(_) => break,
-                }
-            }
-            if let Some(job) = self.pending.pop_front() {
+            self.backlog.fill(self.config.max_batch);
+            if let Some(job) = self.backlog.pop() {
                 match job.work {
                     Work::Admin(admin) => {
                         let body = self.run_admin(admin);
@@ -585,7 +621,7 @@ impl Writer {
                         self.maybe_checkpoint();
                         continue;
                     }
-                    work => self.pending.push_front(WriteJob { work, ..job }),
+                    work => self.backlog.push_front(WriteJob { work, ..job }),
                 }
             }
             self.run_batch();
@@ -595,6 +631,18 @@ impl Writer {
 
     /// Maintenance between batches; no transaction is open.
     fn run_admin(&mut self, admin: WriterAdmin) -> ResponseBody {
+        let what = match admin {
+            WriterAdmin::Ping => None,
+            WriterAdmin::Checkpoint(_) => Some("a checkpoint"),
+            WriterAdmin::Vacuum => Some("VACUUM"),
+            WriterAdmin::Optimize => Some("PRAGMA optimize"),
+        };
+        if let Some(what) = what {
+            self.backlog.held_by(Holder::Maintenance {
+                what,
+                since: Instant::now(),
+            });
+        }
         match admin {
             WriterAdmin::Ping => ResponseBody::Ok,
             WriterAdmin::Checkpoint(mode)
@@ -617,7 +665,14 @@ impl Writer {
             },
             WriterAdmin::Vacuum => {
                 let before = db::file_size(&self.config.path);
-                match self.exec_own(Own::Vacuum) {
+                // VACUUM copies the file into a temporary database, then
+                // back through the WAL; SQLite calls no progress handler in
+                // the copy back.
+                let vacuum = || self.exec_own(Own::Vacuum);
+                match self
+                    .vigil
+                    .over("VACUUM", copy_bound(before.saturating_mul(2)), vacuum)
+                {
                     Ok(()) => ResponseBody::Text(format!(
                         "vacuumed: database file {} -> {} bytes (the WAL holds the change \
                          until the next checkpoint)",
@@ -637,6 +692,10 @@ impl Writer {
     fn checkpoint(&mut self, mode: CheckpointMode) -> rusqlite::Result<CheckpointResult> {
         let sql = format!("PRAGMA wal_checkpoint({})", mode.as_sql());
         let wal_bytes = self.wal_frames.load(Ordering::Relaxed) * self.page_size;
+        self.backlog.held_by(Holder::Maintenance {
+            what: "a checkpoint",
+            since: Instant::now(),
+        });
         let run = || {
             self.conn.query_row(&sql, [], |r| {
                 Ok((
@@ -649,8 +708,7 @@ impl Writer {
         let (busy, log, done) = if mode == CheckpointMode::Passive && wal_bytes < VIGIL_FROM {
             run()?
         } else {
-            self.vigil
-                .over("checkpoint", checkpoint_bound(wal_bytes), run)?
+            self.vigil.over("checkpoint", copy_bound(wal_bytes), run)?
         };
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         if busy != 0 {
@@ -814,26 +872,28 @@ impl Writer {
     /// the transaction time limit.
     fn run_batch(&mut self) {
         let started = Instant::now();
+        self.backlog.held_by(Holder::Batch { since: started });
         if let Err(e) = self.exec_own(Own::Begin) {
             let body = not_applied(own_statement_error("BEGIN IMMEDIATE", &e));
             tracing::error!(error = %e, "could not begin a write transaction");
-            for job in self.pending.drain(..) {
+            for job in self.backlog.take_all() {
                 let _ = job.reply.send(ResponseBody::Error(body.clone()));
             }
             return;
         }
         let mut done: Vec<Done> = Vec::new();
+        // The first deadline among `done`: they must commit by then.
+        let mut commit_by: Option<Instant> = None;
         let mut ran = 0usize;
         while ran < self.config.max_batch && started.elapsed() < self.config.max_txn_time {
-            if matches!(
-                self.pending.front().map(|j| &j.work),
-                Some(Work::Admin(_) | Work::Transaction(_))
-            ) {
-                // Maintenance and interactive transactions wait for this
-                // batch's commit: nothing due is held back by them.
-                break;
-            }
-            let Some(job) = self.pending.pop_front() else {
+            // Maintenance and interactive transactions wait for this
+            // batch's commit: nothing due is held back by them. A request
+            // that yielded to the commit of others waits for it too, to run
+            // first in the next batch.
+            let Some(job) = self
+                .backlog
+                .pop_if(|job| matches!(job.work, Work::Op(..)) && (done.is_empty() || !job.alone))
+            else {
                 break;
             };
             ran += 1;
@@ -842,8 +902,40 @@ impl Writer {
                 let _ = job.reply.send(body);
                 continue;
             }
-            match self.run_job(&job) {
-                Ok(body) => done.push(Done { job, body }),
+            let yield_at = commit_by
+                .map(|by| by.checked_sub(COMMIT_MARGIN).unwrap_or(by))
+                .filter(|&at| at < job.deadline);
+            match self.run_job(&job, yield_at) {
+                Ok(body) => {
+                    commit_by = Some(commit_by.map_or(job.deadline, |by| by.min(job.deadline)));
+                    done.push(Done { job, body });
+                }
+                Err(err)
+                    if err.kind == ErrorKind::Timeout
+                        && yield_at.is_some_and(|at| Instant::now() >= at)
+                        && Instant::now() < job.deadline =>
+                {
+                    // Stopped for the others' sake, and rolled back; it runs
+                    // again, first in the next batch.
+                    tracing::info!(
+                        ran_ms = job.arrived.elapsed().as_millis() as u64,
+                        waiting = done.len(),
+                        "a statement ran long after other requests in its batch; it was \
+                         stopped so that they commit by their deadline, and runs again alone"
+                    );
+                    self.stats.yields.fetch_add(1, Ordering::Relaxed);
+                    let job = WriteJob { alone: true, ..job };
+                    self.backlog.push_front(job);
+                    if self.conn.is_autocommit() {
+                        // SQLite rolled the whole transaction back: the
+                        // others run again first.
+                        for d in done.into_iter().rev() {
+                            self.backlog.push_front(d.job);
+                        }
+                        return;
+                    }
+                    break;
+                }
                 Err(err) => {
                     if self.conn.is_autocommit() {
                         // SQLite rolled the whole transaction back (a trigger's
@@ -852,7 +944,7 @@ impl Writer {
                         tracing::warn!(message = %err.message, "a request aborted its batch; re-running the others");
                         let _ = job.reply.send(ResponseBody::Error(err));
                         for d in done.into_iter().rev() {
-                            self.pending.push_front(d.job);
+                            self.backlog.push_front(d.job);
                         }
                         return;
                     }
@@ -893,8 +985,13 @@ impl Writer {
         }
     }
 
-    /// Runs one job inside a savepoint of its own.
-    fn run_job(&mut self, job: &WriteJob) -> Result<ResponseBody, ErrorBody> {
+    /// Runs one job inside a savepoint of its own; interrupted at its
+    /// deadline, or at `yield_at` if that comes first.
+    fn run_job(
+        &mut self,
+        job: &WriteJob,
+        yield_at: Option<Instant>,
+    ) -> Result<ResponseBody, ErrorBody> {
         self.exec_own(Own::Savepoint).map_err(|e| {
             let mut body = own_statement_error("SAVEPOINT", &e);
             body.message.push_str("; this request was not run");
@@ -910,12 +1007,15 @@ impl Writer {
                 ));
             }
         };
-        let limits = StatementLimits::for_request(
+        let mut limits = StatementLimits::for_request(
             job.arrived,
             job.deadline,
             self.config.max_result_bytes,
             owner,
         );
+        if let Some(at) = yield_at {
+            limits.deadline = limits.deadline.min(at);
+        }
         let result = match op {
             WriteOp::Execute(st) => self
                 .run_one(st, Scope::Request, Want::Changes, &limits)
@@ -1053,6 +1153,10 @@ impl Writer {
             return;
         }
         let held = Instant::now();
+        self.backlog.held_by(Holder::Transaction {
+            id: txn.id,
+            since: held,
+        });
         txn.writer_took_it();
         let mut open = match first {
             None => {
@@ -1070,15 +1174,10 @@ impl Writer {
                 },
             ),
         };
-        let mut swept = Instant::now();
         while open {
-            self.beat();
-            if swept.elapsed() >= HEARTBEAT {
-                // However busy the transaction keeps the writer, what
-                // waits behind it is answered by its deadline.
-                self.expire_queued(txn.id, held);
-                swept = Instant::now();
-            }
+            // However busy the transaction keeps the writer, what waits
+            // behind it is answered by its deadline (the beat sweeps).
+            self.heartbeat.beat();
             match rx.recv_timeout(HEARTBEAT) {
                 Ok(msg) => open = self.txn_request(&txn, msg),
                 Err(flume::RecvTimeoutError::Timeout) => {}
@@ -1096,55 +1195,6 @@ impl Writer {
         self.stats
             .txn_held_micros
             .fetch_add(held.elapsed().as_micros() as u64, Ordering::Relaxed);
-    }
-
-    fn beat(&self) {
-        self.stats.beat();
-    }
-
-    /// While an interactive transaction holds the writer, answers each
-    /// queued write and transaction whose deadline has passed, "timed out,
-    /// not applied", then rather than once the writer gets to it, so that
-    /// a request is answered by its deadline (plus a heartbeat) however
-    /// long the transaction ahead of it lasts. Takes jobs from the queue
-    /// into `pending` (in order) up to the queue's capacity, so waiting
-    /// clients still meet its backpressure.
-    fn expire_queued(&mut self, holder: u64, held: Instant) {
-        while self.pending.len() < self.config.queue_capacity {
-            match self.rx.try_recv() {
-                Ok(job) => self.pending.push_back(job),
-                Err(_) => break,
-            }
-        }
-        let now = Instant::now();
-        let due = |job: &WriteJob| {
-            job.deadline <= now && matches!(job.work, Work::Op(..) | Work::Transaction(_))
-        };
-        if !self.pending.iter().any(due) {
-            return;
-        }
-        let (expired, kept): (VecDeque<WriteJob>, VecDeque<WriteJob>) =
-            std::mem::take(&mut self.pending).into_iter().partition(due);
-        self.pending = kept;
-        for job in expired {
-            let body = match &job.work {
-                Work::Transaction(start) => {
-                    start.txn.end(End::NotStarted);
-                    ResponseBody::Error(End::NotStarted.error(start.txn.id))
-                }
-                _ => ResponseBody::Error(ErrorBody::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "timed out after {} ms waiting for the writer, which transaction {holder} \
-                         has held for {} ms; not applied. Retry, send a larger timeout, or keep \
-                         transactions short (`nexusd ctl transactions` shows them)",
-                        job.arrived.elapsed().as_millis(),
-                        held.elapsed().as_millis()
-                    ),
-                )),
-            };
-            let _ = job.reply.send(body);
-        }
     }
 
     /// Serves one request of the open transaction; returns whether it is
@@ -1181,9 +1231,9 @@ impl Writer {
         // deadline, showing its heartbeat meanwhile, and no longer than the
         // transaction lasts (its lease, its connection, an operator).
         let parts = parts.map(|p| {
-            let (stats, txn) = (self.stats.clone(), txn.clone());
+            let (heartbeat, txn) = (self.heartbeat.clone(), txn.clone());
             p.beating(move || {
-                stats.beat();
+                heartbeat.beat();
                 txn.end_error().map_or(Ok(()), Err)
             })
         });
