@@ -44,7 +44,9 @@ from . import (
     _not_here,
     _named,
     _named_rows,
+    _END,
     _trace,
+    _traced,
     _nexusd,
     _shared_client,
     _savepoint_step,
@@ -83,9 +85,9 @@ class _Unsent:
             return self._txn.run_async(queue, sql, params)
         return asyncio.ensure_future(self._first(queue, sql, params))
 
-    def run_many_async(self, queue: Any, sql: str, rows: Any) -> Any:
+    def batch_writer_async(self, queue: Any) -> Any:
         async def run():
-            return await (await self._open(queue)).run_many_async(queue, sql, rows)
+            return await (await self._open(queue)).batch_writer_async(queue)
         return asyncio.ensure_future(run())
 
     def script(self, statements: Any) -> Any:
@@ -452,20 +454,33 @@ class Cursor:
         return self
 
     async def executemany(self, sql: str, seq_of_parameters: Any) -> "Cursor":
+        """As the sync driver's: one atomic batch, whose parameter sets are
+        read as they are sent, a part at a time, on the loop's thread (so an
+        iterator of any length is never held whole)."""
         if not _is_dml(sql):
             raise ProgrammingError("executemany() can only execute DML statements.")
-        seq = list(seq_of_parameters)
+        rows = iter(seq_of_parameters)
+        first = next(rows, _END)
         self.description, self._rows, self._next = None, [], 0
-        if not seq:
+        if first is _END:
             self.rowcount = 0
             return self
         conn = self.connection
+        rows = _named_rows(sql, itertools.chain((first,), rows))
+        if conn._trace_callback is not None:
+            rows = _traced(conn, sql, rows)
 
-        def send(target):
-            if conn._trace_callback is not None:
-                for parameters in seq:
-                    _trace(conn, sql, parameters)
-            return target.run_many_async(_queue(), sql, _named_rows(sql, seq))
+        async def send(target):
+            writer = await target.batch_writer_async(_queue())
+            try:
+                while writer.fill(sql, rows):
+                    await writer.send_async(_queue())
+                return await writer.finish_async(_queue())
+            except BaseException:
+                # The parameters failed, a part failed, or the await was
+                # cancelled: none of the batch is applied.
+                writer.abandon()
+                raise
 
         # The cursor's lastrowid stays as it was, as sqlite3 leaves it after
         # executemany(); the connection's moves on.

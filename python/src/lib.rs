@@ -360,16 +360,6 @@ fn result_to_py(py: Python<'_>, r: StatementResult) -> PyResult<PyObject> {
     }
 }
 
-/// Statements for a batch: one SQL with many parameter sets, or many SQL
-/// texts without parameters.
-fn many(sql: &str, seq_of_params: &Bound<'_, PyAny>) -> PyResult<Vec<Statement>> {
-    let mut out = Vec::new();
-    for params in seq_of_params.try_iter()? {
-        out.push(Statement::new(sql, to_params(Some(&params?))?));
-    }
-    Ok(out)
-}
-
 /// Runs `sql` once per parameter set of `seq_of_params` as one batch
 /// through `writer`: each set is read and pushed as it comes, and each
 /// part goes as it fills, with the GIL released, so neither the parameters
@@ -604,21 +594,16 @@ impl Client {
         })
     }
 
-    /// `run_many`, for asyncio; settles to `(rowcount, lastrowid, total_changes)`.
-    fn run_many_async<'py>(
+    /// A `ManyWriter` for an asyncio `executemany` outside any
+    /// transaction.
+    fn batch_writer_async<'py>(
         &self,
         py: Python<'py>,
         completions: &Bound<'py, Completions>,
-        sql: String,
-        seq_of_params: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let statements = many(&sql, seq_of_params)?;
         let client = (*self.inner).clone();
         spawn_future(py, self.flavor, completions, async move {
-            client
-                .batch_all(statements)
-                .await
-                .map(|r| Answer::Totals(batch_totals(&r)))
+            client.batch_writer().await.map(Answer::Writer)
         })
     }
 
@@ -703,6 +688,8 @@ enum Answer {
         nexusd_client::Result<StatementResult>,
     ),
     Done,
+    /// A batch writer for `executemany` (`batch_writer_async`).
+    Writer(BatchWriter),
 }
 
 impl Answer {
@@ -720,6 +707,9 @@ impl Answer {
                 Ok(begun.into_pyobject(py)?.into_any().unbind())
             }
             Answer::Done => Ok(py.None()),
+            Answer::Writer(writer) => {
+                Ok(Py::new(py, ManyWriter::new(writer, Flavor::Asyncio))?.into_any())
+            }
         }
     }
 }
@@ -864,6 +854,133 @@ where
         rt.spawn(task);
     }
     Ok(future)
+}
+
+/// An asyncio `executemany`: its parameter sets are read on the event
+/// loop's thread a part at a time (`fill`), and each part goes while the
+/// loop goes on (`send_async`), so no set is held longer than its part
+/// takes to send. The batch applies all or nothing, as `run_many`'s does.
+#[pyclass(frozen, module = "nexusd._nexusd")]
+struct ManyWriter {
+    writer: Arc<tokio::sync::Mutex<Option<BatchWriter>>>,
+    /// The full part `fill` left for `send_async`.
+    ready: Mutex<Option<Vec<Statement>>>,
+    /// `(rowcount, lastrowid, total_changes)` of the parts sent so far.
+    totals: Arc<Mutex<(u64, i64, u64)>>,
+    flavor: Flavor,
+    pid: u32,
+}
+
+fn writer_over() -> Error {
+    Error::InvalidArgument("this executemany already finished or was given up".into())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Each value under these locks is replaced whole.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl ManyWriter {
+    fn new(writer: BatchWriter, flavor: Flavor) -> Self {
+        ManyWriter {
+            writer: Arc::new(tokio::sync::Mutex::new(Some(writer))),
+            ready: Mutex::new(None),
+            totals: Arc::new(Mutex::new((0, 0, 0))),
+            flavor,
+            pid: std::process::id(),
+        }
+    }
+}
+
+#[pymethods]
+impl ManyWriter {
+    /// Reads parameter sets from the iterator `rows`, each bound to `sql`,
+    /// until a part is full (`True`: send it with `send_async`) or `rows`
+    /// ends (`False`: `finish_async`). What reading or converting a set
+    /// raises comes out here; give the batch up with `abandon` then.
+    fn fill(&self, sql: &str, rows: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let mut slot = self.writer.try_lock().map_err(|_| {
+            to_py_err(Error::InvalidArgument(
+                "executemany's previous part is still being sent; await send_async() first".into(),
+            ))
+        })?;
+        let writer = slot.as_mut().ok_or_else(|| to_py_err(writer_over()))?;
+        for params in rows.try_iter()? {
+            let statement = Statement::new(sql, to_params(Some(&params?))?);
+            if let Some(part) = writer.push(statement) {
+                *lock(&self.ready) = Some(part);
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Sends the part `fill` made; settles to None. A failure ends the
+    /// batch, none of it applied.
+    fn send_async<'py>(
+        &self,
+        py: Python<'py>,
+        completions: &Bound<'py, Completions>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let part = lock(&self.ready).take();
+        let (writer, totals) = (self.writer.clone(), self.totals.clone());
+        spawn_future(py, self.flavor, completions, async move {
+            let Some(part) = part else {
+                return Ok(Answer::Done);
+            };
+            let mut slot = writer.lock().await;
+            let writer = slot.as_mut().ok_or_else(writer_over)?;
+            let results = writer.send(part).await?;
+            let mut sum = lock(&totals);
+            *sum = add_totals(*sum, &results);
+            Ok(Answer::Done)
+        })
+    }
+
+    /// Sends the rest and applies the batch; settles to `(rowcount,
+    /// lastrowid, total_changes)` of the whole.
+    fn finish_async<'py>(
+        &self,
+        py: Python<'py>,
+        completions: &Bound<'py, Completions>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (writer, totals) = (self.writer.clone(), self.totals.clone());
+        spawn_future(py, self.flavor, completions, async move {
+            let writer = writer.lock().await.take().ok_or_else(writer_over)?;
+            let results = writer.finish().await?;
+            let sum = *lock(&totals);
+            Ok(Answer::Totals(add_totals(sum, &results)))
+        })
+    }
+
+    /// Gives the batch up: none of it is applied. Runs on its own, after
+    /// a part still being sent (a cancelled `send_async`), so there is
+    /// nothing to await.
+    fn abandon(&self) -> PyResult<()> {
+        let writer = self.writer.clone();
+        runtime(self.flavor)?.spawn(async move {
+            if let Some(writer) = writer.lock().await.take() {
+                writer.abandon().await;
+            }
+        });
+        Ok(())
+    }
+}
+
+impl Drop for ManyWriter {
+    fn drop(&mut self) {
+        // Dropped unfinished (nothing gave it up): give it up, in the
+        // process that made it.
+        if std::process::id() != self.pid {
+            return;
+        }
+        let Ok(mut slot) = self.writer.try_lock() else {
+            return;
+        };
+        if let (Some(writer), Ok(rt)) = (slot.take(), runtime(self.flavor)) {
+            rt.spawn(writer.abandon());
+        }
+    }
 }
 
 /// An open interactive transaction. Its requests go one at a time (the
@@ -1031,21 +1148,17 @@ impl Transaction {
         })
     }
 
-    fn run_many_async<'py>(
+    /// A `ManyWriter` for an asyncio `executemany` within the
+    /// transaction (in a savepoint of its own once it has parts).
+    fn batch_writer_async<'py>(
         &self,
         py: Python<'py>,
         completions: &Bound<'py, Completions>,
-        sql: String,
-        seq_of_params: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let statements = many(&sql, seq_of_params)?;
         let inner = self.inner.clone();
         spawn_future(py, self.flavor, completions, async move {
             match inner.lock().await.as_ref() {
-                Some(tx) => tx
-                    .batch_all(statements)
-                    .await
-                    .map(|r| Answer::Totals(batch_totals(&r))),
+                Some(tx) => Ok(Answer::Writer(tx.batch_writer())),
                 None => Err(ended()),
             }
         })
@@ -1111,6 +1224,7 @@ fn default_socket_path() -> PathBuf {
 fn _nexusd(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Client>()?;
     m.add_class::<Transaction>()?;
+    m.add_class::<ManyWriter>()?;
     m.add_class::<Completions>()?;
     m.add_function(wrap_pyfunction!(default_socket_path, m)?)?;
     m.add_function(wrap_pyfunction!(set_adapt, m)?)?;

@@ -179,3 +179,70 @@ def test_the_drivers_own_begin_goes_with_the_first_statement(daemon):
         await db.close()
 
     run(main())
+
+
+def test_executemany_streams_its_parameters_and_applies_all_or_nothing(daemon):
+    """As the sync driver's: a generator's sets go in parts as they are
+    read (the parts sent so far are visible in the connection's own
+    transaction and to nobody else), a generator that raises or an await
+    that is cancelled applies nothing, and the connection goes on."""
+    blob = b"\xcd" * 300
+    part_rows = 16 * 1024 * 1024 // 2 // (len(blob) + 40)  # about one part
+    rows = 3 * part_rows
+    seen = {}
+
+    def feed(prefix, raise_at=None, on_the_way=None):
+        for i in range(rows):
+            if i == 2 * part_rows and on_the_way is not None:
+                on_the_way()
+            if i == raise_at:
+                raise ValueError(f"feed failed at row {i}")
+            yield (f"{prefix}{i}", blob)
+
+    async def main():
+        other = nexusd.connect(daemon.socket, isolation_level=None)
+        count = "SELECT count(*) FROM big WHERE name LIKE ?"
+        async with nexusd.aio.connect(daemon.socket) as db:
+            await db.execute(
+                "CREATE TABLE big(id INTEGER PRIMARY KEY, name TEXT UNIQUE, b BLOB)")
+            await db.commit()
+
+            # In the implicit transaction: parts go in a savepoint.
+            def look():
+                seen["other"] = other.execute(count, ("g%",)).fetchone()[0]
+                seen["open"] = db.in_transaction
+            cur = await db.executemany("INSERT INTO big(name, b) VALUES (?, ?)",
+                                       feed("g", on_the_way=look))
+            assert cur.rowcount == rows
+            assert seen == {"other": 0, "open": True}, seen
+            async with db.execute(count, ("g%",)) as c:
+                assert await c.fetchone() == (rows,), "visible in its own transaction"
+            with pytest.raises(ValueError, match=f"feed failed at row {2 * part_rows + 3}"):
+                await db.executemany("INSERT INTO big(name, b) VALUES (?, ?)",
+                                     feed("h", raise_at=2 * part_rows + 3))
+            assert db.in_transaction, "the transaction goes on, without the batch"
+            await db.commit()
+            assert other.execute(count, ("g%",)).fetchone() == (rows,)
+            assert other.execute(count, ("h%",)).fetchone() == (0,)
+
+            # In autocommit: a transaction of the batch's own; a cancelled
+            # executemany applies none of it.
+            db.isolation_level = None
+            await db.executemany("INSERT INTO big(name, b) VALUES (?, ?)", feed("k"))
+            assert other.execute(count, ("k%",)).fetchone() == (rows,)
+
+            def slow_feed():
+                for i in range(10 * rows):
+                    yield (f"m{i}", blob)
+            await cancelled(db.executemany("INSERT INTO big(name, b) VALUES (?, ?)",
+                                           slow_feed()), 0.3)
+            await db.execute("INSERT INTO big(name, b) VALUES ('after', x'00')")
+        for _ in range(100):
+            # The give-up runs on its own; the daemon takes a moment.
+            if other.execute(count, ("m%",)).fetchone() == (0,):
+                break
+            await asyncio.sleep(0.05)
+        assert other.execute(count, ("m%",)).fetchone() == (0,)
+        assert other.execute(count, ("after",)).fetchone() == (1,)
+
+    run(main())
