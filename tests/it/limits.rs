@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use nexusd_client::{Client, ClientOptions, Error, Statement, params};
 use nexusd_tests::Daemon;
 
-use crate::{client, rt};
+use crate::{client, client_with_timeout, rt};
 
 /// A daemon with 3 connections, a writer queue of 4, and a 100 kB result
 /// limit; and a table `t`.
@@ -38,15 +38,7 @@ fn limited() -> Daemon {
 /// `client` leaves the daemon's default, so checks do not race the
 /// machine's load).
 async fn fast(d: &Daemon) -> Client {
-    Client::connect_with(
-        d.socket(),
-        ClientOptions {
-            request_timeout: Some(Duration::from_millis(300)),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("connect")
+    client_with_timeout(d, 300).await
 }
 
 /// A batch whose answer would be too large fails whole: its write is not
@@ -168,15 +160,7 @@ fn a_write_behind_a_long_statement_is_answered_by_its_own_deadline() {
         c.execute("CREATE TABLE t(x INTEGER)", params![])
             .await
             .expect("create");
-        let slow = Client::connect_with(
-            d.socket(),
-            ClientOptions {
-                request_timeout: Some(Duration::from_secs(3)),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("connect");
+        let slow = client_with_timeout(&d, 3000).await;
         let fast = fast(&d).await;
         let long = tokio::spawn(async move {
             slow.execute(
@@ -244,17 +228,8 @@ fn a_long_statement_yields_to_the_commit_of_writes_batched_before_it() {
         c.execute("CREATE TABLE t(x INTEGER)", params![])
             .await
             .expect("create");
-        let with_timeout = |ms| {
-            Client::connect_with(
-                d.socket(),
-                ClientOptions {
-                    request_timeout: Some(Duration::from_millis(ms)),
-                    ..Default::default()
-                },
-            )
-        };
-        let short = with_timeout(1500).await.expect("connect");
-        let slow = with_timeout(3000).await.expect("connect");
+        let short = client_with_timeout(&d, 1500).await;
+        let slow = client_with_timeout(&d, 3000).await;
         // A transaction holds the writer while the two queue, the short
         // write first; its commit lets them into one batch, in that order.
         // (The sleeps order the sends; they measure nothing.)

@@ -40,6 +40,19 @@ pub async fn client(d: &Daemon) -> Client {
     Client::connect(d.socket()).await.expect("connect")
 }
 
+/// A client that sends `ms` milliseconds as each request's time limit.
+pub async fn client_with_timeout(d: &Daemon, ms: u64) -> Client {
+    Client::connect_with(
+        d.socket(),
+        nexusd_client::ClientOptions {
+            request_timeout: Some(std::time::Duration::from_millis(ms)),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("connect")
+}
+
 /// The counter `name` in the daemon's Prometheus text.
 pub fn metric(c: &nexusd_client::blocking::Client, name: &str) -> u64 {
     let text = c.metrics().expect("metrics");

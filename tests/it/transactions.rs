@@ -150,15 +150,7 @@ fn writes_queued_behind_a_transaction_time_out_by_their_own_deadline() {
         a.execute("CREATE TABLE t(x TEXT)", params![])
             .await
             .expect("create");
-        let hurried = Client::connect_with(
-            d.socket(),
-            nexusd_client::ClientOptions {
-                request_timeout: Some(Duration::from_millis(300)),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("connect");
+        let hurried = crate::client_with_timeout(&d, 300).await;
         let tx = a.transaction().await.expect("begin");
         tx.execute("INSERT INTO t VALUES ('held')", params![])
             .await
