@@ -24,6 +24,7 @@ fn ctl_prints_status_and_tables_and_fails_non_zero() {
         text.contains(&format!("sqlite          {}", rusqlite::version())),
         "{text}"
     );
+    assert!(text.contains("\nwriter          idle\n"), "{text}");
     assert!(ctl(&["exec", "CREATE TABLE t(a, b)"]).status.success());
     assert!(
         ctl(&["exec", "INSERT INTO t VALUES (?1, ?2)", "1", "hello"])

@@ -541,6 +541,16 @@ fn operators_list_and_roll_back_transactions() {
         let out = ctl(&["rollback", "987654"]);
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains("no transaction 987654"));
+
+        // `status` says what holds the writer.
+        let held = app.transaction().await.expect("begin");
+        held.execute("INSERT INTO t VALUES (1)", params![])
+            .await
+            .expect("insert");
+        let text = String::from_utf8_lossy(&ctl(&["status"]).stdout).into_owned();
+        let line = format!("writer          held by transaction {} for ", held.id());
+        assert!(text.contains(&line), "{text}");
+        held.rollback().await.expect("rollback");
     });
 }
 

@@ -10,6 +10,8 @@ pub(crate) fn status(ctx: &Context) -> Status {
     let config = ctx.config();
     let mut settings = config.settings();
     settings.push(("access".to_owned(), ctx.describe_access()));
+    // Not a setting either: what the writer is doing this moment.
+    settings.push(("writer".to_owned(), engine.writer.doing()));
     if let Some(replica) = &ctx.replica {
         // Not a setting: the replica as last seen; `ctl status` shows it
         // on a line of its own.

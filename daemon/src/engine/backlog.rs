@@ -52,6 +52,19 @@ pub(crate) enum Holder {
 }
 
 impl Holder {
+    /// What the writer is doing, for `ctl status`.
+    pub(crate) fn describe(self) -> String {
+        let ms = |since: Instant| since.elapsed().as_millis();
+        match self {
+            Holder::Nothing => "idle".to_owned(),
+            Holder::Batch { since } => format!("running a batch of writes for {} ms", ms(since)),
+            Holder::Transaction { id, since } => {
+                format!("held by transaction {id} for {} ms", ms(since))
+            }
+            Holder::Maintenance { what, since } => format!("running {what} for {} ms", ms(since)),
+        }
+    }
+
     /// "which ... for N ms; not applied. Retry ..." (after "waiting for
     /// the writer, ").
     pub(crate) fn explain(self) -> String {
@@ -124,6 +137,9 @@ impl<J: Job> Backlog<J> {
         if !jobs.pending.is_empty() {
             return true;
         }
+        if jobs.rx.is_empty() {
+            self.held_by(Holder::Nothing);
+        }
         match jobs.rx.blocking_recv() {
             Some(job) => {
                 jobs.pending.push_back(job);
@@ -173,6 +189,11 @@ impl<J: Job> Backlog<J> {
         *lock(&self.holder) = holder;
     }
 
+    /// What holds the writer now.
+    pub(crate) fn holder(&self) -> Holder {
+        *lock(&self.holder)
+    }
+
     /// Answers each overdue job, if `SWEEP_EVERY` has passed since the
     /// last sweep (`now`: nanoseconds since `epoch()`) and the jobs are
     /// free this moment. Never blocks.
@@ -181,7 +202,7 @@ impl<J: Job> Backlog<J> {
         if now.saturating_sub(last) < SWEEP_EVERY.as_nanos() as u64 {
             return;
         }
-        let holder = *lock(&self.holder);
+        let holder = self.holder();
         if holder == Holder::Nothing
             || self
                 .swept

@@ -396,12 +396,15 @@ pub(crate) fn print_status(s: &Status) {
         s.batches_committed
     );
     outln!("writer queue    {}", s.writer_queue_depth);
-    // The daemon sends the replica's state with the settings (so that the
-    // protocol's Status needs no new field); it is shown apart from them.
-    let (replica, settings): (Vec<_>, Vec<_>) =
-        s.settings.iter().partition(|(k, _)| k == "replica");
-    for (_, v) in replica {
-        outln!("replica         {v}");
+    // The daemon sends what its writer is doing and the replica's state
+    // with the settings (so that the protocol's Status needs no new
+    // field); they are shown apart from them.
+    let (apart, settings): (Vec<_>, Vec<_>) = s
+        .settings
+        .iter()
+        .partition(|(k, _)| k == "writer" || k == "replica");
+    for (k, v) in apart {
+        outln!("{k:<16}{v}");
     }
     outln!("settings in force:");
     let width = settings.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
