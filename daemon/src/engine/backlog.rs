@@ -20,7 +20,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -212,8 +212,10 @@ impl<J: Job> Backlog<J> {
             return;
         }
         let expired: VecDeque<J> = {
-            let Ok(mut jobs) = self.jobs.try_lock() else {
-                return;
+            let mut jobs = match self.jobs.try_lock() {
+                Ok(jobs) => jobs,
+                Err(TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(TryLockError::WouldBlock) => return,
             };
             let jobs = &mut *jobs;
             while jobs.pending.len() < self.capacity {
