@@ -57,6 +57,9 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
 
 ROWS = 10_000
 PAYLOAD = b"\xab" * 100
+# Seconds from launching the worker processes to the start of the measured
+# window: time to spawn them, import the drivers and connect.
+STARTUP_S = 3.0
 
 
 def _quantiles(lat: list) -> tuple:
@@ -68,25 +71,38 @@ def _quantiles(lat: list) -> tuple:
 
 
 def _worker(args) -> tuple:
-    """One process: THREADS threads doing the workload until the deadline."""
-    kind, target, workload, threads, deadline, seed = args
+    """One process: THREADS threads doing the workload from START to DEADLINE.
+
+    The threads connect first, then wait for START, so that spawning the
+    processes and connecting are neither timed nor counted, and every
+    process measures the same window.
+    """
+    kind, target, workload, threads, start, deadline, seed = args
     import random
 
     import nexusd
 
     lat, errors, lock = [], [0], threading.Lock()
-    cpu0 = _cpu_seconds()
+    ready = threading.Barrier(threads + 1)
+    failed = []
 
     def thread(t):
         rng = random.Random(seed * 1000 + t)
         # insert-commit keeps sqlite3's default: BEGIN before the INSERT.
         level = "" if workload == "insert-commit" else None
-        if kind == "nexusd":
-            conn = nexusd.connect(target, isolation_level=level)
-        else:
-            conn = sqlite3.connect(target, timeout=5.0, isolation_level=level,
-                                   check_same_thread=False)
-            conn.execute("PRAGMA synchronous=FULL")
+        try:
+            if kind == "nexusd":
+                conn = nexusd.connect(target, isolation_level=level)
+            else:
+                conn = sqlite3.connect(target, timeout=5.0, isolation_level=level,
+                                       check_same_thread=False)
+                conn.execute("PRAGMA synchronous=FULL")
+        except Exception as e:  # noqa: BLE001 - the worker raises it below
+            failed.append(e)
+            return
+        finally:
+            ready.wait()
+        time.sleep(max(0.0, start - time.time()))
         mine, bad = [], 0
         while time.time() < deadline:
             t0 = time.perf_counter()
@@ -111,9 +127,15 @@ def _worker(args) -> tuple:
     ts = [threading.Thread(target=thread, args=(t,)) for t in range(threads)]
     for t in ts:
         t.start()
+    ready.wait()
+    late = max(0.0, time.time() - start)
+    time.sleep(max(0.0, start - time.time()))
+    cpu0 = _cpu_seconds()
     for t in ts:
         t.join()
-    return lat, errors[0], _cpu_seconds() - cpu0
+    if failed:
+        raise RuntimeError(f"a {kind} thread could not connect to {target}: {failed[0]}")
+    return lat, errors[0], _cpu_seconds() - cpu0, late
 
 
 def _cpu_seconds() -> float:
@@ -142,12 +164,22 @@ def _cpu_per_op(row: dict, client_s: float, daemon_s: Optional[float]) -> dict:
 
 def run_processes(kind, target, workload, processes, threads, duration, daemon_pid) -> dict:
     ctx = multiprocessing.get_context("spawn")
-    deadline = time.time() + duration + 1.0  # the pool's start-up is not measured
-    d0 = _daemon_cpu_seconds(daemon_pid) if kind == "nexusd" else None
+    # Every process starts at START, after spawning and connecting; the
+    # window is DURATION long for each, whatever its start-up took.
+    start = time.time() + STARTUP_S
+    deadline = start + duration
     with ctx.Pool(processes) as pool:
-        results = pool.map(_worker, [(kind, target, workload, threads, deadline, p)
-                                     for p in range(processes)])
+        pending = pool.map_async(_worker, [(kind, target, workload, threads, start, deadline, p)
+                                           for p in range(processes)])
+        time.sleep(max(0.0, start - time.time()))
+        d0 = _daemon_cpu_seconds(daemon_pid) if kind == "nexusd" else None
+        results = pending.get()
     d1 = _daemon_cpu_seconds(daemon_pid) if kind == "nexusd" else None
+    late = max(r[3] for r in results)
+    if late > 0:
+        sys.exit(f"bench: a {kind} worker was ready {late:.2f} s after the start it was "
+                 f"given ({STARTUP_S} s after launch), so the processes did not measure one "
+                 f"window; run on a quieter machine, or raise STARTUP_S in {__file__}")
     lat = [x for r in results for x in r[0]]
     errors = sum(r[1] for r in results)
     p50, p99, mx = _quantiles(lat)
@@ -164,21 +196,25 @@ def run_aio(socket, workload, tasks, duration, daemon_pid) -> dict:
 
     async def main():
         db = await nexusd.aio.connect(socket, autocommit=True)
+        own = ([await nexusd.aio.connect(socket) for _ in range(tasks)]
+               if workload == "insert-commit" else [None] * tasks)
+        # The window opens once every connection is made.
+        cpu0, daemon0 = _cpu_seconds(), _daemon_cpu_seconds(daemon_pid)
         deadline = time.time() + duration
         lat, errors = [], 0
 
         async def task(n):
             nonlocal errors
             rng = random.Random(n)
-            own = await nexusd.aio.connect(socket) if workload == "insert-commit" else None
+            mine = own[n]
             while time.time() < deadline:
                 t0 = time.perf_counter()
                 try:
                     if workload == "insert":
                         await db.execute("INSERT INTO bench(payload) VALUES (?)", (PAYLOAD,))
-                    elif own is not None:
-                        await own.execute("INSERT INTO bench(payload) VALUES (?)", (PAYLOAD,))
-                        await own.commit()
+                    elif mine is not None:
+                        await mine.execute("INSERT INTO bench(payload) VALUES (?)", (PAYLOAD,))
+                        await mine.commit()
                     else:
                         cur = await db.execute("SELECT payload FROM bench WHERE id = ?",
                                                (rng.randrange(1, ROWS + 1),))
@@ -186,22 +222,23 @@ def run_aio(socket, workload, tasks, duration, daemon_pid) -> dict:
                     lat.append(time.perf_counter() - t0)
                 except Exception:  # noqa: BLE001
                     errors += 1
-                    if own is not None:
-                        await own.rollback()
-            if own is not None:
-                await own.close()
+                    if mine is not None:
+                        await mine.rollback()
 
         await asyncio.gather(*(task(n) for n in range(tasks)))
+        cpu1, daemon1 = _cpu_seconds(), _daemon_cpu_seconds(daemon_pid)
+        for conn in own:
+            if conn is not None:
+                await conn.close()
         await db.close()
-        return lat, errors
+        daemon_s = None if daemon0 is None or daemon1 is None else daemon1 - daemon0
+        return lat, errors, cpu1 - cpu0, daemon_s
 
-    c0, d0 = _cpu_seconds(), _daemon_cpu_seconds(daemon_pid)
-    lat, errors = asyncio.run(main())
-    c1, d1 = _cpu_seconds(), _daemon_cpu_seconds(daemon_pid)
+    lat, errors, client_s, daemon_s = asyncio.run(main())
     p50, p99, mx = _quantiles(lat)
     row = {"setup": "aio", "ops": len(lat), "ops_per_sec": len(lat) / duration,
            "errors": errors, "p50_ms": p50, "p99_ms": p99, "max_ms": mx}
-    return _cpu_per_op(row, c1 - c0, None if d0 is None or d1 is None else d1 - d0)
+    return _cpu_per_op(row, client_s, daemon_s)
 
 
 def _round_trip_example() -> str:
