@@ -217,6 +217,84 @@ fn a_write_behind_a_long_statement_is_answered_by_its_own_deadline() {
     });
 }
 
+/// A write queued behind a VACUUM is answered by its own deadline, naming
+/// the VACUUM, while the VACUUM goes on; it is not applied, and the VACUUM
+/// still ends well. The database is a few hundred MB so that its VACUUM
+/// outlasts a write's 150 ms several times over on this class of machine
+/// (it took over a second on the 2-core VMs this was written on).
+#[test]
+fn a_write_behind_a_vacuum_is_answered_by_its_own_deadline() {
+    let d = Daemon::start(&[]);
+    rt().block_on(async {
+        let c = client_with_timeout(&d, 120_000).await;
+        c.execute("CREATE TABLE big(x BLOB)", params![])
+            .await
+            .expect("create big");
+        c.execute("CREATE TABLE t(x INTEGER)", params![])
+            .await
+            .expect("create t");
+        // 480 MB, then a third of the rows deleted: VACUUM has all of it to
+        // read and 320 MB to write back.
+        for _ in 0..6 {
+            c.execute(
+                "INSERT INTO big WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c \
+                 WHERE n < 20000) SELECT randomblob(4000) FROM c",
+                params![],
+            )
+            .await
+            .expect("fill big");
+        }
+        c.execute("DELETE FROM big WHERE rowid % 3 = 0", params![])
+            .await
+            .expect("delete a third");
+        c.checkpoint(nexusd_client::CheckpointMode::Truncate)
+            .await
+            .expect("checkpoint");
+        let maintenance = c.clone();
+        let began = Instant::now();
+        let vacuum = tokio::spawn(async move { maintenance.vacuum().await });
+        // Give the VACUUM time to take the writer (this sleep orders, it
+        // measures nothing); then short writes until one waits behind it.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let fast = client_with_timeout(&d, 150).await;
+        let mut applied = 0i64;
+        let (message, waited) = loop {
+            assert!(
+                !vacuum.is_finished(),
+                "the VACUUM ended after {:?}, before a write waited behind it",
+                began.elapsed()
+            );
+            let started = Instant::now();
+            match fast.execute("INSERT INTO t VALUES (1)", params![]).await {
+                Ok(_) => applied += 1,
+                Err(Error::Timeout(message)) => break (message, started.elapsed()),
+                Err(e) => panic!("unexpected error {e}"),
+            }
+        };
+        assert!(
+            !vacuum.is_finished(),
+            "the write was answered only once the VACUUM ended ({waited:?}): {message}"
+        );
+        assert!(message.contains("VACUUM"), "{message}");
+        assert!(message.contains("not applied"), "{message}");
+        assert!(
+            waited < Duration::from_millis(1500),
+            "answered after {waited:?}, not by its 150 ms deadline (plus a sweep)"
+        );
+        let done = vacuum.await.expect("task").expect("the VACUUM ends well");
+        assert!(done.contains("vacuumed"), "{done}");
+        let rows = c
+            .query("SELECT count(*) FROM t", params![])
+            .await
+            .expect("count");
+        assert_eq!(
+            rows.get(0).expect("row").get::<i64>(0).expect("n"),
+            applied,
+            "only what was acknowledged"
+        );
+    });
+}
+
 /// A write that ran ahead of a long statement in one batch waits for that
 /// batch's commit. The long statement is stopped in time for the write to
 /// commit by its deadline, and runs again, alone, to its own end.
