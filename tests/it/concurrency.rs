@@ -225,3 +225,88 @@ fn check_then_insert_in_a_batch_leaves_one_row() {
         assert_eq!(rows.get(0).expect("row").get::<i64>(0).expect("n"), 1);
     });
 }
+
+/// (e) A request that rolls back the whole transaction of its batch
+/// (`RAISE(ROLLBACK)` in a trigger, `INSERT OR ROLLBACK`) fails alone: the
+/// requests run before it in that batch run again in the next and are
+/// applied and counted once, and those after it are not disturbed.
+#[test]
+fn a_request_that_rolls_back_its_batch_fails_alone() {
+    let d = Daemon::start(&["--txn-idle-timeout-ms", "60000"]);
+    rt().block_on(async {
+        let c = client(&d).await;
+        c.batch(vec![
+            nexusd_client::Statement::new("CREATE TABLE t(x INTEGER PRIMARY KEY)", params![]),
+            nexusd_client::Statement::new("CREATE TABLE r(x INTEGER)", params![]),
+            nexusd_client::Statement::new(
+                "CREATE TRIGGER r_never BEFORE INSERT ON r BEGIN \
+                 SELECT RAISE(ROLLBACK, 'r takes no rows'); END",
+                params![],
+            ),
+            nexusd_client::Statement::new("CREATE TABLE u(x INTEGER PRIMARY KEY)", params![]),
+            nexusd_client::Statement::new("INSERT INTO u VALUES (7)", params![]),
+        ])
+        .await
+        .expect("schema");
+        // A transaction holds the writer while the five requests queue, in
+        // this order; its commit lets them into one batch. (The sleeps
+        // order the sends; they measure nothing.)
+        let tx = c.transaction().await.expect("begin");
+        tx.execute("INSERT INTO t VALUES (0)", params![])
+            .await
+            .expect("insert");
+        let sends = [
+            "INSERT INTO t VALUES (1)",
+            "INSERT INTO r VALUES (1)",
+            "INSERT INTO t VALUES (2)",
+            "INSERT OR ROLLBACK INTO u VALUES (7)",
+            "INSERT INTO t VALUES (3)",
+        ];
+        let mut tasks = Vec::new();
+        for sql in sends {
+            let own = client(&d).await;
+            tasks.push(tokio::spawn(async move {
+                let r = own.execute(sql, params![]).await;
+                let total = own
+                    .query("SELECT total_changes()", params![])
+                    .await
+                    .expect("total_changes()");
+                let total = total.get(0).expect("row").get::<i64>(0).expect("n");
+                (sql, r, total)
+            }));
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        tx.commit().await.expect("commit");
+        for task in tasks {
+            let (sql, r, total) = task.await.expect("task");
+            if sql.contains("INTO r") {
+                let e = r.expect_err("the trigger refuses every row");
+                assert!(e.to_string().contains("r takes no rows"), "{e}");
+                assert_eq!(total, 0, "{sql}: nothing it changed stays counted");
+            } else if sql.contains("OR ROLLBACK") {
+                let e = r.expect_err("the key is taken");
+                assert!(e.is_constraint(), "{e}");
+                assert_eq!(total, 0, "{sql}: nothing it changed stays counted");
+            } else {
+                let done = r.unwrap_or_else(|e| panic!("{sql} fails: {e}"));
+                assert_eq!(done.rows_affected, 1, "{sql}");
+                assert_eq!(total, 1, "{sql}: applied once, counted once");
+            }
+        }
+        let rows = c
+            .query("SELECT x FROM t ORDER BY x", params![])
+            .await
+            .expect("rows");
+        let got: Vec<i64> = rows.iter().map(|r| r.get(0).expect("x")).collect();
+        assert_eq!(got, [0, 1, 2, 3]);
+        let rows = c
+            .query("SELECT count(*) FROM r", params![])
+            .await
+            .expect("count");
+        assert_eq!(rows.get(0).expect("row").get::<i64>(0).expect("n"), 0);
+        assert!(
+            d.log_text().contains("re-running the others"),
+            "the first batch was rolled back and run again"
+        );
+    });
+}

@@ -608,6 +608,30 @@ struct Writer {
 struct Done {
     job: WriteJob,
     body: ResponseBody,
+    /// What it added to its client's `total_changes()`.
+    changed: u64,
+}
+
+impl Done {
+    /// The job, to run again: SQLite rolled back the transaction it ran
+    /// in, so what it changed there no longer counts for its client (it is
+    /// counted when it runs again).
+    fn undone(self) -> WriteJob {
+        if let Work::Op(_, owner) = &self.job.work {
+            owner
+                .total_changes
+                .fetch_sub(self.changed, Ordering::Relaxed);
+        }
+        self.job
+    }
+}
+
+/// What `job`'s client's statements have changed since it connected.
+fn total_changes_of(job: &WriteJob) -> u64 {
+    match &job.work {
+        Work::Op(_, owner) => owner.total_changes.load(Ordering::Relaxed),
+        Work::Admin(_) | Work::Transaction(_) => 0,
+    }
 }
 
 impl Writer {
@@ -921,10 +945,14 @@ impl Writer {
             let yield_at = commit_by
                 .map(|by| by.checked_sub(COMMIT_MARGIN).unwrap_or(by))
                 .filter(|&at| at < job.deadline);
+            // Only the writer runs a client's writes outside a
+            // transaction, so this thread alone moves the count meanwhile.
+            let counted = total_changes_of(&job);
             match self.run_job(&job, yield_at) {
                 Ok(body) => {
                     commit_by = Some(commit_by.map_or(job.deadline, |by| by.min(job.deadline)));
-                    done.push(Done { job, body });
+                    let changed = total_changes_of(&job).saturating_sub(counted);
+                    done.push(Done { job, body, changed });
                 }
                 Err(err)
                     if err.kind == ErrorKind::Timeout
@@ -946,7 +974,7 @@ impl Writer {
                         // SQLite rolled the whole transaction back: the
                         // others run again first.
                         for d in done.into_iter().rev() {
-                            self.backlog.push_front(d.job);
+                            self.backlog.push_front(d.undone());
                         }
                         return;
                     }
@@ -960,7 +988,7 @@ impl Writer {
                         tracing::warn!(message = %err.message, "a request aborted its batch; re-running the others");
                         let _ = job.reply.send(ResponseBody::Error(err));
                         for d in done.into_iter().rev() {
-                            self.backlog.push_front(d.job);
+                            self.backlog.push_front(d.undone());
                         }
                         return;
                     }
