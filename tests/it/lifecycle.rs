@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nexusd_client::{Error, params};
 use nexusd_tests::{Daemon, nexusd_bin, wait_until};
@@ -716,4 +716,130 @@ fn a_full_disk_fails_writes_clearly_and_they_resume_when_space_returns() {
     assert_integrity_ok(&c);
     drop(c);
     drop(d);
+}
+
+/// What the writer is doing, from `status` (`idle`, `running VACUUM for N
+/// ms`, ...).
+fn writer_doing(c: &nexusd_client::blocking::Client) -> String {
+    c.status()
+        .expect("status")
+        .settings
+        .into_iter()
+        .find(|(k, _)| k == "writer")
+        .map(|(_, v)| v)
+        .unwrap_or_default()
+}
+
+/// Starts `work` on a thread of its own, waits until the writer has run
+/// `what` for `after`, then kills the daemon with SIGKILL in the middle of
+/// it and starts it again.
+fn kill_9_during(
+    d: &mut Daemon,
+    what: &str,
+    after: Duration,
+    work: impl FnOnce(nexusd_client::blocking::Client) + Send + 'static,
+) -> nexusd_client::blocking::Client {
+    let own = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    let running = std::thread::spawn(move || work(own));
+    let watcher = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    assert!(
+        wait_until(LONG, || {
+            let doing = writer_doing(&watcher);
+            doing.starts_with(&format!("running {what} for "))
+                && doing
+                    .split_whitespace()
+                    .nth_back(1)
+                    .and_then(|ms| ms.parse::<u64>().ok())
+                    .is_some_and(|ms| u128::from(ms) >= after.as_millis())
+        }),
+        "the writer never ran {what} for {after:?}"
+    );
+    let c = after_a_kill_9(d);
+    running.join().expect("the thread that ran it");
+    c
+}
+
+/// SIGKILL in the middle of a VACUUM, then in the middle of a checkpoint
+/// that copies a large WAL back: after each restart the database is whole
+/// (integrity_check) and holds exactly what was committed before, and the
+/// interrupted maintenance runs to its end when asked again.
+#[test]
+fn sigkill_during_vacuum_or_checkpoint_loses_nothing() {
+    let mut d = Daemon::start(&[]);
+    let c = nexusd_client::blocking::Client::connect_with(
+        d.socket(),
+        nexusd_client::ClientOptions {
+            request_timeout: Some(Duration::from_secs(120)),
+            ..Default::default()
+        },
+    )
+    .expect("connect");
+    c.execute("CREATE TABLE big(n INTEGER, x BLOB)", params![])
+        .expect("create");
+    let fill = |from: i64| {
+        c.execute(
+            "INSERT INTO big WITH RECURSIVE c(n) AS (SELECT ?1 UNION ALL SELECT n + 1 FROM c \
+             WHERE n < ?1 + 39999) SELECT n, randomblob(4000) FROM c",
+            params![from],
+        )
+        .expect("fill big");
+    };
+    fill(0);
+    fill(40_000);
+    c.execute("DELETE FROM big WHERE n % 3 = 0", params![])
+        .expect("delete a third");
+    c.checkpoint(nexusd_client::CheckpointMode::Truncate)
+        .expect("checkpoint");
+    let expect = |c: &nexusd_client::blocking::Client, rows: i64, sum: i64| {
+        assert_integrity_ok(c);
+        let got = c
+            .query(
+                "SELECT count(*), sum(n), sum(length(x)) FROM big",
+                params![],
+            )
+            .expect("count");
+        let row = got.get(0).expect("row");
+        assert_eq!(row.get::<i64>(0).expect("count"), rows, "rows");
+        assert_eq!(row.get::<i64>(1).expect("sum"), sum, "which rows");
+        assert_eq!(
+            row.get::<i64>(2).expect("bytes"),
+            rows * 4000,
+            "their bytes"
+        );
+    };
+    let rows = (0..80_000i64).filter(|n| n % 3 != 0).count() as i64;
+    let sum: i64 = (0..80_000i64).filter(|n| n % 3 != 0).sum();
+    expect(&c, rows, sum);
+
+    // How long each takes here, whole: the kills below come half way.
+    let took = |work: &dyn Fn()| {
+        let started = Instant::now();
+        work();
+        started.elapsed()
+    };
+    let vacuum = took(&|| {
+        c.vacuum().expect("VACUUM");
+    });
+    let checkpoint = took(&|| {
+        c.checkpoint(nexusd_client::CheckpointMode::Truncate)
+            .expect("checkpoint");
+    });
+
+    let c = kill_9_during(&mut d, "VACUUM", vacuum / 2, |own| {
+        let _ = own.vacuum();
+    });
+    expect(&c, rows, sum);
+    let done = c.vacuum().expect("VACUUM after the restart");
+    assert!(done.contains("vacuumed"), "{done}");
+    expect(&c, rows, sum);
+
+    // The vacuumed file is in the WAL now: a TRUNCATE checkpoint copies all
+    // of it back into the database file.
+    let c = kill_9_during(&mut d, "a checkpoint", checkpoint / 2, |own| {
+        let _ = own.checkpoint(nexusd_client::CheckpointMode::Truncate);
+    });
+    expect(&c, rows, sum);
+    c.checkpoint(nexusd_client::CheckpointMode::Truncate)
+        .expect("checkpoint after the restart");
+    expect(&c, rows, sum);
 }
