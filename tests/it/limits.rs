@@ -355,6 +355,22 @@ fn a_long_statement_yields_to_the_commit_of_writes_batched_before_it() {
             d.log_text().contains("runs again alone"),
             "the daemon logs the yield"
         );
+        // The slow log has both runs of the long statement: the first says
+        // why it stopped short of its limit, the second hit that limit.
+        let slow: Vec<String> = c
+            .slow_log(false)
+            .await
+            .expect("slowlog")
+            .into_iter()
+            .filter(|s| s.sql.contains("RECURSIVE"))
+            .map(|s| s.error.unwrap_or_default())
+            .collect();
+        assert_eq!(slow.len(), 2, "{slow:?}");
+        assert!(
+            slow[0].contains("so that the writes batched before it commit by their deadlines"),
+            "{slow:?}"
+        );
+        assert!(slow[1].contains("time limit of 3000 ms"), "{slow:?}");
     });
 }
 

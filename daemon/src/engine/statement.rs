@@ -40,6 +40,10 @@ pub(crate) struct StatementLimits<'a> {
     /// Set when `deadline` is the reader's cap on an open read transaction
     /// (`--max-read-ms`) rather than the request's own time limit.
     pub(crate) read_cap: Option<Duration>,
+    /// Set when `deadline` is earlier than the request's own: the writer
+    /// stops the statement there so that the writes batched before it
+    /// commit by their deadlines, and runs it again alone.
+    pub(crate) yields: bool,
     /// The client that sent it: the slow-statement log names it, and SQL's
     /// `last_insert_rowid()` answers its last inserted rowid.
     pub(crate) owner: &'a Owner,
@@ -64,6 +68,7 @@ impl<'a> StatementLimits<'a> {
             timeout: deadline.saturating_duration_since(arrived),
             max_result_bytes,
             read_cap: None,
+            yields: false,
             owner,
             parts: None,
         }
@@ -640,6 +645,20 @@ fn sqlite_error_body(
             ),
         ));
     }
+    if primary == ffi::SQLITE_INTERRUPT && limits.yields {
+        // Never sent: the writer runs the statement again. The slow log
+        // shows it.
+        return Err(ErrorBody::new(
+            ErrorKind::Timeout,
+            format!(
+                "stopped after {} ms, within its time limit of {} ms, so that the writes \
+                 batched before it commit by their deadlines; rolled back, and run again at \
+                 once in a batch of its own",
+                limits.started.elapsed().as_millis(),
+                limits.timeout.as_millis()
+            ),
+        ));
+    }
     if primary == ffi::SQLITE_INTERRUPT {
         return Err(ErrorBody::new(
             ErrorKind::Timeout,
@@ -713,6 +732,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             max_result_bytes: 1 << 20,
             read_cap: None,
+            yields: false,
             owner: &TESTER,
             parts: None,
         }

@@ -1057,8 +1057,9 @@ impl Writer {
             self.config.max_result_bytes,
             owner,
         );
-        if let Some(at) = yield_at {
-            limits.deadline = limits.deadline.min(at);
+        if let Some(at) = yield_at.filter(|&at| at < limits.deadline) {
+            limits.deadline = at;
+            limits.yields = true;
         }
         let result = match op {
             WriteOp::Execute(st) => self
