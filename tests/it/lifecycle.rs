@@ -732,31 +732,45 @@ fn writer_doing(c: &nexusd_client::blocking::Client) -> String {
 
 /// Starts `work` on a thread of its own, waits until the writer has run
 /// `what` for `after`, then kills the daemon with SIGKILL in the middle of
-/// it and starts it again.
+/// it and starts it again. A run that ends before it is `after` old (this
+/// machine was quicker than the measure `after` came from) is run again
+/// with half the wait, so the kill still lands inside one.
 fn kill_9_during(
     d: &mut Daemon,
     what: &str,
     after: Duration,
-    work: impl FnOnce(nexusd_client::blocking::Client) + Send + 'static,
+    work: impl Fn(nexusd_client::blocking::Client) + Send + Sync + 'static,
 ) -> nexusd_client::blocking::Client {
-    let own = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
-    let running = std::thread::spawn(move || work(own));
+    let work = std::sync::Arc::new(work);
     let watcher = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
-    assert!(
-        wait_until(LONG, || {
+    let mut after = after;
+    for _ in 0..6 {
+        let own = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+        let run = std::sync::Arc::clone(&work);
+        let running = std::thread::spawn(move || run(own));
+        let mut caught = false;
+        let settled = wait_until(LONG, || {
             let doing = writer_doing(&watcher);
-            doing.starts_with(&format!("running {what} for "))
+            caught = doing.starts_with(&format!("running {what} for "))
                 && doing
                     .split_whitespace()
                     .nth_back(1)
                     .and_then(|ms| ms.parse::<u64>().ok())
-                    .is_some_and(|ms| u128::from(ms) >= after.as_millis())
-        }),
-        "the writer never ran {what} for {after:?}"
-    );
-    let c = after_a_kill_9(d);
-    running.join().expect("the thread that ran it");
-    c
+                    .is_some_and(|ms| u128::from(ms) >= after.as_millis());
+            caught || running.is_finished()
+        });
+        assert!(settled, "{what} neither ran for {after:?} nor ended");
+        if caught {
+            drop(watcher);
+            let c = after_a_kill_9(d);
+            running.join().expect("the thread that ran it");
+            return c;
+        }
+        running.join().expect("the thread that ran it");
+        println!("{what} ended before it was {after:?} old; again, killed sooner");
+        after /= 2;
+    }
+    panic!("{what} always ended before the kill, down to {after:?}");
 }
 
 /// SIGKILL in the middle of a VACUUM, then in the middle of a checkpoint
@@ -834,9 +848,16 @@ fn sigkill_during_vacuum_or_checkpoint_loses_nothing() {
     expect(&c, rows, sum);
 
     // The vacuumed file is in the WAL now: a TRUNCATE checkpoint copies all
-    // of it back into the database file.
-    let c = kill_9_during(&mut d, "a checkpoint", checkpoint / 2, |own| {
-        let _ = own.checkpoint(nexusd_client::CheckpointMode::Truncate);
+    // of it back into the database file. Were it run again, a VACUUM first
+    // fills the WAL again.
+    let c = kill_9_during(&mut d, "a checkpoint", checkpoint / 2, {
+        let first = std::sync::atomic::AtomicBool::new(true);
+        move |own| {
+            if !first.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                let _ = own.vacuum();
+            }
+            let _ = own.checkpoint(nexusd_client::CheckpointMode::Truncate);
+        }
     });
     expect(&c, rows, sum);
     c.checkpoint(nexusd_client::CheckpointMode::Truncate)
