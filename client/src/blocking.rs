@@ -94,6 +94,76 @@ impl Client {
     }
 }
 
+/// Blocking twin of [`crate::RowStream`]: an iterator over the read's
+/// parts, each a [`Rows`], taken from the daemon as it goes.
+///
+/// ```no_run
+/// # fn demo(db: nexusd_client::blocking::Client) -> nexusd_client::Result<()> {
+/// use nexusd_client::params;
+/// for rows in db.query_stream("SELECT id FROM events", params![])? {
+///     for row in rows?.iter() {
+///         let id: i64 = row.get(0)?;
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+pub struct RowStream {
+    runtime: Arc<tokio::runtime::Runtime>,
+    inner: Option<crate::RowStream>,
+}
+
+impl RowStream {
+    /// See [`crate::RowStream::columns`].
+    pub fn columns(&self) -> &[String] {
+        self.inner.as_ref().map_or(&[], |s| s.columns())
+    }
+
+    /// See [`crate::RowStream::decltypes`].
+    pub fn decltypes(&self) -> &[Option<String>] {
+        self.inner.as_ref().map_or(&[], |s| s.decltypes())
+    }
+}
+
+impl Iterator for RowStream {
+    type Item = Result<Rows>;
+
+    fn next(&mut self) -> Option<Result<Rows>> {
+        let inner = self.inner.as_mut()?;
+        let next = self.runtime.block_on(inner.next()).transpose();
+        if !matches!(next, Some(Ok(_))) {
+            self.inner = None;
+        }
+        next
+    }
+}
+
+impl Drop for RowStream {
+    fn drop(&mut self) {
+        // The stream's own drop queues its stop; this client's runtime
+        // runs only inside calls, so let it write that now.
+        if self.inner.take().is_some() && tokio::runtime::Handle::try_current().is_err() {
+            self.runtime.block_on(async {
+                for _ in 0..3 {
+                    tokio::task::yield_now().await;
+                }
+            });
+        }
+    }
+}
+
+impl Client {
+    /// Blocking [`crate::Client::query_stream`].
+    pub fn query_stream(&self, sql: &str, params: Params) -> Result<RowStream> {
+        let inner = self
+            .runtime
+            .block_on(self.inner.query_stream(sql, params))?;
+        Ok(RowStream {
+            runtime: self.runtime.clone(),
+            inner: Some(inner),
+        })
+    }
+}
+
 /// Blocking twin of [`crate::Transaction`]: `Send`, independent of the
 /// `Client` that made it, and rolled back when dropped unfinished (the
 /// drop sends the rollback and does not wait for its answer).
@@ -144,6 +214,17 @@ impl Transaction {
     /// Blocking [`crate::Transaction::query`].
     pub fn query(&self, sql: &str, params: Params) -> Result<Rows> {
         self.runtime.block_on(self.open()?.query(sql, params))
+    }
+
+    /// Blocking [`crate::Transaction::query_stream`].
+    pub fn query_stream(&self, sql: &str, params: Params) -> Result<RowStream> {
+        let inner = self
+            .runtime
+            .block_on(self.open()?.query_stream(sql, params))?;
+        Ok(RowStream {
+            runtime: self.runtime.clone(),
+            inner: Some(inner),
+        })
     }
 
     /// Blocking [`crate::Transaction::run`].

@@ -16,7 +16,8 @@ use nexusd_protocol::codec::{self, ClientCodec};
 use nexusd_protocol::cores::Cores;
 use nexusd_protocol::socket::{self, WriteHalf};
 use nexusd_protocol::{
-    Hello, HelloReply, PROTOCOL_VERSION, Request, ResponseBody, Value, features,
+    Hello, HelloReply, PROTOCOL_VERSION, PartsOp, Request, RequestBody, ResponseBody, Value,
+    features,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
@@ -26,7 +27,31 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Error, Result};
 
-type Waiter = oneshot::Sender<Result<ResponseBody>>;
+/// Who waits for a request's reply.
+enum Waiter {
+    /// For the answer alone: a large read's parts are gathered first.
+    Answer(oneshot::Sender<Result<ResponseBody>>),
+    /// For each part as it comes, then the answer: a read taken at the
+    /// caller's pace (`features::STREAMS`).
+    Parts(mpsc::Sender<Result<ResponseBody>>),
+}
+
+impl Waiter {
+    fn fail(self, e: Error) {
+        match self {
+            Waiter::Answer(tx) => {
+                let _ = tx.send(Err(e));
+            }
+            Waiter::Parts(tx) => {
+                let _ = tx.try_send(Err(e));
+            }
+        }
+    }
+}
+
+/// Parts of one result the daemon sends before the client says it took
+/// them (`features::STREAMS`).
+pub(crate) const PARTS_AHEAD: usize = 2;
 
 /// Requests queued for the write task per connection.
 const OUTGOING_QUEUE: usize = 1024;
@@ -136,6 +161,9 @@ impl Connection {
         tokio::spawn(write_loop(writer.clone(), rx, dead.clone()));
         let read_waiting = waiting.clone();
         let read_dead = dead.clone();
+        let read_outgoing = outgoing.clone();
+        let paces = welcome.features & features::STREAMS != 0;
+        let max_frame = welcome.max_frame_bytes;
         tokio::spawn(async move {
             // Rows sent ahead of their answers, by request id.
             let mut parts = Parts::default();
@@ -160,15 +188,66 @@ impl Connection {
                             }
                             continue;
                         }
-                        let Some(body) = parts.take(resp.id, resp.body) else {
-                            continue;
-                        };
-                        let waiter = read_waiting
-                            .lock()
-                            .ok()
-                            .and_then(|mut w| w.as_mut().and_then(|m| m.remove(&resp.id)));
-                        if let Some(w) = waiter {
-                            let _ = w.send(Ok(body));
+                        let id = resp.id;
+                        let part = matches!(
+                            resp.body,
+                            ResponseBody::RowsPart(_) | ResponseBody::RowsHead(_)
+                        );
+                        let to = read_waiting.lock().ok().map_or(To::Nobody, |mut w| {
+                            let Some(map) = w.as_mut() else {
+                                return To::Nobody;
+                            };
+                            match map.get(&id) {
+                                None => To::Nobody,
+                                Some(Waiter::Parts(tx)) if part => To::Taker(tx.clone()),
+                                Some(Waiter::Answer(_)) if part => To::Gather,
+                                Some(_) => match map.remove(&id) {
+                                    Some(Waiter::Parts(tx)) => To::Taker(tx),
+                                    Some(Waiter::Answer(tx)) => To::Answer(tx),
+                                    None => To::Nobody,
+                                },
+                            }
+                        });
+                        // What to tell the daemon about this part, if it
+                        // takes word (`features::STREAMS`).
+                        let mut tell = None;
+                        match to {
+                            To::Answer(tx) => {
+                                if let Some(body) = parts.take(id, resp.body) {
+                                    let _ = tx.send(Ok(body));
+                                }
+                            }
+                            To::Gather => {
+                                let _ = parts.take(id, resp.body);
+                                tell = Some(PartsOp::Took(1));
+                            }
+                            To::Taker(tx) => {
+                                // More parts than the daemon may send ahead
+                                // fill the channel: the taker hears of it
+                                // as the channel closing.
+                                if tx.try_send(Ok(resp.body)).is_err()
+                                    && part
+                                    && let Ok(mut w) = read_waiting.lock()
+                                    && let Some(map) = w.as_mut()
+                                {
+                                    map.remove(&id);
+                                    tell = Some(PartsOp::Stop);
+                                }
+                            }
+                            // A part nobody waits for (its caller gave up)
+                            // is dropped, and the rest is not wanted;
+                            // an answer ends its gathered parts.
+                            To::Nobody if part => tell = Some(PartsOp::Stop),
+                            To::Nobody => {
+                                let _ = parts.take(id, resp.body);
+                            }
+                        }
+                        if let Some(op) = tell
+                            && paces
+                            && let Some(frame) = parts_frame(id, op, max_frame)
+                            && read_outgoing.send(frame).await.is_err()
+                        {
+                            break "the connection failed while sending".to_owned();
                         }
                     }
                 }
@@ -176,13 +255,13 @@ impl Connection {
             read_dead.cancel();
             let orphans = read_waiting.lock().ok().and_then(|mut w| w.take());
             for (_, w) in orphans.into_iter().flatten() {
-                let _ = w.send(Err(Error::Disconnected {
+                w.fail(Error::Disconnected {
                     message: format!(
                         "{reason}; the request was sent but its outcome is unknown: check before \
                          retrying a write"
                     ),
                     outcome_unknown: true,
-                }));
+                });
             }
         });
         Ok(Connection {
@@ -217,59 +296,8 @@ impl Connection {
         wait: Duration,
     ) -> std::result::Result<ResponseBody, CallError> {
         let id = req.id;
-        // Encoded here, in the caller's task, so a request too large to send
-        // fails alone and the write task only copies bytes.
-        let mut frame = BytesMut::new();
-        codec::encode_frame(&req, self.max_frame, &mut frame).map_err(|e| {
-            CallError::Failed(match e {
-                codec::CodecError::FrameTooLarge { .. } => {
-                    Error::TooLarge(format!("the request was not sent: {e}"))
-                }
-                e => Error::Protocol(format!("the request was not sent: {e}")),
-            })
-        })?;
         let (tx, rx) = oneshot::channel();
-        let others_out = {
-            let mut guard = self.waiting.lock().map_err(|_| {
-                CallError::Failed(Error::Protocol("client state poisoned by a panic".into()))
-            })?;
-            let Some(map) = guard.as_mut() else {
-                return Err(CallError::NotSent(Box::new(req)));
-            };
-            map.insert(id, tx);
-            map.len() > 1
-        };
-        // A lone caller writes its own frame: no task to wake. With other
-        // requests out on a multi-thread runtime, their callers are mostly
-        // woken together (their replies come in one read), so the frame
-        // goes to the write task, which sends all that they queued in one
-        // syscall. On a current-thread runtime shared by blocking threads
-        // that would wake another thread instead, so each writes its own.
-        let coalesce = others_out && multi_thread();
-        let idle = self.outgoing.capacity() == self.outgoing.max_capacity();
-        match self.writer.try_lock() {
-            Ok(mut wr) if idle && !coalesce => {
-                // Cancelled half-way, this future would leave half a frame
-                // on the wire: the guard then kills the connection.
-                let guard = KillUnlessDone(&self.dead, false);
-                let written = wr.write_all(&frame).await;
-                guard.done();
-                if written.is_err() {
-                    // A write that failed part-way left half a frame, which
-                    // the daemon drops with the connection: not applied.
-                    self.forget(id);
-                    self.dead.cancel();
-                    return Err(CallError::NotSent(Box::new(req)));
-                }
-            }
-            _ => {
-                if self.outgoing.send(frame).await.is_err() {
-                    self.forget(id);
-                    return Err(CallError::NotSent(Box::new(req)));
-                }
-            }
-        }
-        drop(req);
+        let others_out = self.send(req, Waiter::Answer(tx)).await?;
         let sent = Instant::now();
         let spin = if others_out {
             Duration::ZERO
@@ -312,6 +340,91 @@ impl Connection {
             self.lone_round_trip_ns.store(smoothed, Ordering::Relaxed);
         }
         answer.map_err(CallError::Failed)
+    }
+
+    /// Encodes `req`, notes `waiter` as the one its replies go to, and
+    /// sends it. Returns whether other requests were out at the time.
+    async fn send(&self, req: Request, waiter: Waiter) -> std::result::Result<bool, CallError> {
+        let id = req.id;
+        // Encoded here, in the caller's task, so a request too large to send
+        // fails alone and the write task only copies bytes.
+        let mut frame = BytesMut::new();
+        codec::encode_frame(&req, self.max_frame, &mut frame).map_err(|e| {
+            CallError::Failed(match e {
+                codec::CodecError::FrameTooLarge { .. } => {
+                    Error::TooLarge(format!("the request was not sent: {e}"))
+                }
+                e => Error::Protocol(format!("the request was not sent: {e}")),
+            })
+        })?;
+        let others_out = {
+            let mut guard = self.waiting.lock().map_err(|_| {
+                CallError::Failed(Error::Protocol("client state poisoned by a panic".into()))
+            })?;
+            let Some(map) = guard.as_mut() else {
+                return Err(CallError::NotSent(Box::new(req)));
+            };
+            map.insert(id, waiter);
+            map.len() > 1
+        };
+        // A lone caller writes its own frame: no task to wake. With other
+        // requests out on a multi-thread runtime, their callers are mostly
+        // woken together (their replies come in one read), so the frame
+        // goes to the write task, which sends all that they queued in one
+        // syscall. On a current-thread runtime shared by blocking threads
+        // that would wake another thread instead, so each writes its own.
+        let coalesce = others_out && multi_thread();
+        let idle = self.outgoing.capacity() == self.outgoing.max_capacity();
+        match self.writer.try_lock() {
+            Ok(mut wr) if idle && !coalesce => {
+                // Cancelled half-way, this future would leave half a frame
+                // on the wire: the guard then kills the connection.
+                let guard = KillUnlessDone(&self.dead, false);
+                let written = wr.write_all(&frame).await;
+                guard.done();
+                if written.is_err() {
+                    // A write that failed part-way left half a frame, which
+                    // the daemon drops with the connection: not applied.
+                    self.forget(id);
+                    self.dead.cancel();
+                    return Err(CallError::NotSent(Box::new(req)));
+                }
+            }
+            _ => {
+                if self.outgoing.send(frame).await.is_err() {
+                    self.forget(id);
+                    return Err(CallError::NotSent(Box::new(req)));
+                }
+            }
+        }
+        Ok(others_out)
+    }
+
+    /// Sends a read whose parts the caller takes one by one
+    /// (`features::STREAMS`): each part, then the answer, comes on the
+    /// channel returned.
+    pub(crate) async fn send_paced(
+        &self,
+        req: Request,
+    ) -> std::result::Result<mpsc::Receiver<Result<ResponseBody>>, CallError> {
+        // The parts the daemon may send ahead, and the answer.
+        let (tx, rx) = mpsc::channel(PARTS_AHEAD + 1);
+        self.send(req, Waiter::Parts(tx)).await?;
+        Ok(rx)
+    }
+
+    /// Tells the daemon `op` about request `of`'s parts, waiting for room
+    /// in the write queue.
+    pub(crate) async fn tell_parts(&self, of: u64, op: PartsOp) {
+        if let Some(frame) = parts_frame(of, op, self.max_frame) {
+            let _ = self.outgoing.send(frame).await;
+        }
+    }
+
+    /// `tell_parts` without waiting or a runtime (a taker dropped): false
+    /// when the write queue had no room.
+    pub(crate) fn tell_parts_now(&self, of: u64, op: PartsOp) -> bool {
+        parts_frame(of, op, self.max_frame).is_some_and(|f| self.outgoing.try_send(f).is_ok())
     }
 
     /// Waits for a reply. A lone caller first polls for up to `spin`,
@@ -366,7 +479,7 @@ impl Connection {
             && self.outgoing.try_send(frame).is_ok()
     }
 
-    fn forget(&self, id: u64) {
+    pub(crate) fn forget(&self, id: u64) {
         if let Ok(mut guard) = self.waiting.lock()
             && let Some(map) = guard.as_mut()
         {
@@ -391,9 +504,17 @@ impl Parts {
     /// the answer, with the rows of its parts put before its own. An answer
     /// that is not rows (an error) voids the parts.
     fn take(&mut self, id: u64, mut body: ResponseBody) -> Option<ResponseBody> {
-        if let ResponseBody::RowsPart(rows) = body {
-            self.0.entry(id).or_default().extend(rows);
-            return None;
+        match body {
+            ResponseBody::RowsPart(rows) => {
+                self.0.entry(id).or_default().extend(rows);
+                return None;
+            }
+            // The answer has the columns again.
+            ResponseBody::RowsHead(head) => {
+                self.0.entry(id).or_default().extend(head.rows.rows);
+                return None;
+            }
+            _ => {}
         }
         // Most answers come with no parts before them: no hashing then.
         if self.0.is_empty() {
@@ -407,6 +528,31 @@ impl Parts {
         }
         Some(body)
     }
+}
+
+/// Where the reader hands a reply.
+enum To {
+    /// The answer its caller waits for.
+    Answer(oneshot::Sender<Result<ResponseBody>>),
+    /// A part of an answer its caller waits for whole: gathered here.
+    Gather,
+    /// A part, or the answer, of a read taken at its caller's pace.
+    Taker(mpsc::Sender<Result<ResponseBody>>),
+    /// Nobody waits for it any more.
+    Nobody,
+}
+
+/// The frame that tells the daemon `op` about request `of`'s parts.
+pub(crate) fn parts_frame(of: u64, op: PartsOp, max_frame: u32) -> Option<BytesMut> {
+    let req = Request {
+        id: 0,
+        db: nexusd_protocol::DEFAULT_DB.to_owned(),
+        timeout_ms: 0,
+        body: RequestBody::Parts { of, op },
+    };
+    let mut frame = BytesMut::new();
+    codec::encode_frame(&req, max_frame, &mut frame).ok()?;
+    Some(frame)
 }
 
 /// Why `try_call` failed.

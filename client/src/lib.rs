@@ -38,6 +38,7 @@ mod chunks;
 mod connection;
 mod error;
 mod rows;
+mod stream;
 mod transaction;
 
 use std::path::{Path, PathBuf};
@@ -53,6 +54,7 @@ pub use nexusd_protocol::{
     Stats, Status, TxnInfo, TxnMode, Value,
 };
 pub use rows::{FromValue, Row, Rows};
+pub use stream::RowStream;
 pub use transaction::Transaction;
 
 use nexusd_protocol::{
@@ -282,6 +284,51 @@ impl Client {
             self.call(RequestBody::Query(Statement::new(sql, params)))
                 .await?,
         )
+    }
+
+    /// Runs one statement and gives its rows a part at a time, as the
+    /// caller takes them: a result of any size costs this process a few
+    /// parts of it (about 1 MiB each), not the whole. See [`RowStream`]
+    /// for what an open stream holds in the daemon.
+    ///
+    /// ```no_run
+    /// # async fn demo(db: nexusd_client::Client) -> nexusd_client::Result<()> {
+    /// use nexusd_client::params;
+    /// let mut events = db.query_stream("SELECT id, body FROM events", params![]).await?;
+    /// while let Some(rows) = events.next().await? {
+    ///     for row in rows.iter() {
+    ///         let id: i64 = row.get(0)?;
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn query_stream(&self, sql: &str, params: Params) -> Result<RowStream> {
+        let conn = self.connection().await?;
+        self.stream_on(conn, RequestBody::Query(Statement::new(sql, params)))
+            .await
+    }
+
+    /// `body`, a read, on `conn`, its parts taken as the caller goes, when
+    /// the daemon paces reads; else whole.
+    pub(crate) async fn stream_on(
+        &self,
+        conn: Arc<Connection>,
+        body: RequestBody,
+    ) -> Result<RowStream> {
+        if !conn.daemon_has(features::STREAMS) {
+            let answer = answered(conn.call(self.request(body), self.reply_wait()).await?)?;
+            return Ok(RowStream::whole(into_statement_result(answer)?));
+        }
+        let req = self.request(body);
+        let id = req.id;
+        let rx = conn.send_paced(req).await.map_err(|e| match e {
+            CallError::NotSent(_) => Error::Disconnected {
+                message: "the connection had already failed; the read was not sent".into(),
+                outcome_unknown: false,
+            },
+            CallError::Failed(e) => e,
+        })?;
+        RowStream::start(conn, id, rx, self.reply_wait()).await
     }
 
     /// Runs one statement of any kind and returns what it produced: rows
@@ -784,6 +831,7 @@ pub(crate) fn unexpected(body: &ResponseBody) -> Error {
         ResponseBody::TypedRows(_) => "TypedRows",
         ResponseBody::SlowLog(_) => "SlowLog",
         ResponseBody::RowsPart(_) => "RowsPart",
+        ResponseBody::RowsHead(_) => "RowsHead",
         ResponseBody::Changed(_) => "Changed",
         ResponseBody::InsertedRows(_) => "InsertedRows",
         ResponseBody::BegunWith(_) => "BegunWith",

@@ -25,6 +25,41 @@ impl Rows {
         }
     }
 
+    /// The columns and their declared types, without the rows.
+    pub(crate) fn head(&self) -> Rows {
+        Rows {
+            columns: self.columns.clone(),
+            decltypes: self.decltypes.clone(),
+            ..Rows::default()
+        }
+    }
+
+    /// These columns over `rows`.
+    pub(crate) fn with_rows(&self, rows: Vec<Vec<Value>>) -> Rows {
+        Rows {
+            rows,
+            ..self.head()
+        }
+    }
+
+    /// `more`'s rows after these, and what it says of its statement (its
+    /// last insert rowid and change total): to put a
+    /// [`crate::RowStream`]'s parts together.
+    pub fn append(&mut self, mut more: Rows) {
+        self.rows.append(&mut more.rows);
+        self.last_insert_rowid = more.last_insert_rowid;
+        self.total_changes = more.total_changes;
+    }
+
+    /// No rows, from a statement that returned none.
+    pub(crate) fn executed(e: &crate::Executed) -> Rows {
+        Rows {
+            last_insert_rowid: e.last_insert_rowid,
+            total_changes: e.total_changes,
+            ..Rows::default()
+        }
+    }
+
     /// Rows the statement changed in all, its triggers' and foreign-key
     /// actions' included (SQLite's `total_changes()` moved by this much
     /// while it ran): for `INSERT ... RETURNING` and the like; 0 for a

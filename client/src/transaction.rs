@@ -7,8 +7,9 @@ use nexusd_protocol::{RequestBody, ResponseBody, TxnOp};
 
 use crate::connection::Connection;
 use crate::{
-    BatchWriter, Client, Error, Executed, Params, Result, Rows, Statement, StatementResult,
-    answered, into_batch, into_executed, into_rows, into_statement_result, unexpected,
+    BatchWriter, Client, Error, Executed, Params, Result, RowStream, Rows, Statement,
+    StatementResult, answered, into_batch, into_executed, into_rows, into_statement_result,
+    unexpected,
 };
 
 /// An open transaction, from [`Client::transaction`],
@@ -132,6 +133,26 @@ impl Transaction {
     /// [`Client::query`].
     pub async fn query(&self, sql: &str, params: Params) -> Result<Rows> {
         into_rows(self.call(TxnOp::Query(Statement::new(sql, params))).await?)
+    }
+
+    /// Runs one statement in the transaction and gives its rows a part at
+    /// a time, as [`Client::query_stream`]. While the stream is open the
+    /// transaction's other requests wait behind it: take it to its end,
+    /// or drop it, first.
+    pub async fn query_stream(&self, sql: &str, params: Params) -> Result<RowStream> {
+        if let Some(e) = self.over() {
+            return Err(e);
+        }
+        let op = TxnOp::Query(Statement::new(sql, params));
+        let result = self
+            .client
+            .stream_on(
+                self.conn.clone(),
+                RequestBody::Transaction { txn: self.id, op },
+            )
+            .await;
+        self.note_end(&result);
+        result
     }
 
     /// Runs one statement of any kind in the transaction, as

@@ -11,13 +11,14 @@
 //! queue, a read that needs the pool, transactions, admin commands) runs
 //! as a spawned task.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use nexusd_protocol::{
-    AdminRequest, BegunWith, DEFAULT_DB, ErrorBody, ErrorKind, Request, RequestBody, Response,
-    ResponseBody, Statement, TxnMode, TxnOp, Value, features,
+    AdminRequest, BegunWith, DEFAULT_DB, ErrorBody, ErrorKind, PartsOp, Request, RequestBody,
+    Response, ResponseBody, Rows, Statement, TxnMode, TxnOp, TypedRows, Value, features,
 };
 use tokio::runtime::Handle;
 use tokio::sync::OwnedSemaphorePermit;
@@ -45,13 +46,16 @@ pub(crate) struct Connection {
     /// The connection's runtime, for an answer that must wait for room in
     /// the queue.
     pub(crate) runtime: Handle,
+    /// Its reads going out in parts at the client's pace.
+    pub(crate) streams: Arc<Streams>,
 }
 
 /// One reply in a connection's write queue.
 pub(crate) struct Outgoing {
     pub(crate) response: Response,
     /// A result's part holds one of its result's credits until it is
-    /// written to the socket.
+    /// written to the socket (to a client that does not take parts at its
+    /// own pace).
     pub(crate) credit: Option<Credit>,
 }
 
@@ -64,12 +68,21 @@ impl From<Response> for Outgoing {
     }
 }
 
-/// The parts of one result queued and not yet written: at most
-/// `PARTS_AHEAD`, so a client that reads slowly holds that much of the
-/// daemon's memory, not the whole result.
-struct Credits {
-    queued: Mutex<usize>,
-    written: Condvar,
+/// The parts of one result out and not yet taken: at most `PARTS_AHEAD`,
+/// so a client that reads slowly holds that much of the daemon's memory,
+/// not the whole result. A part is out until the socket has it, or, for a
+/// client that announced `features::STREAMS`, until the client says it
+/// took it (`RequestBody::Parts`), so the client's memory is bounded too.
+pub(crate) struct Credits {
+    state: Mutex<Out>,
+    taken: Condvar,
+}
+
+#[derive(Default)]
+struct Out {
+    parts: usize,
+    /// The client said `PartsOp::Stop`: it reads no more of this result.
+    stopped: bool,
 }
 
 /// One queued part's place among its result's `Credits`, given back when
@@ -77,33 +90,107 @@ struct Credits {
 pub(crate) struct Credit(Arc<Credits>);
 
 impl Credits {
-    /// Waits until fewer than `PARTS_AHEAD` parts are queued, calling `beat`
-    /// every `BEAT_EVERY` meanwhile: `Err(None)` once `deadline` passes,
-    /// `Err(Some(e))` when `beat` gives up with `e`.
-    fn take(self: &Arc<Self>, deadline: Instant, beat: &Beat) -> Result<Credit, Option<ErrorBody>> {
-        let mut queued = self.queued.lock().map_err(|_| None)?;
-        while *queued >= PARTS_AHEAD {
+    fn new() -> Arc<Credits> {
+        Arc::new(Credits {
+            state: Mutex::new(Out::default()),
+            taken: Condvar::new(),
+        })
+    }
+
+    /// Waits until fewer than `PARTS_AHEAD` parts are out, calling `beat`
+    /// every `BEAT_EVERY` meanwhile, and counts one more: `Err(None)` once
+    /// `deadline` passes, `Err(Some(e))` when `beat` gives up with `e` or
+    /// the client stopped the read.
+    fn take(&self, deadline: Instant, beat: &Beat) -> Result<(), Option<ErrorBody>> {
+        let mut out = self.state.lock().map_err(|_| None)?;
+        loop {
+            if out.stopped {
+                return Err(Some(ErrorBody::new(
+                    ErrorKind::Io,
+                    "the client stopped reading this result (its cursor was closed); the rest                      was not sent",
+                )));
+            }
+            if out.parts < PARTS_AHEAD {
+                out.parts += 1;
+                return Ok(());
+            }
             let left = deadline
                 .checked_duration_since(Instant::now())
                 .ok_or(None)?;
-            queued = self
-                .written
-                .wait_timeout(queued, left.min(BEAT_EVERY))
+            out = self
+                .taken
+                .wait_timeout(out, left.min(BEAT_EVERY))
                 .map_err(|_| None)?
                 .0;
             beat().map_err(Some)?;
         }
-        *queued += 1;
-        Ok(Credit(self.clone()))
+    }
+
+    /// `n` parts are no longer out.
+    fn give_back(&self, n: usize) {
+        if let Ok(mut out) = self.state.lock() {
+            out.parts = out.parts.saturating_sub(n);
+        }
+        self.taken.notify_one();
+    }
+
+    fn stop(&self) {
+        if let Ok(mut out) = self.state.lock() {
+            out.stopped = true;
+        }
+        self.taken.notify_one();
     }
 }
 
 impl Drop for Credit {
     fn drop(&mut self) {
-        if let Ok(mut queued) = self.0.queued.lock() {
-            *queued = queued.saturating_sub(1);
+        self.0.give_back(1);
+    }
+}
+
+/// The results of one connection's reads now going out in parts to a
+/// client that takes them at its own pace, by request id: where its
+/// `RequestBody::Parts` go.
+#[derive(Default)]
+pub(crate) struct Streams(Mutex<HashMap<u64, Arc<Credits>>>);
+
+impl Streams {
+    fn open(self: &Arc<Self>, id: u64, credits: Arc<Credits>) -> Open {
+        if let Ok(mut map) = self.0.lock() {
+            map.insert(id, credits);
         }
-        self.0.written.notify_one();
+        Open {
+            streams: self.clone(),
+            id,
+        }
+    }
+
+    /// The client's word about request `of`'s parts; about a result not
+    /// (or no longer) going out in parts it is ignored.
+    fn told(&self, of: u64, op: PartsOp) {
+        let credits = self.0.lock().ok().and_then(|map| map.get(&of).cloned());
+        if let Some(credits) = credits {
+            match op {
+                PartsOp::Took(n) => {
+                    credits.give_back(usize::try_from(n).unwrap_or(usize::MAX));
+                }
+                PartsOp::Stop => credits.stop(),
+            }
+        }
+    }
+}
+
+/// A result's place in `Streams` while its parts go out.
+struct Open {
+    streams: Arc<Streams>,
+    id: u64,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.streams.0.lock() {
+            map.remove(&self.id);
+        }
     }
 }
 
@@ -164,63 +251,84 @@ impl Answer {
         let id = self.id;
         let out = self.conn.out.clone();
         let ctx = self.conn.ctx.clone();
-        let credits = Arc::new(Credits {
-            queued: Mutex::new(0),
-            written: Condvar::new(),
-        });
-        Some(Parts::new(move |rows: Vec<Vec<Value>>, deadline, beat| {
-            let sent = rows.len();
-            let slow = || {
-                ErrorBody::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "timed out sending the result in parts ({sent} rows waiting): the client \
+        let credits = Credits::new();
+        let paced = self.conn.features & features::STREAMS != 0;
+        let typed = self.conn.features & features::DECLTYPES != 0;
+        // A paced client's `Parts` find the credits here until the read ends.
+        let open = paced.then(|| self.conn.streams.open(id, credits.clone()));
+        let first = std::sync::atomic::AtomicBool::new(true);
+        Some(Parts::new(
+            move |head, rows: Vec<Vec<Value>>, deadline, beat| {
+                let _open = &open;
+                let sent = rows.len();
+                let slow = || {
+                    ErrorBody::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "timed out sending the result in parts ({sent} rows waiting): the client \
                          did not read them by the deadline; nothing was applied. Read the rows \
                          as they come, select fewer, or raise the request's timeout"
-                    ),
-                )
-            };
-            let credit = credits
-                .take(deadline, beat)
-                .map_err(|stop| stop.unwrap_or_else(slow))?;
-            let mut part = Outgoing {
-                response: Response {
-                    id,
-                    body: ResponseBody::RowsPart(rows),
-                },
-                credit: Some(credit),
-            };
-            loop {
-                match out.try_send(part) {
-                    Ok(()) => {
-                        ctx.metrics.result_parts.fetch_add(1, Ordering::Relaxed);
-                        return Ok(());
-                    }
-                    Err(TrySendError::Closed(_)) => {
-                        // Nobody will read this answer; it is counted as
-                        // the socket failing, not as a fault in here.
-                        return Err(ErrorBody::new(
-                            ErrorKind::Io,
-                            "the client disconnected while its result was sent in parts",
-                        ));
-                    }
-                    Err(TrySendError::Full(back)) => {
-                        if Instant::now() >= deadline {
-                            return Err(slow());
+                        ),
+                    )
+                };
+                credits
+                    .take(deadline, beat)
+                    .map_err(|stop| stop.unwrap_or_else(slow))?;
+                let body = if paced && first.swap(false, Ordering::Relaxed) {
+                    ResponseBody::RowsHead(TypedRows {
+                        decltypes: if typed {
+                            head.decltypes.to_vec()
+                        } else {
+                            Vec::new()
+                        },
+                        rows: Rows {
+                            columns: head.columns.to_vec(),
+                            rows,
+                            ..Rows::default()
+                        },
+                    })
+                } else {
+                    ResponseBody::RowsPart(rows)
+                };
+                let mut part = Outgoing {
+                    response: Response { id, body },
+                    // A paced client gives the credit back itself.
+                    credit: (!paced).then(|| Credit(credits.clone())),
+                };
+                loop {
+                    match out.try_send(part) {
+                        Ok(()) => {
+                            ctx.metrics.result_parts.fetch_add(1, Ordering::Relaxed);
+                            return Ok(());
                         }
-                        part = back;
-                        std::thread::sleep(FULL_QUEUE_POLL);
-                        beat()?;
+                        Err(TrySendError::Closed(_)) => {
+                            // Nobody will read this answer; it is counted as
+                            // the socket failing, not as a fault in here.
+                            return Err(ErrorBody::new(
+                                ErrorKind::Io,
+                                "the client disconnected while its result was sent in parts",
+                            ));
+                        }
+                        Err(TrySendError::Full(back)) => {
+                            if Instant::now() >= deadline {
+                                return Err(slow());
+                            }
+                            part = back;
+                            std::thread::sleep(FULL_QUEUE_POLL);
+                            beat()?;
+                        }
                     }
                 }
-            }
-        }))
+            },
+        ))
     }
 }
 
 /// Serves one request, holding `permit` until it is answered.
 pub(crate) fn start(conn: &Arc<Connection>, req: Request, permit: OwnedSemaphorePermit) {
     let kind = match &req.body {
+        // Not a request: nothing to answer, nothing to count.
+        RequestBody::Parts { of, op } => return conn.streams.told(*of, *op),
         RequestBody::Execute(_) => RequestKind::Execute,
         RequestBody::Query(_) => RequestKind::Query,
         RequestBody::Batch(_) => RequestKind::Batch,
@@ -289,6 +397,8 @@ pub(crate) fn start(conn: &Arc<Connection>, req: Request, permit: OwnedSemaphore
                 Err(waits) => spawn_waiting(*waits, arrived, deadline, answer),
             }
         }
+        // Taken above, before it was counted.
+        RequestBody::Parts { .. } => {}
     }
 }
 
@@ -322,7 +432,9 @@ fn admit(ctx: &Context, req: &Request, who: &ClientEntry) -> Result<Option<Role>
     let role = ctx.role_of(&who.peer);
     let needs = match &req.body {
         RequestBody::Execute(_) | RequestBody::Batch(_) => Role::Write,
-        RequestBody::Query(_) | RequestBody::Admin(AdminRequest::Ping) => Role::Read,
+        RequestBody::Query(_)
+        | RequestBody::Admin(AdminRequest::Ping)
+        | RequestBody::Parts { .. } => Role::Read,
         RequestBody::Admin(_) => Role::Admin,
         RequestBody::Begin(TxnMode::ReadOnly)
         | RequestBody::BeginWith {
@@ -521,5 +633,6 @@ fn request_name(body: &RequestBody) -> &'static str {
         RequestBody::Admin(_) => "an admin command",
         RequestBody::Begin(_) | RequestBody::BeginWith { .. } => "a transaction that may write",
         RequestBody::Transaction { .. } => "a statement in a transaction that may write",
+        RequestBody::Parts { .. } => "taking a result's parts",
     }
 }

@@ -16,8 +16,8 @@ use futures_util::StreamExt;
 use nexusd_protocol::codec::{self, CodecError, FrameDecoder};
 use nexusd_protocol::socket::{self, ReadHalf, WriteHalf};
 use nexusd_protocol::{
-    ErrorBody, ErrorKind, Hello, HelloReply, PROTOCOL_VERSION, Request, Response, ResponseBody,
-    Welcome, features,
+    ErrorBody, ErrorKind, Hello, HelloReply, PROTOCOL_VERSION, Request, RequestBody, Response,
+    ResponseBody, Welcome, features,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
@@ -160,6 +160,7 @@ pub(crate) async fn serve(stream: UnixStream, ctx: Arc<Context>, peer_cred: Peer
         out: out_tx.clone(),
         features: hello.features,
         runtime: tokio::runtime::Handle::current(),
+        streams: Arc::default(),
     });
     let in_flight = Arc::new(Semaphore::new(max_in_flight));
     let mut shutdown = ctx.shutdown.subscribe();
@@ -265,7 +266,9 @@ pub(crate) async fn serve(stream: UnixStream, ctx: Arc<Context>, peer_cred: Peer
             }
         };
         let id = req.id;
-        if draining {
+        // A client's word about a result's parts is let in while draining:
+        // the reads it paces are among what the drain waits for.
+        if draining && !matches!(req.body, RequestBody::Parts { .. }) {
             let body = ResponseBody::Error(ErrorBody::new(
                 ErrorKind::ShuttingDown,
                 "nexusd is shutting down and did not start this request; not applied",

@@ -73,6 +73,16 @@ pub mod features {
     /// round trip where `Begin` and the request take two.
     pub const BEGIN_WITH: u64 = 1 << 7;
 
+    /// Results taken at the client's pace (with [`ROW_PARTS`]): the
+    /// daemon sends a large read's first part as
+    /// [`ResponseBody::RowsHead`](crate::ResponseBody::RowsHead), which
+    /// carries the columns, and holds a part as out until the client
+    /// sends [`RequestBody::Parts`](crate::RequestBody::Parts) to say it
+    /// took it, never more than two out at once; the client's
+    /// [`PartsOp::Stop`](crate::PartsOp::Stop) ends the read early. So a
+    /// client may read a result of any size a part at a time.
+    pub const STREAMS: u64 = 1 << 8;
+
     /// Every bit this version of the crate understands.
     pub const ALL: u64 = ERROR_KINDS_2
         | TRANSACTIONS
@@ -81,7 +91,8 @@ pub mod features {
         | ROW_PARTS
         | INSERTED_ROWS
         | CHANGE_TOTALS
-        | BEGIN_WITH;
+        | BEGIN_WITH
+        | STREAMS;
 }
 
 /// First frame from the client.
@@ -151,6 +162,22 @@ pub enum RequestBody {
     /// fails, its error alone). Sent only to a daemon that announced
     /// [`features::BEGIN_WITH`].
     BeginWith { mode: TxnMode, op: TxnOp },
+    /// The client's word about the parts of request `of`'s answer (a read
+    /// sent in parts): not a request of its own, so never answered and
+    /// its `id` unused. Sent only to a daemon that announced
+    /// [`features::STREAMS`]; about a request already answered, or not
+    /// answered in parts, it is ignored.
+    Parts { of: u64, op: PartsOp },
+}
+
+/// What a client says about a read's parts ([`RequestBody::Parts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PartsOp {
+    /// It took this many more parts: the daemon may send as many more.
+    Took(u32),
+    /// It wants no more: the read stops, and its answer is an error the
+    /// client will not read.
+    Stop,
 }
 
 /// How an interactive transaction starts.
@@ -336,6 +363,12 @@ pub enum ResponseBody {
     /// The answer to `BeginWith`: the transaction it opened, which stays
     /// open whatever `answer` (its first request's) says, as after `Begin`.
     BegunWith(BegunWith),
+    /// The first part of a read sent in parts, to a peer that announced
+    /// [`features::STREAMS`], in place of `RowsPart`: the columns (their
+    /// declared types empty unless the peer announced
+    /// [`features::DECLTYPES`]) and the leading rows. More `RowsPart`s
+    /// follow, then the answer, as after a `RowsPart`.
+    RowsHead(TypedRows),
 }
 
 /// A transaction's id and its first request's answer.

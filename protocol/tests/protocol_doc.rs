@@ -110,6 +110,29 @@ fn examples() -> Vec<(&'static str, Vec<u8>)> {
             }),
         ),
         (
+            "rows-head",
+            frame(&Response {
+                id: 2,
+                body: ResponseBody::RowsHead(TypedRows::new(Rows {
+                    columns: vec!["n".into()],
+                    rows: vec![vec![Value::Integer(41)]],
+                    ..Rows::default()
+                })),
+            }),
+        ),
+        (
+            "parts-took",
+            frame(&Request {
+                id: 0,
+                db: "main".into(),
+                timeout_ms: 0,
+                body: RequestBody::Parts {
+                    of: 2,
+                    op: PartsOp::Took(1),
+                },
+            }),
+        ),
+        (
             "error",
             frame(&Response {
                 id: 3,

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use nexusd_client::{Error, Statement, Value, params};
 use nexusd_protocol::codec;
 use nexusd_protocol::{
-    ErrorKind, Params, Request, RequestBody, Response, ResponseBody, TxnMode, TxnOp, features,
+    ErrorKind, Params, PartsOp, Request, RequestBody, Response, ResponseBody, TxnMode, TxnOp,
+    features,
 };
 use nexusd_tests::Daemon;
 
@@ -212,7 +213,7 @@ fn the_writer_stops_waiting_for_parts_when_the_transaction_ends() {
     let d = Daemon::start(&["--txn-max-ms", "1000", "--request-timeout-ms", "60000"]);
     let other = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
     other.execute(EIGHT_MB, params![]).expect("8 MB");
-    let mut slow = handshaken_with(&d, features::ALL);
+    let mut slow = handshaken_with(&d, features::ALL & !features::STREAMS);
     let txn = begin_immediate(&mut slow, 1);
     query_in(&mut slow, 2, txn, "SELECT x, b FROM t");
     std::thread::sleep(Duration::from_millis(200));
@@ -245,7 +246,7 @@ fn waiting_for_a_client_to_take_parts_is_not_a_slow_statement() {
     let d = Daemon::start(&["--slow-statement-ms", "400"]);
     let other = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
     other.execute(EIGHT_MB, params![]).expect("8 MB");
-    let mut slow = handshaken_with(&d, features::ALL);
+    let mut slow = handshaken_with(&d, features::ALL & !features::STREAMS);
     let read_late = |slow: &mut UnixStream, id: u64| {
         std::thread::sleep(Duration::from_millis(1500));
         match answer(slow, id) {
@@ -407,7 +408,10 @@ fn parts_go_only_to_clients_that_announce_them_and_each_fits_the_limit() {
         other => panic!("count: {other:?}"),
     }
 
-    let mut new = handshaken_with(&d, features::ALL & !features::DECLTYPES);
+    let mut new = handshaken_with(
+        &d,
+        features::ALL & !features::DECLTYPES & !features::STREAMS,
+    );
     query(&mut new, 2, sql, 0);
     let (mut rows, sizes, last) = answer(&mut new, 2);
     let ResponseBody::Rows(last) = last else {
@@ -452,7 +456,10 @@ fn a_client_that_reads_slowly_costs_the_daemon_a_few_parts_not_the_result() {
     // 12 copies of t: 31 MB of rows, in about 300 parts of 100 kB.
     let big = "SELECT t.x, t.s FROM t, (SELECT 1 FROM t LIMIT 12) ORDER BY t.x";
     let before = rss_kb(&d);
-    let mut slow = handshaken_with(&d, features::ALL & !features::DECLTYPES);
+    let mut slow = handshaken_with(
+        &d,
+        features::ALL & !features::DECLTYPES & !features::STREAMS,
+    );
     query(&mut slow, 7, big, 0);
     // Give the reader time to fill what the socket and the queue hold.
     std::thread::sleep(Duration::from_millis(1500));
@@ -486,7 +493,10 @@ fn a_client_that_reads_slowly_costs_the_daemon_a_few_parts_not_the_result() {
     );
 
     // Never read within its 1 s time limit: the read gives up.
-    let mut stuck = handshaken_with(&d, features::ALL & !features::DECLTYPES);
+    let mut stuck = handshaken_with(
+        &d,
+        features::ALL & !features::DECLTYPES & !features::STREAMS,
+    );
     query(&mut stuck, 8, big, 1000);
     let began = Instant::now();
     std::thread::sleep(Duration::from_millis(2000));
@@ -504,4 +514,213 @@ fn a_client_that_reads_slowly_costs_the_daemon_a_few_parts_not_the_result() {
         .query("SELECT x, s FROM t ORDER BY x", params![])
         .expect("a large read after the stuck one");
     check_all_rows(&all);
+}
+
+/// The next response on a raw connection, which must answer request `id`.
+fn response(s: &mut UnixStream, id: u64) -> Option<ResponseBody> {
+    let payload = read_frame(s)?;
+    let resp: Response = codec::decode_payload(&payload).expect("a Response");
+    assert_eq!(resp.id, id);
+    Some(resp.body)
+}
+
+/// Tells the daemon `op` about request `of`'s parts.
+fn tell(s: &mut UnixStream, of: u64, op: PartsOp) {
+    send(s, 0, RequestBody::Parts { of, op });
+}
+
+/// On the wire, to a client that announced `STREAMS`: the first part
+/// carries the columns; no more than two parts are out before the client
+/// says it took one; every row comes, in order; a word about a request not
+/// in parts changes nothing and is not answered; `Stop` ends a read at
+/// once and frees its reader.
+#[test]
+fn a_paced_client_is_sent_two_parts_ahead_of_what_it_took() {
+    let d = with_table("1");
+    let other = nexusd_client::blocking::Client::connect_with(
+        d.socket(),
+        nexusd_client::ClientOptions {
+            request_timeout: Some(Duration::from_secs(10)),
+            ..Default::default()
+        },
+    )
+    .expect("connect");
+    let mut s = handshaken_with(&d, features::ALL & !features::DECLTYPES);
+    query(&mut s, 7, "SELECT x, s FROM t ORDER BY x", 0);
+    let mut rows = match response(&mut s, 7) {
+        Some(ResponseBody::RowsHead(head)) => {
+            assert_eq!(head.rows.columns, ["x", "s"]);
+            assert!(head.decltypes.is_empty(), "{:?}", head.decltypes);
+            head.rows.rows
+        }
+        other => panic!("the first part: {other:?}"),
+    };
+    match response(&mut s, 7) {
+        Some(ResponseBody::RowsPart(part)) => rows.extend(part),
+        other => panic!("the second part: {other:?}"),
+    }
+    // Two out: the third waits for the client.
+    s.set_read_timeout(Some(Duration::from_millis(700)))
+        .expect("read timeout");
+    assert!(
+        read_frame(&mut s).is_none(),
+        "a third part came before the client took one"
+    );
+    s.set_read_timeout(None).expect("no read timeout");
+    // Words about requests not in parts are ignored and not answered.
+    tell(&mut s, 999, PartsOp::Took(5));
+    tell(&mut s, 999, PartsOp::Stop);
+    let mut parts = 2;
+    let last = loop {
+        tell(&mut s, 7, PartsOp::Took(1));
+        match response(&mut s, 7) {
+            Some(ResponseBody::RowsPart(part)) => {
+                parts += 1;
+                rows.extend(part);
+            }
+            Some(answer) => break answer,
+            None => panic!("the connection closed after {parts} parts"),
+        }
+    };
+    let ResponseBody::Rows(last) = last else {
+        panic!("the answer after {parts} parts: {last:?}");
+    };
+    assert_eq!(last.columns, ["x", "s"]);
+    rows.extend(last.rows);
+    assert!(parts > 20, "{parts} parts of 2.6 MB at 100 kB each");
+    assert_eq!(rows.len(), ROWS as usize);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row[0], Value::Integer(i as i64 + 1), "row {i} out of order");
+    }
+
+    // Stopped after its first part: the read ends at once with an error
+    // (which a client that stopped does not read), and the daemon's one
+    // reader serves the next read, well before the stopped one's 30 s.
+    query(&mut s, 8, "SELECT x, s FROM t ORDER BY x", 0);
+    assert!(matches!(
+        response(&mut s, 8),
+        Some(ResponseBody::RowsHead(_))
+    ));
+    tell(&mut s, 8, PartsOp::Stop);
+    let stopped = loop {
+        match response(&mut s, 8) {
+            Some(ResponseBody::RowsPart(_)) => continue,
+            other => break other,
+        }
+    };
+    match stopped {
+        Some(ResponseBody::Error(e)) => {
+            assert!(e.message.contains("stopped reading"), "{}", e.message)
+        }
+        other => panic!("a stopped read answered {other:?}"),
+    }
+    let all = other
+        .query("SELECT x, s FROM t ORDER BY x", params![])
+        .expect("a large read after the stopped one");
+    check_all_rows(&all);
+}
+
+/// Through the client crate: `query_stream` gives every row in order, a
+/// part at a time, with the daemon never more than two parts ahead of
+/// what the caller took; dropped half way, it frees the daemon's one
+/// reader for the next read on the same connection; in a transaction and
+/// through the blocking client it gives the same rows.
+#[test]
+fn query_stream_takes_a_result_a_part_at_a_time() {
+    let d = with_table("1");
+    let rt = rt();
+    rt.block_on(async {
+        let counter = client(&d).await;
+        let sent = async || -> u64 {
+            let text = counter.metrics().await.expect("metrics");
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix("nexusd_result_parts_total")?
+                        .trim()
+                        .parse()
+                        .ok()
+                })
+                .expect("nexusd_result_parts_total")
+        };
+        let c = crate::client_with_timeout(&d, 10_000).await;
+        let sql = "SELECT x, s FROM t ORDER BY x";
+        let mut stream = c.query_stream(sql, params![]).await.expect("stream");
+        assert_eq!(stream.columns(), ["x", "s"]);
+        let mut all = stream.next().await.expect("a part").expect("rows");
+        assert!(
+            all.len() < ROWS as usize / 10,
+            "{} rows in one part",
+            all.len()
+        );
+        // The first part taken, the daemon sends one more and waits.
+        let began = Instant::now();
+        while sent().await < 3 && began.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(sent().await, 3, "parts sent to a caller that took one");
+        let mut parts = 1;
+        while let Some(rows) = stream.next().await.expect("a part") {
+            assert_eq!(rows.columns(), ["x", "s"]);
+            parts += 1;
+            all.append(rows);
+        }
+        assert!(parts > 20, "{parts} parts");
+        check_all_rows(&all);
+        assert!(stream.next().await.expect("after the end").is_none());
+
+        // Dropped after one part: the reader is free for the next read.
+        let mut half = c.query_stream(sql, params![]).await.expect("stream");
+        half.next().await.expect("a part").expect("rows");
+        drop(half);
+        let whole = c
+            .query(sql, params![])
+            .await
+            .expect("a read after a dropped stream");
+        check_all_rows(&whole);
+
+        // In a read-only transaction, and one that holds the writer.
+        let txn = c.read_transaction().await.expect("begin");
+        let rows = txn
+            .query_stream(sql, params![])
+            .await
+            .expect("stream")
+            .collect()
+            .await
+            .expect("rows");
+        check_all_rows(&rows);
+        txn.commit().await.expect("commit");
+        let txn = c.transaction().await.expect("begin");
+        let rows = txn
+            .query_stream(sql, params![])
+            .await
+            .expect("stream")
+            .collect()
+            .await
+            .expect("rows");
+        check_all_rows(&rows);
+        txn.rollback().await.expect("rollback");
+
+        // A small result comes in one part, whole.
+        let mut small = c
+            .query_stream("SELECT x FROM t WHERE x <= 3", params![])
+            .await
+            .expect("stream");
+        assert_eq!(small.next().await.expect("rows").expect("rows").len(), 3);
+        assert!(small.next().await.expect("end").is_none());
+    });
+
+    let blocking = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    let stream = blocking
+        .query_stream("SELECT x, s FROM t ORDER BY x", params![])
+        .expect("stream");
+    assert_eq!(stream.columns(), ["x", "s"]);
+    let mut n = 0i64;
+    for rows in stream {
+        for row in rows.expect("a part").iter() {
+            n += 1;
+            assert_eq!(row.get::<i64>(0).expect("x"), n);
+        }
+    }
+    assert_eq!(n, ROWS);
 }

@@ -26,8 +26,18 @@ pub(crate) const PART_BYTES: usize = 1 << 20;
 /// yet written to the socket; the reader waits for the client beyond that.
 pub(crate) const PARTS_AHEAD: usize = 2;
 
-type Send =
-    dyn Fn(Vec<Vec<Value>>, Instant, &Beat) -> Result<(), ErrorBody> + std::marker::Send + Sync;
+type Send = dyn Fn(Head<'_>, Vec<Vec<Value>>, Instant, &Beat) -> Result<(), ErrorBody>
+    + std::marker::Send
+    + Sync;
+
+/// What every part of one result shares: its columns, and their declared
+/// types (empty when not asked for). The first part carries them to a
+/// client that reads at its own pace (`features::STREAMS`).
+#[derive(Clone, Copy)]
+pub(crate) struct Head<'a> {
+    pub(crate) columns: &'a [String],
+    pub(crate) decltypes: &'a [Option<String>],
+}
 
 /// What a wait for the client calls now and then: `Err` stops the wait,
 /// and fails the statement with that error.
@@ -52,10 +62,11 @@ pub(crate) struct Parts {
 pub(crate) const BEAT_EVERY: Duration = Duration::from_millis(100);
 
 impl Parts {
-    /// `send(rows, deadline, beat)` queues one part, and calls `beat` at
-    /// least every [`BEAT_EVERY`] while it waits, giving up with its error.
+    /// `send(head, rows, deadline, beat)` queues one part, and calls
+    /// `beat` at least every [`BEAT_EVERY`] while it waits, giving up with
+    /// its error.
     pub(crate) fn new(
-        send: impl Fn(Vec<Vec<Value>>, Instant, &Beat) -> Result<(), ErrorBody>
+        send: impl Fn(Head<'_>, Vec<Vec<Value>>, Instant, &Beat) -> Result<(), ErrorBody>
         + std::marker::Send
         + Sync
         + 'static,
@@ -80,11 +91,16 @@ impl Parts {
         }
     }
 
-    pub(crate) fn send(&self, rows: Vec<Vec<Value>>, deadline: Instant) -> Result<(), ErrorBody> {
+    pub(crate) fn send(
+        &self,
+        head: Head<'_>,
+        rows: Vec<Vec<Value>>,
+        deadline: Instant,
+    ) -> Result<(), ErrorBody> {
         let began = Instant::now();
         let sent = match &self.beat {
-            Some(beat) => (self.send)(rows, deadline, beat),
-            None => (self.send)(rows, deadline, &|| Ok(())),
+            Some(beat) => (self.send)(head, rows, deadline, beat),
+            None => (self.send)(head, rows, deadline, &|| Ok(())),
         };
         let took = u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.sending.fetch_add(took, Ordering::Relaxed);

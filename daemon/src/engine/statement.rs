@@ -14,7 +14,7 @@ use rusqlite::{Connection, ffi};
 
 use super::functions::{self, ClientCounts};
 use super::guard::{Guard, Refusal, Scope};
-use super::parts::{PART_BYTES, Parts};
+use super::parts::{Head, PART_BYTES, Parts};
 use super::slowlog;
 use super::transactions::Owner;
 
@@ -369,8 +369,12 @@ fn run_prepared(
                 }
                 Some(parts) => {
                     if !out.rows.is_empty() {
+                        let head = Head {
+                            columns: &out.columns,
+                            decltypes: &out.decltypes,
+                        };
                         parts
-                            .send(std::mem::take(&mut out.rows), limits.deadline)
+                            .send(head, std::mem::take(&mut out.rows), limits.deadline)
                             .map_err(StatementError::Parts)?;
                     }
                     size = 0;
@@ -1112,7 +1116,7 @@ mod tests {
         let (_dir, conn, guard) = open();
         let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<Vec<Value>>>::new()));
         let sink = got.clone();
-        let parts = Parts::new(move |rows, _deadline, _beat| {
+        let parts = Parts::new(move |_head, rows, _deadline, _beat| {
             sink.lock().expect("parts").push(rows);
             Ok(())
         });
@@ -1152,7 +1156,7 @@ mod tests {
     #[test]
     fn a_row_over_the_limit_fails_even_with_parts_and_a_failed_part_fails_the_read() {
         let (_dir, conn, guard) = open();
-        let parts = Parts::new(|_, _, _| Ok(()));
+        let parts = Parts::new(|_, _, _, _| Ok(()));
         let mut l = limits();
         l.max_result_bytes = 10_000;
         l.parts = Some(&parts);
@@ -1168,7 +1172,8 @@ mod tests {
             err.message
         );
 
-        let refusing = Parts::new(|_, _, _| Err(ErrorBody::new(ErrorKind::Timeout, "client slow")));
+        let refusing =
+            Parts::new(|_, _, _, _| Err(ErrorBody::new(ErrorKind::Timeout, "client slow")));
         l.parts = Some(&refusing);
         let sql = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c LIMIT 5000) \
                    SELECT x FROM c";
