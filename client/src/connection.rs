@@ -161,6 +161,7 @@ impl Connection {
         tokio::spawn(write_loop(writer.clone(), rx, dead.clone()));
         let read_waiting = waiting.clone();
         let read_dead = dead.clone();
+        let read_writer = writer.clone();
         let read_outgoing = outgoing.clone();
         let paces = welcome.features & features::STREAMS != 0;
         let max_frame = welcome.max_frame_bytes;
@@ -242,12 +243,22 @@ impl Connection {
                                 let _ = parts.take(id, resp.body);
                             }
                         }
+                        // Written at once when the socket is free: a
+                        // blocking client's runtime drains the write queue
+                        // only inside its next call. When it is not, whoever
+                        // writes drains the queue; this task never waits
+                        // on a write, so replies are always read.
                         if let Some(op) = tell
                             && paces
                             && let Some(frame) = parts_frame(id, op, max_frame)
-                            && read_outgoing.send(frame).await.is_err()
                         {
-                            break "the connection failed while sending".to_owned();
+                            let sent = match read_writer.try_lock() {
+                                Ok(wr) => write_with(wr, &read_dead, &frame).await,
+                                Err(_) => read_outgoing.send(frame).await.is_ok(),
+                            };
+                            if !sent {
+                                break "the connection failed while sending".to_owned();
+                            }
                         }
                     }
                 }
@@ -413,11 +424,12 @@ impl Connection {
         Ok(rx)
     }
 
-    /// Tells the daemon `op` about request `of`'s parts, waiting for room
-    /// in the write queue.
+    /// Tells the daemon `op` about request `of`'s parts, at once: not
+    /// through the write queue, which a blocking client's runtime drains
+    /// only inside its next call.
     pub(crate) async fn tell_parts(&self, of: u64, op: PartsOp) {
         if let Some(frame) = parts_frame(of, op, self.max_frame) {
-            let _ = self.outgoing.send(frame).await;
+            write_with(self.writer.lock().await, &self.dead, &frame).await;
         }
     }
 
@@ -644,6 +656,23 @@ impl Drop for KillUnlessDone<'_> {
             self.0.cancel();
         }
     }
+}
+
+/// Writes `frame` to the socket now, past the write queue: false, and the
+/// connection dead, if that failed.
+async fn write_with(
+    mut wr: tokio::sync::MutexGuard<'_, WriteHalf>,
+    dead: &CancellationToken,
+    frame: &[u8],
+) -> bool {
+    // Cancelled half-way, this would leave half a frame on the wire.
+    let guard = KillUnlessDone(dead, false);
+    let written = wr.write_all(frame).await;
+    guard.done();
+    if written.is_err() {
+        dead.cancel();
+    }
+    written.is_ok()
 }
 
 async fn write_loop(

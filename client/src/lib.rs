@@ -321,7 +321,20 @@ impl Client {
         }
         let req = self.request(body);
         let id = req.id;
-        let rx = conn.send_paced(req).await.map_err(|e| match e {
+        let (conn, sent) = match conn.send_paced(req).await {
+            // As in `call`: the connection was found dead before the read
+            // left, so it goes on a fresh one, unless it belongs to a
+            // transaction, which died with its connection.
+            Err(CallError::NotSent(req))
+                if !matches!(req.body, RequestBody::Transaction { .. }) =>
+            {
+                let conn = self.connection().await?;
+                let sent = conn.send_paced(*req).await;
+                (conn, sent)
+            }
+            sent => (conn, sent),
+        };
+        let rx = sent.map_err(|e| match e {
             CallError::NotSent(_) => Error::Disconnected {
                 message: "the connection had already failed; the read was not sent".into(),
                 outcome_unknown: false,

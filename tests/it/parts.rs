@@ -624,10 +624,11 @@ fn a_paced_client_is_sent_two_parts_ahead_of_what_it_took() {
 /// part at a time, with the daemon never more than two parts ahead of
 /// what the caller took; dropped half way, it frees the daemon's one
 /// reader for the next read on the same connection; in a transaction and
-/// through the blocking client it gives the same rows.
+/// through the blocking client it gives the same rows, and after a daemon
+/// restart it goes on a fresh connection.
 #[test]
 fn query_stream_takes_a_result_a_part_at_a_time() {
-    let d = with_table("1");
+    let mut d = with_table("1");
     let rt = rt();
     rt.block_on(async {
         let counter = client(&d).await;
@@ -723,4 +724,14 @@ fn query_stream_takes_a_result_a_part_at_a_time() {
         }
     }
     assert_eq!(n, ROWS);
+
+    // After a restart, the next stream goes on a fresh connection.
+    d.kill9();
+    d.restart();
+    let n: usize = blocking
+        .query_stream("SELECT x, s FROM t ORDER BY x", params![])
+        .expect("a stream after a restart")
+        .map(|rows| rows.expect("a part").len())
+        .sum();
+    assert_eq!(n, ROWS as usize);
 }
