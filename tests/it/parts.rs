@@ -681,26 +681,23 @@ fn query_stream_takes_a_result_a_part_at_a_time() {
         check_all_rows(&whole);
 
         // In a read-only transaction, and one that holds the writer.
-        let txn = c.read_transaction().await.expect("begin");
-        let rows = txn
-            .query_stream(sql, params![])
-            .await
-            .expect("stream")
-            .collect()
-            .await
-            .expect("rows");
-        check_all_rows(&rows);
-        txn.commit().await.expect("commit");
-        let txn = c.transaction().await.expect("begin");
-        let rows = txn
-            .query_stream(sql, params![])
-            .await
-            .expect("stream")
-            .collect()
-            .await
-            .expect("rows");
-        check_all_rows(&rows);
-        txn.rollback().await.expect("rollback");
+        for read_only in [true, false] {
+            let txn = if read_only {
+                c.read_transaction().await
+            } else {
+                c.transaction().await
+            }
+            .expect("begin");
+            let rows = txn
+                .query_stream(sql, params![])
+                .await
+                .expect("stream")
+                .collect()
+                .await
+                .expect("rows");
+            check_all_rows(&rows);
+            txn.rollback().await.expect("rollback");
+        }
 
         // A small result comes in one part, whole.
         let mut small = c
