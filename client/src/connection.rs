@@ -3,6 +3,7 @@
 //! each reply to whoever waits for its id.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
@@ -16,8 +17,8 @@ use nexusd_protocol::codec::{self, ClientCodec};
 use nexusd_protocol::cores::Cores;
 use nexusd_protocol::socket::{self, WriteHalf};
 use nexusd_protocol::{
-    Hello, HelloReply, PROTOCOL_VERSION, PartsOp, Request, RequestBody, ResponseBody, Value,
-    features,
+    Hello, HelloReply, PROTOCOL_VERSION, PartsOp, Request, RequestBody, ResponseBody,
+    Rows as WireRows, TypedRows, Value, features,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
@@ -198,14 +199,17 @@ impl Connection {
                             let Some(map) = w.as_mut() else {
                                 return To::Nobody;
                             };
-                            match map.get(&id) {
-                                None => To::Nobody,
-                                Some(Waiter::Parts(tx)) if part => To::Taker(tx.clone()),
-                                Some(Waiter::Answer(_)) if part => To::Gather,
-                                Some(_) => match map.remove(&id) {
-                                    Some(Waiter::Parts(tx)) => To::Taker(tx),
-                                    Some(Waiter::Answer(tx)) => To::Answer(tx),
-                                    None => To::Nobody,
+                            // One lookup: a part leaves its waiter in place,
+                            // an answer takes it out.
+                            let Entry::Occupied(waiter) = map.entry(id) else {
+                                return To::Nobody;
+                            };
+                            match waiter.get() {
+                                Waiter::Parts(tx) if part => To::Taker(tx.clone()),
+                                Waiter::Answer(_) if part => To::Gather,
+                                _ => match waiter.remove() {
+                                    Waiter::Parts(tx) => To::Taker(tx),
+                                    Waiter::Answer(tx) => To::Answer(tx),
                                 },
                             }
                         });
@@ -516,17 +520,15 @@ impl Parts {
     /// the answer, with the rows of its parts put before its own. An answer
     /// that is not rows (an error) voids the parts.
     fn take(&mut self, id: u64, mut body: ResponseBody) -> Option<ResponseBody> {
-        match body {
-            ResponseBody::RowsPart(rows) => {
-                self.0.entry(id).or_default().extend(rows);
-                return None;
-            }
-            // The answer has the columns again.
-            ResponseBody::RowsHead(head) => {
-                self.0.entry(id).or_default().extend(head.rows.rows);
-                return None;
-            }
-            _ => {}
+        // A head's columns come again with the answer.
+        if let ResponseBody::RowsPart(rows)
+        | ResponseBody::RowsHead(TypedRows {
+            rows: WireRows { rows, .. },
+            ..
+        }) = body
+        {
+            self.0.entry(id).or_default().extend(rows);
+            return None;
         }
         // Most answers come with no parts before them: no hashing then.
         if self.0.is_empty() {
