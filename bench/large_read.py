@@ -7,10 +7,12 @@ beside sqlite3 reading the same file, in one run.
 
 It starts a daemon with its defaults (a 15 MiB result limit) on a temp
 dir, fills `t` with ROWS rows of an integer, 100 characters of text and a
-100-byte blob (about 230 bytes of values a row), then, alternating, reads
-`SELECT x, s, b FROM t` whole with `fetchall()` through nexusd and through
-sqlite3. It prints each round's seconds, the ratio of the best rounds, and
-the daemon's peak resident memory while it ran, sampled every 5 ms: the
+100-byte blob (about 230 bytes of values a row), then, in turn, reads
+`SELECT x, s, b FROM t` whole with `fetchall()` through a nexusd Cursor,
+through a nexusd StreamingCursor (whose parts the daemon sends only as the
+cursor takes them, one message back per part) and through sqlite3. It
+prints each round's seconds, the ratios of the best rounds, and the
+daemon's peak resident memory while it ran, sampled every 5 ms: the
 daemon sends such a read in parts, holding two at most, so its memory
 stays far below the result's size. Needs the built package (`pip install
 ./python`).
@@ -79,12 +81,14 @@ def main() -> None:
 
             watcher = threading.Thread(target=watch, daemon=True)
             watcher.start()
-            took: dict = {"nexusd": [], "sqlite3": []}
+            took: dict = {"nexusd": [], "streaming": [], "sqlite3": []}
             plain = sqlite3.connect(str(db))
+            cursors = (("nexusd", conn.cursor), ("sqlite3", plain.cursor),
+                       ("streaming", lambda: conn.cursor(nexusd.StreamingCursor)))
             for _ in range(args.rounds):
-                for name, c in (("nexusd", conn), ("sqlite3", plain)):
+                for name, cursor in cursors:
                     began = time.perf_counter()
-                    rows = c.execute(SQL).fetchall()
+                    rows = cursor().execute(SQL).fetchall()
                     took[name].append(time.perf_counter() - began)
                     if len(rows) != args.rows:
                         sys.exit(f"{name} read {len(rows)} rows of {args.rows}")
@@ -97,8 +101,9 @@ def main() -> None:
     size = args.rows * 230 / 1e6
     print(f"{args.rows} rows, about {size:.0f} MB of values, read whole with fetchall()")
     for name, times in took.items():
-        print(f"  {name:8} " + "  ".join(f"{t:.3f} s" for t in times))
-    print(f"  nexusd at {min(took['sqlite3']) / min(took['nexusd']):.2f}x sqlite3's speed "
+        print(f"  {name:9} " + "  ".join(f"{t:.3f} s" for t in times))
+    print(f"  nexusd at {min(took['sqlite3']) / min(took['nexusd']):.2f}x sqlite3's speed, "
+          f"a StreamingCursor at {min(took['sqlite3']) / min(took['streaming']):.2f}x "
           "(best rounds)")
     print(f"  daemon resident memory: {before} kB before the reads, {peak[0]} kB at most "
           "during them")

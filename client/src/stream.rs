@@ -104,6 +104,12 @@ impl RowStream {
         self.receive().await
     }
 
+    /// Whether every part has been given out: [`RowStream::next`] will
+    /// give `None`, and the read holds nothing in the daemon any more.
+    pub fn is_finished(&self) -> bool {
+        self.rx.is_none() && self.ready.is_none()
+    }
+
     /// Every row left, in one `Rows` (what [`crate::Client::query`] would
     /// have given, less what `next` took).
     pub async fn collect(mut self) -> Result<Rows> {

@@ -32,9 +32,7 @@ def counts(path):
 #: SQLAlchemy's own reasons, said in terms of SQLite and nexusd.
 GLOSS = {
     "no sequence support": "SQLite has no sequences",
-    "no server side cursors support":
-        "by design: the daemon answers a query with its whole result (a large read "
-        "in parts, before execute() returns), so no cursor stays open on its side",
+    "sqlite or mssql": "SQLite has no SELECT ... FOR UPDATE, so the suite leaves that text out",
     "Backend does not require denormalized names.":
         "SQLite keeps names as written, so name normalization does not apply",
     "no non-default isolation level available":

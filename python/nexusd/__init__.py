@@ -29,6 +29,7 @@ import re
 import sqlite3 as _sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from typing import Any, Iterator, Optional
 
@@ -36,7 +37,8 @@ from . import _nexusd
 from . import _parameters
 
 __all__ = [
-    "apilevel", "threadsafety", "paramstyle", "connect", "Connection", "Cursor", "Row",
+    "apilevel", "threadsafety", "paramstyle", "connect", "Connection", "Cursor",
+    "StreamingCursor", "Row",
     "LEGACY_TRANSACTION_CONTROL", "Warning", "Error", "InterfaceError", "DatabaseError",
     "DataError", "OperationalError", "IntegrityError", "InternalError", "ProgrammingError",
     "NotSupportedError", "Timeout", "Overloaded", "TransactionExpired", "Conflict",
@@ -707,6 +709,39 @@ def _convert(detect_types: int, text_factory: Any, columns: list, rows: list,
     return [tuple(one(v, c) for v, c in zip(row, chosen)) for row in rows]
 
 
+def _fetched(connection: Any, columns: list, rows: list, decltypes: Optional[list]) -> list:
+    """Rows from the daemon as the connection's detect_types and
+    text_factory want them."""
+    detect_types = connection._detect_types
+    text_factory = connection.text_factory
+    if detect_types or text_factory is not str:
+        return _convert(detect_types, text_factory, columns, rows, decltypes)
+    return rows
+
+
+def _streams_here(sql: str) -> bool:
+    """Whether a StreamingCursor takes ``sql``'s rows a part at a time:
+    anything but transaction control, savepoints and DML (whose rowcount
+    and implicit BEGIN the usual way gives)."""
+    control, dml, _, savepoint = _classify(sql)
+    return control is None and not dml and savepoint is None
+
+
+def _part_rows(cursor: Any, part: tuple) -> list:
+    """A streaming cursor's later part's rows (sync or asyncio), converted,
+    its totals counted."""
+    rows, lastrowid, total = part
+    conn = cursor.connection
+    conn._total_changes += total
+    if lastrowid:
+        conn._lastrowid = cursor.lastrowid = lastrowid
+    return _fetched(conn, cursor._stream_columns, rows, cursor._stream_decltypes)
+
+
+_STREAM_FORKED = ("this cursor's rows were being read by the process this one was "
+                  "forked from; execute the statement again in this process")
+
+
 def _load(cursor: Any, result: tuple, sql: str) -> None:
     """Puts one statement's result on a cursor (sync or asyncio): rows and
     their description, or rowcount and lastrowid as sqlite3 sets them.
@@ -718,12 +753,9 @@ def _load(cursor: Any, result: tuple, sql: str) -> None:
     connection = cursor.connection
     if result[0] == "rows":
         _, columns, rows, decltypes, lastrowid, total = result
-        detect_types = connection._detect_types
-        text_factory = connection.text_factory
-        if detect_types or text_factory is not str:
-            rows = _convert(detect_types, text_factory, columns, rows, decltypes)
-            if detect_types & PARSE_COLNAMES:
-                columns = [_bare(c) for c in columns]
+        rows = _fetched(connection, columns, rows, decltypes)
+        if connection._detect_types & PARSE_COLNAMES:
+            columns = [_bare(c) for c in columns]
         # No columns (text that holds no statement): None, as in sqlite3.
         cursor.description = tuple(
             (c, None, None, None, None, None, None) for c in columns) or None
@@ -837,6 +869,10 @@ class Connection:
         self._closed = False
         self._lock = threading.RLock()
         self._shared = None
+        # StreamingCursors whose rows are still coming in the open
+        # transaction: its next request waits for them on the daemon, so
+        # they are read to their end first (`_drain`).
+        self._streams: "weakref.WeakSet" = weakref.WeakSet()
         # Connect now, so a missing daemon is an error here, as with sqlite3.
         self._client()
 
@@ -934,6 +970,8 @@ class Connection:
         """Where a statement runs: the open transaction, one opened for it
         as the transaction mode says, or the daemon directly."""
         client = self._client()
+        if self._streams:
+            self._drain()
         if self._txn is None:
             # The driver's own BEGIN goes right before the statement: with
             # it, in one round trip.
@@ -956,7 +994,33 @@ class Connection:
                 and _savepoint_step(self._savepoints, op)):
             self._end(True, traced=False)
 
+    def _drain(self) -> None:
+        """Reads the rest of every StreamingCursor's rows in the open
+        transaction into memory, so that its next request, which the
+        daemon serves after them, does not wait on them for ever."""
+        for cursor in list(self._streams):
+            cursor._buffer_rest()
+        self._streams.clear()
+
+    def _stream(self, sql: str, parameters: Any, cursor: "StreamingCursor") -> None:
+        """Starts ``sql`` for ``cursor``, its rows to come a part at a
+        time, where the transaction mode puts it."""
+        with self._lock:
+            target = self._target(sql)
+            if self._trace_callback is not None:
+                _trace(self, sql, parameters)
+            try:
+                native = target._open() if isinstance(target, _Unsent) else target
+                stream = native.stream(sql, _named(sql, parameters))
+            except _nexusd.NativeError as e:
+                raise self._failed(target, e) from None
+            cursor._started(stream, self._txn)
+            if self._txn is not None:
+                self._streams.add(cursor)
+
     def _end(self, commit: bool, traced: bool = True) -> None:
+        if self._streams:
+            self._drain()
         txn, self._txn = self._txn, None
         if txn is None:
             return
@@ -988,6 +1052,8 @@ class Connection:
         with self._lock:
             if self._closed:
                 return
+            for cursor in list(self._streams):
+                cursor._stop()
             if self._txn is not None and self._pid == _current_pid():
                 try:
                     self._end(False, traced=False)
@@ -1331,9 +1397,14 @@ class Cursor:
     def _make(self, values: tuple) -> Any:
         return values if self.row_factory is None else _make_row(self, values)
 
+    def _refill(self) -> bool:
+        """Loads the next rows of a result still coming (a
+        StreamingCursor's); False when there are none."""
+        return False
+
     def fetchone(self) -> Any:
         self._check()
-        if self._next >= len(self._rows):
+        if self._next >= len(self._rows) and not self._refill():
             return None
         row = self._rows[self._next]
         self._next += 1
@@ -1341,15 +1412,22 @@ class Cursor:
 
     def fetchmany(self, size: Optional[int] = None) -> list:
         self._check()
-        n = self.arraysize if size is None else size
-        rows = self._rows[self._next:self._next + max(n, 0)]
+        n = max(self.arraysize if size is None else size, 0)
+        rows = self._rows[self._next:self._next + n]
         self._next += len(rows)
+        while len(rows) < n and self._refill():
+            more = self._rows[self._next:self._next + n - len(rows)]
+            self._next += len(more)
+            rows += more
         return [self._make(r) for r in rows]
 
     def fetchall(self) -> list:
         self._check()
         rows = self._rows[self._next:]
         self._next = len(self._rows)
+        while self._refill():
+            rows += self._rows[self._next:]
+            self._next = len(self._rows)
         return [self._make(r) for r in rows]
 
     def __iter__(self) -> "Cursor":
@@ -1370,6 +1448,123 @@ class Cursor:
 
     def setoutputsize(self, size: Any, column: Any = None) -> None:
         pass
+
+
+class StreamingCursor(Cursor):
+    """A server-side cursor: a query's rows come from the daemon as they
+    are fetched, a part (about 1 MiB) at a time, so a result of any size
+    costs this process a part or two of it, where a Cursor holds it whole.
+    ``conn.cursor(nexusd.StreamingCursor)``; SQLAlchemy's
+    ``stream_results`` and ``yield_per`` use it.
+
+    Until its rows are read to their end (or it is closed, or runs another
+    statement) the read holds one of the daemon's readers and its snapshot,
+    or, in a transaction, the transaction, up to the request's time limit
+    (``connect(timeout=)``, else the daemon's ``max-read-ms``): read it
+    steadily, as a read not done by then fails with ``nexusd.Timeout``.
+    Another statement in the same transaction first reads the rest of its
+    rows into memory, since the daemon serves that statement after them.
+    DML and transaction control run as on a Cursor."""
+
+    def __init__(self, connection: Connection) -> None:
+        super().__init__(connection)
+        self._stream: Any = None
+        self._stream_txn: Any = None
+        self._stream_pid = 0
+        self._stream_columns: list = []
+        self._stream_decltypes: Optional[list] = None
+        # What ended the read while nothing fetched (`_buffer_rest`),
+        # raised once its rows run out.
+        self._stream_error: Optional[BaseException] = None
+
+    def execute(self, sql: str, parameters: Any = ()) -> "Cursor":
+        self._check()
+        if not isinstance(sql, str):
+            raise ProgrammingError(f"execute() argument 1 must be str, not {type(sql).__name__}")
+        self._stop()
+        if not _streams_here(sql):
+            return super().execute(sql, parameters)
+        self.connection._stream(sql, parameters, self)
+        part = self._take()
+        rows, lastrowid, total = part if part is not None else ([], 0, 0)
+        _load(self, ("rows", self._stream_columns, rows, self._stream_decltypes, lastrowid,
+                     total), sql)
+        return self
+
+    def executemany(self, sql: str, seq_of_parameters: Any) -> "Cursor":
+        self._stop()
+        return super().executemany(sql, seq_of_parameters)
+
+    def executescript(self, sql_script: str) -> "Cursor":
+        self._stop()
+        return super().executescript(sql_script)
+
+    def _started(self, stream: Any, txn: Any) -> None:
+        """The connection began ``stream`` for this cursor, in ``txn``."""
+        self._stream, self._stream_txn, self._stream_pid = stream, txn, _current_pid()
+        self._stream_columns, self._stream_decltypes = stream.columns, stream.decltypes
+
+    def _take(self) -> Optional[tuple]:
+        """The stream's next part, ``(rows, lastrowid, total_changes)``
+        as the daemon sent it, or None; lets the stream go after its last."""
+        if self._stream_pid != _current_pid():
+            self._stream = None
+            raise ProgrammingError(_STREAM_FORKED)
+        try:
+            part = self._stream.next()
+        except _nexusd.NativeError as e:
+            self._let_go()
+            raise self.connection._failed(self._stream_txn, e) from None
+        if part is None or not part[3]:
+            self._let_go()
+        return None if part is None else part[:3]
+
+    def _let_go(self) -> None:
+        self._stream = None
+        self.connection._streams.discard(self)
+
+    def _refill(self) -> bool:
+        with self.connection._lock:
+            if self._next < len(self._rows):  # `_buffer_rest` ran meanwhile
+                return True
+            while self._stream is not None:
+                part = self._take()
+                if part is None:
+                    break
+                self._rows, self._next = _part_rows(self, part), 0
+                if self._rows:
+                    return True
+            if self._stream_error is not None:
+                error, self._stream_error = self._stream_error, None
+                raise error
+            return False
+
+    def _buffer_rest(self) -> None:
+        """Reads the rest of the rows into memory (see `Connection._drain`).
+        A failure is kept for the fetch that reaches it."""
+        with self.connection._lock:
+            rest = self._rows[self._next:]
+            try:
+                while self._stream is not None:
+                    part = self._take()
+                    if part is None:
+                        break
+                    rest += _part_rows(self, part)
+            except Error as e:
+                self._stream_error = e
+            self._rows, self._next = rest, 0
+
+    def _stop(self) -> None:
+        """Ends the read where it stands."""
+        stream, self._stream_error = self._stream, None
+        if stream is not None:
+            self._let_go()
+            if self._stream_pid == _current_pid():
+                stream.close()
+
+    def close(self) -> None:
+        self._stop()
+        super().close()
 
 
 def connect(

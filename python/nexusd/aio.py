@@ -32,6 +32,7 @@ from . import (
     ProgrammingError,
     TransactionExpired,
     PARSE_DECLTYPES,
+    _STREAM_FORKED,
     _check_autocommit,
     _begins_a_transaction,
     _check_detect_types,
@@ -48,13 +49,15 @@ from . import (
     _trace,
     _traced,
     _nexusd,
+    _part_rows,
     _shared_client,
+    _streams_here,
     _savepoint_step,
     _split_script,
     _translate,
 )
 
-__all__ = ["connect", "Connection", "Cursor"]
+__all__ = ["connect", "Connection", "Cursor", "StreamingCursor"]
 
 
 class _Unsent:
@@ -88,6 +91,11 @@ class _Unsent:
     def batch_writer_async(self, queue: Any) -> Any:
         async def run():
             return await (await self._open(queue)).batch_writer_async(queue)
+        return asyncio.ensure_future(run())
+
+    def stream_async(self, queue: Any, sql: str, params: Any = None) -> Any:
+        async def run():
+            return await (await self._open(queue)).stream_async(queue, sql, params)
         return asyncio.ensure_future(run())
 
     def script(self, statements: Any) -> Any:
@@ -174,6 +182,10 @@ class Connection:
         self._savepoints: Optional[list] = None
         self._closed = False
         self._lock: Optional[asyncio.Lock] = None
+        # StreamingCursors whose rows are still coming in the open
+        # transaction, read to their end before its next request (as the
+        # sync driver's `_drain`).
+        self._streams: "weakref.WeakSet" = weakref.WeakSet()
 
     async def _connect(self) -> "Connection":
         if self._client is None:
@@ -230,6 +242,8 @@ class Connection:
 
     async def _target(self, sql: Optional[str]):
         client = self._check()
+        if self._streams:
+            await self._drain()
         if self._txn is None:
             # The driver's own BEGIN goes with the statement after it.
             if self.autocommit is False:
@@ -251,7 +265,16 @@ class Connection:
                 and _savepoint_step(self._savepoints, op)):
             await self._end(True, traced=False)
 
+    async def _drain(self) -> None:
+        """Reads the rest of every StreamingCursor's rows in the open
+        transaction into memory (the caller holds the lock)."""
+        for cursor in list(self._streams):
+            await cursor._buffer_rest()
+        self._streams.clear()
+
     async def _end(self, commit: bool, traced: bool = True) -> None:
+        if self._streams:
+            await self._drain()
         txn, self._txn = self._txn, None
         if txn is not None:
             if traced:
@@ -351,13 +374,15 @@ class Connection:
     def __getattr__(self, name: str) -> Any:
         return _not_here(self, name, asynchronous=True)
 
-    def cursor(self) -> "_CursorResult":
-        """``await db.cursor()``, or ``async with db.cursor() as cursor``."""
-        return _CursorResult(self._new_cursor())
+    def cursor(self, factory: Any = None) -> "_CursorResult":
+        """``await db.cursor()``, or ``async with db.cursor() as cursor``;
+        ``db.cursor(nexusd.aio.StreamingCursor)`` for one that takes a
+        query's rows a part at a time."""
+        return _CursorResult(self._new_cursor(factory or Cursor))
 
-    async def _new_cursor(self) -> "Cursor":
+    async def _new_cursor(self, factory: Any) -> "Cursor":
         self._check()
-        return Cursor(self)
+        return factory(self)
 
     async def commit(self) -> None:
         self._check()
@@ -377,6 +402,8 @@ class Connection:
         """Closes; a transaction still open is rolled back."""
         if self._closed:
             return
+        for cursor in list(self._streams):
+            cursor._stop()
         if self._txn is not None and self._client is not None:
             try:
                 await self._end(False, traced=False)
@@ -517,22 +544,34 @@ class Cursor:
     def _make(self, values: tuple) -> Any:
         return values if self.row_factory is None else _make_row(self, values)
 
+    async def _refill(self) -> bool:
+        """Loads the next rows of a result still coming (a
+        StreamingCursor's); False when there are none."""
+        return False
+
     async def fetchone(self) -> Any:
-        if self._next >= len(self._rows):
+        if self._next >= len(self._rows) and not await self._refill():
             return None
         row = self._rows[self._next]
         self._next += 1
         return self._make(row)
 
     async def fetchmany(self, size: Optional[int] = None) -> list:
-        n = self.arraysize if size is None else size
-        rows = self._rows[self._next:self._next + max(n, 0)]
+        n = max(self.arraysize if size is None else size, 0)
+        rows = self._rows[self._next:self._next + n]
         self._next += len(rows)
+        while len(rows) < n and await self._refill():
+            more = self._rows[self._next:self._next + n - len(rows)]
+            self._next += len(more)
+            rows += more
         return [self._make(r) for r in rows]
 
     async def fetchall(self) -> list:
         rows = self._rows[self._next:]
         self._next = len(self._rows)
+        while await self._refill():
+            rows += self._rows[self._next:]
+            self._next = len(self._rows)
         return [self._make(r) for r in rows]
 
     def __aiter__(self) -> AsyncIterator[Any]:
@@ -553,6 +592,123 @@ class Cursor:
 
     async def setoutputsize(self, size: Any, column: Any = None) -> None:
         pass
+
+
+class StreamingCursor(Cursor):
+    """A server-side cursor, as the sync driver's ``nexusd.StreamingCursor``:
+    a query's rows come a part (about 1 MiB) at a time as they are fetched.
+    ``await db.cursor(nexusd.aio.StreamingCursor)``; SQLAlchemy's
+    ``stream_results`` and ``yield_per`` use it. A cancelled fetch ends the
+    read (the rows it was taking are lost): the next fetch says so."""
+
+    def __init__(self, connection: Connection) -> None:
+        super().__init__(connection)
+        self._stream: Any = None
+        self._stream_txn: Any = None
+        self._stream_pid = 0
+        self._stream_columns: list = []
+        self._stream_decltypes: Optional[list] = None
+        self._stream_error: Optional[BaseException] = None
+
+    async def execute(self, sql: str, parameters: Any = ()) -> "Cursor":
+        self._stop()
+        if not _streams_here(sql):
+            return await super().execute(sql, parameters)
+        conn = self.connection
+
+        def send(target):
+            if conn._trace_callback is not None:
+                _trace(conn, sql, parameters)
+            return target.stream_async(_queue(), sql, _named(sql, parameters))
+
+        stream = await conn._call(send, sql)
+        self._stream, self._stream_txn, self._stream_pid = stream, conn._txn, os.getpid()
+        self._stream_columns, self._stream_decltypes = stream.columns, stream.decltypes
+        if conn._txn is not None:
+            conn._streams.add(self)
+        part = await self._take()
+        rows, lastrowid, total = part if part is not None else ([], 0, 0)
+        _load(self, ("rows", self._stream_columns, rows, self._stream_decltypes, lastrowid,
+                     total), sql)
+        return self
+
+    async def executemany(self, sql: str, seq_of_parameters: Any) -> "Cursor":
+        self._stop()
+        return await super().executemany(sql, seq_of_parameters)
+
+    async def executescript(self, script: str) -> "Cursor":
+        self._stop()
+        return await super().executescript(script)
+
+    async def _take(self) -> Optional[tuple]:
+        """The stream's next part, ``(rows, lastrowid, total_changes)``,
+        or None; lets the stream go after its last."""
+        if self._stream_pid != os.getpid():
+            self._stream = None
+            raise ProgrammingError(_STREAM_FORKED)
+        try:
+            part = await _wait(self._stream.next_async(_queue()))
+        except asyncio.CancelledError:
+            self._stop()
+            self._stream_error = OperationalError(
+                "a cancelled fetch ended this cursor's read, and the rows it was taking are "
+                "lost; execute the statement again")
+            raise
+        except Error as e:
+            conn = self.connection
+            self._let_go()
+            conn._total_changes += e._total_changes
+            if self._stream_txn is conn._txn and isinstance(e, (TransactionExpired, Conflict)):
+                conn._txn = None
+            raise
+        if part is None or not part[3]:
+            self._let_go()
+        return None if part is None else part[:3]
+
+    def _let_go(self) -> None:
+        self._stream = None
+        self.connection._streams.discard(self)
+
+    async def _refill(self) -> bool:
+        async with self.connection._lock:
+            if self._next < len(self._rows):  # `_buffer_rest` ran meanwhile
+                return True
+            while self._stream is not None:
+                part = await self._take()
+                if part is None:
+                    break
+                self._rows, self._next = _part_rows(self, part), 0
+                if self._rows:
+                    return True
+            if self._stream_error is not None:
+                error, self._stream_error = self._stream_error, None
+                raise error
+            return False
+
+    async def _buffer_rest(self) -> None:
+        """Reads the rest of the rows into memory (the connection's lock is
+        held); a failure is kept for the fetch that reaches it."""
+        rest = self._rows[self._next:]
+        try:
+            while self._stream is not None:
+                part = await self._take()
+                if part is None:
+                    break
+                rest += _part_rows(self, part)
+        except Error as e:
+            self._stream_error = e
+        self._rows, self._next = rest, 0
+
+    def _stop(self) -> None:
+        stream, self._stream_error = self._stream, None
+        if stream is not None:
+            self._let_go()
+            if self._stream_pid == os.getpid():
+                stream.close()
+
+    async def close(self) -> None:
+        self._stop()
+        await super().close()
 
 
 class _FromThread:

@@ -22,6 +22,10 @@ ORM behave as on SQLite; what changes is underneath:
   level.
 - The pool never runs dry: its overflow is unbounded, since a pooled
   connection costs no socket (every connection of a process shares one).
+- ``stream_results`` and ``yield_per`` stream: a query's rows come from the
+  daemon a part at a time as SQLAlchemy fetches them (a server-side cursor,
+  ``nexusd.StreamingCursor``), so a result of any size costs the program a
+  part or two of it.
 - ``regexp_match()`` works: pysqlite registers a Python REGEXP on each
   connection, the daemon brings its own (Python ``re``'s syntax without
   look-around and backreferences).
@@ -36,7 +40,9 @@ from sqlalchemy.connectors.asyncio import (
     AsyncAdapt_dbapi_connection,
     AsyncAdapt_dbapi_cursor,
     AsyncAdapt_dbapi_module,
+    AsyncAdapt_dbapi_ss_cursor,
 )
+from sqlalchemy.dialects.sqlite.base import SQLiteExecutionContext
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.util.concurrency import await_
 
@@ -97,11 +103,21 @@ def _connect_args(url) -> dict:
     return args
 
 
+class NexusdExecutionContext(SQLiteExecutionContext):
+    def create_server_side_cursor(self) -> Any:
+        # The async adapter picks its server-side cursor by this flag.
+        if self.dialect.is_async:
+            return self._dbapi_connection.cursor(server_side=True)
+        return self._dbapi_connection.cursor(nexusd.StreamingCursor)
+
+
 class NexusdDialect(SQLiteDialect_pysqlite):
     """``sqlite+nexusd://``: SQLAlchemy's SQLite dialect over nexusd."""
 
     driver = "nexusd"
     supports_statement_cache = True
+    supports_server_side_cursors = True
+    execution_ctx_cls = NexusdExecutionContext
     _isolation_lookup = {"SERIALIZABLE", "AUTOCOMMIT"}
 
     @classmethod
@@ -219,9 +235,19 @@ class AsyncAdapt_nexusd_cursor(AsyncAdapt_dbapi_cursor):
     _awaitable_cursor_close = True
 
 
+class AsyncAdapt_nexusd_ss_cursor(AsyncAdapt_dbapi_ss_cursor):
+    __slots__ = ()
+
+    def _make_new_cursor(self, connection: Any) -> Any:
+        import nexusd.aio
+
+        return connection.cursor(nexusd.aio.StreamingCursor)
+
+
 class AsyncAdapt_nexusd_connection(AsyncAdapt_dbapi_connection):
     # No __slots__: the dialect keeps its autocommit flag on the connection.
     _cursor_cls = AsyncAdapt_nexusd_cursor
+    _ss_cursor_cls = AsyncAdapt_nexusd_ss_cursor
 
     @property
     def isolation_level(self) -> Any:

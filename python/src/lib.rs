@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nexusd_client::{
-    BatchWriter, ClientOptions, Error, Executed, Params, Rows, Statement, StatementResult, TxnMode,
-    Value,
+    BatchWriter, ClientOptions, Error, Executed, Params, RowStream, Rows, Statement,
+    StatementResult, TxnMode, Value,
 };
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyOverflowError};
@@ -577,6 +577,22 @@ impl Client {
         Ok(Transaction::new(tx, self.flavor, self.rt))
     }
 
+    /// Runs one statement and gives its rows a part at a time, as they
+    /// are taken (`Stream`); waits for the first part.
+    #[pyo3(signature = (sql, params=None))]
+    fn stream(
+        &self,
+        py: Python<'_>,
+        sql: &str,
+        params: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Stream> {
+        let params = to_params(params)?;
+        let rows = self.wait(py, |client| async move {
+            client.query_stream(sql, params).await
+        })?;
+        Ok(Stream::new(rows, self.flavor, self.rt))
+    }
+
     /// `run`, for asyncio: returns an `asyncio.Future` of the running loop,
     /// settled by `completions.drain()` on the loop's thread.
     #[pyo3(signature = (completions, sql, params=None))]
@@ -591,6 +607,22 @@ impl Client {
         let client = (*self.inner).clone();
         spawn_future(py, self.flavor, completions, async move {
             client.run(&sql, params).await.map(Answer::Result)
+        })
+    }
+
+    /// `stream`, for asyncio; settles to a `Stream`.
+    #[pyo3(signature = (completions, sql, params=None))]
+    fn stream_async<'py>(
+        &self,
+        py: Python<'py>,
+        completions: &Bound<'py, Completions>,
+        sql: String,
+        params: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let params = to_params(params)?;
+        let client = (*self.inner).clone();
+        spawn_future(py, self.flavor, completions, async move {
+            client.query_stream(&sql, params).await.map(Answer::Stream)
         })
     }
 
@@ -690,6 +722,11 @@ enum Answer {
     Done,
     /// A batch writer for `executemany` (`batch_writer_async`).
     Writer(BatchWriter),
+    /// A read begun, its first part come (`stream_async`).
+    Stream(RowStream),
+    /// A stream's next part and whether more follow, or None at its end
+    /// (`Stream.next_async`).
+    Part(Option<(Rows, bool)>),
 }
 
 impl Answer {
@@ -710,6 +747,11 @@ impl Answer {
             Answer::Writer(writer) => {
                 Ok(Py::new(py, ManyWriter::new(writer, Flavor::Asyncio))?.into_any())
             }
+            Answer::Stream(rows) => {
+                let rt = runtime(Flavor::Asyncio)?;
+                Ok(Py::new(py, Stream::new(rows, Flavor::Asyncio, rt))?.into_any())
+            }
+            Answer::Part(part) => Ok(part_to_py(py, part)?.into_pyobject(py)?.into_any().unbind()),
         }
     }
 }
@@ -983,6 +1025,152 @@ impl Drop for ManyWriter {
     }
 }
 
+/// `(rows, lastrowid, total_changes, more)` of a stream's part (what
+/// `result_to_py` gives of a whole result, less the columns; `more`:
+/// whether parts follow it), or None once there are no more.
+type PyPart = Option<(PyObject, i64, u64, bool)>;
+
+fn part_to_py(py: Python<'_>, part: Option<(Rows, bool)>) -> PyResult<PyPart> {
+    let Some((rows, more)) = part else {
+        return Ok(None);
+    };
+    let (lastrowid, total) = (rows.last_insert_rowid(), rows.total_changes());
+    let (_, list, _) = rows_to_py(py, rows)?;
+    Ok(Some((list, lastrowid, total, more)))
+}
+
+/// One statement's rows, taken a part at a time (about 1 MiB each) as
+/// `next` asks for them: what a `StreamingCursor` reads from, so a result
+/// of any size costs this process a part or two. While open it holds one
+/// of the daemon's readers (or, in a transaction, the transaction), up to
+/// the request's time limit; `close` (or dropping it) ends the read.
+#[pyclass(frozen, module = "nexusd._nexusd")]
+struct Stream {
+    inner: Arc<tokio::sync::Mutex<Option<RowStream>>>,
+    columns: Vec<String>,
+    decltypes: Option<Vec<Option<String>>>,
+    pid: u32,
+    flavor: Flavor,
+    rt: &'static tokio::runtime::Runtime,
+}
+
+impl Stream {
+    fn new(rows: RowStream, flavor: Flavor, rt: &'static tokio::runtime::Runtime) -> Stream {
+        let decltypes = (!rows.decltypes().is_empty()).then(|| rows.decltypes().to_vec());
+        Stream {
+            columns: rows.columns().to_vec(),
+            decltypes,
+            inner: Arc::new(tokio::sync::Mutex::new(Some(rows))),
+            pid: std::process::id(),
+            flavor,
+            rt,
+        }
+    }
+}
+
+/// The next part of the stream in `inner`, and whether more follow it;
+/// None at its end, or once closed. A stream that has given its last
+/// part, or failed, is let go at once.
+async fn next_part(
+    inner: Arc<tokio::sync::Mutex<Option<RowStream>>>,
+) -> nexusd_client::Result<Option<(Rows, bool)>> {
+    let mut slot = inner.lock().await;
+    let Some(stream) = slot.as_mut() else {
+        return Ok(None);
+    };
+    let part = stream.next().await;
+    let more = !stream.is_finished();
+    if !more || part.is_err() {
+        *slot = None;
+    }
+    Ok(part?.map(|rows| (rows, more)))
+}
+
+#[pymethods]
+impl Stream {
+    /// The columns, in order (none for a statement that returns no rows).
+    #[getter]
+    fn columns(&self) -> Vec<String> {
+        self.columns.clone()
+    }
+
+    /// Each column's declared type, when the client asked for them.
+    #[getter]
+    fn decltypes(&self) -> Option<Vec<Option<String>>> {
+        self.decltypes.clone()
+    }
+
+    /// The next part, `(rows, lastrowid, total_changes, more)`, waiting
+    /// for it with the GIL released; None once every row has been given.
+    fn next(&self, py: Python<'_>) -> PyResult<PyPart> {
+        let (rt, inner) = (self.rt, self.inner.clone());
+        let part = py
+            .allow_threads(|| rt.block_on(next_part(inner)))
+            .map_err(to_py_err)?;
+        part_to_py(py, part)
+    }
+
+    /// `next`, for asyncio.
+    fn next_async<'py>(
+        &self,
+        py: Python<'py>,
+        completions: &Bound<'py, Completions>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let inner = self.inner.clone();
+        spawn_future(py, self.flavor, completions, async move {
+            next_part(inner).await.map(Answer::Part)
+        })
+    }
+
+    /// Ends the read where it stands, freeing what it holds in the daemon;
+    /// a no-op once it has ended. Returns at once.
+    fn close(&self) {
+        self.stop();
+    }
+}
+
+impl Stream {
+    fn stop(&self) {
+        if std::process::id() != self.pid {
+            return;
+        }
+        match self.inner.try_lock() {
+            Ok(mut slot) => {
+                // Dropping it tells the daemon to stop.
+                if slot.take().is_some() && self.flavor == Flavor::Blocking {
+                    flush(self.rt);
+                }
+            }
+            // A `next` is under way (a cancelled await's): stop once it is
+            // done.
+            Err(_) => {
+                let inner = self.inner.clone();
+                self.rt.spawn(async move {
+                    inner.lock().await.take();
+                });
+                if self.flavor == Flavor::Blocking {
+                    flush(self.rt);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if std::process::id() != self.pid {
+            // The parent's read; its connection is not this process's.
+            if let Ok(mut slot) = self.inner.try_lock()
+                && let Some(stream) = slot.take()
+            {
+                std::mem::forget(stream);
+            }
+            return;
+        }
+        self.stop();
+    }
+}
+
 /// An open interactive transaction. Its requests go one at a time (the
 /// lock), from threads or from asyncio tasks alike.
 #[pyclass(frozen, module = "nexusd._nexusd")]
@@ -1084,6 +1272,26 @@ impl Transaction {
         result_to_py(py, r)
     }
 
+    /// As `Client.stream`, within the transaction. While the stream is
+    /// open the transaction's other requests wait behind it on the daemon:
+    /// take it to its end, or close it, first.
+    #[pyo3(signature = (sql, params=None))]
+    fn stream(
+        &self,
+        py: Python<'_>,
+        sql: &str,
+        params: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Stream> {
+        let params = to_params(params)?;
+        let rows = self.with(py, |inner| async move {
+            match inner.lock().await.as_ref() {
+                Some(tx) => tx.query_stream(sql, params).await,
+                None => Err(ended()),
+            }
+        })?;
+        Ok(Stream::new(rows, self.flavor, self.rt))
+    }
+
     fn run_many(
         &self,
         py: Python<'_>,
@@ -1143,6 +1351,25 @@ impl Transaction {
         spawn_future(py, self.flavor, completions, async move {
             match inner.lock().await.as_ref() {
                 Some(tx) => tx.run(&sql, params).await.map(Answer::Result),
+                None => Err(ended()),
+            }
+        })
+    }
+
+    /// `stream`, for asyncio; settles to a `Stream`.
+    #[pyo3(signature = (completions, sql, params=None))]
+    fn stream_async<'py>(
+        &self,
+        py: Python<'py>,
+        completions: &Bound<'py, Completions>,
+        sql: String,
+        params: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let params = to_params(params)?;
+        let inner = self.inner.clone();
+        spawn_future(py, self.flavor, completions, async move {
+            match inner.lock().await.as_ref() {
+                Some(tx) => tx.query_stream(&sql, params).await.map(Answer::Stream),
                 None => Err(ended()),
             }
         })
@@ -1225,6 +1452,7 @@ fn _nexusd(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Client>()?;
     m.add_class::<Transaction>()?;
     m.add_class::<ManyWriter>()?;
+    m.add_class::<Stream>()?;
     m.add_class::<Completions>()?;
     m.add_function(wrap_pyfunction!(default_socket_path, m)?)?;
     m.add_function(wrap_pyfunction!(set_adapt, m)?)?;
