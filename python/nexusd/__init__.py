@@ -1015,8 +1015,6 @@ class Connection:
             except _nexusd.NativeError as e:
                 raise self._failed(target, e) from None
             cursor._started(stream, self._txn)
-            if self._txn is not None:
-                self._streams.add(cursor)
 
     def _end(self, commit: bool, traced: bool = True) -> None:
         if self._streams:
@@ -1450,7 +1448,42 @@ class Cursor:
         pass
 
 
-class StreamingCursor(Cursor):
+class _Stream:
+    """What a StreamingCursor (sync or asyncio) keeps of its read: the
+    native stream while rows are still to come, and how to let it go."""
+
+    def __init__(self, connection: Any) -> None:
+        super().__init__(connection)  # type: ignore[call-arg]
+        self._stream: Any = None
+        self._stream_txn: Any = None
+        self._stream_pid = 0
+        self._stream_columns: list = []
+        self._stream_decltypes: Optional[list] = None
+        # What ended the read while nothing fetched (`_buffer_rest`), or
+        # a cancelled fetch; raised once its rows run out.
+        self._stream_error: Optional[BaseException] = None
+
+    def _started(self, stream: Any, txn: Any) -> None:
+        """The connection began ``stream`` for this cursor, in ``txn``."""
+        self._stream, self._stream_txn, self._stream_pid = stream, txn, _current_pid()
+        self._stream_columns, self._stream_decltypes = stream.columns, stream.decltypes
+        if txn is not None:
+            self.connection._streams.add(self)
+
+    def _let_go(self) -> None:
+        self._stream = None
+        self.connection._streams.discard(self)
+
+    def _stop(self) -> None:
+        """Ends the read where it stands."""
+        stream, self._stream_error = self._stream, None
+        if stream is not None:
+            self._let_go()
+            if self._stream_pid == _current_pid():
+                stream.close()
+
+
+class StreamingCursor(_Stream, Cursor):
     """A server-side cursor: a query's rows come from the daemon as they
     are fetched, a part (about 1 MiB) at a time, so a result of any size
     costs this process a part or two of it, where a Cursor holds it whole.
@@ -1465,17 +1498,6 @@ class StreamingCursor(Cursor):
     Another statement in the same transaction first reads the rest of its
     rows into memory, since the daemon serves that statement after them.
     DML and transaction control run as on a Cursor."""
-
-    def __init__(self, connection: Connection) -> None:
-        super().__init__(connection)
-        self._stream: Any = None
-        self._stream_txn: Any = None
-        self._stream_pid = 0
-        self._stream_columns: list = []
-        self._stream_decltypes: Optional[list] = None
-        # What ended the read while nothing fetched (`_buffer_rest`),
-        # raised once its rows run out.
-        self._stream_error: Optional[BaseException] = None
 
     def execute(self, sql: str, parameters: Any = ()) -> "Cursor":
         self._check()
@@ -1499,11 +1521,6 @@ class StreamingCursor(Cursor):
         self._stop()
         return super().executescript(sql_script)
 
-    def _started(self, stream: Any, txn: Any) -> None:
-        """The connection began ``stream`` for this cursor, in ``txn``."""
-        self._stream, self._stream_txn, self._stream_pid = stream, txn, _current_pid()
-        self._stream_columns, self._stream_decltypes = stream.columns, stream.decltypes
-
     def _take(self) -> Optional[tuple]:
         """The stream's next part, ``(rows, lastrowid, total_changes)``
         as the daemon sent it, or None; lets the stream go after its last."""
@@ -1518,10 +1535,6 @@ class StreamingCursor(Cursor):
         if part is None or not part[3]:
             self._let_go()
         return None if part is None else part[:3]
-
-    def _let_go(self) -> None:
-        self._stream = None
-        self.connection._streams.discard(self)
 
     def _refill(self) -> bool:
         with self.connection._lock:
@@ -1553,14 +1566,6 @@ class StreamingCursor(Cursor):
             except Error as e:
                 self._stream_error = e
             self._rows, self._next = rest, 0
-
-    def _stop(self) -> None:
-        """Ends the read where it stands."""
-        stream, self._stream_error = self._stream, None
-        if stream is not None:
-            self._let_go()
-            if self._stream_pid == _current_pid():
-                stream.close()
 
     def close(self) -> None:
         self._stop()

@@ -33,6 +33,8 @@ from . import (
     TransactionExpired,
     PARSE_DECLTYPES,
     _STREAM_FORKED,
+    _Stream,
+    _current_pid,
     _check_autocommit,
     _begins_a_transaction,
     _check_detect_types,
@@ -594,21 +596,12 @@ class Cursor:
         pass
 
 
-class StreamingCursor(Cursor):
+class StreamingCursor(_Stream, Cursor):
     """A server-side cursor, as the sync driver's ``nexusd.StreamingCursor``:
     a query's rows come a part (about 1 MiB) at a time as they are fetched.
     ``await db.cursor(nexusd.aio.StreamingCursor)``; SQLAlchemy's
     ``stream_results`` and ``yield_per`` use it. A cancelled fetch ends the
     read (the rows it was taking are lost): the next fetch says so."""
-
-    def __init__(self, connection: Connection) -> None:
-        super().__init__(connection)
-        self._stream: Any = None
-        self._stream_txn: Any = None
-        self._stream_pid = 0
-        self._stream_columns: list = []
-        self._stream_decltypes: Optional[list] = None
-        self._stream_error: Optional[BaseException] = None
 
     async def execute(self, sql: str, parameters: Any = ()) -> "Cursor":
         self._stop()
@@ -621,11 +614,7 @@ class StreamingCursor(Cursor):
                 _trace(conn, sql, parameters)
             return target.stream_async(_queue(), sql, _named(sql, parameters))
 
-        stream = await conn._call(send, sql)
-        self._stream, self._stream_txn, self._stream_pid = stream, conn._txn, os.getpid()
-        self._stream_columns, self._stream_decltypes = stream.columns, stream.decltypes
-        if conn._txn is not None:
-            conn._streams.add(self)
+        self._started(await conn._call(send, sql), conn._txn)
         part = await self._take()
         rows, lastrowid, total = part if part is not None else ([], 0, 0)
         _load(self, ("rows", self._stream_columns, rows, self._stream_decltypes, lastrowid,
@@ -643,7 +632,7 @@ class StreamingCursor(Cursor):
     async def _take(self) -> Optional[tuple]:
         """The stream's next part, ``(rows, lastrowid, total_changes)``,
         or None; lets the stream go after its last."""
-        if self._stream_pid != os.getpid():
+        if self._stream_pid != _current_pid():
             self._stream = None
             raise ProgrammingError(_STREAM_FORKED)
         try:
@@ -664,10 +653,6 @@ class StreamingCursor(Cursor):
         if part is None or not part[3]:
             self._let_go()
         return None if part is None else part[:3]
-
-    def _let_go(self) -> None:
-        self._stream = None
-        self.connection._streams.discard(self)
 
     async def _refill(self) -> bool:
         async with self.connection._lock:
@@ -698,13 +683,6 @@ class StreamingCursor(Cursor):
         except Error as e:
             self._stream_error = e
         self._rows, self._next = rest, 0
-
-    def _stop(self) -> None:
-        stream, self._stream_error = self._stream, None
-        if stream is not None:
-            self._let_go()
-            if self._stream_pid == os.getpid():
-                stream.close()
 
     async def close(self) -> None:
         self._stop()
