@@ -869,9 +869,9 @@ class Connection:
         self._closed = False
         self._lock = threading.RLock()
         self._shared = None
-        # StreamingCursors whose rows are still coming in the open
-        # transaction: its next request waits for them on the daemon, so
-        # they are read to their end first (`_drain`).
+        # StreamingCursors whose rows are still coming. Those in the open
+        # transaction are read to their end before its next request, which
+        # the daemon serves after them (`_drain`); close() stops them all.
         self._streams: "weakref.WeakSet" = weakref.WeakSet()
         # Connect now, so a missing daemon is an error here, as with sqlite3.
         self._client()
@@ -999,8 +999,8 @@ class Connection:
         transaction into memory, so that its next request, which the
         daemon serves after them, does not wait on them for ever."""
         for cursor in list(self._streams):
-            cursor._buffer_rest()
-        self._streams.clear()
+            if cursor._stream_txn is not None and cursor._stream_txn is self._txn:
+                cursor._buffer_rest()
 
     def _stream(self, sql: str, parameters: Any, cursor: "StreamingCursor") -> None:
         """Starts ``sql`` for ``cursor``, its rows to come a part at a
@@ -1051,7 +1051,7 @@ class Connection:
             if self._closed:
                 return
             for cursor in list(self._streams):
-                cursor._stop()
+                cursor._stop(ProgrammingError("Cannot operate on a closed database."))
             if self._txn is not None and self._pid == _current_pid():
                 try:
                     self._end(False, traced=False)
@@ -1467,16 +1467,18 @@ class _Stream:
         """The connection began ``stream`` for this cursor, in ``txn``."""
         self._stream, self._stream_txn, self._stream_pid = stream, txn, _current_pid()
         self._stream_columns, self._stream_decltypes = stream.columns, stream.decltypes
-        if txn is not None:
-            self.connection._streams.add(self)
+        self.connection._streams.add(self)
 
     def _let_go(self) -> None:
         self._stream = None
         self.connection._streams.discard(self)
 
-    def _stop(self) -> None:
-        """Ends the read where it stands."""
+    def _stop(self, why: Optional[BaseException] = None) -> None:
+        """Ends the read where it stands; ``why``: what a fetch past the
+        rows in hand raises then (a closed connection's error)."""
         stream, self._stream_error = self._stream, None
+        if stream is not None and why is not None:
+            self._stream_error = why
         if stream is not None:
             self._let_go()
             if self._stream_pid == _current_pid():

@@ -184,9 +184,9 @@ class Connection:
         self._savepoints: Optional[list] = None
         self._closed = False
         self._lock: Optional[asyncio.Lock] = None
-        # StreamingCursors whose rows are still coming in the open
-        # transaction, read to their end before its next request (as the
-        # sync driver's `_drain`).
+        # StreamingCursors whose rows are still coming; those in the open
+        # transaction are read to their end before its next request (as
+        # the sync driver's `_drain`).
         self._streams: "weakref.WeakSet" = weakref.WeakSet()
 
     async def _connect(self) -> "Connection":
@@ -271,8 +271,8 @@ class Connection:
         """Reads the rest of every StreamingCursor's rows in the open
         transaction into memory (the caller holds the lock)."""
         for cursor in list(self._streams):
-            await cursor._buffer_rest()
-        self._streams.clear()
+            if cursor._stream_txn is not None and cursor._stream_txn is self._txn:
+                await cursor._buffer_rest()
 
     async def _end(self, commit: bool, traced: bool = True) -> None:
         if self._streams:
@@ -405,7 +405,7 @@ class Connection:
         if self._closed:
             return
         for cursor in list(self._streams):
-            cursor._stop()
+            cursor._stop(ProgrammingError("Cannot operate on a closed database."))
         if self._txn is not None and self._client is not None:
             try:
                 await self._end(False, traced=False)
@@ -638,10 +638,9 @@ class StreamingCursor(_Stream, Cursor):
         try:
             part = await _wait(self._stream.next_async(_queue()))
         except asyncio.CancelledError:
-            self._stop()
-            self._stream_error = OperationalError(
+            self._stop(OperationalError(
                 "a cancelled fetch ended this cursor's read, and the rows it was taking are "
-                "lost; execute the statement again")
+                "lost; execute the statement again"))
             raise
         except Error as e:
             conn = self.connection

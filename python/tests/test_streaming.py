@@ -213,6 +213,17 @@ def test_closing_a_streaming_cursor_frees_the_daemons_reader(make_daemon):
     gc.collect()
     assert large_read_works()
 
+    # Closing the connection ends its streams; a fetch past the rows in
+    # hand says the connection is closed.
+    other = nexusd.connect(d.socket, timeout=3)
+    cursor = other.cursor(nexusd.StreamingCursor)
+    cursor.execute("SELECT i, b FROM big")
+    cursor.fetchone()
+    other.close()
+    assert large_read_works()
+    with pytest.raises(nexusd.ProgrammingError, match="closed database"):
+        cursor.fetchall()
+
     # Held past the time limit, the read fails, and says why.
     cursor = conn.cursor(nexusd.StreamingCursor)
     cursor.execute("SELECT i, b FROM big")
