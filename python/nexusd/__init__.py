@@ -1476,9 +1476,8 @@ class _Stream:
     def _stop(self, why: Optional[BaseException] = None) -> None:
         """Ends the read where it stands; ``why``: what a fetch past the
         rows in hand raises then (a closed connection's error)."""
-        stream, self._stream_error = self._stream, None
-        if stream is not None and why is not None:
-            self._stream_error = why
+        stream = self._stream
+        self._stream_error = why if stream is not None else None
         if stream is not None:
             self._let_go()
             if self._stream_pid == _current_pid():
