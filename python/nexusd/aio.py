@@ -505,10 +505,15 @@ class Cursor:
                 while writer.fill(sql, rows):
                     await writer.send_async(_queue())
                 return await writer.finish_async(_queue())
-            except BaseException:
-                # The parameters failed, a part failed, or the await was
-                # cancelled: none of the batch is applied.
+            except asyncio.CancelledError:
+                # None of the batch is applied; the give-up runs on its own.
                 writer.abandon()
+                raise
+            except BaseException:
+                # The parameters failed or a part failed: none of the batch
+                # is applied, and its give-up is done before this returns,
+                # so that a COMMIT sent next cannot overtake it.
+                await _wait(writer.abandon_async(_queue()))
                 raise
 
         # The cursor's lastrowid stays as it was, as sqlite3 leaves it after

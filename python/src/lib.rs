@@ -995,9 +995,27 @@ impl ManyWriter {
         })
     }
 
+    /// Gives the batch up: none of it is applied; settles to None once it
+    /// is given up, so that nothing sent after (a COMMIT) can overtake the
+    /// rollback of its parts.
+    fn abandon_async<'py>(
+        &self,
+        py: Python<'py>,
+        completions: &Bound<'py, Completions>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let writer = self.writer.clone();
+        spawn_future(py, self.flavor, completions, async move {
+            if let Some(writer) = writer.lock().await.take() {
+                writer.abandon().await;
+            }
+            Ok(Answer::Done)
+        })
+    }
+
     /// Gives the batch up: none of it is applied. Runs on its own, after
     /// a part still being sent (a cancelled `send_async`), so there is
-    /// nothing to await.
+    /// nothing to await: a cancelled task's transaction is rolled back
+    /// whole anyway, and outside one the batch's own transaction is.
     fn abandon(&self) -> PyResult<()> {
         let writer = self.writer.clone();
         runtime(self.flavor)?.spawn(async move {
