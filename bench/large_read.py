@@ -10,7 +10,9 @@ dir, fills `t` with ROWS rows of an integer, 100 characters of text and a
 100-byte blob (about 230 bytes of values a row), then, in turn, reads
 `SELECT x, s, b FROM t` whole with `fetchall()` through a nexusd Cursor,
 through a nexusd StreamingCursor (whose parts the daemon sends only as the
-cursor takes them, one message back per part) and through sqlite3. It
+cursor takes them, one message back per part), through a nexusd.aio cursor
+(on a loop of its own, the timing around `asyncio.run`'s body) and through
+sqlite3. It
 prints each round's seconds, the ratios of the best rounds, and the
 daemon's peak resident memory while it ran, sampled every 5 ms: the
 daemon sends such a read in parts, holding two at most, so its memory
@@ -21,6 +23,7 @@ stays far below the result's size. Needs the built package (`pip install
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import pathlib
 import sqlite3
@@ -36,6 +39,7 @@ _root = str(pathlib.Path(__file__).resolve().parent.parent)
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _root]
 
 import nexusd  # noqa: E402
+import nexusd.aio  # noqa: E402
 
 SQL = "SELECT x, s, b FROM t"
 
@@ -81,15 +85,28 @@ def main() -> None:
 
             watcher = threading.Thread(target=watch, daemon=True)
             watcher.start()
-            took: dict = {"nexusd": [], "streaming": [], "sqlite3": []}
+            took: dict = {"nexusd": [], "streaming": [], "aio": [], "sqlite3": []}
             plain = sqlite3.connect(str(db))
-            cursors = (("nexusd", conn.cursor), ("sqlite3", plain.cursor),
-                       ("streaming", lambda: conn.cursor(nexusd.StreamingCursor)))
-            for _ in range(args.rounds):
-                for name, cursor in cursors:
+
+            async def through_aio() -> tuple:
+                async with nexusd.aio.connect(str(sock)) as adb:
                     began = time.perf_counter()
-                    rows = cursor().execute(SQL).fetchall()
-                    took[name].append(time.perf_counter() - began)
+                    rows = await (await adb.execute(SQL)).fetchall()
+                    return rows, time.perf_counter() - began
+
+            def read(name: str) -> tuple:
+                if name == "aio":
+                    return asyncio.run(through_aio())
+                cursor = {"nexusd": conn.cursor, "sqlite3": plain.cursor,
+                          "streaming": lambda: conn.cursor(nexusd.StreamingCursor)}[name]()
+                began = time.perf_counter()
+                rows = cursor.execute(SQL).fetchall()
+                return rows, time.perf_counter() - began
+
+            for _ in range(args.rounds):
+                for name in ("nexusd", "sqlite3", "streaming", "aio"):
+                    rows, seconds = read(name)
+                    took[name].append(seconds)
                     if len(rows) != args.rows:
                         sys.exit(f"{name} read {len(rows)} rows of {args.rows}")
                     del rows
@@ -102,9 +119,10 @@ def main() -> None:
     print(f"{args.rows} rows, about {size:.0f} MB of values, read whole with fetchall()")
     for name, times in took.items():
         print(f"  {name:9} " + "  ".join(f"{t:.3f} s" for t in times))
-    print(f"  nexusd at {min(took['sqlite3']) / min(took['nexusd']):.2f}x sqlite3's speed, "
-          f"a StreamingCursor at {min(took['sqlite3']) / min(took['streaming']):.2f}x "
-          "(best rounds)")
+    best = min(took["sqlite3"])
+    print(f"  nexusd at {best / min(took['nexusd']):.2f}x sqlite3's speed, "
+          f"a StreamingCursor at {best / min(took['streaming']):.2f}x, "
+          f"nexusd.aio at {best / min(took['aio']):.2f}x (best rounds)")
     print(f"  daemon resident memory: {before} kB before the reads, {peak[0]} kB at most "
           "during them")
 

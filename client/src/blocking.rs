@@ -112,6 +112,33 @@ pub struct RowStream {
     inner: Option<crate::RowStream>,
 }
 
+impl std::fmt::Debug for RowStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("RowStream").field(&self.inner).finish()
+    }
+}
+
+/// Blocking twin of [`crate::RunOutcome`].
+#[derive(Debug)]
+pub enum RunOutcome {
+    /// The result came in one piece.
+    Whole(StatementResult),
+    /// The result comes in parts, taken as the stream is read.
+    Parts(RowStream),
+}
+
+impl RunOutcome {
+    fn from_async(outcome: crate::RunOutcome, runtime: &Arc<tokio::runtime::Runtime>) -> Self {
+        match outcome {
+            crate::RunOutcome::Whole(r) => RunOutcome::Whole(r),
+            crate::RunOutcome::Parts(inner) => RunOutcome::Parts(RowStream {
+                runtime: runtime.clone(),
+                inner: Some(inner),
+            }),
+        }
+    }
+}
+
 impl RowStream {
     /// See [`crate::RowStream::columns`].
     pub fn columns(&self) -> &[String] {
@@ -152,6 +179,14 @@ impl Drop for RowStream {
 }
 
 impl Client {
+    /// Blocking [`crate::Client::run_or_stream`].
+    pub fn run_or_stream(&self, sql: &str, params: Params) -> Result<RunOutcome> {
+        let outcome = self
+            .runtime
+            .block_on(self.inner.run_or_stream(sql, params))?;
+        Ok(RunOutcome::from_async(outcome, &self.runtime))
+    }
+
     /// Blocking [`crate::Client::query_stream`].
     pub fn query_stream(&self, sql: &str, params: Params) -> Result<RowStream> {
         let inner = self
@@ -225,6 +260,14 @@ impl Transaction {
             runtime: self.runtime.clone(),
             inner: Some(inner),
         })
+    }
+
+    /// Blocking [`crate::Transaction::run_or_stream`].
+    pub fn run_or_stream(&self, sql: &str, params: Params) -> Result<RunOutcome> {
+        let outcome = self
+            .runtime
+            .block_on(self.open()?.run_or_stream(sql, params))?;
+        Ok(RunOutcome::from_async(outcome, &self.runtime))
     }
 
     /// Blocking [`crate::Transaction::run`].

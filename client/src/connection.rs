@@ -35,12 +35,27 @@ enum Waiter {
     /// For each part as it comes, then the answer: a read taken at the
     /// caller's pace (`features::STREAMS`).
     Parts(mpsc::Sender<Result<ResponseBody>>),
+    /// For the answer, or, should a part come first, for a channel that
+    /// gives the parts as they come, then the answer: the reader turns
+    /// this waiter into `Parts` at the first part (`features::STREAMS`).
+    Either(oneshot::Sender<Result<Reply>>),
+}
+
+/// What a [`Waiter::Either`] hears first.
+pub(crate) enum Reply {
+    /// The answer, with no part before it.
+    Whole(ResponseBody),
+    /// The parts, the first already in it, then the answer.
+    Parts(mpsc::Receiver<Result<ResponseBody>>),
 }
 
 impl Waiter {
     fn fail(self, e: Error) {
         match self {
             Waiter::Answer(tx) => {
+                let _ = tx.send(Err(e));
+            }
+            Waiter::Either(tx) => {
                 let _ = tx.send(Err(e));
             }
             Waiter::Parts(tx) => {
@@ -201,15 +216,29 @@ impl Connection {
                             };
                             // One lookup: a part leaves its waiter in place,
                             // an answer takes it out.
-                            let Entry::Occupied(waiter) = map.entry(id) else {
+                            let Entry::Occupied(mut waiter) = map.entry(id) else {
                                 return To::Nobody;
                             };
+                            if part && matches!(waiter.get(), Waiter::Either(_)) {
+                                // The first part: from here on the parts
+                                // go to a channel of their own.
+                                let (tx, rx) = mpsc::channel(PARTS_AHEAD + 1);
+                                let was =
+                                    std::mem::replace(waiter.get_mut(), Waiter::Parts(tx.clone()));
+                                return match was {
+                                    Waiter::Either(first) => To::Switch(first, tx, rx),
+                                    // Not reached: it was Either a line
+                                    // above, under the same lock.
+                                    _ => To::Nobody,
+                                };
+                            }
                             match waiter.get() {
                                 Waiter::Parts(tx) if part => To::Taker(tx.clone()),
                                 Waiter::Answer(_) if part => To::Gather,
                                 _ => match waiter.remove() {
                                     Waiter::Parts(tx) => To::Taker(tx),
                                     Waiter::Answer(tx) => To::Answer(tx),
+                                    Waiter::Either(tx) => To::Whole(tx),
                                 },
                             }
                         });
@@ -225,6 +254,24 @@ impl Connection {
                             To::Gather => {
                                 let _ = parts.take(id, resp.body);
                                 tell = Some(PartsOp::Took(1));
+                            }
+                            To::Whole(tx) => {
+                                let _ = tx.send(Ok(Reply::Whole(resp.body)));
+                            }
+                            To::Switch(first, tx, rx) => {
+                                // The channel is new: it has room. The
+                                // caller's stream says `Took` as it takes
+                                // the part; a caller gone by now drops the
+                                // channel, and the next part finds it
+                                // closed and stops the read.
+                                let _ = tx.try_send(Ok(resp.body));
+                                if first.send(Ok(Reply::Parts(rx))).is_err()
+                                    && let Ok(mut w) = read_waiting.lock()
+                                    && let Some(map) = w.as_mut()
+                                {
+                                    map.remove(&id);
+                                    tell = Some(PartsOp::Stop);
+                                }
                             }
                             To::Taker(tx) => {
                                 // More parts than the daemon may send ahead
@@ -310,9 +357,33 @@ impl Connection {
         req: Request,
         wait: Duration,
     ) -> std::result::Result<ResponseBody, CallError> {
-        let id = req.id;
         let (tx, rx) = oneshot::channel();
-        let others_out = self.send(req, Waiter::Answer(tx)).await?;
+        self.exchange(req, Waiter::Answer(tx), rx, wait).await
+    }
+
+    /// `try_call` for a read whose parts, if it comes in parts, the caller
+    /// takes as they come (`features::STREAMS`): the answer, or a channel
+    /// with the first part in it.
+    pub(crate) async fn try_call_either(
+        &self,
+        req: Request,
+        wait: Duration,
+    ) -> std::result::Result<Reply, CallError> {
+        let (tx, rx) = oneshot::channel();
+        self.exchange(req, Waiter::Either(tx), rx, wait).await
+    }
+
+    /// Sends `req` with `waiter` as its replies' taker, and waits for the
+    /// first thing `waiter` hears, on `rx`, at most `wait`.
+    async fn exchange<T>(
+        &self,
+        req: Request,
+        waiter: Waiter,
+        rx: oneshot::Receiver<Result<T>>,
+        wait: Duration,
+    ) -> std::result::Result<T, CallError> {
+        let id = req.id;
+        let others_out = self.send(req, waiter).await?;
         let sent = Instant::now();
         let spin = if others_out {
             Duration::ZERO
@@ -552,6 +623,16 @@ enum To {
     Gather,
     /// A part, or the answer, of a read taken at its caller's pace.
     Taker(mpsc::Sender<Result<ResponseBody>>),
+    /// The answer, with no part before it, for a caller that would have
+    /// taken parts.
+    Whole(oneshot::Sender<Result<Reply>>),
+    /// The first part of a read whose caller takes parts as they come:
+    /// its waiter, and the channel that now has its parts.
+    Switch(
+        oneshot::Sender<Result<Reply>>,
+        mpsc::Sender<Result<ResponseBody>>,
+        mpsc::Receiver<Result<ResponseBody>>,
+    ),
     /// Nobody waits for it any more.
     Nobody,
 }
@@ -577,7 +658,7 @@ pub(crate) enum CallError {
     Failed(Error),
 }
 
-fn not_sent() -> Error {
+pub(crate) fn not_sent() -> Error {
     Error::Disconnected {
         message: "the connection had already failed; the request was not sent".into(),
         outcome_unknown: false,

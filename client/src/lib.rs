@@ -63,7 +63,7 @@ use nexusd_protocol::{
 };
 use tokio::sync::Mutex;
 
-use crate::connection::{CallError, Connection};
+use crate::connection::{CallError, Connection, Reply, not_sent};
 
 /// Positional parameters: `params![1, "two", 3.0, None::<i64>]`.
 /// Accepts anything that converts into a [`Value`]: i64, i32, f64, bool,
@@ -125,6 +125,17 @@ impl StatementResult {
             StatementResult::Rows(r) => r.total_changes(),
         }
     }
+}
+
+/// What [`Client::run_or_stream`] gives: the result whole, or, for one the
+/// daemon sends in parts, its rows as they come.
+#[derive(Debug)]
+pub enum RunOutcome {
+    /// The result came in one piece (any result under about 1 MiB).
+    Whole(StatementResult),
+    /// The result comes in parts: its first part is here, and the rest
+    /// follow as the stream takes them.
+    Parts(RowStream),
 }
 
 /// How a client connects and waits.
@@ -354,6 +365,58 @@ impl Client {
             self.call(RequestBody::Query(Statement::new(sql, params)))
                 .await?,
         )
+    }
+
+    /// As [`Client::run`], but a result the daemon sends in parts (one
+    /// over about 1 MiB) comes back as a [`RowStream`] as soon as its first
+    /// part is here: the caller can work on each part while the daemon
+    /// reads the next, and never holds the result twice (the parts and
+    /// what it makes of them). A result in one piece comes back whole, at
+    /// the cost of `run`. Take the stream to its end before anything else
+    /// that should see the read done.
+    pub async fn run_or_stream(&self, sql: &str, params: Params) -> Result<RunOutcome> {
+        let conn = self.connection().await?;
+        self.run_or_stream_on(conn, RequestBody::Query(Statement::new(sql, params)))
+            .await
+    }
+
+    /// `body`, any statement, on `conn`: its answer, or its parts as they
+    /// come when the daemon paces reads.
+    pub(crate) async fn run_or_stream_on(
+        &self,
+        conn: Arc<Connection>,
+        body: RequestBody,
+    ) -> Result<RunOutcome> {
+        let wait = self.reply_wait();
+        if !conn.daemon_has(features::STREAMS) {
+            let answer = answered(conn.call(self.request(body), wait).await?)?;
+            return Ok(RunOutcome::Whole(into_statement_result(answer)?));
+        }
+        let req = self.request(body);
+        let id = req.id;
+        let (conn, reply) = match conn.try_call_either(req, wait).await {
+            // As in `call`: found dead before it left, so it goes on a
+            // fresh connection, unless it belongs to a transaction, which
+            // died with its connection.
+            Err(CallError::NotSent(req))
+                if !matches!(req.body, RequestBody::Transaction { .. }) =>
+            {
+                let conn = self.connection().await?;
+                let reply = conn.try_call_either(*req, wait).await;
+                (conn, reply)
+            }
+            reply => (conn, reply),
+        };
+        match reply {
+            Ok(Reply::Whole(body)) => {
+                Ok(RunOutcome::Whole(into_statement_result(answered(body)?)?))
+            }
+            Ok(Reply::Parts(rx)) => Ok(RunOutcome::Parts(
+                RowStream::start(conn, id, rx, wait).await?,
+            )),
+            Err(CallError::NotSent(_)) => Err(not_sent()),
+            Err(CallError::Failed(e)) => Err(e),
+        }
     }
 
     /// Runs the statements atomically, in order: all apply, or none do and

@@ -7,7 +7,7 @@ use nexusd_protocol::{RequestBody, ResponseBody, TxnOp};
 
 use crate::connection::Connection;
 use crate::{
-    BatchWriter, Client, Error, Executed, Params, Result, RowStream, Rows, Statement,
+    BatchWriter, Client, Error, Executed, Params, Result, RowStream, Rows, RunOutcome, Statement,
     StatementResult, answered, into_batch, into_executed, into_rows, into_statement_result,
     unexpected,
 };
@@ -159,6 +159,26 @@ impl Transaction {
     /// [`Client::run`].
     pub async fn run(&self, sql: &str, params: Params) -> Result<StatementResult> {
         into_statement_result(self.call(TxnOp::Query(Statement::new(sql, params))).await?)
+    }
+
+    /// Runs one statement of any kind in the transaction, as
+    /// [`Client::run_or_stream`]. While a stream is open the transaction's
+    /// other requests wait behind it: take it to its end, or drop it,
+    /// first.
+    pub async fn run_or_stream(&self, sql: &str, params: Params) -> Result<RunOutcome> {
+        if let Some(e) = self.over() {
+            return Err(e);
+        }
+        let op = TxnOp::Query(Statement::new(sql, params));
+        let result = self
+            .client
+            .run_or_stream_on(
+                self.conn.clone(),
+                RequestBody::Transaction { txn: self.id, op },
+            )
+            .await;
+        self.note_end(&result);
+        result
     }
 
     /// Runs the statements in order, all or nothing within the transaction

@@ -142,6 +142,22 @@ def _queue() -> "_nexusd.Completions":
     return completions
 
 
+async def _whole(future: Any) -> tuple:
+    """What ``run_async`` settles to, as ``_load`` takes it. A result that
+    comes in parts settles to ``("stream", Stream)`` at its first part: its
+    parts are read here, each made rows as it comes while the daemon reads
+    the next. Cancelled half way, the dropped stream ends the read."""
+    result = await future
+    if result[0] != "stream":
+        return result
+    stream = result[1]
+    rows, lastrowid, total = [], 0, 0
+    while (part := await stream.next_async(_queue())) is not None:
+        got, lastrowid, total, _ = part
+        rows += got
+    return ("rows", stream.columns, rows, stream.decltypes, lastrowid, total)
+
+
 async def _wait(future: asyncio.Future) -> Any:
     try:
         return await future
@@ -475,7 +491,7 @@ class Cursor:
             def send(target):
                 if conn._trace_callback is not None:
                     _trace(conn, sql, parameters)
-                return target.run_async(_queue(), sql, _named(sql, parameters))
+                return _whole(target.run_async(_queue(), sql, _named(sql, parameters)))
 
             result = await conn._call(send, sql)
             await conn._after(savepoint)

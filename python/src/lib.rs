@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nexusd_client::{
-    BatchWriter, ClientOptions, Error, Executed, Params, RowStream, Rows, Statement,
+    BatchWriter, ClientOptions, Error, Executed, Params, RowStream, Rows, RunOutcome, Statement,
     StatementResult, TxnMode, Value,
 };
 use pyo3::create_exception;
@@ -323,6 +323,12 @@ fn rows_to_py(py: Python<'_>, rows: Rows) -> PyResult<PyRows> {
     let decltypes = (!rows.decltypes().is_empty()).then(|| rows.decltypes().to_vec());
     let (columns, values) = rows.into_parts();
     let list = PyList::empty(py);
+    append_rows(py, &list, values)?;
+    Ok((columns, list.into_any().unbind(), decltypes))
+}
+
+/// Appends each row of `values` to `list`, as a tuple.
+fn append_rows(py: Python<'_>, list: &Bound<'_, PyList>, values: Vec<Vec<Value>>) -> PyResult<()> {
     for row in values {
         let values: Vec<PyObject> = row
             .into_iter()
@@ -330,7 +336,55 @@ fn rows_to_py(py: Python<'_>, rows: Rows) -> PyResult<PyRows> {
             .collect::<PyResult<_>>()?;
         list.append(PyTuple::new(py, values)?)?;
     }
-    Ok((columns, list.into_any().unbind(), decltypes))
+    Ok(())
+}
+
+/// What `result_to_py` gives, of a result whole or in parts. The parts are
+/// taken one by one, with the GIL released while each is awaited, and made
+/// Python rows as they come: the daemon reads the next part meanwhile, and
+/// the whole result is never held twice (as parts and as Python objects).
+fn outcome_to_py(
+    py: Python<'_>,
+    rt: &'static tokio::runtime::Runtime,
+    outcome: RunOutcome,
+) -> PyResult<PyObject> {
+    let mut stream = match outcome {
+        RunOutcome::Whole(r) => return result_to_py(py, r),
+        RunOutcome::Parts(stream) => stream,
+    };
+    let columns = stream.columns().to_vec();
+    let decltypes = (!stream.decltypes().is_empty()).then(|| stream.decltypes().to_vec());
+    let list = PyList::empty(py);
+    let (mut lastrowid, mut total) = (0, 0);
+    let taken = loop {
+        let part = py.allow_threads(|| rt.block_on(stream.next()));
+        match part {
+            Ok(Some(rows)) => {
+                // The last part carries the statement's own counts.
+                (lastrowid, total) = (rows.last_insert_rowid(), rows.total_changes());
+                let (_, values) = rows.into_parts();
+                if let Err(e) = append_rows(py, &list, values) {
+                    break Err(e);
+                }
+            }
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(to_py_err(e)),
+        }
+    };
+    if let Err(e) = taken {
+        // Dropped unfinished, the stream queues word to stop the read; a
+        // blocking client's runtime sends it only inside a call: now.
+        let unfinished = !stream.is_finished();
+        drop(stream);
+        if unfinished {
+            flush(rt);
+        }
+        return Err(e);
+    }
+    Ok(("rows", columns, list, decltypes, lastrowid, total)
+        .into_pyobject(py)?
+        .into_any()
+        .unbind())
 }
 
 /// `("rows", columns, rows, decltypes, lastrowid, total_changes)` or
@@ -514,8 +568,10 @@ impl Client {
         params: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyObject> {
         let params = to_params(params)?;
-        let r = self.wait(py, |client| async move { client.run(sql, params).await })?;
-        result_to_py(py, r)
+        let r = self.wait(py, |client| async move {
+            client.run_or_stream(sql, params).await
+        })?;
+        outcome_to_py(py, self.rt, r)
     }
 
     /// One SQL with many parameter sets, as one atomic batch request.
@@ -606,7 +662,10 @@ impl Client {
         let params = to_params(params)?;
         let client = (*self.inner).clone();
         spawn_future(py, self.flavor, completions, async move {
-            client.run(&sql, params).await.map(Answer::Result)
+            client
+                .run_or_stream(&sql, params)
+                .await
+                .map(Answer::Outcome)
         })
     }
 
@@ -711,7 +770,10 @@ async fn begin(
 
 /// What an async call settles to.
 enum Answer {
-    Result(StatementResult),
+    /// A statement's result whole, or its first part come
+    /// (`run_async`): `("stream", Stream)` then, for the caller to read
+    /// to its end.
+    Outcome(RunOutcome),
     Totals((u64, i64, u64)),
     Transaction(nexusd_client::Transaction),
     /// A transaction and its first statement's outcome (`begin_run`).
@@ -732,7 +794,12 @@ enum Answer {
 impl Answer {
     fn into_py(self, py: Python<'_>) -> PyResult<PyObject> {
         match self {
-            Answer::Result(r) => result_to_py(py, r),
+            Answer::Outcome(RunOutcome::Whole(r)) => result_to_py(py, r),
+            Answer::Outcome(RunOutcome::Parts(rows)) => {
+                let rt = runtime(Flavor::Asyncio)?;
+                let stream = Py::new(py, Stream::new(rows, Flavor::Asyncio, rt))?;
+                Ok(("stream", stream).into_pyobject(py)?.into_any().unbind())
+            }
             Answer::Totals(t) => Ok(t.into_pyobject(py)?.into_any().unbind()),
             Answer::Transaction(tx) => {
                 let rt = runtime(Flavor::Asyncio)?;
@@ -1283,11 +1350,11 @@ impl Transaction {
         let params = to_params(params)?;
         let r = self.with(py, |inner| async move {
             match inner.lock().await.as_ref() {
-                Some(tx) => tx.run(sql, params).await,
+                Some(tx) => tx.run_or_stream(sql, params).await,
                 None => Err(ended()),
             }
         })?;
-        result_to_py(py, r)
+        outcome_to_py(py, self.rt, r)
     }
 
     /// As `Client.stream`, within the transaction. While the stream is
@@ -1368,7 +1435,7 @@ impl Transaction {
         let inner = self.inner.clone();
         spawn_future(py, self.flavor, completions, async move {
             match inner.lock().await.as_ref() {
-                Some(tx) => tx.run(&sql, params).await.map(Answer::Result),
+                Some(tx) => tx.run_or_stream(&sql, params).await.map(Answer::Outcome),
                 None => Err(ended()),
             }
         })

@@ -590,8 +590,13 @@ def test_a_result_over_the_daemons_limit_reads_as_from_sqlite3(make_daemon, tmp_
     copy = "INSERT INTO t(x, s, b) SELECT x + 10000, s, b FROM t RETURNING x, s, b"
     for c in (legacy, plain):
         c.execute("INSERT INTO t(x, s) VALUES (-2, 'legacy')")
-    ours, theirs_copied = (c.execute(copy).fetchall() for c in (legacy, plain))
+    cursors = [c.execute(copy) for c in (legacy, plain)]
+    ours, theirs_copied = (c.fetchall() for c in cursors)
     assert len(ours) == 8001 and ours == theirs_copied
+    # The counts of a result in parts are the whole statement's.
+    assert cursors[0].lastrowid == cursors[1].lastrowid == 18000
+    assert cursors[0].rowcount == cursors[1].rowcount == 8001
+    assert legacy.total_changes == plain.total_changes == 8002
     assert legacy.execute(sql).fetchall() == plain.execute(sql).fetchall()
     legacy.rollback()
     plain.rollback()

@@ -333,6 +333,60 @@ def test_aio_streaming_cursor(big):
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
+def test_a_cursor_reads_a_result_in_parts_as_they_come(make_daemon):
+    """A plain Cursor reads a result in parts to its end before execute
+    returns (each part made rows as it comes): with one reader, the next
+    large read finds it free, sync and asyncio alike. An asyncio execute
+    cancelled half way through the parts ends the read, rolls its
+    transaction back, and leaves the connection usable."""
+    d = make_daemon("--readers", "1")
+    _fill(d.socket)
+    sql = "SELECT i, b FROM big ORDER BY i"
+    conn = nexusd.connect(d.socket, timeout=3)
+    for _ in range(2):
+        cursor = conn.execute(sql)
+        assert cursor.description[0][0] == "i" and cursor.rowcount == -1
+        _check_rows(cursor.fetchall())
+
+    async def main():
+        async with nexusd.aio.connect(d.socket, timeout=3, autocommit=False) as db:
+            for _ in range(2):
+                _check_rows(await (await db.execute(sql)).fetchall())
+            await db.execute("INSERT INTO big(i, b) VALUES (-1, x'00')")
+
+            # Keep the loop busy between its steps, so the parts come
+            # slowly enough to cancel the read half way.
+            stop = False
+
+            async def hog():
+                while not stop:
+                    time.sleep(0.02)
+                    await asyncio.sleep(0)
+
+            hogging = asyncio.ensure_future(hog())
+            before = _parts_sent(d.socket)
+            reading = asyncio.ensure_future(db.execute(sql))
+            while _parts_sent(d.socket) - before < 2 and not reading.done():
+                await asyncio.sleep(0.01)
+            reading.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await reading
+            stop = True
+            await hogging
+            sent = _parts_sent(d.socket) - before
+            assert 2 <= sent < 15, sent
+
+            # The transaction went with the cancelled read; the connection
+            # goes on, and the one reader is free again.
+            assert not db.in_transaction
+            assert await (await db.execute(
+                "SELECT count(*) FROM big WHERE i < 0")).fetchall() == [(0,)]
+            _check_rows(await (await db.execute(sql)).fetchall())
+            await db.rollback()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
 def test_sqlalchemy_stream_results_and_yield_per(big):
     """Core's stream_results and the ORM's yield_per take the rows a part
     at a time, in both dialects; a query the session runs between

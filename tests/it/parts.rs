@@ -8,7 +8,7 @@ use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use nexusd_client::{Error, Statement, Value, params};
+use nexusd_client::{Error, RunOutcome, Statement, StatementResult, Value, params};
 use nexusd_protocol::codec;
 use nexusd_protocol::{
     ErrorKind, Params, PartsOp, Request, RequestBody, Response, ResponseBody, TxnMode, TxnOp,
@@ -731,4 +731,145 @@ fn query_stream_takes_a_result_a_part_at_a_time() {
         .map(|rows| rows.expect("a part").len())
         .sum();
     assert_eq!(n, ROWS as usize);
+}
+
+/// `run_or_stream` answers a small result whole, at `run`'s cost, and hands
+/// a large one over as a stream at its first part, paced as `query_stream`
+/// is; dropped half way it frees the daemon's one reader; in a transaction
+/// the transaction's next request runs once the stream is taken; an error
+/// is an error, whole or not.
+#[test]
+fn run_or_stream_hands_over_a_large_result_at_its_first_part() {
+    let d = with_table("1");
+    rt().block_on(async {
+        let counter = client(&d).await;
+        let sent = async || -> u64 {
+            let text = counter.metrics().await.expect("metrics");
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix("nexusd_result_parts_total")?
+                        .trim()
+                        .parse()
+                        .ok()
+                })
+                .expect("nexusd_result_parts_total")
+        };
+        let c = crate::client_with_timeout(&d, 10_000).await;
+        let sql = "SELECT x, s FROM t ORDER BY x";
+
+        match c
+            .run_or_stream("SELECT x FROM t WHERE x <= 3", params![])
+            .await
+            .expect("a small read")
+        {
+            RunOutcome::Whole(StatementResult::Rows(rows)) => assert_eq!(rows.len(), 3),
+            other => panic!("a small read came as {other:?}"),
+        }
+        match c
+            .run_or_stream("UPDATE t SET s = s WHERE x = 1", params![])
+            .await
+            .expect("a write")
+        {
+            RunOutcome::Whole(StatementResult::Executed(e)) => assert_eq!(e.rows_affected, 1),
+            other => panic!("a write came as {other:?}"),
+        }
+        let err = c
+            .run_or_stream("SELECT nope FROM t", params![])
+            .await
+            .expect_err("a bad column");
+        assert!(matches!(err, Error::Sql(_)), "{err:?}");
+
+        let before = sent().await;
+        let RunOutcome::Parts(mut stream) = c.run_or_stream(sql, params![]).await.expect("run")
+        else {
+            panic!("a 2.6 MB read over a 100 kB limit came whole");
+        };
+        assert_eq!(stream.columns(), ["x", "s"]);
+        let mut all = stream.next().await.expect("a part").expect("rows");
+        assert!(
+            all.len() < ROWS as usize / 10,
+            "{} rows in one part",
+            all.len()
+        );
+        // The first part taken, the daemon sends one more and waits.
+        let began = Instant::now();
+        while sent().await < before + 3 && began.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            sent().await,
+            before + 3,
+            "parts sent to a caller that took one"
+        );
+        while let Some(rows) = stream.next().await.expect("a part") {
+            all.append(rows);
+        }
+        check_all_rows(&all);
+
+        // Dropped after one part: the one reader is free for the next read.
+        let RunOutcome::Parts(mut half) = c.run_or_stream(sql, params![]).await.expect("run")
+        else {
+            panic!("came whole");
+        };
+        half.next().await.expect("a part").expect("rows");
+        drop(half);
+        let whole = c
+            .query(sql, params![])
+            .await
+            .expect("a read after a dropped stream");
+        check_all_rows(&whole);
+
+        // In a read-only transaction, and one that holds the writer.
+        for read_only in [true, false] {
+            let txn = if read_only {
+                c.read_transaction().await
+            } else {
+                c.transaction().await
+            }
+            .expect("begin");
+            let RunOutcome::Parts(stream) = txn.run_or_stream(sql, params![]).await.expect("run")
+            else {
+                panic!("came whole in a transaction");
+            };
+            check_all_rows(&stream.collect().await.expect("rows"));
+            let rows = txn
+                .query("SELECT count(*) FROM t", params![])
+                .await
+                .expect("the transaction's next request");
+            assert_eq!(
+                rows.iter().next().map(|r| r.get::<i64>(0).expect("n")),
+                Some(ROWS)
+            );
+            txn.rollback().await.expect("rollback");
+        }
+    });
+
+    // The blocking client's twin, outside a transaction and in one.
+    let blocking = nexusd_client::blocking::Client::connect(d.socket()).expect("connect");
+    let small = blocking
+        .run_or_stream("SELECT x FROM t WHERE x <= 3", params![])
+        .expect("a small read");
+    assert!(
+        matches!(&small, nexusd_client::blocking::RunOutcome::Whole(StatementResult::Rows(r)) if r.len() == 3),
+        "{small:?}"
+    );
+    let count = |outcome: nexusd_client::Result<nexusd_client::blocking::RunOutcome>| {
+        let nexusd_client::blocking::RunOutcome::Parts(stream) = outcome.expect("run") else {
+            panic!("a 2.6 MB read came whole");
+        };
+        let mut n = 0i64;
+        for rows in stream {
+            for row in rows.expect("a part").iter() {
+                n += 1;
+                assert_eq!(row.get::<i64>(0).expect("x"), n);
+            }
+        }
+        n
+    };
+    let sql = "SELECT x, s FROM t ORDER BY x";
+    assert_eq!(count(blocking.run_or_stream(sql, params![])), ROWS);
+    let txn = blocking.read_transaction().expect("begin");
+    assert_eq!(count(txn.run_or_stream(sql, params![])), ROWS);
+    txn.rollback().expect("rollback");
 }
