@@ -1353,6 +1353,9 @@ class Cursor:
     def _check(self) -> None:
         if self._closed:
             raise ProgrammingError("Cannot operate on a closed cursor.")
+        if self.connection._closed:
+            # As sqlite3: the rows in hand go with the connection.
+            raise ProgrammingError("Cannot operate on a closed database.")
 
     def execute(self, sql: str, parameters: Any = ()) -> "Cursor":
         self._check()
@@ -1475,7 +1478,7 @@ class _Stream:
 
     def _stop(self, why: Optional[BaseException] = None) -> None:
         """Ends the read where it stands; ``why``: what a fetch past the
-        rows in hand raises then (a closed connection's error)."""
+        rows in hand raises then (an asyncio fetch's cancellation, say)."""
         stream = self._stream
         self._stream_error = why if stream is not None else None
         if stream is not None:

@@ -474,6 +474,15 @@ class Cursor:
         self.row_factory = connection.row_factory
         self._rows: list = []
         self._next = 0
+        self._closed = False
+
+    def _check(self) -> None:
+        """As the sync cursor's: a closed cursor, or one whose connection
+        closed, says so rather than answer from what it still holds."""
+        if self._closed:
+            raise ProgrammingError("Cannot operate on a closed cursor.")
+        if self.connection._closed:
+            raise ProgrammingError("Cannot operate on a closed database.")
 
     async def __aenter__(self) -> "Cursor":
         return self
@@ -482,6 +491,7 @@ class Cursor:
         await self.close()
 
     async def execute(self, sql: str, parameters: Any = ()) -> "Cursor":
+        self._check()
         conn = self.connection
         control, _, _, savepoint = _classify(sql)
         if control is not None:
@@ -502,6 +512,7 @@ class Cursor:
         """As the sync driver's: one atomic batch, whose parameter sets are
         read as they are sent, a part at a time, on the loop's thread (so an
         iterator of any length is never held whole)."""
+        self._check()
         if not _is_dml(sql):
             raise ProgrammingError("executemany() can only execute DML statements.")
         rows = iter(seq_of_parameters)
@@ -541,6 +552,7 @@ class Cursor:
         return self
 
     async def executescript(self, script: str) -> "Cursor":
+        self._check()
         conn = self.connection
         if conn.autocommit == LEGACY_TRANSACTION_CONTROL and conn._txn is not None:
             await conn.commit()
@@ -573,6 +585,7 @@ class Cursor:
         return False
 
     async def fetchone(self) -> Any:
+        self._check()
         if self._next >= len(self._rows) and not await self._refill():
             return None
         row = self._rows[self._next]
@@ -580,6 +593,7 @@ class Cursor:
         return self._make(row)
 
     async def fetchmany(self, size: Optional[int] = None) -> list:
+        self._check()
         n = max(self.arraysize if size is None else size, 0)
         rows = self._rows[self._next:self._next + n]
         self._next += len(rows)
@@ -590,6 +604,7 @@ class Cursor:
         return [self._make(r) for r in rows]
 
     async def fetchall(self) -> list:
+        self._check()
         rows = self._rows[self._next:]
         self._next = len(self._rows)
         while await self._refill():
@@ -608,6 +623,7 @@ class Cursor:
             yield row
 
     async def close(self) -> None:
+        self._closed = True
         self._rows = []
 
     async def setinputsizes(self, *sizes: Any) -> None:
@@ -625,6 +641,7 @@ class StreamingCursor(_Stream, Cursor):
     read (the rows it was taking are lost): the next fetch says so."""
 
     async def execute(self, sql: str, parameters: Any = ()) -> "Cursor":
+        self._check()
         self._stop()
         if not _streams_here(sql):
             return await super().execute(sql, parameters)

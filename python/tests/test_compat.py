@@ -211,6 +211,51 @@ def test_total_changes_is_each_connections_own(daemon):
         a.nonsense
 
 
+def test_a_closed_cursor_or_connection_gives_no_rows_as_sqlite3(daemon):
+    """sqlite3 answers a fetch on a closed cursor, or on a cursor whose
+    connection closed, with a ProgrammingError rather than the rows it still
+    held; so do nexusd's cursors, sync and asyncio (whose closed cursor
+    would otherwise look empty)."""
+    sql = "SELECT 1 UNION ALL SELECT 2"
+    fetches = [lambda c: c.fetchone(), lambda c: c.fetchmany(1), lambda c: c.fetchall(),
+               lambda c: list(c), lambda c: c.execute("SELECT 3")]
+
+    def outcomes(connect):
+        got = []
+        for fetch in fetches:
+            for close_the_connection in (False, True):
+                conn = connect()
+                cursor = conn.execute(sql)
+                (conn if close_the_connection else cursor).close()
+                try:
+                    fetch(cursor)
+                    got.append("rows")
+                except sqlite3.ProgrammingError as e:
+                    got.append(str(e))
+        return got
+
+    theirs = outcomes(lambda: sqlite3.connect(":memory:"))
+    assert theirs.count("Cannot operate on a closed database.") == len(fetches)
+    assert outcomes(lambda: nexusd.connect(daemon.socket)) == theirs
+
+    async def through_aio():
+        got = []
+        for fetch in ("fetchone", "fetchmany", "fetchall", "execute"):
+            for close_the_connection in (False, True):
+                db = await nexusd.aio.connect(daemon.socket)
+                cursor = await db.execute(sql)
+                await (db if close_the_connection else cursor).close()
+                try:
+                    await (cursor.execute("SELECT 3") if fetch == "execute"
+                           else getattr(cursor, fetch)())
+                    got.append("rows")
+                except nexusd.ProgrammingError as e:
+                    got.append(str(e))
+        return got
+
+    assert asyncio.run(through_aio()) == theirs[:6] + theirs[-2:]
+
+
 def test_module_helpers_are_sqlite3s():
     assert nexusd.complete_statement("SELECT 1;")
     assert not nexusd.complete_statement("SELECT 'a;")
