@@ -181,6 +181,35 @@ def test_the_drivers_own_begin_goes_with_the_first_statement(daemon):
     run(main())
 
 
+def test_a_failed_executemany_is_undone_before_the_next_statement(make_daemon):
+    """A generator that raises after parts of its batch went: their
+    rollback is done before executemany raises, so the commit() sent right
+    after cannot overtake it and commit them. Sixty times over, on small
+    frames so that several parts go first (when the rollback ran on a task
+    of its own, five runs of twenty in seven committed parts)."""
+    d = make_daemon("--max-frame-bytes", "100000", "--max-result-bytes", "30000")
+
+    def feed(prefix):
+        for i in range(10_000):
+            if i == 8_000:
+                raise ValueError(f"feed failed at row {i}")
+            yield (f"{prefix}{i}", b"\xee" * 40)
+
+    async def main():
+        async with nexusd.aio.connect(d.socket) as db:
+            await db.execute("CREATE TABLE t(name TEXT PRIMARY KEY, b BLOB)")
+            await db.commit()
+            for n in range(60):
+                await db.execute("INSERT INTO t VALUES (?, x'00')", (f"keep{n}",))
+                with pytest.raises(ValueError, match="feed failed at row 8000"):
+                    await db.executemany("INSERT INTO t VALUES (?, ?)", feed(f"r{n}-"))
+                await db.commit()
+            async with db.execute("SELECT count(*), sum(name LIKE 'keep%') FROM t") as c:
+                assert await c.fetchone() == (60, 60)
+
+    run(main())
+
+
 def test_executemany_streams_its_parameters_and_applies_all_or_nothing(daemon):
     """As the sync driver's: a generator's sets go in parts as they are
     read (the parts sent so far are visible in the connection's own
