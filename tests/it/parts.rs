@@ -65,6 +65,29 @@ fn check_all_rows(rows: &nexusd_client::Rows) {
     }
 }
 
+/// Parts of results the daemon has sent, by its metrics.
+async fn parts_sent(c: &nexusd_client::Client) -> u64 {
+    let text = c.metrics().await.expect("metrics");
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("nexusd_result_parts_total")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .expect("nexusd_result_parts_total")
+}
+
+/// A read-only transaction, or one that holds the writer.
+async fn begin(c: &nexusd_client::Client, read_only: bool) -> nexusd_client::Transaction {
+    if read_only {
+        c.read_transaction().await
+    } else {
+        c.transaction().await
+    }
+    .expect("begin")
+}
+
 /// Through the client crate: a plain query, one in a read-only transaction
 /// and one in a deferred transaction before and after its first write come
 /// whole; a query that writes outside a transaction (in a group commit)
@@ -632,17 +655,7 @@ fn query_stream_takes_a_result_a_part_at_a_time() {
     let rt = rt();
     rt.block_on(async {
         let counter = client(&d).await;
-        let sent = async || -> u64 {
-            let text = counter.metrics().await.expect("metrics");
-            text.lines()
-                .find_map(|l| {
-                    l.strip_prefix("nexusd_result_parts_total")?
-                        .trim()
-                        .parse()
-                        .ok()
-                })
-                .expect("nexusd_result_parts_total")
-        };
+        let sent = async || parts_sent(&counter).await;
         let c = crate::client_with_timeout(&d, 10_000).await;
         let sql = "SELECT x, s FROM t ORDER BY x";
         let mut stream = c.query_stream(sql, params![]).await.expect("stream");
@@ -682,12 +695,7 @@ fn query_stream_takes_a_result_a_part_at_a_time() {
 
         // In a read-only transaction, and one that holds the writer.
         for read_only in [true, false] {
-            let txn = if read_only {
-                c.read_transaction().await
-            } else {
-                c.transaction().await
-            }
-            .expect("begin");
+            let txn = begin(&c, read_only).await;
             let rows = txn
                 .query_stream(sql, params![])
                 .await
@@ -743,17 +751,7 @@ fn run_or_stream_hands_over_a_large_result_at_its_first_part() {
     let d = with_table("1");
     rt().block_on(async {
         let counter = client(&d).await;
-        let sent = async || -> u64 {
-            let text = counter.metrics().await.expect("metrics");
-            text.lines()
-                .find_map(|l| {
-                    l.strip_prefix("nexusd_result_parts_total")?
-                        .trim()
-                        .parse()
-                        .ok()
-                })
-                .expect("nexusd_result_parts_total")
-        };
+        let sent = async || parts_sent(&counter).await;
         let c = crate::client_with_timeout(&d, 10_000).await;
         let sql = "SELECT x, s FROM t ORDER BY x";
 
@@ -822,12 +820,7 @@ fn run_or_stream_hands_over_a_large_result_at_its_first_part() {
 
         // In a read-only transaction, and one that holds the writer.
         for read_only in [true, false] {
-            let txn = if read_only {
-                c.read_transaction().await
-            } else {
-                c.transaction().await
-            }
-            .expect("begin");
+            let txn = begin(&c, read_only).await;
             let RunOutcome::Parts(stream) = txn.run_or_stream(sql, params![]).await.expect("run")
             else {
                 panic!("came whole in a transaction");
