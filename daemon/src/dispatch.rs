@@ -107,7 +107,7 @@ impl Credits {
             if out.stopped {
                 return Err(Some(ErrorBody::new(
                     ErrorKind::Io,
-                    "the client stopped reading this result (its cursor was closed); the rest                      was not sent",
+                    "the client stopped reading this result (its cursor was closed); the rest was not sent",
                 )));
             }
             if out.parts < PARTS_AHEAD {
