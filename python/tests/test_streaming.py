@@ -387,6 +387,53 @@ def test_a_cursor_reads_a_result_in_parts_as_they_come(make_daemon):
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
+def test_threads_and_tasks_sharing_a_socket_mix_large_reads_with_small_ones(big):
+    """Eight threads, each with a connection of its own on the process's
+    one socket, and sixteen asyncio tasks on one connection, each mixing
+    large reads (about 20 parts, taken as they come), point reads, inserts
+    and transactions: every answer is its own and whole, nothing hangs."""
+    import threading
+
+    errors = []
+
+    def worker(t):
+        try:
+            conn = nexusd.connect(big.socket, timeout=20, isolation_level=None)
+            for n in range(6):
+                _check_rows(conn.execute("SELECT i, b FROM big ORDER BY i").fetchall())
+                i = 1 + (t * 7 + n) % ROWS
+                assert conn.execute("SELECT i FROM big WHERE i = ?", (i,)).fetchone() == (i,)
+                conn.execute("INSERT INTO marks(who, n) VALUES (?, ?)", (f"t{t}", n))
+                with conn:
+                    conn.execute("BEGIN IMMEDIATE")
+                    _check_rows(conn.execute("SELECT i, b FROM big ORDER BY i").fetchall())
+                    conn.execute("INSERT INTO marks(who, n) VALUES (?, ?)", (f"t{t}", -n))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append((t, repr(e)))
+
+    async def tasks():
+        async with nexusd.aio.connect(big.socket, timeout=20) as db:
+            async def one(k):
+                for n in range(3):
+                    async with db.execute("SELECT i, b FROM big ORDER BY i") as c:
+                        _check_rows(await c.fetchall())
+                    async with db.execute("SELECT i FROM big WHERE i = ?", (k + 1,)) as c:
+                        assert await c.fetchone() == (k + 1,)
+            await asyncio.gather(*(one(k) for k in range(16)))
+
+    setup = nexusd.connect(big.socket, isolation_level=None)
+    setup.execute("CREATE TABLE marks(who TEXT, n INTEGER)")
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    asyncio.run(asyncio.wait_for(tasks(), 120))
+    for thread in threads:
+        thread.join(120)
+        assert not thread.is_alive(), "a thread hung"
+    assert errors == []
+    assert setup.execute("SELECT count(*) FROM marks").fetchone() == (8 * 6 * 2,)
+
+
 def test_sqlalchemy_stream_results_and_yield_per(big):
     """Core's stream_results and the ORM's yield_per take the rows a part
     at a time, in both dialects; a query the session runs between
