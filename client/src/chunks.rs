@@ -8,6 +8,7 @@
 
 use nexusd_protocol::{Params, Statement, Value};
 
+use crate::connection::InFlight;
 use crate::{Client, Error, Result, StatementResult, Transaction};
 
 /// An upper bound on what `statement` takes in a request: its text, its
@@ -106,6 +107,9 @@ pub struct BatchWriter {
     changes: u64,
     /// A part failed or the batch was given up: nothing more goes.
     failed: bool,
+    /// The part [`send_ahead`](BatchWriter::send_ahead) sent last, whose
+    /// answer is not taken yet, and its statements' count.
+    ahead: Option<(InFlight, usize)>,
 }
 
 /// What holds a batch's parts together.
@@ -157,6 +161,7 @@ impl BatchWriter {
             offset: 0,
             changes: 0,
             failed: false,
+            ahead: None,
         }
     }
 
@@ -168,18 +173,26 @@ impl BatchWriter {
     }
 
     /// Sends `part`, the batch's next, beginning the batch's transaction or
-    /// savepoint first if it is the first. On an error the batch is over
-    /// and none of it applied (its transaction rolled back, or its
-    /// savepoint); the error's statement index and change total count over
-    /// the whole batch.
+    /// savepoint first if it is the first, and returns its results (after
+    /// those of a part [`send_ahead`](Self::send_ahead) sent before it).
+    /// On an error the batch is over and none of it applied (its
+    /// transaction rolled back, or its savepoint); the error's statement
+    /// index and change total count over the whole batch.
     pub async fn send(&mut self, part: Vec<Statement>) -> Result<Vec<StatementResult>> {
-        if self.failed {
-            return Err(Error::InvalidArgument(
-                "this batch already failed and none of it was applied; \
-                 start a new batch to send its statements again"
-                    .into(),
-            ));
-        }
+        let mut results = self.send_ahead(part).await?;
+        results.extend(self.land().await?);
+        Ok(results)
+    }
+
+    /// As [`send`](Self::send), but returns as soon as `part` is on its
+    /// way, with the results of the part sent ahead before it (none for
+    /// the first): the daemon applies `part` while the caller fills the
+    /// next. At most one part is ever out unanswered, and a part goes only
+    /// once the one before it has succeeded. [`finish`](Self::finish)
+    /// takes the last answer.
+    pub async fn send_ahead(&mut self, part: Vec<Statement>) -> Result<Vec<StatementResult>> {
+        let before = self.land().await?;
+        self.not_failed()?;
         let first = self.sent == 0;
         // A part that cannot even begin fails the batch too: its
         // statements are gone with it, so no later part may go.
@@ -194,18 +207,52 @@ impl BatchWriter {
             self.failed = true;
             return Err(e);
         }
-        let tx = match &self.scope {
-            Scope::Own { tx: Some(tx), .. } | Scope::Within(tx) => tx,
-            Scope::Own { tx: None, .. } => {
-                self.failed = true;
-                return Err(Error::Protocol(
-                    "the batch's transaction did not begin".into(),
-                ));
-            }
+        self.sent += 1;
+        let Some(tx) = self.tx() else {
+            self.failed = true;
+            return Err(Error::Protocol(
+                "the batch's transaction did not begin".into(),
+            ));
         };
         let len = part.len();
-        self.sent += 1;
-        match tx.batch(part).await {
+        match tx.batch_now(part).await {
+            Ok(flight) => {
+                self.ahead = Some((flight, len));
+                Ok(before)
+            }
+            Err(e) => Err(self.failed_part(e).await),
+        }
+    }
+
+    /// An error once a part failed or the batch was given up.
+    fn not_failed(&self) -> Result<()> {
+        if !self.failed {
+            return Ok(());
+        }
+        Err(Error::InvalidArgument(
+            "this batch already failed and none of it was applied; start a new batch to send \
+             its statements again"
+                .into(),
+        ))
+    }
+
+    /// The transaction the batch's parts go in, once begun.
+    fn tx(&self) -> Option<&Transaction> {
+        match &self.scope {
+            Scope::Own { tx: Some(tx), .. } | Scope::Within(tx) => Some(tx),
+            Scope::Own { tx: None, .. } => None,
+        }
+    }
+
+    /// Takes the answer to the part sent ahead, if one is out: its results.
+    async fn land(&mut self) -> Result<Vec<StatementResult>> {
+        let Some((flight, len)) = self.ahead.take() else {
+            return Ok(Vec::new());
+        };
+        let Some(tx) = self.tx() else {
+            return Ok(Vec::new());
+        };
+        match tx.batch_answer(flight).await {
             Ok(results) => {
                 self.offset += len;
                 self.changes += results
@@ -214,17 +261,21 @@ impl BatchWriter {
                     .sum::<u64>();
                 Ok(results)
             }
-            Err(e) => {
-                let e = in_whole(e, self.sent - 1, self.offset, self.changes);
-                self.undo().await;
-                Err(e)
-            }
+            Err(e) => Err(self.failed_part(e).await),
         }
     }
 
+    /// The part sent last failed with `e`: undoes the batch, and gives the
+    /// error as counted over the whole batch.
+    async fn failed_part(&mut self, e: Error) -> Error {
+        let e = in_whole(e, self.sent - 1, self.offset, self.changes);
+        self.undo().await;
+        e
+    }
+
     /// Sends what is left, and applies the batch (a batch that never
-    /// filled a part goes as one plain batch request). Returns the last
-    /// part's results.
+    /// filled a part goes as one plain batch request). Returns the results
+    /// not yet returned: a part's sent ahead, then the last part's.
     pub async fn finish(mut self) -> Result<Vec<StatementResult>> {
         let rest = std::mem::take(&mut self.parts.part);
         if self.sent == 0 && !self.failed {
@@ -233,7 +284,13 @@ impl BatchWriter {
                 Scope::Within(tx) => tx.batch(rest).await,
             };
         }
-        let results = self.send(rest).await?;
+        let results = if rest.is_empty() {
+            let results = self.land().await?;
+            self.not_failed()?;
+            results
+        } else {
+            self.send(rest).await?
+        };
         match self.scope {
             Scope::Own { tx: Some(tx), .. } => tx.commit().await?,
             Scope::Own { tx: None, .. } => {}
@@ -253,7 +310,7 @@ impl BatchWriter {
         let mut results = Vec::new();
         for statement in statements {
             if let Some(part) = self.push(statement) {
-                results.extend(self.send(part).await?);
+                results.extend(self.send_ahead(part).await?);
             }
         }
         results.extend(self.finish().await?);
@@ -272,6 +329,9 @@ impl BatchWriter {
     /// savepoint ends the caller's transaction, which says so at its next
     /// call.
     async fn undo(&mut self) {
+        // Its answer no longer matters: what follows it on the daemon
+        // undoes it.
+        self.ahead = None;
         if self.failed {
             return;
         }

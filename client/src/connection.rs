@@ -402,22 +402,10 @@ impl Connection {
         };
         let answer = match tokio::time::timeout(wait, self.reply(rx, spin)).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(Error::Disconnected {
-                message: "the connection was dropped while the request was out; its outcome is \
-                          unknown"
-                    .into(),
-                outcome_unknown: true,
-            }),
+            Ok(Err(_)) => Err(dropped_while_out()),
             Err(_) => {
                 self.forget(id);
-                Err(Error::Disconnected {
-                    message: format!(
-                        "no reply within {} ms, though the daemon answers every request by its \
-                         deadline; it may be stopped or wedged. The outcome is unknown",
-                        wait.as_millis()
-                    ),
-                    outcome_unknown: true,
-                })
+                Err(no_reply_within(wait))
             }
         };
         if !others_out {
@@ -426,6 +414,29 @@ impl Connection {
             self.lone_round_trip_ns.store(smoothed, Ordering::Relaxed);
         }
         answer.map_err(CallError::Failed)
+    }
+
+    /// Sends `req` and returns once it is on its way, its answer to be
+    /// taken later with [`Connection::answer`]: for a caller with other
+    /// work to do meanwhile.
+    pub(crate) async fn send_now(&self, req: Request) -> std::result::Result<InFlight, CallError> {
+        let id = req.id;
+        let (tx, rx) = oneshot::channel();
+        self.send(req, Waiter::Answer(tx)).await?;
+        Ok(InFlight { id, rx })
+    }
+
+    /// The answer to a request `send_now` sent, waited for at most `wait`
+    /// from now.
+    pub(crate) async fn answer(&self, flight: InFlight, wait: Duration) -> Result<ResponseBody> {
+        match tokio::time::timeout(wait, flight.rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(dropped_while_out()),
+            Err(_) => {
+                self.forget(flight.id);
+                Err(no_reply_within(wait))
+            }
+        }
     }
 
     /// Encodes `req`, notes `waiter` as the one its replies go to, and
@@ -578,6 +589,33 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.dead.cancel();
+    }
+}
+
+/// A request on its way, whose answer nobody has taken yet
+/// ([`Connection::send_now`]). Dropped, its answer is dropped when it
+/// comes.
+pub(crate) struct InFlight {
+    id: u64,
+    rx: oneshot::Receiver<Result<ResponseBody>>,
+}
+
+fn dropped_while_out() -> Error {
+    Error::Disconnected {
+        message: "the connection was dropped while the request was out; its outcome is unknown"
+            .into(),
+        outcome_unknown: true,
+    }
+}
+
+fn no_reply_within(wait: Duration) -> Error {
+    Error::Disconnected {
+        message: format!(
+            "no reply within {} ms, though the daemon answers every request by its deadline; it \
+             may be stopped or wedged. The outcome is unknown",
+            wait.as_millis()
+        ),
+        outcome_unknown: true,
     }
 }
 

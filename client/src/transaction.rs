@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use nexusd_protocol::{RequestBody, ResponseBody, TxnOp};
 
-use crate::connection::Connection;
+use crate::connection::{CallError, Connection, InFlight, not_sent};
 use crate::{
     BatchWriter, Client, Error, Executed, Params, Result, RowStream, Rows, RunOutcome, Statement,
     StatementResult, answered, into_batch, into_executed, into_rows, into_statement_result,
@@ -108,16 +108,53 @@ impl Transaction {
     }
 
     async fn send(&self, op: TxnOp) -> Result<ResponseBody> {
-        if !self.conn.is_alive() {
-            return Err(Error::TransactionExpired(format!(
-                "the connection that held transaction {} closed, so the daemon rolled it back; \
-                 nothing in it was applied",
-                self.id
-            )));
-        }
+        self.alive()?;
         self.client
             .call_on(&self.conn, RequestBody::Transaction { txn: self.id, op })
             .await
+    }
+
+    /// An error unless the connection that holds the transaction is open.
+    fn alive(&self) -> Result<()> {
+        if self.conn.is_alive() {
+            return Ok(());
+        }
+        Err(Error::TransactionExpired(format!(
+            "the connection that held transaction {} closed, so the daemon rolled it back; \
+             nothing in it was applied",
+            self.id
+        )))
+    }
+
+    /// Sends `statements` as [`Transaction::batch`] does, but returns once
+    /// they are on their way; [`Transaction::batch_answer`] takes the
+    /// answer. The daemon serves the transaction's requests in order, so
+    /// what is sent next runs after them.
+    pub(crate) async fn batch_now(&self, statements: Vec<Statement>) -> Result<InFlight> {
+        if let Some(e) = self.over() {
+            return Err(e);
+        }
+        self.alive()?;
+        let req = self.client.request(RequestBody::Transaction {
+            txn: self.id,
+            op: TxnOp::Batch(statements),
+        });
+        self.conn.send_now(req).await.map_err(|e| match e {
+            CallError::NotSent(_) => not_sent(),
+            CallError::Failed(e) => e,
+        })
+    }
+
+    /// The answer to statements `batch_now` sent.
+    pub(crate) async fn batch_answer(&self, flight: InFlight) -> Result<Vec<StatementResult>> {
+        let result = self
+            .conn
+            .answer(flight, self.client.reply_wait())
+            .await
+            .and_then(answered)
+            .and_then(into_batch);
+        self.note_end(&result);
+        result
     }
 
     /// Runs one statement in the transaction; it sees the transaction's own

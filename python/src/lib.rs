@@ -417,7 +417,8 @@ fn result_to_py(py: Python<'_>, r: StatementResult) -> PyResult<PyObject> {
 /// Runs `sql` once per parameter set of `seq_of_params` as one batch
 /// through `writer`: each set is read and pushed as it comes, and each
 /// part goes as it fills, with the GIL released, so neither the parameters
-/// nor the statements are ever held whole. If reading or converting a set
+/// nor the statements are ever held whole. A part goes ahead: the daemon
+/// applies it while the next is read. If reading or converting a set
 /// fails, the batch is given up (none of it applied) and that error
 /// raised. Returns `(rowcount, lastrowid, total_changes)`.
 fn write_many(
@@ -438,7 +439,7 @@ fn write_many(
         };
         if let Some(part) = writer.push(statement) {
             let results = py
-                .allow_threads(|| rt.block_on(writer.send(part)))
+                .allow_threads(|| rt.block_on(writer.send_ahead(part)))
                 .map_err(to_py_err)?;
             totals = add_totals(totals, &results);
         }
@@ -1024,8 +1025,9 @@ impl ManyWriter {
         Ok(false)
     }
 
-    /// Sends the part `fill` made; settles to None. A failure ends the
-    /// batch, none of it applied.
+    /// Sends the part `fill` made; settles to None once it is on its way
+    /// and the part before it applied. A failure ends the batch, none of
+    /// it applied.
     fn send_async<'py>(
         &self,
         py: Python<'py>,
@@ -1039,7 +1041,7 @@ impl ManyWriter {
             };
             let mut slot = writer.lock().await;
             let writer = slot.as_mut().ok_or_else(writer_over)?;
-            let results = writer.send(part).await?;
+            let results = writer.send_ahead(part).await?;
             let mut sum = lock(&totals);
             *sum = add_totals(*sum, &results);
             Ok(Answer::Done)

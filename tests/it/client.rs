@@ -978,3 +978,108 @@ fn batch_writer_sends_parts_as_they_fill_and_applies_all_or_nothing() {
     });
     drop(c);
 }
+
+/// `send_ahead` returns once its part is on its way and answers for the
+/// part before it: every statement's result comes back once and in order.
+/// A part that fails while the next fills is told by the next
+/// `send_ahead`, or by `finish`, counted over the whole batch, and none of
+/// the batch is applied.
+#[test]
+fn send_ahead_answers_each_part_with_the_next() {
+    let (d, c) = daemon_with_table(
+        &[],
+        "CREATE TABLE big(id INTEGER PRIMARY KEY, name TEXT UNIQUE, b BLOB)",
+    );
+    let rt = rt();
+    let a = rt.block_on(client(&d));
+    let insert = |name: String| {
+        Statement::new(
+            "INSERT INTO big(name, b) VALUES (?1, ?2)",
+            params![name, vec![7u8; 500]],
+        )
+    };
+    let named = async |prefix: &str| -> i64 {
+        let sql = format!("SELECT count(*) FROM big WHERE name LIKE '{prefix}%'");
+        let rows = a.query(&sql, params![]).await.expect("count");
+        rows.get(0).expect("a row").get(0).expect("an integer")
+    };
+    rt.block_on(async {
+        let mut w = a.batch_writer().await.expect("writer");
+        let (mut pushed, mut parts, mut answered) = (0usize, 0, Vec::new());
+        while parts < 3 {
+            pushed += 1;
+            if let Some(part) = w.push(insert(format!("a{pushed}"))) {
+                let before = w.send_ahead(part).await.expect("a part");
+                assert_eq!(before.is_empty(), parts == 0, "part {parts}");
+                answered.extend(before);
+                parts += 1;
+            }
+        }
+        answered.extend(w.finish().await.expect("finish"));
+        assert_eq!(answered.len(), pushed);
+        let ids: Vec<i64> = answered
+            .iter()
+            .map(|r| r.executed().expect("an insert's result").last_insert_rowid)
+            .collect();
+        assert!(
+            ids.windows(2).all(|p| p[1] == p[0] + 1),
+            "results out of order"
+        );
+        assert_eq!(named("a").await, pushed as i64);
+
+        // One statement of the second part takes a name already used: the
+        // third part's send_ahead tells, and nothing of the batch is in.
+        let mut w = a.batch_writer().await.expect("writer");
+        let (mut i, mut parts, mut taken) = (0, 0, None);
+        let failed = loop {
+            i += 1;
+            let name = if parts == 1 && taken.is_none() {
+                taken = Some(i - 1);
+                "a1".to_owned()
+            } else {
+                format!("b{i}")
+            };
+            if let Some(part) = w.push(insert(name)) {
+                match w.send_ahead(part).await {
+                    Ok(_) => parts += 1,
+                    Err(e) => break e,
+                }
+            }
+        };
+        assert_eq!(parts, 2, "told when the part after it went");
+        match &failed {
+            Error::Sql(e) => {
+                assert_eq!(e.statement_index, taken, "{e}");
+                assert!(e.message.contains("part 2"), "{e}");
+            }
+            other => panic!("a UNIQUE failure in the second part: {other:?}"),
+        }
+        assert_eq!(named("b").await, 0);
+        assert!(a.transactions().await.expect("transactions").is_empty());
+
+        // The last part sent ahead fails: finish tells.
+        let mut w = a.batch_writer().await.expect("writer");
+        let mut i = 0;
+        let sent = loop {
+            i += 1;
+            let name = if i == 2 {
+                "a1".to_owned()
+            } else {
+                format!("e{i}")
+            };
+            if let Some(part) = w.push(insert(name)) {
+                break w.send_ahead(part).await.expect("the first part goes");
+            }
+        };
+        assert!(sent.is_empty());
+        match w.finish().await {
+            Err(Error::Sql(e)) => {
+                assert_eq!(e.statement_index, Some(1), "{e}");
+                assert!(e.message.contains("part 1"), "{e}");
+            }
+            other => panic!("a UNIQUE failure in the part sent ahead: {other:?}"),
+        }
+        assert_eq!(named("e").await, 0);
+    });
+    drop(c);
+}
