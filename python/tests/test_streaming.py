@@ -434,6 +434,41 @@ def test_threads_and_tasks_sharing_a_socket_mix_large_reads_with_small_ones(big)
     assert setup.execute("SELECT count(*) FROM marks").fetchone() == (8 * 6 * 2,)
 
 
+def test_a_daemon_killed_under_a_read_in_parts_or_a_batch_sent_ahead(daemon):
+    """kill -9 of the daemon while a plain Cursor takes a result's parts,
+    or while executemany has a part out ahead of the one it fills: each
+    call fails at once with OutcomeUnknown, none of the batch is applied,
+    and the same connection works once the daemon is back."""
+    import threading
+
+    _fill(daemon.socket, rows=50_000, blob=2_000)
+    conn = nexusd.connect(daemon.socket, timeout=10, isolation_level=None)
+
+    def huge_batch():
+        for i in range(2_000_000):
+            yield (ROWS * 10 + i, b"x" * 2_000)
+
+    def kill_after_a_part():
+        before = _parts_sent(daemon.socket)
+        while _parts_sent(daemon.socket) == before:
+            time.sleep(0.005)
+        daemon.stop()
+
+    calls = [(lambda: conn.execute("SELECT i, b FROM big").fetchall(), kill_after_a_part),
+             (lambda: conn.executemany("INSERT INTO big(i, b) VALUES (?, ?)", huge_batch()),
+              lambda: (time.sleep(0.3), daemon.stop()))]
+    for call, kill in calls:
+        killer = threading.Thread(target=kill)
+        killer.start()
+        started = time.monotonic()
+        with pytest.raises(nexusd.OutcomeUnknown):
+            call()
+        assert time.monotonic() - started < 5
+        killer.join()
+        daemon.start()
+        assert conn.execute("SELECT count(*), max(i) FROM big").fetchone() == (50_000, 50_000)
+
+
 def test_sqlalchemy_stream_results_and_yield_per(big):
     """Core's stream_results and the ORM's yield_per take the rows a part
     at a time, in both dialects; a query the session runs between
