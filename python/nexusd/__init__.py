@@ -742,6 +742,14 @@ _STREAM_FORKED = ("this cursor's rows were being read by the process this one wa
                   "forked from; execute the statement again in this process")
 
 
+@functools.lru_cache(maxsize=256)
+def _description(columns: tuple) -> Optional[tuple]:
+    """A cursor's description of ``columns``; None for none (text that
+    holds no statement), as in sqlite3. Remembered, as an app reads the
+    same few shapes over and over."""
+    return tuple((c, None, None, None, None, None, None) for c in columns) or None
+
+
 def _load(cursor: Any, result: tuple, sql: str) -> None:
     """Puts one statement's result on a cursor (sync or asyncio): rows and
     their description, or rowcount and lastrowid as sqlite3 sets them.
@@ -753,12 +761,12 @@ def _load(cursor: Any, result: tuple, sql: str) -> None:
     connection = cursor.connection
     if result[0] == "rows":
         _, columns, rows, decltypes, lastrowid, total = result
-        rows = _fetched(connection, columns, rows, decltypes)
+        if connection._detect_types or connection.text_factory is not str:
+            rows = _convert(connection._detect_types, connection.text_factory, columns, rows,
+                            decltypes)
         if connection._detect_types & PARSE_COLNAMES:
             columns = [_bare(c) for c in columns]
-        # No columns (text that holds no statement): None, as in sqlite3.
-        cursor.description = tuple(
-            (c, None, None, None, None, None, None) for c in columns) or None
+        cursor.description = _description(tuple(columns))
         # INSERT, UPDATE, DELETE or REPLACE ... RETURNING answers a row per
         # row it changed, which is the count sqlite3 gives once it is read.
         cursor._rows = rows
@@ -970,7 +978,8 @@ class Connection:
         """Where a statement runs: the open transaction, one opened for it
         as the transaction mode says, or the daemon directly."""
         client = self._client()
-        if self._streams:
+        # Only a stream in the open transaction is drained (``_drain``).
+        if self._txn is not None and self._streams:
             self._drain()
         if self._txn is None:
             # The driver's own BEGIN goes right before the statement: with
@@ -1143,11 +1152,15 @@ class Connection:
             target = self._target(sql)
             if self._trace_callback is not None:
                 _trace(self, sql, parameters)
+            cls = type(parameters)
+            if cls is not tuple and cls is not list:
+                parameters = _named(sql, parameters)
             try:
-                result = target.run(sql, _named(sql, parameters))
+                result = target.run(sql, parameters)
             except _nexusd.NativeError as e:
                 raise self._failed(target, e) from None
-            self._after(savepoint)
+            if savepoint is not None:
+                self._after(savepoint)
             return result
 
     def _failed(self, target: Any, e: Any) -> "Error":
@@ -1358,7 +1371,8 @@ class Cursor:
             raise ProgrammingError("Cannot operate on a closed database.")
 
     def execute(self, sql: str, parameters: Any = ()) -> "Cursor":
-        self._check()
+        if self._closed or self.connection._closed:
+            self._check()
         if not isinstance(sql, str):
             raise ProgrammingError(f"execute() argument 1 must be str, not {type(sql).__name__}")
         _load(self, self.connection._run(sql, parameters), sql)
@@ -1404,12 +1418,13 @@ class Cursor:
         return False
 
     def fetchone(self) -> Any:
-        self._check()
+        if self._closed or self.connection._closed:
+            self._check()
         if self._next >= len(self._rows) and not self._refill():
             return None
         row = self._rows[self._next]
         self._next += 1
-        return self._make(row)
+        return row if self.row_factory is None else _make_row(self, row)
 
     def fetchmany(self, size: Optional[int] = None) -> list:
         self._check()
