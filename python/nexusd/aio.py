@@ -260,7 +260,8 @@ class Connection:
 
     async def _target(self, sql: Optional[str]):
         client = self._check()
-        if self._streams:
+        # Only a stream in the open transaction is drained (``_drain``).
+        if self._txn is not None and self._streams:
             await self._drain()
         if self._txn is None:
             # The driver's own BEGIN goes with the statement after it.
@@ -491,7 +492,8 @@ class Cursor:
         await self.close()
 
     async def execute(self, sql: str, parameters: Any = ()) -> "Cursor":
-        self._check()
+        if self._closed or self.connection._closed:
+            self._check()
         conn = self.connection
         control, _, _, savepoint = _classify(sql)
         if control is not None:
@@ -585,12 +587,13 @@ class Cursor:
         return False
 
     async def fetchone(self) -> Any:
-        self._check()
+        if self._closed or self.connection._closed:
+            self._check()
         if self._next >= len(self._rows) and not await self._refill():
             return None
         row = self._rows[self._next]
         self._next += 1
-        return self._make(row)
+        return row if self.row_factory is None else _make_row(self, row)
 
     async def fetchmany(self, size: Optional[int] = None) -> list:
         self._check()
