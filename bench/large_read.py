@@ -27,9 +27,7 @@ import asyncio
 import os
 import pathlib
 import sqlite3
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -38,6 +36,7 @@ import time
 _root = str(pathlib.Path(__file__).resolve().parent.parent)
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _root]
 
+import daemon  # noqa: E402  (bench/daemon.py)
 import nexusd  # noqa: E402
 import nexusd.aio  # noqa: E402
 
@@ -59,62 +58,50 @@ def main() -> None:
     ap.add_argument("--nexusd", default=str(pathlib.Path(_root) / "target/release/nexusd"))
     args = ap.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        db, sock = pathlib.Path(tmp) / "t.db", pathlib.Path(tmp) / "s.sock"
-        daemon = subprocess.Popen(
-            [args.nexusd, "serve", "--db", str(db), "--socket", str(sock)],
-            stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.time() + 20
-            while not sock.exists():
-                if daemon.poll() is not None or time.time() > deadline:
-                    sys.exit(f"the daemon did not start: {args.nexusd}")
-                time.sleep(0.05)
-            conn = nexusd.connect(str(sock), isolation_level=None)
-            conn.executescript(
-                "CREATE TABLE t(x INTEGER PRIMARY KEY, s TEXT, b BLOB);"
-                "INSERT INTO t WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 "
-                f"FROM c LIMIT {args.rows}) SELECT x, printf('%0100d', x), randomblob(100) "
-                "FROM c;")
-            before = rss_kb(daemon.pid)
-            peak, done = [before], threading.Event()
+    with daemon.running(args.nexusd) as d:
+        sock, db, pid = d.socket, d.db, d.process.pid
+        conn = nexusd.connect(str(sock), isolation_level=None)
+        conn.executescript(
+            "CREATE TABLE t(x INTEGER PRIMARY KEY, s TEXT, b BLOB);"
+            "INSERT INTO t WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 "
+            f"FROM c LIMIT {args.rows}) SELECT x, printf('%0100d', x), randomblob(100) "
+            "FROM c;")
+        before = rss_kb(pid)
+        peak, done = [before], threading.Event()
 
-            def watch() -> None:
-                while not done.wait(0.005):
-                    peak[0] = max(peak[0], rss_kb(daemon.pid))
+        def watch() -> None:
+            while not done.wait(0.005):
+                peak[0] = max(peak[0], rss_kb(pid))
 
-            watcher = threading.Thread(target=watch, daemon=True)
-            watcher.start()
-            took: dict = {"nexusd": [], "streaming": [], "aio": [], "sqlite3": []}
-            plain = sqlite3.connect(str(db))
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        took: dict = {"nexusd": [], "streaming": [], "aio": [], "sqlite3": []}
+        plain = sqlite3.connect(str(db))
 
-            async def through_aio() -> tuple:
-                async with nexusd.aio.connect(str(sock)) as adb:
-                    began = time.perf_counter()
-                    rows = await (await adb.execute(SQL)).fetchall()
-                    return rows, time.perf_counter() - began
-
-            def read(name: str) -> tuple:
-                if name == "aio":
-                    return asyncio.run(through_aio())
-                cursor = {"nexusd": conn.cursor, "sqlite3": plain.cursor,
-                          "streaming": lambda: conn.cursor(nexusd.StreamingCursor)}[name]()
+        async def through_aio() -> tuple:
+            async with nexusd.aio.connect(str(sock)) as adb:
                 began = time.perf_counter()
-                rows = cursor.execute(SQL).fetchall()
+                rows = await (await adb.execute(SQL)).fetchall()
                 return rows, time.perf_counter() - began
 
-            for _ in range(args.rounds):
-                for name in ("nexusd", "sqlite3", "streaming", "aio"):
-                    rows, seconds = read(name)
-                    took[name].append(seconds)
-                    if len(rows) != args.rows:
-                        sys.exit(f"{name} read {len(rows)} rows of {args.rows}")
-                    del rows
-            done.set()
-            watcher.join()
-        finally:
-            daemon.terminate()
-            daemon.wait()
+        def read(name: str) -> tuple:
+            if name == "aio":
+                return asyncio.run(through_aio())
+            cursor = {"nexusd": conn.cursor, "sqlite3": plain.cursor,
+                      "streaming": lambda: conn.cursor(nexusd.StreamingCursor)}[name]()
+            began = time.perf_counter()
+            rows = cursor.execute(SQL).fetchall()
+            return rows, time.perf_counter() - began
+
+        for _ in range(args.rounds):
+            for name in ("nexusd", "sqlite3", "streaming", "aio"):
+                rows, seconds = read(name)
+                took[name].append(seconds)
+                if len(rows) != args.rows:
+                    sys.exit(f"{name} read {len(rows)} rows of {args.rows}")
+                del rows
+        done.set()
+        watcher.join()
     size = args.rows * 230 / 1e6
     print(f"{args.rows} rows, about {size:.0f} MB of values, read whole with fetchall()")
     for name, times in took.items():

@@ -23,8 +23,9 @@ import os
 import pathlib
 import subprocess
 import sys
-import tempfile
 import time
+
+import daemon  # bench/daemon.py
 
 ROWS = 10_000
 
@@ -81,46 +82,34 @@ def main() -> None:
             sys.exit(f"no installed package in {build}: pip install --no-deps --target "
                      f"{build} ./python")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        sock = os.path.join(tmp, "s.sock")
-        daemon = subprocess.Popen(
-            [args.nexusd, "serve", "--db", os.path.join(tmp, "t.db"), "--socket", sock],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.time() + 20
-            while not os.path.exists(sock):
-                if daemon.poll() is not None or time.time() > deadline:
-                    sys.exit(f"the daemon did not start: {args.nexusd}")
-                time.sleep(0.05)
-            setup = ("import nexusd, sys\n"
-                     "c = nexusd.connect(sys.argv[1], isolation_level=None)\n"
-                     "c.execute('CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)')\n"
-                     "c.execute('CREATE TABLE w(id INTEGER PRIMARY KEY, v BLOB)')\n"
-                     f"c.executemany('INSERT INTO t VALUES (?, ?)', "
-                     f"[(i, b'x' * 100) for i in range({ROWS})])\n")
-            subprocess.run([sys.executable, "-c", setup, sock], check=True,
-                           env=dict(os.environ, PYTHONPATH=args.a))
-            rates: dict = {"a": [], "b": []}
-            for _ in range(args.rounds):
-                for name, build in (("a", args.a), ("b", args.b)):
-                    start = time.time() + 2.0  # to spawn and connect
-                    procs = [subprocess.Popen(
-                        [sys.executable, "-c", WORKER, sock, args.workload,
-                         str(args.duration), str(start), str(args.threads), str(ROWS)],
-                        env=dict(os.environ, PYTHONPATH=build),
-                        stdout=subprocess.PIPE, text=True)
-                        for _ in range(args.processes)]
-                    total = 0
-                    for proc in procs:
-                        out, _ = proc.communicate()
-                        if proc.returncode != 0:
-                            sys.exit(f"a worker of build {name} failed")
-                        total += int(out)
-                    rates[name].append(round(total / args.duration))
-                    print(f"{name} {args.workload} {rates[name][-1]:,}/s", flush=True)
-        finally:
-            daemon.terminate()
-            daemon.wait()
+    with daemon.running(args.nexusd) as d:
+        sock = d.socket
+        setup = ("import nexusd, sys\n"
+                 "c = nexusd.connect(sys.argv[1], isolation_level=None)\n"
+                 "c.execute('CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)')\n"
+                 "c.execute('CREATE TABLE w(id INTEGER PRIMARY KEY, v BLOB)')\n"
+                 f"c.executemany('INSERT INTO t VALUES (?, ?)', "
+                 f"[(i, b'x' * 100) for i in range({ROWS})])\n")
+        subprocess.run([sys.executable, "-c", setup, sock], check=True,
+                       env=dict(os.environ, PYTHONPATH=args.a))
+        rates: dict = {"a": [], "b": []}
+        for _ in range(args.rounds):
+            for name, build in (("a", args.a), ("b", args.b)):
+                start = time.time() + 2.0  # to spawn and connect
+                procs = [subprocess.Popen(
+                    [sys.executable, "-c", WORKER, sock, args.workload,
+                     str(args.duration), str(start), str(args.threads), str(ROWS)],
+                    env=dict(os.environ, PYTHONPATH=build),
+                    stdout=subprocess.PIPE, text=True)
+                    for _ in range(args.processes)]
+                total = 0
+                for proc in procs:
+                    out, _ = proc.communicate()
+                    if proc.returncode != 0:
+                        sys.exit(f"a worker of build {name} failed")
+                    total += int(out)
+                rates[name].append(round(total / args.duration))
+                print(f"{name} {args.workload} {rates[name][-1]:,}/s", flush=True)
     print(f"{args.processes} processes x {args.threads} threads, {args.workload}, "
           f"{args.duration:g} s a round, {os.cpu_count()} cores")
     for name, build in (("a", args.a), ("b", args.b)):

@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import subprocess
 import sys
-import tempfile
 import time
 
 # Run from a checkout, the folder above holds python/ without the built
@@ -30,6 +28,7 @@ import time
 _root = str(pathlib.Path(__file__).resolve().parent.parent)
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _root]
 
+import daemon  # noqa: E402  (bench/daemon.py)
 import nexusd  # noqa: E402
 
 
@@ -48,30 +47,18 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--nexusd", default=str(pathlib.Path(_root) / "target/release/nexusd"))
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        sock = os.path.join(tmp, "s.sock")
-        daemon = subprocess.Popen(
-            [args.nexusd, "serve", "--db", os.path.join(tmp, "t.db"), "--socket", sock],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.time() + 20
-            while not os.path.exists(sock):
-                if daemon.poll() is not None or time.time() > deadline:
-                    sys.exit(f"the daemon did not start: {args.nexusd}")
-                time.sleep(0.05)
-            conn = nexusd.connect(sock, isolation_level=None)
-            conn._shared = _AnswersAtOnce()
-            cursor = conn.cursor()
-            for _ in range(args.rounds):
-                began = time.perf_counter()
-                for i in range(args.calls):
-                    cursor.execute("SELECT v FROM t WHERE id = ?", (i,))
-                    cursor.fetchone()
-                per_call = (time.perf_counter() - began) / args.calls * 1e6
-                print(f"execute + fetchone, the Python layer alone: {per_call:.2f} us")
-        finally:
-            daemon.terminate()
-            daemon.wait()
+    with daemon.running(args.nexusd) as d:
+        sock = d.socket
+        conn = nexusd.connect(sock, isolation_level=None)
+        conn._shared = _AnswersAtOnce()
+        cursor = conn.cursor()
+        for _ in range(args.rounds):
+            began = time.perf_counter()
+            for i in range(args.calls):
+                cursor.execute("SELECT v FROM t WHERE id = ?", (i,))
+                cursor.fetchone()
+            per_call = (time.perf_counter() - began) / args.calls * 1e6
+            print(f"execute + fetchone, the Python layer alone: {per_call:.2f} us")
 
 
 if __name__ == "__main__":
