@@ -865,6 +865,21 @@ fn batch_all_sends_a_batch_over_the_frame_limit_in_parts_all_or_nothing() {
     );
 }
 
+/// An insert into `big` of a 500-byte row named `name`.
+fn insert_into_big(name: String) -> Statement {
+    Statement::new(
+        "INSERT INTO big(name, b) VALUES (?1, ?2)",
+        params![name, vec![7u8; 500]],
+    )
+}
+
+/// The rows of `big` whose name begins with `prefix`.
+async fn named_in_big(a: &nexusd_client::Client, prefix: &str) -> i64 {
+    let sql = format!("SELECT count(*) FROM big WHERE name LIKE '{prefix}%'");
+    let rows = a.query(&sql, params![]).await.expect("count");
+    rows.get(0).expect("a row").get(0).expect("an integer")
+}
+
 /// `BatchWriter` sends each part as it fills, not at the end: the parts
 /// sent so far are in the batch's own transaction (which another client
 /// sees open, and whose rows it does not see), or in a savepoint of the
@@ -878,30 +893,20 @@ fn batch_writer_sends_parts_as_they_fill_and_applies_all_or_nothing() {
     );
     let rt = rt();
     let a = rt.block_on(client(&d));
-    let insert = |name: String| {
-        Statement::new(
-            "INSERT INTO big(name, b) VALUES (?1, ?2)",
-            params![name, vec![7u8; 500]],
-        )
-    };
     // Pushes rows named `prefix` from `from` + 1 on until a part is full,
     // and sends it; returns how many it pushed.
     let fill = async |w: &mut nexusd_client::BatchWriter, prefix: &str, from: usize| {
         let mut i = from;
         loop {
             i += 1;
-            if let Some(part) = w.push(insert(format!("{prefix}{i}"))) {
+            if let Some(part) = w.push(insert_into_big(format!("{prefix}{i}"))) {
                 w.send(part).await.expect("a part");
                 return i - from;
             }
         }
     };
     // The async client: the blocking one cannot run inside `block_on`.
-    let named = async |prefix: &str| -> i64 {
-        let sql = format!("SELECT count(*) FROM big WHERE name LIKE '{prefix}%'");
-        let rows = a.query(&sql, params![]).await.expect("count");
-        rows.get(0).expect("a row").get(0).expect("an integer")
-    };
+    let named = async |prefix: &str| named_in_big(&a, prefix).await;
     rt.block_on(async {
         // Outside a transaction: three parts, then the rest.
         let mut w = a.batch_writer().await.expect("writer");
@@ -947,7 +952,7 @@ fn batch_writer_sends_parts_as_they_fill_and_applies_all_or_nothing() {
             } else {
                 format!("c{i}")
             };
-            if let Some(part) = w.push(insert(name)) {
+            if let Some(part) = w.push(insert_into_big(name)) {
                 match w.send(part).await {
                     Ok(done) => sent += done.len(),
                     Err(e) => break e,
@@ -968,7 +973,7 @@ fn batch_writer_sends_parts_as_they_fill_and_applies_all_or_nothing() {
             }
             other => panic!("a UNIQUE failure in the third part: {other:?}"),
         }
-        match w.send(vec![insert("d".into())]).await {
+        match w.send(vec![insert_into_big("d".into())]).await {
             Err(Error::InvalidArgument(m)) => assert!(m.contains("already failed"), "{m}"),
             other => panic!("a failed writer sends nothing more: {other:?}"),
         }
@@ -992,23 +997,13 @@ fn send_ahead_answers_each_part_with_the_next() {
     );
     let rt = rt();
     let a = rt.block_on(client(&d));
-    let insert = |name: String| {
-        Statement::new(
-            "INSERT INTO big(name, b) VALUES (?1, ?2)",
-            params![name, vec![7u8; 500]],
-        )
-    };
-    let named = async |prefix: &str| -> i64 {
-        let sql = format!("SELECT count(*) FROM big WHERE name LIKE '{prefix}%'");
-        let rows = a.query(&sql, params![]).await.expect("count");
-        rows.get(0).expect("a row").get(0).expect("an integer")
-    };
+    let named = async |prefix: &str| named_in_big(&a, prefix).await;
     rt.block_on(async {
         let mut w = a.batch_writer().await.expect("writer");
         let (mut pushed, mut parts, mut answered) = (0usize, 0, Vec::new());
         while parts < 3 {
             pushed += 1;
-            if let Some(part) = w.push(insert(format!("a{pushed}"))) {
+            if let Some(part) = w.push(insert_into_big(format!("a{pushed}"))) {
                 let before = w.send_ahead(part).await.expect("a part");
                 assert_eq!(before.is_empty(), parts == 0, "part {parts}");
                 answered.extend(before);
@@ -1039,7 +1034,7 @@ fn send_ahead_answers_each_part_with_the_next() {
             } else {
                 format!("b{i}")
             };
-            if let Some(part) = w.push(insert(name)) {
+            if let Some(part) = w.push(insert_into_big(name)) {
                 match w.send_ahead(part).await {
                     Ok(_) => parts += 1,
                     Err(e) => break e,
@@ -1067,7 +1062,7 @@ fn send_ahead_answers_each_part_with_the_next() {
             } else {
                 format!("e{i}")
             };
-            if let Some(part) = w.push(insert(name)) {
+            if let Some(part) = w.push(insert_into_big(name)) {
                 break w.send_ahead(part).await.expect("the first part goes");
             }
         };
