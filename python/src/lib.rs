@@ -1303,6 +1303,18 @@ fn flush(rt: &tokio::runtime::Runtime) {
     }
 }
 
+/// `f` on the transaction in `inner` while it is open, holding its lock
+/// meanwhile; `ended()` once it is committed or rolled back.
+async fn on_open<T>(
+    inner: &tokio::sync::Mutex<Option<nexusd_client::Transaction>>,
+    f: impl AsyncFnOnce(&nexusd_client::Transaction) -> nexusd_client::Result<T>,
+) -> nexusd_client::Result<T> {
+    match inner.lock().await.as_ref() {
+        Some(tx) => f(tx).await,
+        None => Err(ended()),
+    }
+}
+
 fn ended() -> Error {
     Error::InvalidArgument("the transaction is already committed or rolled back".into())
 }
@@ -1351,10 +1363,7 @@ impl Transaction {
     ) -> PyResult<PyObject> {
         let params = to_params(params)?;
         let r = self.with(py, |inner| async move {
-            match inner.lock().await.as_ref() {
-                Some(tx) => tx.run_or_stream(sql, params).await,
-                None => Err(ended()),
-            }
+            on_open(&inner, async move |tx| tx.run_or_stream(sql, params).await).await
         })?;
         outcome_to_py(py, self.rt, r)
     }
@@ -1371,10 +1380,7 @@ impl Transaction {
     ) -> PyResult<Stream> {
         let params = to_params(params)?;
         let rows = self.with(py, |inner| async move {
-            match inner.lock().await.as_ref() {
-                Some(tx) => tx.query_stream(sql, params).await,
-                None => Err(ended()),
-            }
+            on_open(&inner, async move |tx| tx.query_stream(sql, params).await).await
         })?;
         Ok(Stream::new(rows, self.flavor, self.rt))
     }
@@ -1404,15 +1410,11 @@ impl Transaction {
             .into_iter()
             .map(|s| Statement::new(s, Params::default()))
             .collect();
-        self.with(py, |inner| async move {
-            match inner.lock().await.as_ref() {
-                Some(tx) => tx.batch_all(statements).await.map(|r| {
-                    let (_, lastrowid, total) = batch_totals(&r);
-                    (lastrowid, total)
-                }),
-                None => Err(ended()),
-            }
-        })
+        let results = self.with(py, |inner| async move {
+            on_open(&inner, async move |tx| tx.batch_all(statements).await).await
+        })?;
+        let (_, lastrowid, total) = batch_totals(&results);
+        Ok((lastrowid, total))
     }
 
     /// Applies it; returns once it is durable. Ending one twice is a no-op.
@@ -1436,10 +1438,10 @@ impl Transaction {
         let params = to_params(params)?;
         let inner = self.inner.clone();
         spawn_future(py, self.flavor, completions, async move {
-            match inner.lock().await.as_ref() {
-                Some(tx) => tx.run_or_stream(&sql, params).await.map(Answer::Outcome),
-                None => Err(ended()),
-            }
+            on_open(&inner, async move |tx| {
+                tx.run_or_stream(&sql, params).await.map(Answer::Outcome)
+            })
+            .await
         })
     }
 
@@ -1455,10 +1457,10 @@ impl Transaction {
         let params = to_params(params)?;
         let inner = self.inner.clone();
         spawn_future(py, self.flavor, completions, async move {
-            match inner.lock().await.as_ref() {
-                Some(tx) => tx.query_stream(&sql, params).await.map(Answer::Stream),
-                None => Err(ended()),
-            }
+            on_open(&inner, async move |tx| {
+                tx.query_stream(&sql, params).await.map(Answer::Stream)
+            })
+            .await
         })
     }
 
@@ -1471,10 +1473,10 @@ impl Transaction {
     ) -> PyResult<Bound<'py, PyAny>> {
         let inner = self.inner.clone();
         spawn_future(py, self.flavor, completions, async move {
-            match inner.lock().await.as_ref() {
-                Some(tx) => Ok(Answer::Writer(tx.batch_writer())),
-                None => Err(ended()),
-            }
+            on_open(&inner, async move |tx| {
+                Ok(Answer::Writer(tx.batch_writer()))
+            })
+            .await
         })
     }
 
