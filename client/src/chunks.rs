@@ -359,7 +359,8 @@ const ROLLBACK_TO: &str = "ROLLBACK TO nexusd_batch_all";
 /// An error from part `part` (from 0) of a batch, whose first statement is
 /// the batch's `offset`th: its statement index counted over the whole
 /// batch, the message saying so, and the rows the parts before it changed
-/// (`earlier_changes`) in its change total, as for one batch.
+/// (`earlier_changes`) in its change total, as for one batch. A lost
+/// connection says that nothing of the batch was applied.
 fn in_whole(e: Error, part: usize, offset: usize, earlier_changes: u64) -> Error {
     match e {
         Error::Sql(mut s) => {
@@ -374,6 +375,22 @@ fn in_whole(e: Error, part: usize, offset: usize, earlier_changes: u64) -> Error
             );
             Error::Sql(s)
         }
+        // A batch in parts commits only after its last part, so however
+        // the connection failed under one, nothing of the batch is in: its
+        // transaction (or the caller's) dies with the connection, or is
+        // rolled back after.
+        Error::Disconnected { message, .. } => {
+            let reason = message.split(';').next().unwrap_or_default();
+            Error::Disconnected {
+                message: format!(
+                    "{reason}, while part {} of a batch sent in parts was out; the batch had not \
+                     committed, so nothing in it was applied: send it again once the daemon \
+                     answers",
+                    part + 1
+                ),
+                outcome_unknown: false,
+            }
+        }
         other => other,
     }
 }
@@ -381,6 +398,35 @@ fn in_whole(e: Error, part: usize, offset: usize, earlier_changes: u64) -> Error
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// However the connection failed under a part, the batch had not
+    /// committed: the error says nothing of it was applied, not that its
+    /// outcome is unknown.
+    #[test]
+    fn a_lost_connection_under_a_part_applied_nothing() {
+        for message in [
+            "the daemon closed the connection (restarted or shut down?); the request was sent \
+             but its outcome is unknown: check before retrying a write",
+            "the connection had already failed; the request was not sent",
+        ] {
+            let lost = Error::Disconnected {
+                message: message.into(),
+                outcome_unknown: true,
+            };
+            match in_whole(lost, 2, 10, 5) {
+                Error::Disconnected {
+                    message,
+                    outcome_unknown,
+                } => {
+                    assert!(!outcome_unknown, "{message}");
+                    assert!(message.contains("part 3"), "{message}");
+                    assert!(message.contains("nothing in it was applied"), "{message}");
+                    assert!(!message.contains("unknown"), "{message}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
     use nexusd_protocol::codec::encode_payload;
     use nexusd_protocol::{Request, RequestBody};
 
