@@ -29,6 +29,8 @@ pub struct RowStream {
     head: Rows,
     /// Rows come and not yet handed out.
     ready: Option<Rows>,
+    /// A part has come: the result is a read's, or a transaction's.
+    parted: bool,
 }
 
 impl std::fmt::Debug for RowStream {
@@ -56,6 +58,7 @@ impl RowStream {
             wait: Duration::ZERO,
             head: rows.head(),
             ready: Some(rows),
+            parted: false,
         }
     }
 
@@ -74,6 +77,7 @@ impl RowStream {
             wait,
             head: Rows::default(),
             ready: None,
+            parted: false,
         };
         let first = stream.receive().await?;
         if let Some(rows) = &first {
@@ -126,8 +130,10 @@ impl RowStream {
         let Some(rx) = self.rx.as_mut() else {
             return Ok(None);
         };
+        let parted = self.parted;
         let got = match tokio::time::timeout(self.wait, rx.recv()).await {
-            Ok(Some(got)) => got,
+            // An error from the channel is the connection's death.
+            Ok(Some(got)) => got.map_err(|e| lost_in_parts(e, parted)),
             Ok(None) => Err(Error::Protocol(
                 "the read's parts stopped coming before its answer (more came than the daemon \
                  may send ahead, or the connection failed); read again"
@@ -151,6 +157,7 @@ impl RowStream {
         };
         match body {
             ResponseBody::RowsHead(head) => {
+                self.parted = true;
                 self.took().await;
                 Ok(Some(Rows::from_wire(head.into_rows())))
             }
@@ -182,6 +189,25 @@ impl RowStream {
     }
 }
 
+/// `e`, or, for the connection lost once the result has come in parts
+/// (`parted`), an error that leaves nothing in doubt: the daemon sends
+/// parts only of a read, or of a statement in a transaction, which ends
+/// with the connection, so nothing of it can have been applied.
+fn lost_in_parts(e: Error, parted: bool) -> Error {
+    match e {
+        Error::Disconnected { message, .. } if parted => Error::Disconnected {
+            message: format!(
+                "{}, while the result came in parts; nothing of it was applied (only a read, or a \
+                 statement in a transaction, which ends with the connection, comes in parts): run \
+                 it again once the daemon answers",
+                message.split(';').next().unwrap_or_default()
+            ),
+            outcome_unknown: false,
+        },
+        e => e,
+    }
+}
+
 impl Drop for RowStream {
     fn drop(&mut self) {
         if self.rx.is_some()
@@ -192,5 +218,41 @@ impl Drop for RowStream {
             // read ends at its time limit instead.
             conn.tell_parts_now(self.id, PartsOp::Stop);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The connection lost after a part came leaves nothing in doubt;
+    /// before one came, the statement might have been a write, and it stays
+    /// in doubt.
+    #[test]
+    fn a_lost_connection_is_in_doubt_only_before_the_first_part() {
+        let lost = || Error::Disconnected {
+            message: "the daemon closed the connection (restarted or shut down?); the request \
+                      was sent but its outcome is unknown: check before retrying a write"
+                .into(),
+            outcome_unknown: true,
+        };
+        match lost_in_parts(lost(), true) {
+            Error::Disconnected {
+                message,
+                outcome_unknown,
+            } => {
+                assert!(!outcome_unknown, "{message}");
+                assert!(message.contains("nothing of it was applied"), "{message}");
+                assert!(!message.contains("unknown"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            lost_in_parts(lost(), false),
+            Error::Disconnected {
+                outcome_unknown: true,
+                ..
+            }
+        ));
     }
 }
