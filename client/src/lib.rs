@@ -332,26 +332,11 @@ impl Client {
         }
         let req = self.request(body);
         let id = req.id;
-        let (conn, sent) = match conn.send_paced(req).await {
-            // As in `call`: the connection was found dead before the read
-            // left, so it goes on a fresh one, unless it belongs to a
-            // transaction, which died with its connection.
-            Err(CallError::NotSent(req))
-                if !matches!(req.body, RequestBody::Transaction { .. }) =>
-            {
-                let conn = self.connection().await?;
-                let sent = conn.send_paced(*req).await;
-                (conn, sent)
-            }
-            sent => (conn, sent),
-        };
-        let rx = sent.map_err(|e| match e {
-            CallError::NotSent(_) => Error::Disconnected {
-                message: "the connection had already failed; the read was not sent".into(),
-                outcome_unknown: false,
-            },
-            CallError::Failed(e) => e,
-        })?;
+        let (conn, rx) = self
+            .send_resending(conn, req, |c: Arc<Connection>, r| async move {
+                c.send_paced(r).await
+            })
+            .await?;
         RowStream::start(conn, id, rx, self.reply_wait()).await
     }
 
@@ -394,28 +379,16 @@ impl Client {
         }
         let req = self.request(body);
         let id = req.id;
-        let (conn, reply) = match conn.try_call_either(req, wait).await {
-            // As in `call`: found dead before it left, so it goes on a
-            // fresh connection, unless it belongs to a transaction, which
-            // died with its connection.
-            Err(CallError::NotSent(req))
-                if !matches!(req.body, RequestBody::Transaction { .. }) =>
-            {
-                let conn = self.connection().await?;
-                let reply = conn.try_call_either(*req, wait).await;
-                (conn, reply)
-            }
-            reply => (conn, reply),
-        };
+        let (conn, reply) = self
+            .send_resending(conn, req, |c: Arc<Connection>, r| async move {
+                c.try_call_either(r, wait).await
+            })
+            .await?;
         match reply {
-            Ok(Reply::Whole(body)) => {
-                Ok(RunOutcome::Whole(into_statement_result(answered(body)?)?))
-            }
-            Ok(Reply::Parts(rx)) => Ok(RunOutcome::Parts(
+            Reply::Whole(body) => Ok(RunOutcome::Whole(into_statement_result(answered(body)?)?)),
+            Reply::Parts(rx) => Ok(RunOutcome::Parts(
                 RowStream::start(conn, id, rx, wait).await?,
             )),
-            Err(CallError::NotSent(_)) => Err(not_sent()),
-            Err(CallError::Failed(e)) => Err(e),
         }
     }
 
@@ -560,19 +533,47 @@ impl Client {
     async fn call(&self, body: RequestBody) -> Result<ResponseBody> {
         let conn = self.connection().await?;
         let wait = self.reply_wait();
-        let answer = match conn.try_call(self.request(body), wait).await {
-            Ok(body) => Ok(body),
-            Err(CallError::Failed(e)) => Err(e),
-            // The connection turned out dead before the request left: the
-            // daemon restarted since the last call, and a blocking caller's
-            // runtime, idle in between, had not noticed. Nothing was sent,
-            // so it goes on a fresh connection.
-            Err(CallError::NotSent(req)) => {
+        let (_, answer) = self
+            .send_resending(
+                conn,
+                self.request(body),
+                |c: Arc<Connection>, r| async move { c.try_call(r, wait).await },
+            )
+            .await?;
+        answered(answer)
+    }
+
+    /// `send(conn, req)`, and what it gave, with the connection it went
+    /// on. A request that comes back unsent (the connection turned out dead
+    /// before it left: the daemon restarted since the last call, and a
+    /// blocking caller's runtime, idle in between, had not noticed) goes
+    /// once more on a fresh connection, unless it belongs to a transaction,
+    /// which died with its connection. Nothing else is ever resent.
+    async fn send_resending<T, F, Fut>(
+        &self,
+        conn: Arc<Connection>,
+        req: Request,
+        send: F,
+    ) -> Result<(Arc<Connection>, T)>
+    where
+        F: Fn(Arc<Connection>, Request) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, CallError>>,
+    {
+        let (conn, sent) = match send(conn.clone(), req).await {
+            Err(CallError::NotSent(req))
+                if !matches!(req.body, RequestBody::Transaction { .. }) =>
+            {
                 let conn = self.connection().await?;
-                conn.call(*req, wait).await
+                let sent = send(conn.clone(), *req).await;
+                (conn, sent)
             }
+            sent => (conn, sent),
         };
-        answered(answer?)
+        match sent {
+            Ok(t) => Ok((conn, t)),
+            Err(CallError::NotSent(_)) => Err(not_sent()),
+            Err(CallError::Failed(e)) => Err(e),
+        }
     }
 
     /// How long a reply is waited for: the request's own time limit plus
